@@ -1,0 +1,75 @@
+//! etcd's client-visible errors (codes and texts as etcd sends them), plus
+//! the few netsy adds for requests outside what one record per revision can
+//! express.
+
+use crate::grpc::Status;
+
+pub fn empty_key() -> Status {
+    Status::invalid_argument("etcdserver: key is not provided")
+}
+
+pub fn compacted() -> Status {
+    Status::out_of_range("etcdserver: mvcc: required revision has been compacted")
+}
+
+pub fn future_revision() -> Status {
+    Status::out_of_range("etcdserver: mvcc: required revision is a future revision")
+}
+
+pub fn key_not_found() -> Status {
+    Status::invalid_argument("etcdserver: key not found")
+}
+
+pub fn too_many_ops() -> Status {
+    Status::invalid_argument("etcdserver: too many operations in txn request")
+}
+
+pub fn value_provided() -> Status {
+    Status::invalid_argument("etcdserver: value is provided")
+}
+
+pub fn lease_provided() -> Status {
+    Status::invalid_argument("etcdserver: lease is provided")
+}
+
+pub fn invalid_sort_option() -> Status {
+    Status::invalid_argument("etcdserver: invalid sort option")
+}
+
+pub fn request_too_large() -> Status {
+    Status::invalid_argument("etcdserver: request is too large")
+}
+
+pub fn lease_not_found() -> Status {
+    Status::not_found("etcdserver: requested lease not found")
+}
+
+pub fn lease_exists() -> Status {
+    Status::failed_precondition("etcdserver: lease already exists")
+}
+
+pub fn lease_ttl_too_large() -> Status {
+    Status::out_of_range("etcdserver: too large lease TTL")
+}
+
+/// Ours (SPEC §5): negative limits are refused rather than read as "no limit".
+pub fn negative_limit() -> Status {
+    Status::invalid_argument("limit must be non-negative")
+}
+
+/// Ours (SPEC §5): a delete covers one key, because every write is one record.
+pub fn multi_key_delete() -> Status {
+    Status::invalid_argument("multi-key delete is not supported")
+}
+
+/// Ours: a txn branch may write at most one key (one record per revision).
+pub fn multi_key_txn() -> Status {
+    Status::invalid_argument(
+        "multi-key txn is not supported: each txn branch may write at most one key",
+    )
+}
+
+/// Ours: nested txn operations would need several writes per revision.
+pub fn nested_txn() -> Status {
+    Status::invalid_argument("nested txn operations are not supported")
+}

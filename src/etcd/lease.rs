@@ -1,0 +1,21 @@
+//! The Lease service. Grant creates a real, durable lease with a unique id.
+
+use std::sync::Arc;
+
+use crate::grpc::Status;
+use crate::pb::etcdserverpb::{LeaseGrantRequest, LeaseGrantResponse};
+
+use super::EtcdApi;
+
+pub async fn grant(
+    api: Arc<EtcdApi>,
+    req: LeaseGrantRequest,
+) -> Result<LeaseGrantResponse, Status> {
+    let (id, ttl) = api.writer.lease_grant(req.id, req.ttl).await?;
+    Ok(LeaseGrantResponse {
+        header: Some(api.header(api.store.committed_revision())),
+        id,
+        ttl,
+        error: String::new(),
+    })
+}

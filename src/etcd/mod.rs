@@ -1,0 +1,216 @@
+//! etcd-wire compatibility: the KV, Watch, Lease, Cluster and Maintenance
+//! services, built on the store (reads), the writer (writes) and the watch
+//! hub. Everything etcd has that we do not serve answers Unimplemented.
+
+pub mod cluster;
+pub mod errors;
+pub mod kv;
+pub mod lease;
+pub mod maintenance;
+pub mod range;
+pub mod watch;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::grpc::{unary, Call, Router};
+use crate::node::state::HealthCell;
+use crate::pb::etcdserverpb::ResponseHeader;
+use crate::primary::Writer;
+use crate::store::Store;
+use crate::watch::WatchHub;
+
+/// The version we report; kube-apiserver enables watch progress requests
+/// only from 3.5.13 on.
+pub const ETCD_VERSION: &str = "3.5.21";
+
+/// etcd's default request limit (--max-request-bytes).
+pub const MAX_REQUEST_BYTES: usize = 1536 * 1024;
+
+/// Who this node is, as etcd clients see it.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    /// FNV-1a 64 of the cluster id string.
+    pub cluster_id: u64,
+    pub member_id: u64,
+    pub name: String,
+    pub client_urls: Vec<String>,
+    pub peer_urls: Vec<String>,
+}
+
+/// Tunables of the etcd API.
+#[derive(Clone, Debug)]
+pub struct ApiSettings {
+    pub progress_notify_interval: Duration,
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        ApiSettings {
+            progress_notify_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Everything the etcd services share.
+pub struct EtcdApi {
+    pub store: Arc<Store>,
+    pub writer: Writer,
+    pub hub: Arc<WatchHub>,
+    pub identity: Identity,
+    pub health: Arc<HealthCell>,
+    pub settings: ApiSettings,
+}
+
+impl EtcdApi {
+    /// A full response header at `revision`.
+    pub fn header(&self, revision: i64) -> ResponseHeader {
+        ResponseHeader {
+            cluster_id: self.identity.cluster_id,
+            member_id: self.identity.member_id,
+            revision,
+            raft_term: 0,
+        }
+    }
+
+    /// Fills cluster and member ids into a header that has the revision.
+    pub fn fill(&self, header: &mut Option<ResponseHeader>) {
+        let revision = header
+            .as_ref()
+            .map_or_else(|| self.store.committed_revision(), |h| h.revision);
+        *header = Some(self.header(revision));
+    }
+}
+
+/// FNV-1a 64-bit: the etcd cluster id derived from the cluster id string.
+pub fn fnv1a64(s: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in s.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// The client API's method table.
+pub fn router(api: Arc<EtcdApi>) -> Router {
+    let mut r = Router::new();
+    const KV: &str = "etcdserverpb.KV";
+    let a = api.clone();
+    r.add(KV, "Range", unary(move |req, _| kv::range(a.clone(), req)));
+    let a = api.clone();
+    r.add(KV, "Put", unary(move |req, _| kv::put(a.clone(), req)));
+    let a = api.clone();
+    r.add(
+        KV,
+        "DeleteRange",
+        unary(move |req, _| kv::delete_range(a.clone(), req)),
+    );
+    let a = api.clone();
+    r.add(KV, "Txn", unary(move |req, _| kv::txn(a.clone(), req)));
+    let a = api.clone();
+    r.add(
+        KV,
+        "Compact",
+        unary(move |req, _| kv::compact(a.clone(), req)),
+    );
+
+    let a = api.clone();
+    r.add(
+        "etcdserverpb.Watch",
+        "Watch",
+        Arc::new(move |call: Call| Box::pin(watch::serve(a.clone(), call))),
+    );
+
+    const LEASE: &str = "etcdserverpb.Lease";
+    let a = api.clone();
+    r.add(
+        LEASE,
+        "LeaseGrant",
+        unary(move |req, _| lease::grant(a.clone(), req)),
+    );
+    r.add_unimplemented(
+        LEASE,
+        &[
+            "LeaseRevoke",
+            "LeaseKeepAlive",
+            "LeaseTimeToLive",
+            "LeaseLeases",
+        ],
+    );
+
+    const CLUSTER: &str = "etcdserverpb.Cluster";
+    let a = api.clone();
+    r.add(
+        CLUSTER,
+        "MemberList",
+        unary(move |req, _| cluster::member_list(a.clone(), req)),
+    );
+    r.add_unimplemented(
+        CLUSTER,
+        &["MemberAdd", "MemberRemove", "MemberUpdate", "MemberPromote"],
+    );
+
+    const MAINTENANCE: &str = "etcdserverpb.Maintenance";
+    let a = api.clone();
+    r.add(
+        MAINTENANCE,
+        "Status",
+        unary(move |req, _| maintenance::status(a.clone(), req)),
+    );
+    let a = api.clone();
+    r.add(
+        MAINTENANCE,
+        "Alarm",
+        unary(move |req, _| maintenance::alarm(a.clone(), req)),
+    );
+    r.add_unimplemented(
+        MAINTENANCE,
+        &[
+            "Defragment",
+            "Hash",
+            "HashKV",
+            "Snapshot",
+            "MoveLeader",
+            "Downgrade",
+        ],
+    );
+
+    r.add_unimplemented(
+        "etcdserverpb.Auth",
+        &[
+            "AuthEnable",
+            "AuthDisable",
+            "AuthStatus",
+            "Authenticate",
+            "UserAdd",
+            "UserGet",
+            "UserList",
+            "UserDelete",
+            "UserChangePassword",
+            "UserGrantRole",
+            "UserRevokeRole",
+            "RoleAdd",
+            "RoleGet",
+            "RoleList",
+            "RoleDelete",
+            "RoleGrantPermission",
+            "RoleRevokePermission",
+        ],
+    );
+    r.add(
+        "grpc.health.v1.Health",
+        "Check",
+        unary(maintenance::grpc_health_check),
+    );
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn fnv1a64_known_values() {
+        assert_eq!(super::fnv1a64(""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(super::fnv1a64("a"), 0xaf63_dc4c_8601_ec8c);
+    }
+}

@@ -1,0 +1,338 @@
+//! gRPC client over HTTP/2: unary, server-streaming and bidi calls on one
+//! multiplexed connection. Used by netsy-bench, the conformance runner,
+//! peer connections and tests; also offers raw calls for bad-input tests.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use h2::client::{ResponseFuture, SendRequest};
+use h2::{RecvStream, SendStream};
+use http::{HeaderMap, HeaderValue, Method, Request, StatusCode};
+use prost::Message;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+
+use super::codec::{self, FrameDecoder};
+use super::flow::write_all;
+use super::status::{Code, Status};
+use super::timeout;
+
+/// Largest response message the client accepts.
+const MAX_RESPONSE_LEN: usize = 64 * 1024 * 1024;
+
+/// A connection to one gRPC server; cheap to clone, calls multiplex.
+#[derive(Clone)]
+pub struct Channel {
+    send: SendRequest<Bytes>,
+    authority: String,
+    scheme: &'static str,
+}
+
+impl Channel {
+    /// Connects with plain TCP (h2c, prior knowledge) to `host:port`.
+    pub async fn connect(addr: &str) -> Result<Channel, Status> {
+        let tcp = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(addr))
+            .await
+            .map_err(|_| Status::unavailable(format!("connect to {addr}: timed out")))?
+            .map_err(|e| Status::unavailable(format!("connect to {addr}: {e}")))?;
+        let _ = tcp.set_nodelay(true);
+        Channel::over(tcp, addr, "http").await
+    }
+
+    /// Runs HTTP/2 over an established stream (e.g. a TLS session).
+    pub async fn over<IO>(io: IO, authority: &str, scheme: &'static str) -> Result<Channel, Status>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (send, conn) = h2::client::Builder::new()
+            .initial_window_size(4 * 1024 * 1024)
+            .initial_connection_window_size(16 * 1024 * 1024)
+            .max_frame_size(1024 * 1024)
+            .handshake::<_, Bytes>(io)
+            .await
+            .map_err(|e| Status::unavailable(format!("h2 handshake with {authority}: {e}")))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                log::debug!("client connection ended: {e}");
+            }
+        });
+        Ok(Channel {
+            send,
+            authority: authority.to_string(),
+            scheme,
+        })
+    }
+
+    fn request(&self, path: &str, timeout: Option<Duration>) -> Result<Request<()>, Status> {
+        let uri = format!("{}://{}{}", self.scheme, self.authority, path);
+        let mut req = Request::new(());
+        *req.method_mut() = Method::POST;
+        *req.uri_mut() = uri
+            .parse()
+            .map_err(|e| Status::internal(format!("bad request uri {uri:?}: {e}")))?;
+        let h = req.headers_mut();
+        h.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        h.insert(http::header::TE, HeaderValue::from_static("trailers"));
+        if let Some(t) = timeout {
+            if let Ok(v) = HeaderValue::from_str(&timeout::format(t)) {
+                h.insert("grpc-timeout", v);
+            }
+        }
+        Ok(req)
+    }
+
+    async fn ready(&self) -> Result<SendRequest<Bytes>, Status> {
+        self.send
+            .clone()
+            .ready()
+            .await
+            .map_err(|e| Status::unavailable(format!("connection to {} lost: {e}", self.authority)))
+    }
+
+    /// Opens a call; send messages with the sender, read with the receiver.
+    pub async fn start(&self, path: &str, timeout: Option<Duration>) -> Result<ClientCall, Status> {
+        let req = self.request(path, timeout)?;
+        let mut send = self.ready().await?;
+        let (response, stream) = send
+            .send_request(req, false)
+            .map_err(|e| Status::unavailable(format!("send request: {e}")))?;
+        Ok(ClientCall {
+            sender: CallSender { stream },
+            receiver: CallReceiver::new(response),
+        })
+    }
+
+    /// One request, one response.
+    pub async fn unary<Req: Message, Resp: Message + Default>(
+        &self,
+        path: &str,
+        request: &Req,
+    ) -> Result<Resp, Status> {
+        self.unary_with_timeout(path, request, None).await
+    }
+
+    pub async fn unary_with_timeout<Req: Message, Resp: Message + Default>(
+        &self,
+        path: &str,
+        request: &Req,
+        timeout: Option<Duration>,
+    ) -> Result<Resp, Status> {
+        let mut call = self.start(path, timeout).await?;
+        call.sender.send(request).await?;
+        call.sender.close();
+        let resp = call.receiver.next().await?;
+        match resp {
+            Some(r) => {
+                // Drain to the trailers so a late error status is not lost.
+                match call.receiver.next_bytes().await? {
+                    None => Ok(r),
+                    Some(_) => Err(Status::internal(
+                        "unary call returned more than one message",
+                    )),
+                }
+            }
+            None => Err(Status::internal(
+                "unary call returned no message and status OK",
+            )),
+        }
+    }
+
+    /// Sends a hand-built request (tests of malformed input): the headers
+    /// given replace the defaults, `body` is sent as is.
+    pub async fn raw(
+        &self,
+        path: &str,
+        headers: HeaderMap,
+        body: Bytes,
+        end: bool,
+    ) -> Result<RawResponse, Status> {
+        let mut req = self.request(path, None)?;
+        for (name, value) in headers.iter() {
+            req.headers_mut().insert(name.clone(), value.clone());
+        }
+        let mut send = self.ready().await?;
+        let (response, mut stream) = send
+            .send_request(req, false)
+            .map_err(|e| Status::unavailable(format!("send request: {e}")))?;
+        // The server may answer before reading everything (oversize refusal).
+        let _ = stream.send_data(body, end);
+        let response = response
+            .await
+            .map_err(|e| Status::unavailable(format!("response: {e}")))?;
+        let (parts, mut body) = response.into_parts();
+        let mut data = Vec::new();
+        while let Some(chunk) = body.data().await {
+            match chunk {
+                Ok(c) => {
+                    let _ = body.flow_control().release_capacity(c.len());
+                    data.extend_from_slice(&c);
+                }
+                Err(_) => break,
+            }
+        }
+        let trailers = body.trailers().await.ok().flatten();
+        Ok(RawResponse {
+            http_status: parts.status,
+            headers: parts.headers,
+            body: Bytes::from(data),
+            trailers,
+        })
+    }
+}
+
+/// Everything a server sent back for a raw call.
+#[derive(Debug)]
+pub struct RawResponse {
+    pub http_status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub trailers: Option<HeaderMap>,
+}
+
+impl RawResponse {
+    /// The gRPC status from trailers, or from the headers of a
+    /// trailers-only response.
+    pub fn status(&self) -> Option<Status> {
+        self.trailers
+            .as_ref()
+            .and_then(Status::from_headers)
+            .or_else(|| Status::from_headers(&self.headers))
+    }
+}
+
+/// An open call, split so one task can send while another receives.
+pub struct ClientCall {
+    pub sender: CallSender,
+    pub receiver: CallReceiver,
+}
+
+/// The request half of a call.
+pub struct CallSender {
+    stream: SendStream<Bytes>,
+}
+
+impl CallSender {
+    pub async fn send<M: Message>(&mut self, message: &M) -> Result<(), Status> {
+        write_all(&mut self.stream, codec::encode(message))
+            .await
+            .map_err(|e| Status::unavailable(format!("send: {e}")))
+    }
+
+    /// Half-closes the request stream (no more messages).
+    pub fn close(&mut self) {
+        let _ = self.stream.send_data(Bytes::new(), true);
+    }
+
+    /// Cancels the call (RST_STREAM CANCEL).
+    pub fn cancel(&mut self) {
+        self.stream.send_reset(h2::Reason::CANCEL);
+    }
+}
+
+/// The response half of a call.
+pub struct CallReceiver {
+    response: Option<ResponseFuture>,
+    body: Option<RecvStream>,
+    decoder: FrameDecoder,
+    done: bool,
+}
+
+impl CallReceiver {
+    fn new(response: ResponseFuture) -> CallReceiver {
+        CallReceiver {
+            response: Some(response),
+            body: None,
+            decoder: FrameDecoder::new(MAX_RESPONSE_LEN, None),
+            done: false,
+        }
+    }
+
+    /// The next raw message; None once the server ended with status OK; the
+    /// status as an error otherwise.
+    pub async fn next_bytes(&mut self) -> Result<Option<Bytes>, Status> {
+        if self.done {
+            return Ok(None);
+        }
+        if let Some(response) = self.response.take() {
+            let response = response
+                .await
+                .map_err(|e| Status::unavailable(format!("call failed: {e}")))?;
+            let (parts, body) = response.into_parts();
+            if let Some(status) = Status::from_headers(&parts.headers) {
+                // Trailers-only response.
+                self.done = true;
+                return if status.code == Code::Ok {
+                    Ok(None)
+                } else {
+                    Err(status)
+                };
+            }
+            if parts.status != StatusCode::OK {
+                self.done = true;
+                return Err(Status::new(
+                    http_status_to_code(parts.status),
+                    format!("unexpected HTTP status {}", parts.status),
+                ));
+            }
+            self.body = Some(body);
+        }
+        let body = match self.body.as_mut() {
+            Some(b) => b,
+            None => return Err(Status::internal("response body missing")),
+        };
+        loop {
+            if let Some(msg) = self.decoder.next_message()? {
+                return Ok(Some(msg));
+            }
+            match body.data().await {
+                Some(Ok(chunk)) => {
+                    let _ = body.flow_control().release_capacity(chunk.len());
+                    self.decoder.push(&chunk);
+                }
+                Some(Err(e)) => {
+                    self.done = true;
+                    return Err(Status::unavailable(format!("stream broken: {e}")));
+                }
+                None => {
+                    self.done = true;
+                    let trailers = body
+                        .trailers()
+                        .await
+                        .map_err(|e| Status::unavailable(format!("trailers: {e}")))?;
+                    let status = trailers
+                        .as_ref()
+                        .and_then(Status::from_headers)
+                        .unwrap_or_else(|| Status::internal("server sent no grpc-status"));
+                    return if status.code == Code::Ok {
+                        Ok(None)
+                    } else {
+                        Err(status)
+                    };
+                }
+            }
+        }
+    }
+
+    /// The next decoded message.
+    pub async fn next<M: Message + Default>(&mut self) -> Result<Option<M>, Status> {
+        match self.next_bytes().await? {
+            Some(b) => codec::decode(b, "response").map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+/// The gRPC spec's mapping for responses without a grpc-status.
+fn http_status_to_code(s: StatusCode) -> Code {
+    match s.as_u16() {
+        400 => Code::Internal,
+        401 => Code::Unauthenticated,
+        403 => Code::PermissionDenied,
+        404 => Code::Unimplemented,
+        429 | 502 | 503 | 504 => Code::Unavailable,
+        _ => Code::Unknown,
+    }
+}

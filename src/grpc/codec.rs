@@ -1,0 +1,159 @@
+//! gRPC message framing: every message is a 1-byte compressed flag, a 4-byte
+//! big-endian length and the protobuf bytes. The decoder refuses an oversize
+//! message as soon as its 5-byte prefix arrives, before buffering the body.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use prost::Message;
+
+use super::status::Status;
+
+/// Length of the per-message prefix.
+pub const PREFIX_LEN: usize = 5;
+
+/// Frames one message.
+pub fn encode<M: Message>(message: &M) -> Bytes {
+    let len = message.encoded_len();
+    let mut buf = BytesMut::with_capacity(PREFIX_LEN + len);
+    buf.put_u8(0);
+    buf.put_u32(len as u32);
+    // Encoding into a buffer with enough capacity cannot fail.
+    let _ = message.encode(&mut buf);
+    buf.freeze()
+}
+
+/// Frames already-encoded protobuf bytes.
+pub fn frame_bytes(payload: &[u8]) -> Bytes {
+    let mut buf = BytesMut::with_capacity(PREFIX_LEN + payload.len());
+    buf.put_u8(0);
+    buf.put_u32(payload.len() as u32);
+    buf.put_slice(payload);
+    buf.freeze()
+}
+
+/// Decodes a protobuf message, mapping failures to the status grpc-go uses.
+pub fn decode<M: Message + Default>(bytes: Bytes, what: &str) -> Result<M, Status> {
+    M::decode(bytes).map_err(|e| Status::internal(format!("grpc: error unmarshalling {what}: {e}")))
+}
+
+/// Incremental decoder of length-prefixed messages from arbitrary chunks.
+#[derive(Debug)]
+pub struct FrameDecoder {
+    buf: BytesMut,
+    max_message_len: usize,
+    /// The `grpc-encoding` the peer announced, for the compressed-flag error.
+    encoding: Option<String>,
+}
+
+impl FrameDecoder {
+    pub fn new(max_message_len: usize, encoding: Option<String>) -> FrameDecoder {
+        FrameDecoder {
+            buf: BytesMut::new(),
+            max_message_len,
+            encoding,
+        }
+    }
+
+    /// Appends received bytes.
+    pub fn push(&mut self, data: &[u8]) {
+        self.buf.extend_from_slice(data);
+    }
+
+    /// True when no partial message is buffered.
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    /// The next complete message, or None if more bytes are needed.
+    pub fn next_message(&mut self) -> Result<Option<Bytes>, Status> {
+        if self.buf.len() < PREFIX_LEN {
+            return Ok(None);
+        }
+        let flag = self.buf[0];
+        let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
+        match flag {
+            0 => {}
+            1 => {
+                return Err(match self.encoding.as_deref() {
+                    None | Some("identity") => Status::internal(
+                        "grpc: compressed flag set with identity or empty encoding",
+                    ),
+                    Some(other) => Status::unimplemented(format!(
+                        "grpc: Decompressor is not installed for grpc-encoding \"{other}\""
+                    )),
+                })
+            }
+            other => {
+                return Err(Status::internal(format!(
+                    "grpc: received unexpected payload format {other}"
+                )))
+            }
+        }
+        if len > self.max_message_len {
+            return Err(Status::resource_exhausted(format!(
+                "grpc: received message larger than max ({len} vs. {})",
+                self.max_message_len
+            )));
+        }
+        if self.buf.len() < PREFIX_LEN + len {
+            // Make room once for the whole message instead of growing in steps.
+            self.buf.reserve(PREFIX_LEN + len - self.buf.len());
+            return Ok(None);
+        }
+        self.buf.advance(PREFIX_LEN);
+        Ok(Some(self.buf.split_to(len).freeze()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::grpc::status::Code;
+
+    #[test]
+    fn decodes_messages_split_across_chunks() {
+        let a = frame_bytes(b"hello");
+        let b = frame_bytes(b"");
+        let c = frame_bytes(&[7u8; 300]);
+        let mut all = Vec::new();
+        all.extend_from_slice(&a);
+        all.extend_from_slice(&b);
+        all.extend_from_slice(&c);
+        let mut dec = FrameDecoder::new(1024, None);
+        let mut out = Vec::new();
+        for chunk in all.chunks(3) {
+            dec.push(chunk);
+            while let Some(m) = dec.next_message().unwrap() {
+                out.push(m);
+            }
+        }
+        assert_eq!(out.len(), 3);
+        assert_eq!(&out[0][..], b"hello");
+        assert!(out[1].is_empty());
+        assert_eq!(out[2].len(), 300);
+        assert!(dec.is_empty());
+    }
+
+    #[test]
+    fn oversize_is_refused_from_the_prefix_alone() {
+        let mut dec = FrameDecoder::new(10, None);
+        dec.push(&[0, 0, 0, 1, 0]); // 256 bytes announced, none sent
+        let err = dec.next_message().unwrap_err();
+        assert_eq!(err.code, Code::ResourceExhausted);
+        assert_eq!(
+            err.message,
+            "grpc: received message larger than max (256 vs. 10)"
+        );
+    }
+
+    #[test]
+    fn compressed_flag_without_encoding_is_internal() {
+        let mut dec = FrameDecoder::new(10, None);
+        dec.push(&[1, 0, 0, 0, 1, 9]);
+        assert_eq!(dec.next_message().unwrap_err().code, Code::Internal);
+        let mut dec = FrameDecoder::new(10, Some("gzip".into()));
+        dec.push(&[1, 0, 0, 0, 1, 9]);
+        let err = dec.next_message().unwrap_err();
+        assert_eq!(err.code, Code::Unimplemented);
+        assert!(err.message.contains("gzip"));
+    }
+}

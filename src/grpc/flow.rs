@@ -1,0 +1,24 @@
+//! Writing to an HTTP/2 stream within its flow-control window.
+
+use std::future::poll_fn;
+
+use bytes::Bytes;
+use h2::SendStream;
+
+/// Sends `data` on `stream`, waiting for send capacity so a slow reader
+/// slows the writer instead of growing an unbounded buffer.
+pub async fn write_all(stream: &mut SendStream<Bytes>, mut data: Bytes) -> Result<(), String> {
+    while !data.is_empty() {
+        stream.reserve_capacity(data.len());
+        match poll_fn(|cx| stream.poll_capacity(cx)).await {
+            Some(Ok(0)) => continue,
+            Some(Ok(n)) => {
+                let chunk = data.split_to(n.min(data.len()));
+                stream.send_data(chunk, false).map_err(|e| e.to_string())?;
+            }
+            Some(Err(e)) => return Err(e.to_string()),
+            None => return Err("stream closed".to_string()),
+        }
+    }
+    Ok(())
+}

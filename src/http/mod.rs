@@ -1,0 +1,89 @@
+//! The plain-HTTP health and metrics listener: `GET /health` answers
+//! `{"status":"loading|healthy|degraded"}` (200 only when healthy) and
+//! `GET /metrics` the Prometheus text exposition.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::node::state::{Health, HealthCell};
+
+/// Produces the metrics text on demand.
+pub type MetricsFn = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// Serves until `shutdown` fires.
+pub async fn serve(
+    listener: TcpListener,
+    health: Arc<HealthCell>,
+    metrics: MetricsFn,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                if let Ok((conn, _)) = accepted {
+                    let health = health.clone();
+                    let metrics = metrics.clone();
+                    tokio::spawn(async move {
+                        let _ = tokio::time::timeout(Duration::from_secs(10), answer(conn, &health, &metrics)).await;
+                    });
+                }
+            }
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+async fn answer(
+    mut conn: TcpStream,
+    health: &HealthCell,
+    metrics: &MetricsFn,
+) -> std::io::Result<()> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = conn.read(&mut chunk).await?;
+        if n == 0 || buf.len() > 16 * 1024 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let head = String::from_utf8_lossy(&buf);
+    let mut parts = head.split_whitespace();
+    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let path = target.split('?').next().unwrap_or("");
+    let (status, content_type, body) = match (method, path) {
+        (_, "/health") => {
+            let h = health.get();
+            let code = if h == Health::Healthy {
+                "200 OK"
+            } else {
+                "503 Service Unavailable"
+            };
+            (
+                code,
+                "application/json",
+                format!("{{\"status\":\"{}\"}}", h.as_str()),
+            )
+        }
+        ("GET", "/metrics") => (
+            "200 OK",
+            "text/plain; version=0.0.4; charset=utf-8",
+            metrics(),
+        ),
+        (_, "/metrics") => (
+            "405 Method Not Allowed",
+            "text/plain",
+            "method not allowed\n".into(),
+        ),
+        _ => ("404 Not Found", "text/plain", "not found\n".into()),
+    };
+    let response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    conn.write_all(response.as_bytes()).await?;
+    conn.shutdown().await
+}

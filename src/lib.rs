@@ -1,0 +1,13 @@
+//! netsy: a replicated key-value database whose permanent store is object
+//! storage and which speaks the etcd v3 API. See SPEC §3 for the layout: one
+//! folder per concern, small types at the seams.
+
+pub mod config;
+pub mod etcd;
+pub mod grpc;
+pub mod http;
+pub mod node;
+pub mod pb;
+pub mod primary;
+pub mod store;
+pub mod watch;

@@ -1,0 +1,153 @@
+//! The `netsy` command line: flags and environment in, a running node out.
+
+use std::process::ExitCode;
+
+use netsy::config;
+
+const USAGE: &str = "usage: netsy [--dev] [--config FILE] [-v|--verbose]
+       netsy --validate FILE
+       netsy --version
+
+  --dev            one node, plain HTTP/2 on 127.0.0.1:2378, data in ./netsy-data
+  --config FILE    cluster config (JSONC); overrides NETSY_CONFIG
+  --validate FILE  check a config file and the node environment, then exit
+  -v, --verbose    debug logging (also NETSY_DEBUG=true; RUST_LOG wins)";
+
+#[derive(Default)]
+struct Cli {
+    dev: bool,
+    config: Option<String>,
+    validate: Option<String>,
+    version: bool,
+    verbose: bool,
+}
+
+fn parse_args(args: &[String]) -> Result<Cli, String> {
+    let mut cli = Cli::default();
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f, Some(v.to_string())),
+            _ => (arg.as_str(), None),
+        };
+        let mut value = |name: &str| -> Result<String, String> {
+            inline
+                .clone()
+                .or_else(|| it.next().cloned())
+                .ok_or_else(|| format!("{name} needs a value"))
+        };
+        match flag {
+            "--dev" => cli.dev = true,
+            "--config" | "-config" => cli.config = Some(value("--config")?),
+            "--validate" | "-validate" => cli.validate = Some(value("--validate")?),
+            "--version" | "-version" => cli.version = true,
+            "-v" | "--verbose" => cli.verbose = true,
+            "-h" | "--help" => return Err(String::new()),
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    Ok(cli)
+}
+
+fn init_logging(debug: bool, node_id: &str) {
+    use std::io::Write;
+    let default = if debug { "debug" } else { "info" };
+    let node_id = node_id.to_string();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default))
+        .format(move |buf, record| {
+            writeln!(
+                buf,
+                "{} {:5} {} node={} {}",
+                buf.timestamp_millis(),
+                record.level(),
+                record.target(),
+                node_id,
+                record.args()
+            )
+        })
+        .init();
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let cli = match parse_args(&args) {
+        Ok(c) => c,
+        Err(e) if e.is_empty() => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("Error: {e}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    if cli.version {
+        println!("netsy {}", env!("CARGO_PKG_VERSION"));
+        return ExitCode::SUCCESS;
+    }
+    let env = |name: &str| std::env::var(name).ok();
+    if let Some(path) = &cli.validate {
+        return match config::load(cli.dev, Some(path), &env) {
+            Ok(_) => {
+                println!("Config is valid.");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("Validation failed: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
+    let cfg = match config::load(cli.dev, cli.config.as_deref(), &env) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("Error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    init_logging(cli.verbose || cfg.node.debug, &cfg.node.node_id);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("Error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(netsy::node::run(cfg, shutdown_signal()));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{e}");
+            eprintln!("Error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Resolves on the first SIGTERM or SIGINT; a second one exits at once.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        log::warn!("cannot install signal handlers; stop with SIGKILL");
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => log::info!("SIGTERM received"),
+        _ = int.recv() => log::info!("SIGINT received"),
+    }
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
+        }
+        log::warn!("second signal: exiting now");
+        std::process::exit(1);
+    });
+}

@@ -1,0 +1,246 @@
+//! In-memory key index in front of SQLite (after etcd's mvcc index): for
+//! every key, the revisions that are still readable plus the latest value.
+//! Reads at the latest revision never touch SQLite; older reads learn which
+//! revision to fetch without scanning history.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+
+use super::keyrange::KeyRange;
+use super::record::Record;
+
+/// What the index keeps about one revision of one key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rev {
+    pub revision: i64,
+    pub create_revision: i64,
+    pub version: i64,
+    pub lease: i64,
+    pub deleted: bool,
+}
+
+#[derive(Debug, Default)]
+struct History {
+    /// Ascending by revision.
+    revs: Vec<Rev>,
+    /// The value of the last revision when it is live.
+    value: Option<Bytes>,
+}
+
+impl History {
+    /// Position of the newest revision at or below `at`.
+    fn at(&self, at: i64) -> Option<usize> {
+        let n = self.revs.partition_point(|r| r.revision <= at);
+        n.checked_sub(1)
+    }
+}
+
+/// One key as seen at a revision.
+#[derive(Clone, Copy, Debug)]
+pub struct Entry<'a> {
+    pub key: &'a Bytes,
+    pub rev: Rev,
+    /// The value when `rev` is the key's latest revision; older values live
+    /// only in SQLite.
+    pub value: Option<&'a Bytes>,
+}
+
+#[derive(Debug, Default)]
+pub struct KeyIndex {
+    keys: BTreeMap<Bytes, History>,
+}
+
+impl KeyIndex {
+    pub fn new() -> KeyIndex {
+        KeyIndex::default()
+    }
+
+    /// Number of keys with any readable history.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// Adds a record; records must arrive in revision order. The internal
+    /// record is not a client key and is skipped. `keep_value` lets a bulk
+    /// load attach values later with [`KeyIndex::set_latest_value`].
+    pub fn apply(&mut self, record: &Record) {
+        if record.is_internal() {
+            return;
+        }
+        let history = self.keys.entry(record.key.clone()).or_default();
+        history.revs.push(Rev {
+            revision: record.revision,
+            create_revision: record.create_revision,
+            version: record.version,
+            lease: record.lease,
+            deleted: record.deleted,
+        });
+        history.value = if record.deleted {
+            None
+        } else {
+            record.value.clone()
+        };
+    }
+
+    /// Attaches the value of a key's latest revision (bulk loading).
+    pub fn set_latest_value(&mut self, key: &[u8], revision: i64, value: Bytes) {
+        if let Some(h) = self.keys.get_mut(key) {
+            if h.revs
+                .last()
+                .is_some_and(|r| r.revision == revision && !r.deleted)
+            {
+                h.value = Some(value);
+            }
+        }
+    }
+
+    /// Latest live revisions whose value is not loaded yet (bulk loading).
+    pub fn missing_values(&self) -> Vec<i64> {
+        self.keys
+            .values()
+            .filter(|h| h.value.is_none())
+            .filter_map(|h| h.revs.last().filter(|r| !r.deleted).map(|r| r.revision))
+            .collect()
+    }
+
+    /// The key as of revision `at`, None if absent or deleted then.
+    pub fn get(&self, key: &[u8], at: i64) -> Option<Entry<'_>> {
+        let (k, h) = self.keys.get_key_value(key)?;
+        entry_at(k, h, at)
+    }
+
+    /// Live keys in `range` as of `at`, in ascending key order.
+    pub fn scan<'a>(&'a self, range: &KeyRange, at: i64) -> impl Iterator<Item = Entry<'a>> + 'a {
+        let iter = range.bounds().map(|b| self.keys.range::<[u8], _>(b));
+        iter.into_iter()
+            .flatten()
+            .filter_map(move |(k, h)| entry_at(k, h, at))
+    }
+
+    /// Discards history that compaction at `at` makes unreadable: for each
+    /// key every revision older than its newest one at or below `at`, and
+    /// that newest one too when it is a tombstone. Returns the discarded
+    /// revisions so the caller can mark them compacted in SQLite.
+    pub fn compact(&mut self, at: i64) -> Vec<i64> {
+        let mut discarded = Vec::new();
+        self.keys.retain(|_, h| {
+            let Some(i) = h.at(at) else { return true };
+            let keep_from = if h.revs[i].deleted { i + 1 } else { i };
+            discarded.extend(h.revs[..keep_from].iter().map(|r| r.revision));
+            h.revs.drain(..keep_from);
+            !h.revs.is_empty()
+        });
+        discarded.sort_unstable();
+        discarded
+    }
+}
+
+fn entry_at<'a>(key: &'a Bytes, h: &'a History, at: i64) -> Option<Entry<'a>> {
+    let i = h.at(at)?;
+    let rev = h.revs[i];
+    if rev.deleted {
+        return None;
+    }
+    let value = if i + 1 == h.revs.len() {
+        h.value.as_ref()
+    } else {
+        None
+    };
+    Some(Entry { key, rev, value })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::record::Timestamp;
+
+    fn rec(revision: i64, key: &str, deleted: bool, value: &str) -> Record {
+        Record {
+            revision,
+            key: Bytes::copy_from_slice(key.as_bytes()),
+            created: false,
+            deleted,
+            create_revision: revision,
+            prev_revision: 0,
+            version: if deleted { 0 } else { 1 },
+            lease: 0,
+            dek: 0,
+            value: if deleted {
+                None
+            } else {
+                Some(Bytes::copy_from_slice(value.as_bytes()))
+            },
+            created_at: Timestamp::default(),
+            compacted_at: None,
+            leader_id: "n".into(),
+            replicated_at: None,
+        }
+    }
+
+    fn keys_at(ix: &KeyIndex, range: &KeyRange, at: i64) -> Vec<(String, i64)> {
+        ix.scan(range, at)
+            .map(|e| (String::from_utf8_lossy(e.key).into_owned(), e.rev.revision))
+            .collect()
+    }
+
+    #[test]
+    fn reads_at_each_revision() {
+        let mut ix = KeyIndex::new();
+        ix.apply(&Record::internal("n"));
+        ix.apply(&rec(2, "a", false, "1"));
+        ix.apply(&rec(3, "b", false, "1"));
+        ix.apply(&rec(4, "a", false, "2"));
+        ix.apply(&rec(5, "b", true, ""));
+        let all = KeyRange::new(&Bytes::from_static(b"\0"), &Bytes::from_static(b"\0"));
+        assert_eq!(keys_at(&ix, &all, 1), vec![]);
+        assert_eq!(
+            keys_at(&ix, &all, 3),
+            vec![("a".into(), 2), ("b".into(), 3)]
+        );
+        assert_eq!(
+            keys_at(&ix, &all, 4),
+            vec![("a".into(), 4), ("b".into(), 3)]
+        );
+        assert_eq!(keys_at(&ix, &all, 5), vec![("a".into(), 4)]);
+        // Only the latest revision carries its value in memory.
+        assert_eq!(
+            ix.get(b"a", 5).unwrap().value.map(|v| &v[..]),
+            Some(&b"2"[..])
+        );
+        assert!(ix.get(b"a", 3).unwrap().value.is_none());
+        assert!(ix.get(b"b", 9).is_none());
+        assert!(
+            ix.get(b"_netsy", 9).is_none(),
+            "the internal record is invisible"
+        );
+    }
+
+    #[test]
+    fn compaction_keeps_the_newest_revision_at_or_below() {
+        let mut ix = KeyIndex::new();
+        ix.apply(&rec(2, "a", false, "1"));
+        ix.apply(&rec(3, "a", false, "2"));
+        ix.apply(&rec(4, "b", false, "1"));
+        ix.apply(&rec(5, "b", true, ""));
+        ix.apply(&rec(6, "a", false, "3"));
+        let discarded = ix.compact(5);
+        assert_eq!(discarded, vec![2, 4, 5]);
+        assert_eq!(ix.len(), 1, "b was deleted at or below the compaction");
+        assert_eq!(ix.get(b"a", 5).unwrap().rev.revision, 3);
+        assert_eq!(ix.get(b"a", 6).unwrap().rev.revision, 6);
+        assert!(ix.compact(5).is_empty(), "compaction is idempotent");
+    }
+
+    #[test]
+    fn inverted_range_scans_nothing() {
+        let mut ix = KeyIndex::new();
+        ix.apply(&rec(2, "a", false, "1"));
+        let r = KeyRange::new(&Bytes::from_static(b"b"), &Bytes::from_static(b"a"));
+        assert_eq!(ix.scan(&r, 9).count(), 0);
+    }
+}

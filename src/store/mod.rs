@@ -1,0 +1,334 @@
+//! Local MVCC store: SQLite keeps every record durably (one row per
+//! revision, history kept, compaction nulls values); an in-memory key index
+//! answers reads without scanning history. The etcd layer never sees SQL.
+
+pub mod index;
+pub mod keyrange;
+pub mod record;
+pub mod sqlite;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Mutex, RwLock, RwLockReadGuard};
+
+use bytes::Bytes;
+use rusqlite::Connection;
+
+pub use index::{Entry, KeyIndex, Rev};
+pub use keyrange::KeyRange;
+pub use record::{Record, Timestamp};
+pub use sqlite::{LeaseChange, LeaseRow};
+
+#[derive(Debug)]
+pub enum StoreError {
+    Sqlite(rusqlite::Error),
+    Io(std::io::Error),
+    SchemaVersion {
+        found: i64,
+        expected: i64,
+    },
+    Integrity {
+        count: i64,
+        latest: i64,
+    },
+    /// A value needed for a read was discarded by compaction.
+    Compacted,
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreError::Sqlite(e) => write!(f, "sqlite: {e}"),
+            StoreError::Io(e) => write!(f, "{e}"),
+            StoreError::SchemaVersion { found, expected } => write!(
+                f,
+                "schema version mismatch: database is version {found}, expected {expected}"
+            ),
+            StoreError::Integrity { count, latest } => write!(
+                f,
+                "integrity error: total records ({count}) does not match latest revision ({latest})"
+            ),
+            StoreError::Compacted => write!(f, "mvcc: required revision has been compacted"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Sqlite(e)
+    }
+}
+
+impl From<std::io::Error> for StoreError {
+    fn from(e: std::io::Error) -> Self {
+        StoreError::Io(e)
+    }
+}
+
+/// One key read from the store: its revision metadata and, when loaded,
+/// its value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KvEntry {
+    pub key: Bytes,
+    pub rev: Rev,
+    pub value: Option<Bytes>,
+}
+
+impl KvEntry {
+    pub fn from_entry(e: &Entry<'_>) -> KvEntry {
+        KvEntry {
+            key: e.key.clone(),
+            rev: e.rev,
+            value: e.value.cloned(),
+        }
+    }
+
+    pub fn to_key_value(&self) -> crate::pb::mvccpb::KeyValue {
+        crate::pb::mvccpb::KeyValue {
+            key: self.key.clone(),
+            create_revision: self.rev.create_revision,
+            mod_revision: self.rev.revision,
+            version: self.rev.version,
+            value: self.value.clone().unwrap_or_default(),
+            lease: self.rev.lease,
+        }
+    }
+}
+
+/// Everything one commit makes durable at once.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub records: Vec<Record>,
+    pub leases: Vec<LeaseChange>,
+    pub compaction: Option<i64>,
+}
+
+impl Batch {
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty() && self.leases.is_empty() && self.compaction.is_none()
+    }
+}
+
+pub struct Store {
+    path: PathBuf,
+    index: RwLock<KeyIndex>,
+    writer: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+    latest: AtomicI64,
+    committed: AtomicI64,
+    compacted: AtomicI64,
+    leases: RwLock<BTreeMap<i64, LeaseRow>>,
+}
+
+impl Store {
+    /// Opens `{data_dir}/db.sqlite3`, checks integrity and builds the index.
+    pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(data_dir)?;
+        let path = data_dir.join("db.sqlite3");
+        let mut writer = sqlite::open_writer(&path)?;
+        let latest = sqlite::latest_revision(&writer)?;
+        let count = sqlite::record_count(&writer)?;
+        if count != latest {
+            return Err(StoreError::Integrity { count, latest });
+        }
+        let mut index = KeyIndex::new();
+        sqlite::scan_without_values(&writer, |r| index.apply(&r))?;
+        let compacted = sqlite::compaction_revision(&writer)?;
+        if compacted > 0 {
+            // Finishes a compaction that a crash interrupted (idempotent).
+            let discarded = index.compact(compacted);
+            sqlite::mark_compacted(&mut writer, &discarded)?;
+        }
+        for rev in index.missing_values() {
+            if let Some(r) = sqlite::record_at(&writer, rev)? {
+                index.set_latest_value(&r.key, rev, r.value.unwrap_or_default());
+            }
+        }
+        let leases = sqlite::leases(&writer)?
+            .into_iter()
+            .map(|l| (l.id, l))
+            .collect();
+        log::info!(
+            "local store opened: {} records, {} keys, compaction revision {compacted}",
+            latest,
+            index.len()
+        );
+        Ok(Store {
+            path,
+            index: RwLock::new(index),
+            writer: Mutex::new(writer),
+            readers: Mutex::new(Vec::new()),
+            latest: AtomicI64::new(latest),
+            committed: AtomicI64::new(latest),
+            compacted: AtomicI64::new(compacted),
+            leases: RwLock::new(leases),
+        })
+    }
+
+    /// Highest revision in the local database.
+    pub fn latest_revision(&self) -> i64 {
+        self.latest.load(Ordering::Acquire)
+    }
+
+    /// Highest revision clients may see.
+    pub fn committed_revision(&self) -> i64 {
+        self.committed.load(Ordering::Acquire)
+    }
+
+    /// Highest accepted compaction revision (0 if none).
+    pub fn compacted_revision(&self) -> i64 {
+        self.compacted.load(Ordering::Acquire)
+    }
+
+    /// Read access to the key index. Hold it briefly: writers wait.
+    pub fn index(&self) -> RwLockReadGuard<'_, KeyIndex> {
+        match self.index.read() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// Runs `f` with a pooled read-only SQLite connection.
+    fn with_reader<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let pooled = self.readers.lock().map(|mut p| p.pop()).unwrap_or(None);
+        let conn = match pooled {
+            Some(c) => c,
+            None => sqlite::open_reader(&self.path)?,
+        };
+        let result = f(&conn);
+        if let Ok(mut pool) = self.readers.lock() {
+            if pool.len() < 16 {
+                pool.push(conn);
+            }
+        }
+        result
+    }
+
+    /// Fills in values the index does not hold (revisions older than the
+    /// key's latest) from SQLite.
+    pub fn load_values(&self, entries: &mut [KvEntry]) -> Result<(), StoreError> {
+        if entries.iter().all(|e| e.value.is_some()) {
+            return Ok(());
+        }
+        self.with_reader(|conn| {
+            for e in entries.iter_mut().filter(|e| e.value.is_none()) {
+                match sqlite::value_at(conn, e.rev.revision)? {
+                    Some((_, true)) | None => return Err(StoreError::Compacted),
+                    Some((value, false)) => e.value = Some(value.unwrap_or_default()),
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Records with from <= revision <= to in order (watch replay).
+    pub fn records_between(
+        &self,
+        from: i64,
+        to: i64,
+        limit: usize,
+    ) -> Result<Vec<Record>, StoreError> {
+        self.with_reader(|conn| sqlite::records_between(conn, from, to, limit))
+    }
+
+    /// One full record.
+    pub fn record_at(&self, revision: i64) -> Result<Option<Record>, StoreError> {
+        self.with_reader(|conn| sqlite::record_at(conn, revision))
+    }
+
+    /// (db_size, db_size_in_use) in bytes.
+    pub fn db_size(&self) -> Result<(i64, i64), StoreError> {
+        self.with_reader(sqlite::db_size)
+    }
+
+    /// Whether a lease exists.
+    pub fn lease_exists(&self, id: i64) -> bool {
+        self.leases
+            .read()
+            .map(|l| l.contains_key(&id))
+            .unwrap_or(false)
+    }
+
+    pub fn lease(&self, id: i64) -> Option<LeaseRow> {
+        self.leases.read().ok().and_then(|l| l.get(&id).cloned())
+    }
+
+    pub fn lease_ids(&self) -> Vec<i64> {
+        self.leases
+            .read()
+            .map(|l| l.keys().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// Makes a batch durable in SQLite (fsynced on return). Does not make it
+    /// visible: call [`Store::publish`] after every other durability step.
+    pub fn persist(&self, batch: &Batch) -> Result<(), StoreError> {
+        let mut conn = match self.writer.lock() {
+            Ok(c) => c,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        sqlite::commit_batch(&mut conn, &batch.records, &batch.leases, batch.compaction)
+    }
+
+    /// Applies a persisted batch to the index and advances the latest and
+    /// committed revisions. Returns the revisions a compaction discarded.
+    pub fn publish(&self, batch: &Batch) -> Vec<i64> {
+        let mut discarded = Vec::new();
+        {
+            let mut index = match self.index.write() {
+                Ok(g) => g,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            for r in &batch.records {
+                index.apply(r);
+            }
+            // Revisions change under the index lock, so a reader holding the
+            // lock sees revisions that match the index it scans.
+            if let Some(c) = batch.compaction {
+                discarded = index.compact(c);
+                self.compacted.fetch_max(c, Ordering::AcqRel);
+            }
+            if let Some(last) = batch.records.last() {
+                self.latest.store(last.revision, Ordering::Release);
+                self.committed.store(last.revision, Ordering::Release);
+            }
+        }
+        if !batch.leases.is_empty() {
+            if let Ok(mut leases) = self.leases.write() {
+                for change in &batch.leases {
+                    match change {
+                        LeaseChange::Grant { id, ttl } => {
+                            leases.insert(
+                                *id,
+                                LeaseRow {
+                                    id: *id,
+                                    ttl: *ttl,
+                                    granted_at: Timestamp::now(),
+                                },
+                            );
+                        }
+                        LeaseChange::Revoke { id } => {
+                            leases.remove(id);
+                        }
+                    }
+                }
+            }
+        }
+        discarded
+    }
+
+    /// Nulls the values compaction made unreachable (rows stay).
+    pub fn discard_values(&self, revisions: &[i64]) -> Result<(), StoreError> {
+        let mut conn = match self.writer.lock() {
+            Ok(c) => c,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        sqlite::mark_compacted(&mut conn, revisions)
+    }
+}

@@ -1,0 +1,351 @@
+//! The record: one write at one revision, as kept in SQLite, streamed to
+//! replicas and written to data files. Also RFC 3339 timestamps as the
+//! reference stores them (nanoseconds, trailing zeros trimmed).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+
+use crate::pb::mvccpb::KeyValue;
+use crate::pb::netsy as peer;
+
+/// Key of the internal record at revision 1, invisible to clients.
+pub const INTERNAL_KEY: &[u8] = b"_netsy";
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    pub revision: i64,
+    pub key: Bytes,
+    /// This write created the key (it was absent or a tombstone before).
+    pub created: bool,
+    /// This write is a tombstone.
+    pub deleted: bool,
+    pub create_revision: i64,
+    /// Revision of the key's previous live row, 0 if none.
+    pub prev_revision: i64,
+    /// etcd version; 0 for tombstones.
+    pub version: i64,
+    pub lease: i64,
+    pub dek: i64,
+    /// None for tombstones and compacted rows.
+    pub value: Option<Bytes>,
+    pub created_at: Timestamp,
+    pub compacted_at: Option<Timestamp>,
+    pub leader_id: String,
+    pub replicated_at: Option<Timestamp>,
+}
+
+impl Record {
+    /// The internal first record of every store.
+    pub fn internal(leader_id: &str) -> Record {
+        Record {
+            revision: 1,
+            key: Bytes::from_static(INTERNAL_KEY),
+            created: true,
+            deleted: false,
+            create_revision: 1,
+            prev_revision: 0,
+            version: 1,
+            lease: 0,
+            dek: 0,
+            value: None,
+            created_at: Timestamp::now(),
+            compacted_at: None,
+            leader_id: leader_id.to_string(),
+            replicated_at: None,
+        }
+    }
+
+    /// True for revision 1, which clients never see.
+    pub fn is_internal(&self) -> bool {
+        self.revision == 1
+    }
+
+    /// The etcd view of this record: a live key, or a tombstone carrying only
+    /// the key and its revision (as etcd's delete events do).
+    pub fn to_key_value(&self) -> KeyValue {
+        if self.deleted {
+            KeyValue {
+                key: self.key.clone(),
+                mod_revision: self.revision,
+                ..Default::default()
+            }
+        } else {
+            KeyValue {
+                key: self.key.clone(),
+                create_revision: self.create_revision,
+                mod_revision: self.revision,
+                version: self.version,
+                value: self.value.clone().unwrap_or_default(),
+                lease: self.lease,
+            }
+        }
+    }
+
+    /// The peer-protocol form (crc left 0; data files compute it).
+    pub fn to_proto(&self) -> peer::Record {
+        peer::Record {
+            crc: 0,
+            revision: self.revision,
+            key: self.key.clone(),
+            created: self.created,
+            deleted: self.deleted,
+            create_revision: self.create_revision,
+            prev_revision: self.prev_revision,
+            version: self.version,
+            lease: self.lease,
+            dek: self.dek,
+            value: self.value.clone().unwrap_or_default(),
+            created_at: Some(self.created_at.to_proto()),
+            compacted_at: self.compacted_at.map(|t| t.to_proto()),
+            leader_id: self.leader_id.clone(),
+            replicated_at: self.replicated_at.map(|t| t.to_proto()),
+        }
+    }
+
+    /// From the peer-protocol form. A live row keeps an empty value as
+    /// Some(""), tombstones and compacted rows have None.
+    pub fn from_proto(p: &peer::Record) -> Record {
+        let value = if p.deleted || p.compacted_at.is_some() {
+            None
+        } else {
+            Some(p.value.clone())
+        };
+        Record {
+            revision: p.revision,
+            key: p.key.clone(),
+            created: p.created,
+            deleted: p.deleted,
+            create_revision: p.create_revision,
+            prev_revision: p.prev_revision,
+            version: p.version,
+            lease: p.lease,
+            dek: p.dek,
+            value,
+            created_at: p.created_at.map(Timestamp::from_proto).unwrap_or_default(),
+            compacted_at: p.compacted_at.map(Timestamp::from_proto),
+            leader_id: p.leader_id.clone(),
+            replicated_at: p.replicated_at.map(Timestamp::from_proto),
+        }
+    }
+}
+
+/// A UTC instant with nanosecond precision (seconds may be negative).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp {
+    pub seconds: i64,
+    pub nanos: u32,
+}
+
+impl Timestamp {
+    pub fn now() -> Timestamp {
+        Timestamp::from_system(SystemTime::now())
+    }
+
+    pub fn from_system(t: SystemTime) -> Timestamp {
+        match t.duration_since(UNIX_EPOCH) {
+            Ok(d) => Timestamp {
+                seconds: d.as_secs() as i64,
+                nanos: d.subsec_nanos(),
+            },
+            Err(e) => {
+                let d = e.duration();
+                let mut seconds = -(d.as_secs() as i64);
+                let mut nanos = d.subsec_nanos();
+                if nanos > 0 {
+                    seconds -= 1;
+                    nanos = 1_000_000_000 - nanos;
+                }
+                Timestamp { seconds, nanos }
+            }
+        }
+    }
+
+    pub fn to_system(self) -> SystemTime {
+        if self.seconds >= 0 {
+            UNIX_EPOCH + Duration::new(self.seconds as u64, self.nanos)
+        } else {
+            UNIX_EPOCH - Duration::from_secs(self.seconds.unsigned_abs())
+                + Duration::from_nanos(self.nanos as u64)
+        }
+    }
+
+    pub fn to_proto(self) -> prost_types::Timestamp {
+        prost_types::Timestamp {
+            seconds: self.seconds,
+            nanos: self.nanos as i32,
+        }
+    }
+
+    pub fn from_proto(t: prost_types::Timestamp) -> Timestamp {
+        Timestamp {
+            seconds: t.seconds,
+            nanos: t.nanos.clamp(0, 999_999_999) as u32,
+        }
+    }
+
+    /// RFC 3339 in UTC with nanoseconds, trailing fractional zeros trimmed:
+    /// `2025-01-02T03:04:05.123456789Z`, `2025-01-02T03:04:05Z`.
+    pub fn to_rfc3339(self) -> String {
+        let days = self.seconds.div_euclid(86_400);
+        let secs_of_day = self.seconds.rem_euclid(86_400);
+        let (y, m, d) = civil_from_days(days);
+        let (hh, mm, ss) = (secs_of_day / 3600, secs_of_day / 60 % 60, secs_of_day % 60);
+        let mut out = format!("{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}");
+        if self.nanos > 0 {
+            let frac = format!("{:09}", self.nanos);
+            out.push('.');
+            out.push_str(frac.trim_end_matches('0'));
+        }
+        out.push('Z');
+        out
+    }
+
+    /// Parses RFC 3339 (`Z` or a numeric offset, optional fraction).
+    pub fn parse_rfc3339(s: &str) -> Option<Timestamp> {
+        let b = s.as_bytes();
+        if b.len() < 20
+            || b[4] != b'-'
+            || b[7] != b'-'
+            || (b[10] != b'T' && b[10] != b't')
+            || b[13] != b':'
+            || b[16] != b':'
+        {
+            return None;
+        }
+        let num = |r: std::ops::Range<usize>| -> Option<i64> {
+            let part = s.get(r)?;
+            if !part.bytes().all(|c| c.is_ascii_digit()) {
+                return None;
+            }
+            part.parse().ok()
+        };
+        let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+        let (h, mi, se) = (num(11..13)?, num(14..16)?, num(17..19)?);
+        if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || se > 60 {
+            return None;
+        }
+        let mut i = 19;
+        let mut nanos: u32 = 0;
+        if b.get(i) == Some(&b'.') {
+            i += 1;
+            let start = i;
+            while i < b.len() && b[i].is_ascii_digit() {
+                i += 1;
+            }
+            let digits = &s[start..i];
+            if digits.is_empty() {
+                return None;
+            }
+            let mut padded: String = digits.chars().take(9).collect();
+            while padded.len() < 9 {
+                padded.push('0');
+            }
+            nanos = padded.parse().ok()?;
+        }
+        let offset = match b.get(i)? {
+            b'Z' | b'z' if i + 1 == b.len() => 0,
+            b'+' | b'-' if i + 6 == b.len() && b[i + 3] == b':' => {
+                let oh = num(i + 1..i + 3)?;
+                let om = num(i + 4..i + 6)?;
+                let sign = if b[i] == b'+' { 1 } else { -1 };
+                sign * (oh * 3600 + om * 60)
+            }
+            _ => return None,
+        };
+        let seconds = days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + se - offset;
+        Some(Timestamp { seconds, nanos })
+    }
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian.
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+/// (year, month, day) to days since 1970-01-01.
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = if m > 2 { m - 3 } else { m + 9 };
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_matches_reference_shape() {
+        let t = Timestamp {
+            seconds: 1_735_787_045,
+            nanos: 123_456_789,
+        };
+        assert_eq!(t.to_rfc3339(), "2025-01-02T03:04:05.123456789Z");
+        let t = Timestamp {
+            seconds: 1_735_787_045,
+            nanos: 120_000_000,
+        };
+        assert_eq!(t.to_rfc3339(), "2025-01-02T03:04:05.12Z");
+        let t = Timestamp {
+            seconds: 0,
+            nanos: 0,
+        };
+        assert_eq!(t.to_rfc3339(), "1970-01-01T00:00:00Z");
+        let zero = Timestamp {
+            seconds: -62_135_596_800,
+            nanos: 0,
+        };
+        assert_eq!(zero.to_rfc3339(), "0001-01-01T00:00:00Z");
+    }
+
+    #[test]
+    fn rfc3339_round_trips_and_accepts_offsets() {
+        for (s, n) in [(1_700_000_000, 5), (951_782_400, 0), (-1, 999_999_999)] {
+            let t = Timestamp {
+                seconds: s,
+                nanos: n,
+            };
+            assert_eq!(Timestamp::parse_rfc3339(&t.to_rfc3339()), Some(t));
+        }
+        let a = Timestamp::parse_rfc3339("2025-01-02T04:04:05.5+01:00").unwrap();
+        assert_eq!(
+            a,
+            Timestamp {
+                seconds: 1_735_787_045,
+                nanos: 500_000_000
+            }
+        );
+        assert_eq!(Timestamp::parse_rfc3339("2025-13-02T04:04:05Z"), None);
+        assert_eq!(Timestamp::parse_rfc3339("garbage"), None);
+    }
+
+    #[test]
+    fn system_time_round_trip() {
+        let now = SystemTime::now();
+        assert_eq!(Timestamp::from_system(now).to_system(), now);
+    }
+
+    #[test]
+    fn proto_round_trip_keeps_empty_values_live() {
+        let mut r = Record::internal("n1");
+        r.revision = 7;
+        r.value = Some(Bytes::new());
+        assert_eq!(Record::from_proto(&r.to_proto()), r);
+        r.deleted = true;
+        r.value = None;
+        assert_eq!(Record::from_proto(&r.to_proto()), r);
+    }
+}

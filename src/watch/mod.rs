@@ -1,0 +1,224 @@
+//! Watch hub: the committed revision as a signal, plus a bounded ring of
+//! recent events. Watch streams pull from it at their own pace (falling back
+//! to the store for older history), so a slow consumer never blocks a write
+//! or another watcher, and no event is ever skipped.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, RwLock};
+
+use crate::pb::mvccpb::{event::EventType, Event as PbEvent, KeyValue};
+use crate::store::Record;
+
+/// One committed change.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Event {
+    pub revision: i64,
+    pub deleted: bool,
+    /// The key after the change (for a delete: key and revision only).
+    pub kv: KeyValue,
+    /// The key before the change, when it existed.
+    pub prev_kv: Option<KeyValue>,
+}
+
+impl Event {
+    pub fn from_record(record: &Record, prev: Option<KeyValue>) -> Event {
+        Event {
+            revision: record.revision,
+            deleted: record.deleted,
+            kv: record.to_key_value(),
+            prev_kv: prev,
+        }
+    }
+
+    pub fn to_proto(&self, with_prev: bool) -> PbEvent {
+        PbEvent {
+            r#type: if self.deleted {
+                EventType::Delete as i32
+            } else {
+                EventType::Put as i32
+            },
+            kv: Some(self.kv.clone()),
+            prev_kv: if with_prev {
+                self.prev_kv.clone()
+            } else {
+                None
+            },
+        }
+    }
+
+    fn size(&self) -> usize {
+        64 + self.kv.key.len()
+            + self.kv.value.len()
+            + self
+                .prev_kv
+                .as_ref()
+                .map_or(0, |p| p.key.len() + p.value.len())
+    }
+}
+
+/// Limits of the in-memory event ring.
+#[derive(Clone, Copy, Debug)]
+pub struct RingLimits {
+    pub max_events: usize,
+    pub max_bytes: usize,
+}
+
+impl Default for RingLimits {
+    fn default() -> Self {
+        RingLimits {
+            max_events: 100_000,
+            max_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+struct Ring {
+    events: VecDeque<Arc<Event>>,
+    bytes: usize,
+    /// Every event with a revision above this is in the ring.
+    complete_after: i64,
+    limits: RingLimits,
+}
+
+/// Where watchers learn about committed revisions and fetch recent events.
+pub struct WatchHub {
+    ring: RwLock<Ring>,
+    committed: tokio::sync::watch::Sender<i64>,
+}
+
+impl WatchHub {
+    /// A hub whose history starts after `committed`.
+    pub fn new(committed: i64, limits: RingLimits) -> WatchHub {
+        let (tx, _) = tokio::sync::watch::channel(committed);
+        WatchHub {
+            ring: RwLock::new(Ring {
+                events: VecDeque::new(),
+                bytes: 0,
+                complete_after: committed,
+                limits,
+            }),
+            committed: tx,
+        }
+    }
+
+    /// Adds committed events (ascending) and announces the new committed
+    /// revision.
+    pub fn publish(&self, events: Vec<Event>, committed: i64) {
+        if let Ok(mut ring) = self.ring.write() {
+            for e in events {
+                ring.bytes += e.size();
+                ring.events.push_back(Arc::new(e));
+            }
+            while ring.events.len() > ring.limits.max_events || ring.bytes > ring.limits.max_bytes {
+                match ring.events.pop_front() {
+                    Some(old) => {
+                        ring.bytes -= old.size();
+                        ring.complete_after = old.revision;
+                    }
+                    None => break,
+                }
+            }
+        }
+        self.committed.send_replace(committed);
+    }
+
+    /// A receiver that wakes when the committed revision moves.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<i64> {
+        self.committed.subscribe()
+    }
+
+    pub fn committed(&self) -> i64 {
+        *self.committed.borrow()
+    }
+
+    /// Events with after < revision <= upto, at most `limit`; None when the
+    /// ring no longer holds all of them (read the store instead).
+    pub fn events_between(&self, after: i64, upto: i64, limit: usize) -> Option<Vec<Arc<Event>>> {
+        let ring = self.ring.read().ok()?;
+        if after < ring.complete_after {
+            return None;
+        }
+        let start = ring.events.partition_point(|e| e.revision <= after);
+        Some(
+            ring.events
+                .range(start..)
+                .take_while(|e| e.revision <= upto)
+                .take(limit)
+                .cloned()
+                .collect(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn ev(rev: i64, value_len: usize) -> Event {
+        Event {
+            revision: rev,
+            deleted: false,
+            kv: KeyValue {
+                key: Bytes::from_static(b"k"),
+                mod_revision: rev,
+                value: Bytes::from(vec![0u8; value_len]),
+                ..Default::default()
+            },
+            prev_kv: None,
+        }
+    }
+
+    #[test]
+    fn serves_recent_events_and_admits_when_it_lost_older_ones() {
+        let hub = WatchHub::new(
+            1,
+            RingLimits {
+                max_events: 3,
+                max_bytes: usize::MAX,
+            },
+        );
+        hub.publish(vec![ev(2, 0), ev(3, 0)], 3);
+        let got: Vec<i64> = hub
+            .events_between(1, 3, 10)
+            .unwrap()
+            .iter()
+            .map(|e| e.revision)
+            .collect();
+        assert_eq!(got, [2, 3]);
+        hub.publish(vec![ev(4, 0), ev(5, 0)], 5);
+        assert!(
+            hub.events_between(1, 5, 10).is_none(),
+            "revision 2 was evicted"
+        );
+        let got: Vec<i64> = hub
+            .events_between(2, 5, 10)
+            .unwrap()
+            .iter()
+            .map(|e| e.revision)
+            .collect();
+        assert_eq!(got, [3, 4, 5]);
+        let got: Vec<i64> = hub
+            .events_between(2, 4, 1)
+            .unwrap()
+            .iter()
+            .map(|e| e.revision)
+            .collect();
+        assert_eq!(got, [3]);
+        assert_eq!(hub.committed(), 5);
+    }
+
+    #[test]
+    fn byte_budget_evicts() {
+        let hub = WatchHub::new(
+            1,
+            RingLimits {
+                max_events: 100,
+                max_bytes: 1000,
+            },
+        );
+        hub.publish(vec![ev(2, 600), ev(3, 600)], 3);
+        assert!(hub.events_between(1, 3, 10).is_none());
+        assert_eq!(hub.events_between(2, 3, 10).unwrap().len(), 1);
+    }
+}
