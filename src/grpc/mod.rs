@@ -17,3 +17,6 @@ pub use client::Channel;
 pub use router::{unary, Call, Handler, Router};
 pub use server::{PeerInfo, Server, ServerConfig, Shutdown};
 pub use status::{Code, Status};
+
+#[cfg(test)]
+mod tests;

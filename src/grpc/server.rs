@@ -45,7 +45,9 @@ impl Default for ServerConfig {
             max_concurrent_streams: 100_000,
             keepalive_interval: Duration::from_secs(2 * 3600),
             keepalive_timeout: Duration::from_secs(20),
-            idle_timeout: None,
+            // Connections without a stream for this long are closed with
+            // GOAWAY; clients reconnect transparently.
+            idle_timeout: Some(Duration::from_secs(30 * 60)),
             stream_window: 1024 * 1024,
             connection_window: 8 * 1024 * 1024,
         }

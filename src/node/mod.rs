@@ -103,8 +103,9 @@ pub async fn run(
 
     let mut tasks = tokio::task::JoinSet::new();
     if let Some(listener) = health_listener {
-        let addr = listener.local_addr().ok();
-        log::info!("health and metrics on {addr:?}");
+        if let Ok(addr) = listener.local_addr() {
+            log::info!("serving health and metrics on {addr}");
+        }
         let metrics_store = store.clone();
         let metrics: crate::http::MetricsFn = Arc::new(move || {
             format!(

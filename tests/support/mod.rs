@@ -1,0 +1,292 @@
+//! Test support: starts the real `netsy` binary on loopback with a fresh
+//! data directory, finds the test tools installed by scripts/setup, and
+//! polls conditions with deadlines instead of sleeping.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long a test waits for something that should happen quickly.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A test tool installed by scripts/setup into .tools/bin (or on PATH).
+pub fn tool(name: &str) -> PathBuf {
+    let local = repo().join(".tools/bin").join(name);
+    if local.exists() {
+        return local;
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            let p = dir.join(name);
+            if p.exists() {
+                return p;
+            }
+        }
+    }
+    panic!("{name} not found: run ./scripts/setup first");
+}
+
+/// Lines a child process printed, shared with a reader thread.
+#[derive(Clone, Default)]
+pub struct Lines {
+    inner: Arc<(Mutex<Vec<String>>, Condvar)>,
+}
+
+impl Lines {
+    pub fn follow(
+        stream: impl std::io::Read + Send + 'static,
+        echo: Option<&'static str>,
+    ) -> Lines {
+        let lines = Lines::default();
+        let l = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines() {
+                let Ok(line) = line else { break };
+                if let Some(prefix) = echo {
+                    eprintln!("[{prefix}] {line}");
+                }
+                let (m, cv) = &*l.inner;
+                m.lock().unwrap().push(line);
+                cv.notify_all();
+            }
+        });
+        lines
+    }
+
+    pub fn snapshot(&self) -> Vec<String> {
+        self.inner.0.lock().unwrap().clone()
+    }
+
+    /// Waits until some line satisfies `f` and returns it.
+    pub fn wait_for(&self, what: &str, f: impl Fn(&str) -> bool) -> String {
+        let (m, cv) = &*self.inner;
+        let deadline = Instant::now() + DEADLINE;
+        let mut seen = m.lock().unwrap();
+        loop {
+            if let Some(l) = seen.iter().find(|l| f(l)) {
+                return l.clone();
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                panic!(
+                    "timed out waiting for {what}; output so far:\n{}",
+                    seen.join("\n")
+                );
+            }
+            seen = cv.wait_timeout(seen, deadline - now).unwrap().0;
+        }
+    }
+
+    /// Waits until at least `n` lines arrived.
+    pub fn wait_count(&self, n: usize) -> Vec<String> {
+        let (m, cv) = &*self.inner;
+        let deadline = Instant::now() + DEADLINE;
+        let mut seen = m.lock().unwrap();
+        while seen.len() < n {
+            let now = Instant::now();
+            if now >= deadline {
+                panic!("timed out waiting for {n} lines; got:\n{}", seen.join("\n"));
+            }
+            seen = cv.wait_timeout(seen, deadline - now).unwrap().0;
+        }
+        seen.clone()
+    }
+}
+
+/// A running netsy process.
+pub struct Netsy {
+    pub child: Child,
+    pub data_dir: PathBuf,
+    pub client_addr: String,
+    pub health_addr: String,
+    pub log: Lines,
+}
+
+/// How to start a node.
+#[derive(Clone, Default)]
+pub struct NetsyOptions {
+    pub config: Option<PathBuf>,
+    pub env: Vec<(String, String)>,
+}
+
+impl Netsy {
+    /// `netsy --dev` on loopback ephemeral ports with its own data dir.
+    pub fn start_dev(data_dir: &Path) -> Netsy {
+        Netsy::start(data_dir, NetsyOptions::default())
+    }
+
+    pub fn start(data_dir: &Path, opts: NetsyOptions) -> Netsy {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_netsy"));
+        cmd.arg("--dev");
+        if let Some(c) = &opts.config {
+            cmd.arg("--config").arg(c);
+        }
+        cmd.env("NETSY_BIND_CLIENT", "127.0.0.1:0")
+            .env("NETSY_BIND_HEALTH", "127.0.0.1:0")
+            .env("NETSY_DATA_DIR", data_dir)
+            .env("RUST_LOG", "info")
+            .envs(opts.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("start netsy");
+        let log = Lines::follow(child.stderr.take().unwrap(), None);
+        let client = log.wait_for("the client listener", |l| {
+            l.contains("serving the etcd API on ")
+        });
+        let client_addr = after(&client, "serving the etcd API on ");
+        let health = log.wait_for("the health listener", |l| {
+            l.contains("serving health and metrics on ")
+        });
+        let health_addr = after(&health, "serving health and metrics on ");
+        Netsy {
+            child,
+            data_dir: data_dir.to_path_buf(),
+            client_addr,
+            health_addr,
+            log,
+        }
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait for the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        signal(self.child.id(), "TERM");
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "netsy did not exit after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Runs etcdctl (3.5.1) against this node.
+    pub fn etcdctl(&self, args: &[&str]) -> Output {
+        etcdctl(&self.client_addr, args, None)
+    }
+
+    pub fn etcdctl_stdin(&self, args: &[&str], stdin: &str) -> Output {
+        etcdctl(&self.client_addr, args, Some(stdin))
+    }
+
+    /// Runs etcdctl and returns stdout, failing the test on a non-zero exit.
+    pub fn ctl(&self, args: &[&str]) -> String {
+        let out = self.etcdctl(args);
+        assert!(
+            out.status.success(),
+            "etcdctl {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    pub async fn client(&self) -> etcd_client::Client {
+        etcd_client::Client::connect([self.client_addr.as_str()], None)
+            .await
+            .expect("etcd-client connects")
+    }
+
+    pub async fn channel(&self) -> netsy::grpc::Channel {
+        netsy::grpc::Channel::connect(&self.client_addr)
+            .await
+            .expect("grpc connect")
+    }
+}
+
+impl Drop for Netsy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
+
+fn after(line: &str, marker: &str) -> String {
+    let rest = &line[line.find(marker).unwrap() + marker.len()..];
+    rest.split_whitespace().next().unwrap().to_string()
+}
+
+pub fn etcdctl(endpoint: &str, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut cmd = Command::new(tool("etcdctl"));
+    cmd.env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={endpoint}"))
+        .arg("--dial-timeout=5s")
+        .arg("--command-timeout=10s")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    match stdin {
+        None => cmd.stdin(Stdio::null()).output().unwrap(),
+        Some(input) => {
+            use std::io::Write;
+            cmd.stdin(Stdio::piped());
+            let mut child = cmd.spawn().unwrap();
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(input.as_bytes())
+                .unwrap();
+            child.wait_with_output().unwrap()
+        }
+    }
+}
+
+/// Polls `f` until it returns Some, or fails the test at the deadline.
+pub fn poll<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A minimal HTTP GET against the health listener: (status code, body).
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).unwrap();
+    let code = buf.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|x| x.1.to_string())
+        .unwrap_or_default();
+    (code, body)
+}
