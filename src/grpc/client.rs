@@ -130,7 +130,14 @@ impl Channel {
         timeout: Option<Duration>,
     ) -> Result<Resp, Status> {
         let mut call = self.start(path, timeout).await?;
-        call.sender.send(request).await?;
+        if let Err(send_error) = call.sender.send(request).await {
+            // The server may have answered (and closed the stream) before
+            // reading the request, e.g. Unimplemented: prefer its status.
+            return match call.receiver.next::<Resp>().await {
+                Err(status) => Err(status),
+                Ok(_) => Err(send_error),
+            };
+        }
         call.sender.close();
         let resp = call.receiver.next().await?;
         match resp {

@@ -1,0 +1,256 @@
+//! Runs scenario steps against one server (etcd or netsy) through netsy's
+//! own gRPC client, producing normalised JSON per step.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+use netsy::grpc::client::CallSender;
+use netsy::grpc::{Channel, Status};
+use netsy::pb::etcdserverpb::{
+    AlarmResponse, CompactionResponse, DeleteRangeResponse, LeaseGrantResponse, MemberListRequest,
+    MemberListResponse, PutResponse, RangeResponse, StatusRequest, StatusResponse, TxnResponse,
+    WatchResponse,
+};
+
+use crate::json::{obj, only, string};
+use crate::normalize::{self, LeaseNames};
+use crate::requests::{self, Leases};
+use crate::scenario::Step;
+
+/// A message whose content does not matter: encodes as nothing, decodes
+/// anything (for calls where only the status is compared).
+#[derive(Clone, Debug, Default, PartialEq)]
+struct Ignored;
+
+impl prost::Message for Ignored {
+    fn encode_raw(&self, _buf: &mut impl bytes::BufMut) {}
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: prost::encoding::WireType,
+        buf: &mut impl bytes::Buf,
+        ctx: prost::encoding::DecodeContext,
+    ) -> Result<(), prost::DecodeError> {
+        prost::encoding::skip_field(wire_type, tag, buf, ctx)
+    }
+
+    fn encoded_len(&self) -> usize {
+        0
+    }
+
+    fn clear(&mut self) {}
+}
+
+/// How long a watch expectation waits for its items.
+const WATCH_WAIT: Duration = Duration::from_secs(5);
+
+struct WatchStream {
+    sender: CallSender,
+    responses: mpsc::UnboundedReceiver<Result<Option<WatchResponse>, Status>>,
+    pending: VecDeque<Value>,
+    ended: bool,
+}
+
+/// One server under test.
+pub struct Target {
+    channel: Channel,
+    leases: Leases,
+    lease_names: LeaseNames,
+    streams: HashMap<String, WatchStream>,
+}
+
+impl Target {
+    pub async fn connect(addr: &str) -> Result<Target, String> {
+        let channel = Channel::connect(addr).await.map_err(|e| e.to_string())?;
+        Ok(Target {
+            channel,
+            leases: Leases::new(),
+            lease_names: LeaseNames::new(),
+            streams: HashMap::new(),
+        })
+    }
+
+    async fn unary<Req: prost::Message, Resp: prost::Message + Default>(
+        &self,
+        method: &str,
+        req: &Req,
+    ) -> Result<Resp, Status> {
+        self.channel
+            .unary_with_timeout(
+                &format!("/etcdserverpb.{method}"),
+                req,
+                Some(Duration::from_secs(10)),
+            )
+            .await
+    }
+
+    /// Runs one step and returns its normalised outcome.
+    pub async fn run(&mut self, step: &Step) -> Result<Value, String> {
+        let body = &step.body;
+        let names = &self.lease_names;
+        let out = match step.op.as_str() {
+            "range" => {
+                let r = requests::range(body)?;
+                self.unary::<_, RangeResponse>("KV/Range", &r)
+                    .await
+                    .map(|x| normalize::range(&x, names))
+            }
+            "put" => {
+                let r = requests::put(body, &self.leases)?;
+                self.unary::<_, PutResponse>("KV/Put", &r)
+                    .await
+                    .map(|x| normalize::put(&x, names))
+            }
+            "delete" => {
+                let r = requests::delete(body)?;
+                self.unary::<_, DeleteRangeResponse>("KV/DeleteRange", &r)
+                    .await
+                    .map(|x| normalize::delete(&x, names))
+            }
+            "txn" => {
+                let r = requests::txn(body, &self.leases)?;
+                self.unary::<_, TxnResponse>("KV/Txn", &r)
+                    .await
+                    .map(|x| normalize::txn(&x, names))
+            }
+            "compact" => {
+                let r = requests::compact(body)?;
+                self.unary::<_, CompactionResponse>("KV/Compact", &r)
+                    .await
+                    .map(|x| normalize::compact(&x))
+            }
+            "lease_grant" => {
+                let (r, name) = requests::lease_grant(body)?;
+                let resp = self
+                    .unary::<_, LeaseGrantResponse>("Lease/LeaseGrant", &r)
+                    .await;
+                if let (Ok(g), Some(n)) = (&resp, name) {
+                    self.leases.insert(n.clone(), g.id);
+                    self.lease_names.insert(g.id, n);
+                }
+                let names = &self.lease_names;
+                resp.map(|x| normalize::lease_grant(&x, names))
+            }
+            "status" => self
+                .unary::<_, StatusResponse>("Maintenance/Status", &StatusRequest {})
+                .await
+                .map(|x| normalize::status(&x)),
+            "alarm" => {
+                let r = requests::alarm(body)?;
+                self.unary::<_, AlarmResponse>("Maintenance/Alarm", &r)
+                    .await
+                    .map(|x| normalize::alarm(&x))
+            }
+            "member_list" => self
+                .unary::<_, MemberListResponse>("Cluster/MemberList", &MemberListRequest::default())
+                .await
+                .map(|x| normalize::member_list(&x)),
+            "call" => {
+                // Any method, with an empty request message: for the
+                // Unimplemented set and unknown methods.
+                let o = obj(body, "call")?;
+                only(o, &["method"], "call")?;
+                let method = string(o, "method")?.ok_or("call needs a method")?;
+                self.channel
+                    .unary_with_timeout::<_, Ignored>(
+                        &method,
+                        &Ignored,
+                        Some(Duration::from_secs(10)),
+                    )
+                    .await
+                    .map(|_| json!({"ok": true}))
+            }
+            "watch" => return self.watch(body).await,
+            "watch_expect" => return self.watch_expect(body).await,
+            other => return Err(format!("unknown step {other:?}")),
+        };
+        Ok(out.unwrap_or_else(|s| normalize::error(&s)))
+    }
+
+    async fn watch(&mut self, body: &Value) -> Result<Value, String> {
+        let o = obj(body, "watch")?;
+        only(o, &["stream", "create", "cancel", "progress"], "watch")?;
+        let name = string(o, "stream")?.unwrap_or_else(|| "default".into());
+        let request = requests::watch(o)?;
+        if !self.streams.contains_key(&name) {
+            let call = self
+                .channel
+                .start("/etcdserverpb.Watch/Watch", None)
+                .await
+                .map_err(|e| format!("open watch stream: {e}"))?;
+            let (tx, rx) = mpsc::unbounded_channel();
+            let mut receiver = call.receiver;
+            tokio::spawn(async move {
+                loop {
+                    let next = receiver.next::<WatchResponse>().await;
+                    let end = !matches!(next, Ok(Some(_)));
+                    if tx.send(next).is_err() || end {
+                        return;
+                    }
+                }
+            });
+            self.streams.insert(
+                name.clone(),
+                WatchStream {
+                    sender: call.sender,
+                    responses: rx,
+                    pending: VecDeque::new(),
+                    ended: false,
+                },
+            );
+        }
+        let stream = self.streams.get_mut(&name).ok_or("stream vanished")?;
+        match stream.sender.send(&request).await {
+            Ok(()) => Ok(json!({"sent": true})),
+            Err(e) => Ok(normalize::error(&e)),
+        }
+    }
+
+    async fn watch_expect(&mut self, body: &Value) -> Result<Value, String> {
+        let o = obj(body, "watch_expect")?;
+        only(o, &["stream", "items"], "watch_expect")?;
+        let name = string(o, "stream")?.unwrap_or_else(|| "default".into());
+        let want = o
+            .get("items")
+            .and_then(Value::as_u64)
+            .ok_or("watch_expect needs items")? as usize;
+        let names = self.lease_names.clone();
+        let stream = self
+            .streams
+            .get_mut(&name)
+            .ok_or_else(|| format!("no watch stream {name:?}"))?;
+        let deadline = tokio::time::Instant::now() + WATCH_WAIT;
+        while stream.pending.len() < want && !stream.ended {
+            match tokio::time::timeout_at(deadline, stream.responses.recv()).await {
+                Err(_) => break,
+                Ok(None) => stream.ended = true,
+                Ok(Some(Ok(Some(resp)))) => {
+                    stream.pending.extend(normalize::watch_items(&resp, &names))
+                }
+                Ok(Some(Ok(None))) => {
+                    stream.pending.push_back(json!({"stream_closed": true}));
+                    stream.ended = true;
+                }
+                Ok(Some(Err(status))) => {
+                    stream
+                        .pending
+                        .push_back(json!({"stream_error": normalize::error(&status)}));
+                    stream.ended = true;
+                }
+            }
+        }
+        let n = want.min(stream.pending.len());
+        let mut items: Vec<Value> = stream.pending.drain(..n).collect();
+        // Servers order the events of different watches on one stream as
+        // they like; within one watch the order is what is compared.
+        items.sort_by_key(|item| item["watch_id"].as_i64().unwrap_or(i64::MIN));
+        if items.len() < want {
+            items.push(json!({"timeout": true}));
+        }
+        Ok(Value::Array(items))
+    }
+}
