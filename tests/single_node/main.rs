@@ -8,4 +8,5 @@ mod bad_input;
 mod client;
 mod etcdctl;
 mod kubernetes;
+mod python;
 mod restart;
