@@ -3,10 +3,12 @@
 //! folder per concern, small types at the seams.
 
 pub mod config;
+pub mod datafile;
 pub mod etcd;
 pub mod grpc;
 pub mod http;
 pub mod node;
+pub mod objstore;
 pub mod pb;
 pub mod primary;
 pub mod store;

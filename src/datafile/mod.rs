@@ -1,0 +1,431 @@
+//! The `.netsy` data file (chunks and snapshots), byte-compatible with the
+//! reference implementation: a size-delimited FileHeader, then (raw or as one
+//! zstd stream) `records_count` size-delimited Records and a FileFooter.
+//! Every message carries a CRC-64/XZ of its own canonical encoding with
+//! crc = 0; the footer also has a running CRC over all records. Readers
+//! verify everything and name what is wrong.
+
+use std::io::{self, BufReader, Read, Write};
+
+use prost::Message;
+
+use crate::pb::netsy::{FileCompression, FileFooter, FileHeader, FileKind, Record as PbRecord};
+use crate::store::{Record, Timestamp};
+
+/// Largest delimited message a reader accepts (the reference's framing cap).
+pub const MAX_MESSAGE_LEN: usize = 4 * 1024 * 1024;
+
+/// Batched chunks are compressed when keys and values exceed this.
+pub const COMPRESSION_THRESHOLD: usize = 4096;
+
+static CRC64: crc::Crc<u64> = crc::Crc::<u64>::new(&crc::CRC_64_XZ);
+
+pub fn crc64(bytes: &[u8]) -> u64 {
+    CRC64.checksum(bytes)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Snapshot,
+    Chunk,
+}
+
+impl Kind {
+    fn wire(self) -> FileKind {
+        match self {
+            Kind::Snapshot => FileKind::KindSnapshot,
+            Kind::Chunk => FileKind::KindChunk,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Zstd,
+}
+
+/// What can be wrong with a data file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DataFileError {
+    Io(String),
+    /// The file ended early.
+    Truncated,
+    Decode(String),
+    WrongKind {
+        expected: Kind,
+        found: i32,
+    },
+    UnknownCompression,
+    Crc(&'static str),
+    Count {
+        declared: i64,
+        found: i64,
+    },
+    Revisions(String),
+    TooLarge(usize),
+}
+
+impl std::fmt::Display for DataFileError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DataFileError::Io(e) => write!(f, "i/o error: {e}"),
+            DataFileError::Truncated => write!(f, "unexpected end of file"),
+            DataFileError::Decode(e) => write!(f, "malformed message: {e}"),
+            DataFileError::WrongKind { expected, found } => {
+                write!(f, "wrong file kind: expected {expected:?}, found {found}")
+            }
+            DataFileError::UnknownCompression => write!(f, "unknown compression"),
+            DataFileError::Crc(what) => write!(f, "CRC mismatch in {what}"),
+            DataFileError::Count { declared, found } => {
+                write!(
+                    f,
+                    "record count mismatch: header says {declared}, wrote {found}"
+                )
+            }
+            DataFileError::Revisions(e) => write!(f, "revision check failed: {e}"),
+            DataFileError::TooLarge(n) => write!(
+                f,
+                "message of {n} bytes exceeds the {MAX_MESSAGE_LEN}-byte limit"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for DataFileError {}
+
+impl From<io::Error> for DataFileError {
+    fn from(e: io::Error) -> Self {
+        if e.kind() == io::ErrorKind::UnexpectedEof {
+            DataFileError::Truncated
+        } else {
+            DataFileError::Io(e.to_string())
+        }
+    }
+}
+
+/// The canonical encoding of a record with crc = 0.
+fn record_body(r: &PbRecord) -> Vec<u8> {
+    let mut zero = r.clone();
+    zero.crc = 0;
+    zero.encode_to_vec()
+}
+
+fn header_crc(h: &FileHeader) -> u64 {
+    let mut zero = h.clone();
+    zero.crc = 0;
+    crc64(&zero.encode_to_vec())
+}
+
+fn footer_crc(f: &FileFooter) -> u64 {
+    let mut zero = *f;
+    zero.crc = 0;
+    crc64(&zero.encode_to_vec())
+}
+
+/// The reference's chunk policy: one record uncompressed; more records
+/// compressed when their keys and values exceed 4096 bytes.
+pub fn chunk_compression(records: &[Record]) -> Compression {
+    if records.len() <= 1 {
+        return Compression::None;
+    }
+    let payload: usize = records
+        .iter()
+        .map(|r| r.key.len() + r.value.as_ref().map_or(0, |v| v.len()))
+        .sum();
+    if payload > COMPRESSION_THRESHOLD {
+        Compression::Zstd
+    } else {
+        Compression::None
+    }
+}
+
+fn write_delimited(w: &mut dyn Write, bytes: &[u8]) -> io::Result<()> {
+    let mut len = Vec::with_capacity(10);
+    prost::encoding::encode_varint(bytes.len() as u64, &mut len);
+    w.write_all(&len)?;
+    w.write_all(bytes)
+}
+
+enum Body<W: Write> {
+    Raw(W),
+    Zstd(zstd::stream::write::Encoder<'static, W>),
+}
+
+impl<W: Write> Body<W> {
+    fn writer(&mut self) -> &mut dyn Write {
+        match self {
+            Body::Raw(w) => w,
+            Body::Zstd(z) => z,
+        }
+    }
+}
+
+/// Streams a data file out. The record count is declared up front and
+/// checked at the end.
+pub struct Writer<W: Write> {
+    body: Body<W>,
+    declared: i64,
+    written: i64,
+    records_crc: crc::Digest<'static, u64>,
+    first_revision: i64,
+    last_revision: i64,
+}
+
+impl<W: Write> Writer<W> {
+    pub fn new(
+        mut out: W,
+        kind: Kind,
+        compression: Compression,
+        records_count: i64,
+        leader_id: &str,
+        created_at: Timestamp,
+    ) -> Result<Writer<W>, DataFileError> {
+        let mut header = FileHeader {
+            crc: 0,
+            schema_version: 0,
+            kind: kind.wire() as i32,
+            compression: match compression {
+                Compression::None => FileCompression::CompressionNone as i32,
+                Compression::Zstd => FileCompression::CompressionZstd as i32,
+            },
+            records_count,
+            leader_id: leader_id.to_string(),
+            created_at: Some(created_at.to_proto()),
+        };
+        header.crc = header_crc(&header);
+        write_delimited(&mut out, &header.encode_to_vec())?;
+        let body = match compression {
+            Compression::None => Body::Raw(out),
+            Compression::Zstd => Body::Zstd(zstd::stream::write::Encoder::new(out, 0)?),
+        };
+        Ok(Writer {
+            body,
+            declared: records_count,
+            written: 0,
+            records_crc: CRC64.digest(),
+            first_revision: 0,
+            last_revision: 0,
+        })
+    }
+
+    pub fn write(&mut self, record: &Record) -> Result<(), DataFileError> {
+        let mut pb = record.to_proto();
+        let body = record_body(&pb);
+        self.records_crc.update(&body);
+        pb.crc = crc64(&body);
+        write_delimited(self.body.writer(), &pb.encode_to_vec())?;
+        if self.first_revision == 0 {
+            self.first_revision = record.revision;
+        }
+        self.last_revision = record.revision;
+        self.written += 1;
+        Ok(())
+    }
+
+    /// Writes the footer and returns the underlying writer.
+    pub fn finish(mut self) -> Result<W, DataFileError> {
+        if self.written != self.declared {
+            return Err(DataFileError::Count {
+                declared: self.declared,
+                found: self.written,
+            });
+        }
+        let mut footer = FileFooter {
+            records_crc: self.records_crc.finalize(),
+            first_revision: self.first_revision,
+            last_revision: self.last_revision,
+            crc: 0,
+        };
+        footer.crc = footer_crc(&footer);
+        write_delimited(self.body.writer(), &footer.encode_to_vec())?;
+        let mut out = match self.body {
+            Body::Raw(w) => w,
+            Body::Zstd(z) => z.finish()?,
+        };
+        out.flush()?;
+        Ok(out)
+    }
+}
+
+/// Encodes records into one in-memory file.
+pub fn encode(
+    kind: Kind,
+    compression: Compression,
+    leader_id: &str,
+    records: &[Record],
+) -> Result<Vec<u8>, DataFileError> {
+    let mut w = Writer::new(
+        Vec::new(),
+        kind,
+        compression,
+        records.len() as i64,
+        leader_id,
+        Timestamp::now(),
+    )?;
+    for r in records {
+        w.write(r)?;
+    }
+    w.finish()
+}
+
+/// Reads one varint-delimited message; None at a clean end of input.
+fn read_delimited(r: &mut dyn Read, at_end_ok: bool) -> Result<Option<Vec<u8>>, DataFileError> {
+    let mut len: u64 = 0;
+    let mut shift = 0;
+    let mut first = true;
+    loop {
+        let mut byte = [0u8; 1];
+        let n = r.read(&mut byte)?;
+        if n == 0 {
+            return if first && at_end_ok {
+                Ok(None)
+            } else {
+                Err(DataFileError::Truncated)
+            };
+        }
+        first = false;
+        len |= ((byte[0] & 0x7f) as u64) << shift;
+        if byte[0] & 0x80 == 0 {
+            break;
+        }
+        shift += 7;
+        if shift > 63 {
+            return Err(DataFileError::Decode("length varint too long".into()));
+        }
+    }
+    let len = len as usize;
+    if len > MAX_MESSAGE_LEN {
+        return Err(DataFileError::TooLarge(len));
+    }
+    let mut buf = vec![0u8; len];
+    r.read_exact(&mut buf)?;
+    Ok(Some(buf))
+}
+
+/// Reads a data file record by record, validating as it goes; `finish`
+/// runs the trailing checks (footer CRC, records CRC, revisions).
+pub struct Reader<'a> {
+    input: Box<dyn Read + 'a>,
+    pub header: FileHeader,
+    remaining: i64,
+    records_crc: crc::Digest<'static, u64>,
+    first_revision: i64,
+    last_revision: i64,
+}
+
+impl<'a> Reader<'a> {
+    pub fn open<R: Read + 'a>(
+        input: R,
+        expected: Option<Kind>,
+    ) -> Result<Reader<'a>, DataFileError> {
+        let mut input = BufReader::new(input);
+        let header_bytes = read_delimited(&mut input, false)?.ok_or(DataFileError::Truncated)?;
+        let header = FileHeader::decode(&header_bytes[..])
+            .map_err(|e| DataFileError::Decode(format!("header: {e}")))?;
+        if let Some(kind) = expected {
+            if header.kind != kind.wire() as i32 {
+                return Err(DataFileError::WrongKind {
+                    expected: kind,
+                    found: header.kind,
+                });
+            }
+        }
+        let body: Box<dyn Read + 'a> = match FileCompression::try_from(header.compression) {
+            Ok(FileCompression::CompressionNone) => Box::new(input),
+            Ok(FileCompression::CompressionZstd) => {
+                Box::new(zstd::stream::read::Decoder::with_buffer(input)?)
+            }
+            _ => return Err(DataFileError::UnknownCompression),
+        };
+        if header_crc(&header) != header.crc {
+            return Err(DataFileError::Crc("header"));
+        }
+        if header.records_count < 0 {
+            return Err(DataFileError::Decode("negative records_count".into()));
+        }
+        Ok(Reader {
+            input: body,
+            remaining: header.records_count,
+            header,
+            records_crc: CRC64.digest(),
+            first_revision: 0,
+            last_revision: 0,
+        })
+    }
+
+    /// The next record, None after the declared count.
+    pub fn next_record(&mut self) -> Result<Option<Record>, DataFileError> {
+        if self.remaining == 0 {
+            return Ok(None);
+        }
+        let bytes = read_delimited(&mut self.input, false)?.ok_or(DataFileError::Truncated)?;
+        let pb = PbRecord::decode(&bytes[..])
+            .map_err(|e| DataFileError::Decode(format!("record: {e}")))?;
+        let body = record_body(&pb);
+        if crc64(&body) != pb.crc {
+            return Err(DataFileError::Crc("record"));
+        }
+        self.records_crc.update(&body);
+        if self.first_revision == 0 {
+            self.first_revision = pb.revision;
+        }
+        self.last_revision = pb.revision;
+        self.remaining -= 1;
+        Ok(Some(Record::from_proto(&pb)))
+    }
+
+    /// Reads the footer and checks it against what was read.
+    pub fn finish(mut self) -> Result<FileFooter, DataFileError> {
+        while self.next_record()?.is_some() {}
+        let bytes = read_delimited(&mut self.input, false)?.ok_or(DataFileError::Truncated)?;
+        let footer = FileFooter::decode(&bytes[..])
+            .map_err(|e| DataFileError::Decode(format!("footer: {e}")))?;
+        if footer_crc(&footer) != footer.crc {
+            return Err(DataFileError::Crc("footer"));
+        }
+        if footer.records_crc != self.records_crc.finalize() {
+            return Err(DataFileError::Crc("records (footer records_crc)"));
+        }
+        if footer.first_revision != self.first_revision
+            || footer.last_revision != self.last_revision
+        {
+            return Err(DataFileError::Revisions(format!(
+                "footer says {}..{}, records are {}..{}",
+                footer.first_revision,
+                footer.last_revision,
+                self.first_revision,
+                self.last_revision
+            )));
+        }
+        Ok(footer)
+    }
+}
+
+/// Decodes and fully validates an in-memory file.
+pub fn decode(
+    bytes: &[u8],
+    expected: Option<Kind>,
+) -> Result<(FileHeader, Vec<Record>, FileFooter), DataFileError> {
+    let mut reader = Reader::open(bytes, expected)?;
+    let mut records = Vec::with_capacity(reader.header.records_count.clamp(0, 100_000) as usize);
+    while let Some(r) = reader.next_record()? {
+        records.push(r);
+    }
+    let header = reader.header.clone();
+    let footer = reader.finish()?;
+    Ok((header, records, footer))
+}
+
+/// Opens a data file on disk for streaming.
+pub fn open_file(
+    path: &std::path::Path,
+    expected: Option<Kind>,
+) -> Result<Reader<'static>, DataFileError> {
+    let f = std::fs::File::open(path)
+        .map_err(|e| DataFileError::Io(format!("{}: {e}", path.display())))?;
+    Reader::open(f, expected)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,461 @@
+//! Object storage: the `ObjectStore` trait every provider implements, with
+//! conditional writes (create-only, If-Match), plus a key-prefix wrapper, a
+//! retry wrapper for transient failures, and derived operations. Providers:
+//! `s3` (rust-s3), `fs` (a directory; the embedded default) and `memory`
+//! (unit tests).
+
+pub mod behaviour;
+pub mod fs;
+pub mod memory;
+pub mod s3;
+
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::config::cluster::{Provider, StorageConfig};
+
+pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Why an object operation failed. Every variant names the key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ObjError {
+    NotFound(String),
+    /// A create-only or If-Match condition did not hold.
+    PreconditionFailed(String),
+    /// Worth retrying: timeouts, connection errors, 5xx, throttling.
+    Transient {
+        key: String,
+        message: String,
+    },
+    /// Retrying will not help: access denied, missing bucket, bad request.
+    Fatal {
+        key: String,
+        message: String,
+    },
+}
+
+impl ObjError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, ObjError::Transient { .. })
+    }
+
+    pub fn key(&self) -> &str {
+        match self {
+            ObjError::NotFound(k) | ObjError::PreconditionFailed(k) => k,
+            ObjError::Transient { key, .. } | ObjError::Fatal { key, .. } => key,
+        }
+    }
+}
+
+impl std::fmt::Display for ObjError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ObjError::NotFound(k) => write!(f, "object {k}: object not found"),
+            ObjError::PreconditionFailed(k) => write!(f, "object {k}: precondition failed"),
+            ObjError::Transient { key, message } => write!(f, "object {key}: {message}"),
+            ObjError::Fatal { key, message } => write!(f, "object {key}: {message}"),
+        }
+    }
+}
+
+impl std::error::Error for ObjError {}
+
+/// An object's content and its entity tag (quotes stripped).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Object {
+    pub data: Bytes,
+    pub etag: String,
+}
+
+/// One listing entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listed {
+    pub key: String,
+    pub size: u64,
+}
+
+/// The condition of a write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Condition {
+    /// Unconditional.
+    None,
+    /// Only if no object exists (S3 `If-None-Match: *`).
+    IfAbsent,
+    /// Only if the current object's ETag matches (S3 `If-Match`).
+    IfMatch(String),
+}
+
+pub trait ObjectStore: Send + Sync {
+    /// Reads a whole object.
+    fn get<'a>(&'a self, key: &'a str) -> BoxFut<'a, Result<Object, ObjError>>;
+
+    /// Writes a whole object under a condition; returns the new ETag.
+    fn put<'a>(
+        &'a self,
+        key: &'a str,
+        data: Bytes,
+        condition: Condition,
+    ) -> BoxFut<'a, Result<String, ObjError>>;
+
+    /// Deletes an object; deleting a missing object is not an error.
+    fn delete<'a>(&'a self, key: &'a str) -> BoxFut<'a, Result<(), ObjError>>;
+
+    /// Deletes many objects; returns the keys that could not be deleted.
+    fn delete_batch<'a>(&'a self, keys: &'a [String]) -> BoxFut<'a, Result<Vec<String>, ObjError>> {
+        Box::pin(async move {
+            let mut failed = Vec::new();
+            for k in keys {
+                if self.delete(k).await.is_err() {
+                    failed.push(k.clone());
+                }
+            }
+            Ok(failed)
+        })
+    }
+
+    /// Keys starting with `prefix`, in ascending order.
+    fn list<'a>(&'a self, prefix: &'a str) -> BoxFut<'a, Result<Vec<Listed>, ObjError>>;
+
+    /// Most keys one batch delete takes; 0 when the backend has no batch
+    /// delete (chunk cleanup then lists instead of guessing keys).
+    fn bulk_delete_limit(&self) -> usize {
+        0
+    }
+
+    /// Streams an object into a local file (large snapshots).
+    fn get_to_file<'a>(
+        &'a self,
+        key: &'a str,
+        path: &'a Path,
+    ) -> BoxFut<'a, Result<u64, ObjError>> {
+        Box::pin(async move {
+            let obj = self.get(key).await?;
+            tokio::fs::write(path, &obj.data)
+                .await
+                .map_err(|e| ObjError::Fatal {
+                    key: key.to_string(),
+                    message: format!("writing {}: {e}", path.display()),
+                })?;
+            Ok(obj.data.len() as u64)
+        })
+    }
+
+    /// Uploads a local file unconditionally (snapshots).
+    fn put_file<'a>(
+        &'a self,
+        key: &'a str,
+        path: &'a Path,
+    ) -> BoxFut<'a, Result<String, ObjError>> {
+        Box::pin(async move {
+            let data = tokio::fs::read(path).await.map_err(|e| ObjError::Fatal {
+                key: key.to_string(),
+                message: format!("reading {}: {e}", path.display()),
+            })?;
+            self.put(key, Bytes::from(data), Condition::None).await
+        })
+    }
+
+    /// Where the objects live, for logs ("s3://bucket", "fs:/path").
+    fn describe(&self) -> String;
+}
+
+/// Creates only if absent; when the object already exists with the very
+/// same bytes (our own earlier attempt whose answer was lost) that counts as
+/// success, anything else is an error naming the key.
+pub async fn put_if_absent_idempotent(
+    store: &dyn ObjectStore,
+    key: &str,
+    data: Bytes,
+) -> Result<(), ObjError> {
+    match store.put(key, data.clone(), Condition::IfAbsent).await {
+        Ok(_) => Ok(()),
+        Err(ObjError::PreconditionFailed(_)) => {
+            let existing = store.get(key).await?;
+            if existing.data == data {
+                Ok(())
+            } else {
+                Err(ObjError::Fatal {
+                    key: key.to_string(),
+                    message: "already exists with different contents".into(),
+                })
+            }
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Scopes every key under `prefix/` (the `storage.key_prefix` setting).
+pub struct Prefixed {
+    inner: Arc<dyn ObjectStore>,
+    prefix: String,
+}
+
+impl Prefixed {
+    pub fn new(inner: Arc<dyn ObjectStore>, prefix: &str) -> Prefixed {
+        let prefix = if prefix.is_empty() || prefix.ends_with('/') {
+            prefix.to_string()
+        } else {
+            format!("{prefix}/")
+        };
+        Prefixed { inner, prefix }
+    }
+
+    fn full(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+
+    fn strip(&self, e: ObjError) -> ObjError {
+        let s = |k: String| {
+            k.strip_prefix(&self.prefix)
+                .map(str::to_string)
+                .unwrap_or(k)
+        };
+        match e {
+            ObjError::NotFound(k) => ObjError::NotFound(s(k)),
+            ObjError::PreconditionFailed(k) => ObjError::PreconditionFailed(s(k)),
+            ObjError::Transient { key, message } => ObjError::Transient {
+                key: s(key),
+                message,
+            },
+            ObjError::Fatal { key, message } => ObjError::Fatal {
+                key: s(key),
+                message,
+            },
+        }
+    }
+}
+
+impl ObjectStore for Prefixed {
+    fn get<'a>(&'a self, key: &'a str) -> BoxFut<'a, Result<Object, ObjError>> {
+        Box::pin(async move {
+            self.inner
+                .get(&self.full(key))
+                .await
+                .map_err(|e| self.strip(e))
+        })
+    }
+
+    fn put<'a>(
+        &'a self,
+        key: &'a str,
+        data: Bytes,
+        condition: Condition,
+    ) -> BoxFut<'a, Result<String, ObjError>> {
+        Box::pin(async move {
+            self.inner
+                .put(&self.full(key), data, condition)
+                .await
+                .map_err(|e| self.strip(e))
+        })
+    }
+
+    fn delete<'a>(&'a self, key: &'a str) -> BoxFut<'a, Result<(), ObjError>> {
+        Box::pin(async move {
+            self.inner
+                .delete(&self.full(key))
+                .await
+                .map_err(|e| self.strip(e))
+        })
+    }
+
+    fn delete_batch<'a>(&'a self, keys: &'a [String]) -> BoxFut<'a, Result<Vec<String>, ObjError>> {
+        Box::pin(async move {
+            let full: Vec<String> = keys.iter().map(|k| self.full(k)).collect();
+            let failed = self
+                .inner
+                .delete_batch(&full)
+                .await
+                .map_err(|e| self.strip(e))?;
+            Ok(failed
+                .into_iter()
+                .map(|k| {
+                    k.strip_prefix(&self.prefix)
+                        .map(str::to_string)
+                        .unwrap_or(k)
+                })
+                .collect())
+        })
+    }
+
+    fn list<'a>(&'a self, prefix: &'a str) -> BoxFut<'a, Result<Vec<Listed>, ObjError>> {
+        Box::pin(async move {
+            let listed = self
+                .inner
+                .list(&self.full(prefix))
+                .await
+                .map_err(|e| self.strip(e))?;
+            Ok(listed
+                .into_iter()
+                .filter_map(|l| {
+                    l.key.strip_prefix(&self.prefix).map(|k| Listed {
+                        key: k.to_string(),
+                        size: l.size,
+                    })
+                })
+                .collect())
+        })
+    }
+
+    fn bulk_delete_limit(&self) -> usize {
+        self.inner.bulk_delete_limit()
+    }
+
+    fn get_to_file<'a>(
+        &'a self,
+        key: &'a str,
+        path: &'a Path,
+    ) -> BoxFut<'a, Result<u64, ObjError>> {
+        Box::pin(async move {
+            self.inner
+                .get_to_file(&self.full(key), path)
+                .await
+                .map_err(|e| self.strip(e))
+        })
+    }
+
+    fn put_file<'a>(
+        &'a self,
+        key: &'a str,
+        path: &'a Path,
+    ) -> BoxFut<'a, Result<String, ObjError>> {
+        Box::pin(async move {
+            self.inner
+                .put_file(&self.full(key), path)
+                .await
+                .map_err(|e| self.strip(e))
+        })
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "{}/{}",
+            self.inner.describe(),
+            self.prefix.trim_end_matches('/')
+        )
+    }
+}
+
+/// Retries transient failures with exponential backoff. Precondition
+/// failures and fatal errors are returned at once: a conditional write that
+/// lost is never retried blindly.
+pub struct Retrying {
+    inner: Arc<dyn ObjectStore>,
+    attempts: u32,
+    first_backoff: Duration,
+}
+
+impl Retrying {
+    pub fn new(inner: Arc<dyn ObjectStore>, attempts: u32, first_backoff: Duration) -> Retrying {
+        Retrying {
+            inner,
+            attempts: attempts.max(1),
+            first_backoff,
+        }
+    }
+
+    async fn run<T, F, Fut>(&self, mut op: F) -> Result<T, ObjError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, ObjError>>,
+    {
+        let mut backoff = self.first_backoff;
+        let mut attempt = 1;
+        loop {
+            match op().await {
+                Err(e) if e.is_transient() && attempt < self.attempts => {
+                    log::warn!("object storage: {e}; retrying in {backoff:?}");
+                    tokio::time::sleep(backoff).await;
+                    backoff *= 2;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+impl ObjectStore for Retrying {
+    fn get<'a>(&'a self, key: &'a str) -> BoxFut<'a, Result<Object, ObjError>> {
+        Box::pin(self.run(move || self.inner.get(key)))
+    }
+
+    fn put<'a>(
+        &'a self,
+        key: &'a str,
+        data: Bytes,
+        condition: Condition,
+    ) -> BoxFut<'a, Result<String, ObjError>> {
+        Box::pin(self.run(move || self.inner.put(key, data.clone(), condition.clone())))
+    }
+
+    fn delete<'a>(&'a self, key: &'a str) -> BoxFut<'a, Result<(), ObjError>> {
+        Box::pin(self.run(move || self.inner.delete(key)))
+    }
+
+    fn delete_batch<'a>(&'a self, keys: &'a [String]) -> BoxFut<'a, Result<Vec<String>, ObjError>> {
+        Box::pin(self.run(move || self.inner.delete_batch(keys)))
+    }
+
+    fn list<'a>(&'a self, prefix: &'a str) -> BoxFut<'a, Result<Vec<Listed>, ObjError>> {
+        Box::pin(self.run(move || self.inner.list(prefix)))
+    }
+
+    fn bulk_delete_limit(&self) -> usize {
+        self.inner.bulk_delete_limit()
+    }
+
+    fn get_to_file<'a>(
+        &'a self,
+        key: &'a str,
+        path: &'a Path,
+    ) -> BoxFut<'a, Result<u64, ObjError>> {
+        Box::pin(self.run(move || self.inner.get_to_file(key, path)))
+    }
+
+    fn put_file<'a>(
+        &'a self,
+        key: &'a str,
+        path: &'a Path,
+    ) -> BoxFut<'a, Result<String, ObjError>> {
+        Box::pin(self.run(move || self.inner.put_file(key, path)))
+    }
+
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+}
+
+/// Builds the configured provider, wrapped with retries and the key prefix.
+/// `env` gives the AWS_* variables (injectable for tests).
+pub fn from_config(
+    cfg: &StorageConfig,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Arc<dyn ObjectStore>, String> {
+    let base: Arc<dyn ObjectStore> = match cfg.provider {
+        Provider::Fs => Arc::new(
+            fs::FsStore::open(Path::new(&cfg.path)).map_err(|e| format!("storage.path: {e}"))?,
+        ),
+        Provider::S3 => Arc::new(s3::S3Store::from_config(cfg, env)?),
+    };
+    let retrying: Arc<dyn ObjectStore> =
+        Arc::new(Retrying::new(base, 4, Duration::from_millis(100)));
+    Ok(if cfg.key_prefix.is_empty() {
+        retrying
+    } else {
+        Arc::new(Prefixed::new(retrying, &cfg.key_prefix))
+    })
+}
+
+/// ETag of content for providers that make their own: CRC-64/XZ and length.
+pub fn content_etag(data: &[u8]) -> String {
+    const CRC: crc::Crc<u64> = crc::Crc::<u64>::new(&crc::CRC_64_XZ);
+    format!("{:016x}-{:x}", CRC.checksum(data), data.len())
+}
+
+#[cfg(test)]
+mod tests;

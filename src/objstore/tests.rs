@@ -1,0 +1,119 @@
+//! Provider behaviour on memory and fs, plus the wrappers.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::*;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn memory_store_behaves() {
+    behaviour::check_all(Arc::new(memory::MemoryStore::new()), "t").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fs_store_behaves() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = fs::FsStore::open(dir.path()).unwrap();
+    behaviour::check_all(Arc::new(store), "t").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prefixed_store_scopes_keys() {
+    let inner: Arc<dyn ObjectStore> = Arc::new(memory::MemoryStore::new());
+    let scoped = Arc::new(Prefixed::new(inner.clone(), "cluster-a"));
+    behaviour::check_all(scoped.clone(), "t").await;
+    scoped
+        .put("chunks/x", Bytes::from_static(b"1"), Condition::None)
+        .await
+        .unwrap();
+    assert!(inner.get("cluster-a/chunks/x").await.is_ok());
+    assert_eq!(scoped.list("chunks/").await.unwrap()[0].key, "chunks/x");
+    let err = scoped.get("missing").await.unwrap_err();
+    assert_eq!(
+        err,
+        ObjError::NotFound("missing".into()),
+        "errors name the unprefixed key"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fs_refuses_keys_that_escape_the_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = fs::FsStore::open(dir.path()).unwrap();
+    for bad in ["../x", "/abs", "a//b", ".netsy-tmp/x", ""] {
+        let err = store
+            .put(bad, Bytes::from_static(b"x"), Condition::None)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ObjError::Fatal { .. }), "{bad}: {err}");
+    }
+}
+
+/// A store that fails transiently a given number of times.
+struct Flaky {
+    inner: memory::MemoryStore,
+    failures: std::sync::atomic::AtomicU32,
+}
+
+impl ObjectStore for Flaky {
+    fn get<'a>(&'a self, key: &'a str) -> BoxFut<'a, Result<Object, ObjError>> {
+        self.inner.get(key)
+    }
+
+    fn put<'a>(
+        &'a self,
+        key: &'a str,
+        data: Bytes,
+        condition: Condition,
+    ) -> BoxFut<'a, Result<String, ObjError>> {
+        if self.failures.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            self.failures
+                .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            return Box::pin(async move {
+                Err(ObjError::Transient {
+                    key: key.into(),
+                    message: "HTTP 503".into(),
+                })
+            });
+        }
+        self.inner.put(key, data, condition)
+    }
+
+    fn delete<'a>(&'a self, key: &'a str) -> BoxFut<'a, Result<(), ObjError>> {
+        self.inner.delete(key)
+    }
+
+    fn list<'a>(&'a self, prefix: &'a str) -> BoxFut<'a, Result<Vec<Listed>, ObjError>> {
+        self.inner.list(prefix)
+    }
+
+    fn describe(&self) -> String {
+        "flaky".into()
+    }
+}
+
+#[tokio::test]
+async fn transient_failures_are_retried_and_preconditions_are_not() {
+    let flaky = Arc::new(Flaky {
+        inner: memory::MemoryStore::new(),
+        failures: 2.into(),
+    });
+    let store = Retrying::new(flaky.clone(), 3, std::time::Duration::from_millis(1));
+    store
+        .put("k", Bytes::from_static(b"v"), Condition::None)
+        .await
+        .unwrap();
+    flaky.failures.store(5, std::sync::atomic::Ordering::SeqCst);
+    let err = store
+        .put("k", Bytes::from_static(b"v"), Condition::None)
+        .await
+        .unwrap_err();
+    assert!(err.is_transient(), "gives up after its attempts: {err}");
+    flaky.failures.store(0, std::sync::atomic::Ordering::SeqCst);
+    let err = store
+        .put("k", Bytes::from_static(b"w"), Condition::IfAbsent)
+        .await
+        .unwrap_err();
+    assert_eq!(err, ObjError::PreconditionFailed("k".into()));
+}
