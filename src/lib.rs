@@ -4,9 +4,11 @@
 
 pub mod config;
 pub mod datafile;
+pub mod election;
 pub mod etcd;
 pub mod grpc;
 pub mod http;
+pub mod log;
 pub mod node;
 pub mod objstore;
 pub mod pb;

@@ -7,6 +7,7 @@ use netsy::config;
 const USAGE: &str = "usage: netsy [--dev] [--config FILE] [-v|--verbose]
        netsy --validate FILE
        netsy --version
+       netsy inspect FILE | netsy inspect --config FILE OBJECT-KEY
 
   --dev            one node, plain HTTP/2 on 127.0.0.1:2378, data in ./netsy-data
   --config FILE    cluster config (JSONC); overrides NETSY_CONFIG
@@ -68,8 +69,64 @@ fn init_logging(debug: bool, node_id: &str) {
         .init();
 }
 
+/// `netsy inspect`: a local .netsy file, or an object key in the bucket of
+/// a cluster config.
+fn inspect(args: &[String]) -> ExitCode {
+    let (config, target) = match args {
+        [file] => (None, file),
+        [flag, config, key] if flag == "--config" => (Some(config), key),
+        _ => {
+            eprintln!("usage: netsy inspect FILE | netsy inspect --config FILE OBJECT-KEY");
+            return ExitCode::from(2);
+        }
+    };
+    let bytes = match config {
+        None => match std::fs::read(target) {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("Error: {target}: {e}");
+                return ExitCode::from(1);
+            }
+        },
+        Some(config) => {
+            let fetched =
+                config::read_cluster_config(std::path::Path::new(config)).and_then(|cluster| {
+                    let env = |name: &str| std::env::var(name).ok();
+                    let store = netsy::objstore::from_config(&cluster.storage, &env)?;
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .map_err(|e| e.to_string())?;
+                    runtime
+                        .block_on(store.get(target))
+                        .map(|o| o.data.to_vec())
+                        .map_err(|e| e.to_string())
+                });
+            match fetched {
+                Ok(b) => b,
+                Err(e) => {
+                    eprintln!("Error: {e}");
+                    return ExitCode::from(1);
+                }
+            }
+        }
+    };
+    let stdout = std::io::stdout();
+    match netsy::datafile::inspect::inspect(&bytes[..], &mut stdout.lock()) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("Error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("inspect") {
+        return inspect(&args[1..]);
+    }
     let cli = match parse_args(&args) {
         Ok(c) => c,
         Err(e) if e.is_empty() => {

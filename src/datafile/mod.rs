@@ -5,6 +5,8 @@
 //! crc = 0; the footer also has a running CRC over all records. Readers
 //! verify everything and name what is wrong.
 
+pub mod inspect;
+
 use std::io::{self, BufReader, Read, Write};
 
 use prost::Message;

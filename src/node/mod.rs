@@ -1,17 +1,26 @@
-//! Node lifecycle: open the local store, start the write path and the
-//! listeners, report health, and shut down gracefully.
+//! Node lifecycle: report loading, open the local store, register with and
+//! restore from object storage, run preflight as the (lone) Primary, start
+//! the write path and the listeners, report healthy, and shut down
+//! gracefully.
 
 pub mod state;
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 
 use crate::config::{node_env::bind_address, Config};
+use crate::election::discovery::{self, Registration};
 use crate::etcd::{self, ApiSettings, EtcdApi, Identity};
 use crate::grpc::{Server, ServerConfig};
-use crate::store::{Batch, Record, Store};
+use crate::log::cleanup::{self, CleanupSettings};
+use crate::log::restore::{self, CaughtUp};
+use crate::log::snapshot::{self, SnapshotClock, SnapshotPolicy};
+use crate::log::{LogError, ObjectLog};
+use crate::primary::Durability;
+use crate::store::{Store, StoreError};
 use crate::watch::{RingLimits, WatchHub};
 use state::{Health, HealthCell};
 
@@ -25,6 +34,70 @@ async fn bind(setting: &str, value: &str) -> Result<TcpListener, String> {
         .map_err(|e| format!("{setting}: cannot listen on {addr}: {e}"))
 }
 
+async fn open_store(data_dir: &Path) -> Result<Arc<Store>, String> {
+    let dir = data_dir.to_path_buf();
+    let opened = tokio::task::spawn_blocking(move || Store::open(&dir))
+        .await
+        .map_err(|e| format!("opening the local store failed: {e}"))?;
+    Ok(Arc::new(opened.map_err(|e| {
+        format!(
+            "NETSY_DATA_DIR ({}): cannot open the local store: {e}",
+            data_dir.display()
+        )
+    })?))
+}
+
+/// Moves a local database that disagrees with object storage aside, so the
+/// node rebuilds it from the bucket.
+fn set_aside(data_dir: &Path) -> Result<(), String> {
+    let stamp = crate::store::Timestamp::now().seconds;
+    for name in ["db.sqlite3", "db.sqlite3-wal", "db.sqlite3-shm"] {
+        let from = data_dir.join(name);
+        if from.exists() {
+            let to = data_dir.join(format!("{name}.diverged-{stamp}"));
+            std::fs::rename(&from, &to)
+                .map_err(|e| format!("moving {} aside: {e}", from.display()))?;
+        }
+    }
+    Ok(())
+}
+
+fn diverged(e: &LogError) -> bool {
+    matches!(
+        e,
+        LogError::Store(
+            StoreError::Conflict { .. } | StoreError::Gap { .. } | StoreError::Integrity { .. }
+        )
+    ) || matches!(e, LogError::Invalid(m) if m.contains("replicate conflict") || m.contains("revision gap"))
+}
+
+/// Restores from object storage; a local store that diverged from the bucket
+/// is set aside and rebuilt once.
+async fn load(config: &Config, log: &ObjectLog) -> Result<(Arc<Store>, CaughtUp), String> {
+    let data_dir = &config.node.data_dir;
+    let store = open_store(data_dir).await?;
+    match restore::catch_up(&store, log).await {
+        Ok(report) => return Ok((store, report)),
+        Err(e) if diverged(&e) => {
+            log::warn!(
+                "the local store disagrees with object storage ({e}); rebuilding it from {}",
+                log.store.describe()
+            );
+        }
+        Err(e) => return Err(format!("restoring from {}: {e}", log.store.describe())),
+    }
+    drop(store);
+    set_aside(data_dir)?;
+    let store = open_store(data_dir).await?;
+    let report = restore::catch_up(&store, log).await.map_err(|e| {
+        format!(
+            "restoring from {} after a rebuild: {e}",
+            log.store.describe()
+        )
+    })?;
+    Ok((store, report))
+}
+
 /// Runs the node until `shutdown` resolves.
 pub async fn run(
     config: Config,
@@ -33,57 +106,99 @@ pub async fn run(
     let node_id = config.node.node_id.clone();
     let health = Arc::new(HealthCell::new(Health::Loading));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
 
-    let store = {
-        let data_dir = config.node.data_dir.clone();
-        let opened = tokio::task::spawn_blocking(move || Store::open(&data_dir))
-            .await
-            .map_err(|e| format!("opening the local store panicked: {e}"))?;
-        Arc::new(opened.map_err(|e| {
+    // Health first, so it reports loading while the node restores.
+    let metrics_revision = Arc::new(std::sync::atomic::AtomicI64::new(0));
+    if !config.node.bind_health.is_empty() {
+        let listener = bind("NETSY_BIND_HEALTH", &config.node.bind_health).await?;
+        if let Ok(addr) = listener.local_addr() {
+            log::info!("serving health and metrics on {addr}");
+        }
+        let rev = metrics_revision.clone();
+        let metrics: crate::http::MetricsFn = Arc::new(move || {
             format!(
-                "NETSY_DATA_DIR ({}): cannot open the local store: {e}",
-                config.node.data_dir.display()
+                "# TYPE netsy_committed_revision gauge\nnetsy_committed_revision {}\n",
+                rev.load(std::sync::atomic::Ordering::Relaxed)
             )
-        })?)
-    };
-    if store.latest_revision() == 0 {
-        // A brand-new store starts with the internal record, so the first
-        // client write gets revision 2, as in etcd.
-        let batch = Batch {
-            records: vec![Record::internal(&node_id)],
-            ..Default::default()
-        };
-        store
-            .persist(&batch)
-            .map_err(|e| format!("initialising the local store: {e}"))?;
-        store.publish(&batch);
+        });
+        tasks.spawn(crate::http::serve(
+            listener,
+            health.clone(),
+            metrics,
+            stop_rx.clone(),
+        ));
     }
-
-    let health_listener = if config.node.bind_health.is_empty() {
-        None
-    } else {
-        Some(bind("NETSY_BIND_HEALTH", &config.node.bind_health).await?)
-    };
     let client_listener = bind("NETSY_BIND_CLIENT", &config.node.bind_client).await?;
     let client_addr = client_listener
         .local_addr()
         .map_err(|e| format!("NETSY_BIND_CLIENT: {e}"))?;
-
-    let hub = Arc::new(WatchHub::new(
-        store.committed_revision(),
-        RingLimits::default(),
-    ));
-    let (writer, committer) = crate::primary::start(store.clone(), hub.clone(), node_id.clone());
-
     let advertise = if config.node.advertise_client.is_empty() {
         client_addr.to_string()
     } else {
         config.node.advertise_client.clone()
     };
+
+    let env = |name: &str| std::env::var(name).ok();
+    let objects = crate::objstore::from_config(&config.cluster.storage, &env)?;
+    log::info!("object storage: {}", objects.describe());
+    let log = Arc::new(ObjectLog::new(objects, &node_id, &config.node.data_dir)?);
+    if !config.dev {
+        let reg = Registration {
+            node_id: node_id.clone(),
+            client_advertise_address: advertise.clone(),
+            peer_advertise_address: config.node.advertise_peer.clone(),
+        };
+        discovery::ensure_registration(&*log.store, &reg).await?;
+    }
+    let member_id = discovery::member_id(&log, &config.cluster.cluster_id, &node_id).await?;
+    let (store, caught_up) = load(&config, &log).await?;
+    log::info!(
+        "restored: snapshot {}{}, {} chunks imported, local revision {}",
+        caught_up.snapshot,
+        if caught_up.snapshot_imported {
+            " (imported)"
+        } else {
+            ""
+        },
+        caught_up.chunks_imported,
+        caught_up.latest
+    );
+    restore::preflight(&store, &log, caught_up.durable)
+        .await
+        .map_err(|e| format!("preflight: {e}"))?;
+
+    let cleaner = cleanup::start(
+        log.clone(),
+        CleanupSettings::from_config(&config.cluster.snapshot),
+        caught_up.snapshot,
+    );
+    let clock = SnapshotClock::new(
+        SnapshotPolicy::from_config(&config.cluster.snapshot),
+        caught_up.snapshot,
+        tokio::time::Instant::now(),
+    );
+    let snapshots = snapshot::start(store.clone(), log.clone(), clock, cleaner);
+    let hub = Arc::new(WatchHub::new(
+        store.committed_revision(),
+        RingLimits::default(),
+    ));
+    let durability = Durability {
+        log: log.clone(),
+        runtime: tokio::runtime::Handle::current(),
+        snapshots: Some(snapshots),
+    };
+    let (writer, _write_state, committer) = crate::primary::start(
+        store.clone(),
+        hub.clone(),
+        node_id.clone(),
+        Some(durability),
+    );
+
     let scheme = if config.dev { "http" } else { "https" };
     let identity = Identity {
         cluster_id: etcd::fnv1a64(&config.cluster.cluster_id),
-        member_id: 1,
+        member_id,
         name: node_id.clone(),
         client_urls: vec![format!("{scheme}://{advertise}")],
         peer_urls: if config.node.advertise_peer.is_empty() {
@@ -100,32 +215,27 @@ pub async fn run(
         health: health.clone(),
         settings: ApiSettings::default(),
     });
-
-    let mut tasks = tokio::task::JoinSet::new();
-    if let Some(listener) = health_listener {
-        if let Ok(addr) = listener.local_addr() {
-            log::info!("serving health and metrics on {addr}");
-        }
-        let metrics_store = store.clone();
-        let metrics: crate::http::MetricsFn = Arc::new(move || {
-            format!(
-                "# TYPE netsy_committed_revision gauge\nnetsy_committed_revision {}\n# TYPE netsy_compaction_revision gauge\nnetsy_compaction_revision {}\n",
-                metrics_store.committed_revision(),
-                metrics_store.compacted_revision()
-            )
+    {
+        let (store, rev) = (store.clone(), metrics_revision.clone());
+        let mut stop = stop_rx.clone();
+        tasks.spawn(async move {
+            loop {
+                rev.store(
+                    store.committed_revision(),
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    _ = stop.changed() => return,
+                }
+            }
         });
-        tasks.spawn(crate::http::serve(
-            listener,
-            health.clone(),
-            metrics,
-            stop_rx.clone(),
-        ));
     }
     let server = Server::new(etcd::router(api.clone()), ServerConfig::default());
     let server_stop = stop_rx.clone();
     tasks.spawn(async move { server.serve_tcp(client_listener, server_stop).await });
     log::info!(
-        "serving the etcd API on {client_addr} (revision {})",
+        "serving the etcd API on {client_addr} (revision {}, member id {member_id})",
         store.committed_revision()
     );
     health.set(Health::Healthy);

@@ -27,6 +27,8 @@ pub enum ObjError {
     NotFound(String),
     /// A create-only or If-Match condition did not hold.
     PreconditionFailed(String),
+    /// A create-only write found the object holding different contents.
+    Conflict(String),
     /// Worth retrying: timeouts, connection errors, 5xx, throttling.
     Transient {
         key: String,
@@ -46,7 +48,7 @@ impl ObjError {
 
     pub fn key(&self) -> &str {
         match self {
-            ObjError::NotFound(k) | ObjError::PreconditionFailed(k) => k,
+            ObjError::NotFound(k) | ObjError::PreconditionFailed(k) | ObjError::Conflict(k) => k,
             ObjError::Transient { key, .. } | ObjError::Fatal { key, .. } => key,
         }
     }
@@ -57,6 +59,9 @@ impl std::fmt::Display for ObjError {
         match self {
             ObjError::NotFound(k) => write!(f, "object {k}: object not found"),
             ObjError::PreconditionFailed(k) => write!(f, "object {k}: precondition failed"),
+            ObjError::Conflict(k) => {
+                write!(f, "object {k}: already exists with different contents")
+            }
             ObjError::Transient { key, message } => write!(f, "object {key}: {message}"),
             ObjError::Fatal { key, message } => write!(f, "object {key}: {message}"),
         }
@@ -179,10 +184,7 @@ pub async fn put_if_absent_idempotent(
             if existing.data == data {
                 Ok(())
             } else {
-                Err(ObjError::Fatal {
-                    key: key.to_string(),
-                    message: "already exists with different contents".into(),
-                })
+                Err(ObjError::Conflict(key.to_string()))
             }
         }
         Err(e) => Err(e),
@@ -218,6 +220,7 @@ impl Prefixed {
         match e {
             ObjError::NotFound(k) => ObjError::NotFound(s(k)),
             ObjError::PreconditionFailed(k) => ObjError::PreconditionFailed(s(k)),
+            ObjError::Conflict(k) => ObjError::Conflict(s(k)),
             ObjError::Transient { key, message } => ObjError::Transient {
                 key: s(key),
                 message,

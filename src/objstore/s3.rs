@@ -7,6 +7,8 @@
 use std::path::Path;
 use std::time::Duration;
 
+use tokio::io::AsyncWriteExt;
+
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use s3::creds::Credentials;
@@ -220,7 +222,14 @@ impl ObjectStore for S3Store {
                 .bucket
                 .put_object_with_headers(key, &data, Some(headers))
                 .await
-                .map_err(|e| map_err(key, e))?;
+                .map_err(|e| match (map_err(key, e), &condition) {
+                    // S3 answers If-Match on a missing object with 404: for
+                    // us that is the condition failing.
+                    (ObjError::NotFound(k), Condition::IfMatch(_)) => {
+                        ObjError::PreconditionFailed(k)
+                    }
+                    (other, _) => other,
+                })?;
             Ok(etag_of(&resp.headers()))
         })
     }
@@ -297,8 +306,14 @@ impl ObjectStore for S3Store {
                 .get_object_to_writer(key, &mut file)
                 .await
                 .map_err(|e| map_err(key, e))?;
-            let len = file.metadata().await.map(|m| m.len()).unwrap_or(0);
-            Ok(len)
+            let local = |e: std::io::Error| ObjError::Fatal {
+                key: key.to_string(),
+                message: format!("writing {}: {e}", path.display()),
+            };
+            // tokio's File writes in the background: finish before measuring.
+            file.flush().await.map_err(local)?;
+            file.sync_all().await.map_err(local)?;
+            Ok(file.metadata().await.map_err(local)?.len())
         })
     }
 

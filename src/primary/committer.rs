@@ -1,17 +1,25 @@
 //! Group commit: one thread takes every write waiting in its queue,
 //! evaluates them in order against the state including earlier writes of
-//! the same batch, makes the batch durable in one SQLite transaction, then
-//! publishes it and answers every caller together. Each txn keeps its own
-//! revision and its own compare result.
+//! the same batch, makes the batch durable (one chunk object in object
+//! storage and one SQLite transaction, written in parallel), then publishes
+//! it and answers every caller together. Each txn keeps its own revision and
+//! its own compare result. If object storage fails, the batch is undone,
+//! callers get an error, the node stops accepting writes (draining) and a
+//! background recovery keeps trying; once the chunk is stored and the local
+//! store has caught up, writes resume.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
 use crate::etcd::errors;
 use crate::grpc::Status;
+use crate::log::snapshot::SnapshotRequests;
+use crate::log::{restore, ObjectLog};
 use crate::pb::etcdserverpb::{TxnRequest, TxnResponse};
-use crate::store::{Batch, LeaseChange, Store};
+use crate::store::{Batch, LeaseChange, Record, Store};
 use crate::watch::{Event, WatchHub};
 
 use super::txn::{self, KvView};
@@ -120,25 +128,70 @@ impl Writer {
     }
 }
 
+/// Object storage as the permanent store of the write path (quorum 0, or
+/// too few replicas: every batch is one chunk before it is acknowledged).
+pub struct Durability {
+    pub log: Arc<ObjectLog>,
+    pub runtime: tokio::runtime::Handle,
+    pub snapshots: Option<SnapshotRequests>,
+}
+
+/// Whether writes are accepted, shared with the recovery task.
+#[derive(Default)]
+pub struct WriteState {
+    draining: AtomicBool,
+    reason: Mutex<String>,
+}
+
+impl WriteState {
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    fn drain(&self, reason: String) {
+        log::error!("not accepting writes (draining): {reason}");
+        if let Ok(mut r) = self.reason.lock() {
+            *r = reason;
+        }
+        self.draining.store(true, Ordering::Release);
+    }
+
+    fn resume(&self) {
+        log::info!("accepting writes again");
+        self.draining.store(false, Ordering::Release);
+    }
+
+    fn refusal(&self) -> Status {
+        let reason = self.reason.lock().map(|r| r.clone()).unwrap_or_default();
+        Status::unavailable(format!(
+            "netsy: this node is not accepting writes (state: draining): {reason}"
+        ))
+    }
+}
+
 /// Starts the commit thread. It stops when every [`Writer`] is dropped.
 pub fn start(
     store: Arc<Store>,
     hub: Arc<WatchHub>,
     leader_id: String,
-) -> (Writer, std::thread::JoinHandle<()>) {
+    durability: Option<Durability>,
+) -> (Writer, Arc<WriteState>, std::thread::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(4096);
+    let state = Arc::new(WriteState::default());
     let committer = Committer {
         store,
         hub,
         leader_id,
         rx,
         ids: LeaseIds::new(),
+        durability,
+        state: state.clone(),
     };
     let handle = std::thread::Builder::new()
         .name("netsy-committer".into())
         .spawn(move || committer.run())
         .unwrap_or_else(|e| panic!("cannot start the commit thread: {e}"));
-    (Writer { tx }, handle)
+    (Writer { tx }, state, handle)
 }
 
 struct Committer {
@@ -147,6 +200,8 @@ struct Committer {
     leader_id: String,
     rx: mpsc::Receiver<Command>,
     ids: LeaseIds,
+    durability: Option<Durability>,
+    state: Arc<WriteState>,
 }
 
 impl Committer {
@@ -165,6 +220,13 @@ impl Committer {
     }
 
     fn commit(&mut self, commands: Vec<Command>) {
+        if self.state.is_draining() {
+            let status = self.state.refusal();
+            for c in commands {
+                refuse(c, &status);
+            }
+            return;
+        }
         let mut batch = Batch::default();
         let mut events = Vec::new();
         let mut replies = Vec::with_capacity(commands.len());
@@ -218,20 +280,21 @@ impl Committer {
             }
         }
         if !batch.is_empty() {
-            if let Err(e) = self.store.persist(&batch) {
-                log::error!(
-                    "committing {} records to the local database failed: {e}",
-                    batch.records.len()
-                );
+            if let Err(status) = self.make_durable(&batch) {
                 // Nothing was published: every answer of this batch may have
                 // read the unpersisted writes, so all fail.
-                let status = store_status(e);
                 for r in &mut replies {
                     r.fail_if_ok(&status);
                 }
             } else {
                 let discarded = self.store.publish(&batch);
-                self.hub.publish(events, self.store.committed_revision());
+                let committed = self.store.committed_revision();
+                self.hub.publish(events, committed);
+                if let (Some(d), false) = (&self.durability, batch.records.is_empty()) {
+                    if let Some(snapshots) = &d.snapshots {
+                        snapshots.request(committed, encoded_size(&batch.records));
+                    }
+                }
                 if !discarded.is_empty() {
                     if let Err(e) = self.store.discard_values(&discarded) {
                         log::warn!(
@@ -246,6 +309,143 @@ impl Committer {
             r.send();
         }
     }
+
+    /// Writes the batch's chunk and its SQLite transaction in parallel;
+    /// both must succeed. On failure the local rows are undone, writes stop
+    /// and recovery starts.
+    fn make_durable(&mut self, batch: &Batch) -> Result<(), Status> {
+        let upload = match (&self.durability, batch.records.is_empty()) {
+            (Some(d), false) => {
+                let (log, records) = (d.log.clone(), batch.records.clone());
+                Some(d.runtime.spawn(async move {
+                    match tokio::time::timeout(CHUNK_WRITE_TIMEOUT, log.write_chunk(&records)).await
+                    {
+                        Ok(r) => r.map_err(|e| e.to_string()),
+                        Err(_) => Err(format!(
+                            "writing the chunk took longer than {CHUNK_WRITE_TIMEOUT:?}"
+                        )),
+                    }
+                }))
+            }
+            _ => None,
+        };
+        let persisted = self.store.persist(batch);
+        let uploaded = match (upload, &self.durability) {
+            (Some(handle), Some(d)) => d
+                .runtime
+                .block_on(handle)
+                .unwrap_or_else(|e| Err(format!("upload task failed: {e}"))),
+            _ => Ok(()),
+        };
+        let (persisted, uploaded) = match (persisted, uploaded) {
+            (Ok(()), Ok(())) => return Ok(()),
+            other => other,
+        };
+        let first = batch.records.first().map_or(0, |r| r.revision);
+        let last = batch.records.last().map_or(0, |r| r.revision);
+        let mut problems = Vec::new();
+        if let Err(e) = &uploaded {
+            problems.push(format!(
+                "object storage write of revisions {first}..={last} failed: {e}"
+            ));
+        }
+        match &persisted {
+            Err(e) => problems.push(format!("local database commit failed: {e}")),
+            Ok(()) if !batch.records.is_empty() => {
+                if let Err(e) = self.store.rollback_from(first) {
+                    let message = format!(
+                        "{}; undoing the local rows failed: {e}; restart the node",
+                        problems.join("; ")
+                    );
+                    self.state.drain(message.clone());
+                    return Err(Status::unavailable(message));
+                }
+            }
+            Ok(()) => {}
+        }
+        let message = problems.join("; ");
+        log::error!("{message}");
+        if self.durability.is_some() && !batch.records.is_empty() {
+            self.recover(batch.records.clone(), message.clone());
+        }
+        Err(match persisted {
+            Err(e) if uploaded.is_ok() => store_status(e),
+            _ => Status::unavailable(message),
+        })
+    }
+
+    /// Stops accepting writes and starts the background recovery: keep
+    /// trying to store the chunk (so an ambiguous earlier attempt resolves
+    /// one way), then import whatever object storage has beyond the local
+    /// store, publish it, and accept writes again.
+    fn recover(&self, records: Vec<Record>, reason: String) {
+        let Some(d) = &self.durability else { return };
+        self.state.drain(reason);
+        let (log, store, hub, state) = (
+            d.log.clone(),
+            self.store.clone(),
+            self.hub.clone(),
+            self.state.clone(),
+        );
+        d.runtime.spawn(async move {
+            let mut backoff = Duration::from_secs(1);
+            loop {
+                match tokio::time::timeout(CHUNK_WRITE_TIMEOUT, log.write_chunk(&records)).await {
+                    Ok(Ok(())) => break,
+                    // Object storage already has other records at these
+                    // revisions: it is the truth; import them instead.
+                    Ok(Err(crate::log::LogError::Storage(
+                        crate::objstore::ObjError::Conflict(key),
+                    ))) => {
+                        log::warn!("recovery: {key} already holds other records; importing them");
+                        break;
+                    }
+                    Ok(Err(e)) => log::warn!(
+                        "recovery: object storage still failing: {e}; next try in {backoff:?}"
+                    ),
+                    Err(_) => {
+                        log::warn!("recovery: chunk write timed out; next try in {backoff:?}")
+                    }
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+            loop {
+                let before = store.latest_revision();
+                match restore::catch_up(&store, &log).await {
+                    Ok(report) => {
+                        if let Err(e) = super::publish_imported(&store, &hub, before) {
+                            log::error!("recovery: publishing imported records failed: {e}");
+                        }
+                        log::info!("recovery: caught up to revision {}", report.latest);
+                        break;
+                    }
+                    Err(e) => log::warn!("recovery: catching up failed: {e}; retrying"),
+                }
+                tokio::time::sleep(backoff).await;
+            }
+            state.resume();
+        });
+    }
+}
+
+/// How long one chunk write may take before it counts as failed.
+const CHUNK_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn encoded_size(records: &[Record]) -> u64 {
+    use prost::Message;
+    records
+        .iter()
+        .map(|r| r.to_proto().encoded_len() as u64)
+        .sum()
+}
+
+fn refuse(command: Command, status: &Status) {
+    let _ = match command {
+        Command::Txn { reply, .. } => reply.send(Err(status.clone())).is_ok(),
+        Command::LeaseGrant { reply, .. } => reply.send(Err(status.clone())).is_ok(),
+        Command::Compact { reply, .. } => reply.send(Err(status.clone())).is_ok(),
+    };
 }
 
 /// Lease ids: positive, unique, not guessable from the TTL.

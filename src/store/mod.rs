@@ -34,6 +34,15 @@ pub enum StoreError {
     },
     /// A value needed for a read was discarded by compaction.
     Compacted,
+    /// An imported record does not continue the local revisions.
+    Gap {
+        expected: i64,
+        found: i64,
+    },
+    /// An imported record differs from the one stored at its revision.
+    Conflict {
+        revision: i64,
+    },
 }
 
 impl std::fmt::Display for StoreError {
@@ -50,6 +59,12 @@ impl std::fmt::Display for StoreError {
                 "integrity error: total records ({count}) does not match latest revision ({latest})"
             ),
             StoreError::Compacted => write!(f, "mvcc: required revision has been compacted"),
+            StoreError::Gap { expected, found } => {
+                write!(f, "revision gap: expected revision {expected}, got {found}")
+            }
+            StoreError::Conflict { revision } => {
+                write!(f, "replicate conflict: revision {revision} already exists with different contents")
+            }
         }
     }
 }
@@ -269,11 +284,12 @@ impl Store {
     /// Makes a batch durable in SQLite (fsynced on return). Does not make it
     /// visible: call [`Store::publish`] after every other durability step.
     pub fn persist(&self, batch: &Batch) -> Result<(), StoreError> {
-        let mut conn = match self.writer.lock() {
-            Ok(c) => c,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        sqlite::commit_batch(&mut conn, &batch.records, &batch.leases, batch.compaction)
+        sqlite::commit_batch(
+            &mut self.writer(),
+            &batch.records,
+            &batch.leases,
+            batch.compaction,
+        )
     }
 
     /// Applies a persisted batch to the index and advances the latest and
@@ -323,12 +339,107 @@ impl Store {
         discarded
     }
 
-    /// Nulls the values compaction made unreachable (rows stay).
-    pub fn discard_values(&self, revisions: &[i64]) -> Result<(), StoreError> {
-        let mut conn = match self.writer.lock() {
+    fn writer(&self) -> std::sync::MutexGuard<'_, Connection> {
+        match self.writer.lock() {
             Ok(c) => c,
             Err(poisoned) => poisoned.into_inner(),
-        };
-        sqlite::mark_compacted(&mut conn, revisions)
+        }
+    }
+
+    /// Imports records written elsewhere (object storage, a Primary), with
+    /// their revisions as they are. Records at or below the latest revision
+    /// must match what is stored; newer ones must continue it without a
+    /// gap. They become visible at once.
+    pub fn import(&self, records: &[Record]) -> Result<(), StoreError> {
+        let latest = self.latest_revision();
+        let newer = records.iter().filter(|r| r.revision > latest);
+        for (expected, r) in (latest + 1..).zip(newer) {
+            if r.revision != expected {
+                return Err(StoreError::Gap {
+                    expected,
+                    found: r.revision,
+                });
+            }
+        }
+        match sqlite::import_batch(&mut self.writer(), records)? {
+            Ok(()) => {}
+            Err(sqlite::ImportConflict::Different(revision)) => {
+                return Err(StoreError::Conflict { revision })
+            }
+        }
+        let fresh: Vec<Record> = records
+            .iter()
+            .filter(|r| r.revision > latest)
+            .cloned()
+            .collect();
+        self.publish(&Batch {
+            records: fresh,
+            ..Default::default()
+        });
+        Ok(())
+    }
+
+    /// Undoes a persisted but unpublished batch from `revision` on.
+    pub fn rollback_from(&self, revision: i64) -> Result<(), StoreError> {
+        sqlite::delete_from(&mut self.writer(), revision)
+    }
+
+    /// Sets the compaction revision after a restore: the recorded one, or
+    /// the one the rows imply, recorded from then on. Trims the index.
+    pub fn seed_compaction(&self) -> Result<i64, StoreError> {
+        let conn = self.writer();
+        let mut revision = sqlite::compaction_revision(&conn)?;
+        if revision == 0 {
+            revision = sqlite::derive_compaction_revision(&conn)?;
+            if revision > 0 {
+                sqlite::persist_compaction(&conn, revision)?;
+            }
+        }
+        drop(conn);
+        if revision > 0 {
+            let mut index = match self.index.write() {
+                Ok(g) => g,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            index.compact(revision);
+            self.compacted.fetch_max(revision, Ordering::AcqRel);
+        }
+        Ok(revision)
+    }
+
+    /// Row count equals the latest revision (no gaps).
+    pub fn check_integrity(&self) -> Result<(), StoreError> {
+        let conn = self.writer();
+        let latest = sqlite::latest_revision(&conn)?;
+        let count = sqlite::record_count(&conn)?;
+        if count != latest {
+            return Err(StoreError::Integrity { count, latest });
+        }
+        Ok(())
+    }
+
+    /// Every record in revision order, in pages (snapshots).
+    pub fn for_each_record(
+        &self,
+        upto: i64,
+        mut visit: impl FnMut(&Record) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let mut from = 1;
+        while from <= upto {
+            let page = self.records_between(from, upto, 10_000)?;
+            let Some(last) = page.last().map(|r| r.revision) else {
+                break;
+            };
+            for r in &page {
+                visit(r)?;
+            }
+            from = last + 1;
+        }
+        Ok(())
+    }
+
+    /// Nulls the values compaction made unreachable (rows stay).
+    pub fn discard_values(&self, revisions: &[i64]) -> Result<(), StoreError> {
+        sqlite::mark_compacted(&mut self.writer(), revisions)
     }
 }

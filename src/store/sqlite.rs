@@ -178,6 +178,110 @@ pub fn commit_batch(
     Ok(())
 }
 
+/// Outcome of importing records that may already be present.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ImportConflict {
+    /// A different record already holds this revision.
+    Different(i64),
+}
+
+/// Whether an existing row is the same write as an incoming record. Values
+/// are compared only when neither side was compacted.
+fn same_write(a: &Record, b: &Record) -> bool {
+    let values_comparable = a.compacted_at.is_none() && b.compacted_at.is_none();
+    a.revision == b.revision
+        && a.key == b.key
+        && a.created == b.created
+        && a.deleted == b.deleted
+        && a.create_revision == b.create_revision
+        && a.prev_revision == b.prev_revision
+        && a.version == b.version
+        && a.lease == b.lease
+        && a.dek == b.dek
+        && a.leader_id == b.leader_id
+        && a.created_at == b.created_at
+        && (!values_comparable || a.value == b.value)
+}
+
+/// Inserts records exactly as given (replicas, restore), in one
+/// transaction. A revision that already exists must hold the same write
+/// (idempotent import); otherwise nothing is inserted and the conflicting
+/// revision is returned.
+pub fn import_batch(
+    conn: &mut Connection,
+    records: &[Record],
+) -> Result<Result<(), ImportConflict>, StoreError> {
+    let tx = conn.transaction()?;
+    {
+        let mut insert = tx.prepare_cached(&format!(
+            "INSERT OR IGNORE INTO records ({RECORD_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
+        ))?;
+        let mut existing = tx.prepare_cached(&format!(
+            "SELECT {RECORD_COLUMNS} FROM records WHERE revision = ?1"
+        ))?;
+        for r in records {
+            let inserted = insert.execute(params![
+                r.revision,
+                r.key.as_ref(),
+                r.created as i64,
+                r.deleted as i64,
+                r.create_revision,
+                r.prev_revision,
+                r.version,
+                r.lease,
+                r.dek,
+                r.value.as_deref(),
+                ts_text(&r.created_at),
+                r.compacted_at.as_ref().map(ts_text),
+                r.leader_id,
+                r.replicated_at.as_ref().map(ts_text),
+            ])?;
+            if inserted == 0 {
+                let same = existing
+                    .query_row([r.revision], row_to_record)
+                    .optional()?
+                    .is_some_and(|e| same_write(&e, r));
+                if !same {
+                    return Ok(Err(ImportConflict::Different(r.revision)));
+                }
+            }
+        }
+    }
+    tx.commit()?;
+    Ok(Ok(()))
+}
+
+/// Removes every row at or above `revision` (undoing a batch whose object
+/// upload failed, before anyone saw it).
+pub fn delete_from(conn: &mut Connection, revision: i64) -> Result<(), StoreError> {
+    conn.execute("DELETE FROM records WHERE revision >= ?1", [revision])?;
+    Ok(())
+}
+
+/// Records the compaction revision (idempotent).
+pub fn persist_compaction(conn: &Connection, revision: i64) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT OR IGNORE INTO compactions (compaction_revision, created_at) VALUES (?1, ?2)",
+        params![revision, Timestamp::now().to_rfc3339()],
+    )?;
+    Ok(())
+}
+
+/// The compaction revision implied by the rows when none was recorded: one
+/// below the lowest uncompacted revision (everything if all are compacted).
+pub fn derive_compaction_revision(conn: &Connection) -> Result<i64, StoreError> {
+    let lowest: Option<i64> = conn.query_row(
+        "SELECT MIN(revision) FROM records WHERE compacted_at IS NULL",
+        [],
+        |r| r.get(0),
+    )?;
+    Ok(match lowest {
+        Some(r) if r <= 1 => 0,
+        Some(r) => r - 1,
+        None => latest_revision(conn)?,
+    })
+}
+
 /// Discards the values of the given revisions (compaction). Rows are kept so
 /// revisions stay contiguous.
 pub fn mark_compacted(conn: &mut Connection, revisions: &[i64]) -> Result<(), StoreError> {

@@ -290,3 +290,196 @@ pub fn http_get(addr: &str, path: &str) -> (u16, String) {
         .unwrap_or_default();
     (code, body)
 }
+
+/// A moto S3 server on a loopback port, killed on drop.
+pub struct Moto {
+    child: Child,
+    pub endpoint: String,
+}
+
+impl Moto {
+    pub fn start() -> Moto {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(tool("moto_server"))
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start moto_server (run ./scripts/setup)");
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let addr = format!("127.0.0.1:{port}");
+        poll("moto to listen", || {
+            std::net::TcpStream::connect(&addr).ok().map(|_| ())
+        });
+        Moto { child, endpoint }
+    }
+
+    /// The AWS variables that point clients at this server.
+    pub fn env(&self) -> Vec<(String, String)> {
+        [
+            ("AWS_ENDPOINT_URL", self.endpoint.as_str()),
+            ("AWS_ACCESS_KEY_ID", "test"),
+            ("AWS_SECRET_ACCESS_KEY", "test"),
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_S3_USE_PATH_STYLE", "true"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    }
+
+    /// Creates a bucket (moto does not check signatures).
+    pub fn create_bucket(&self, name: &str) {
+        use std::io::{Read, Write};
+        let addr = self.endpoint.trim_start_matches("http://");
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        write!(s, "PUT /{name} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).unwrap();
+        assert!(
+            resp.starts_with("HTTP/1.1 200"),
+            "creating bucket {name}: {resp}"
+        );
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Where a test node keeps its objects.
+pub enum Bucket {
+    /// A directory (the fs provider).
+    Fs(PathBuf),
+    /// A bucket on a moto server.
+    S3 { moto: Arc<Moto>, name: String },
+}
+
+impl Bucket {
+    pub fn fs(dir: &Path) -> Bucket {
+        Bucket::Fs(dir.to_path_buf())
+    }
+
+    pub fn s3(moto: &Arc<Moto>, name: &str) -> Bucket {
+        moto.create_bucket(name);
+        Bucket::S3 {
+            moto: moto.clone(),
+            name: name.to_string(),
+        }
+    }
+
+    /// The `storage` block of a cluster config for this bucket.
+    pub fn storage_json(&self) -> String {
+        match self {
+            Bucket::Fs(dir) => format!(
+                r#"{{"provider": "fs", "path": {:?}}}"#,
+                dir.display().to_string()
+            ),
+            Bucket::S3 { name, .. } => format!(r#"{{"provider": "s3", "bucket_name": "{name}"}}"#),
+        }
+    }
+
+    pub fn env(&self) -> Vec<(String, String)> {
+        match self {
+            Bucket::Fs(_) => vec![],
+            Bucket::S3 { moto, .. } => moto.env(),
+        }
+    }
+
+    /// Writes a dev-mode cluster config using this bucket; `extra` is
+    /// spliced into the top-level object (e.g. snapshot thresholds).
+    pub fn config(&self, dir: &Path, extra: &str) -> PathBuf {
+        let path = dir.join("cluster.jsonc");
+        let extra = if extra.is_empty() {
+            String::new()
+        } else {
+            format!(",\n  {extra}")
+        };
+        std::fs::write(
+            &path,
+            format!(
+                "{{\n  // written by the test\n  \"cluster_id\": \"test-cluster\",\n  \"storage\": {},\n  \"heartbeat_interval\": \"1s\",\n  \"replication\": {{\"quorum\": 0}}{extra}\n}}\n",
+                self.storage_json()
+            ),
+        )
+        .unwrap();
+        path
+    }
+
+    /// Direct access to the objects, through netsy's own providers.
+    pub fn store(&self) -> Arc<dyn netsy::objstore::ObjectStore> {
+        let text = format!(
+            r#"{{"cluster_id": "x", "storage": {}}}"#,
+            self.storage_json()
+        );
+        let cfg = netsy::config::ClusterConfig::parse(&text).unwrap();
+        let env: std::collections::HashMap<String, String> = self.env().into_iter().collect();
+        netsy::objstore::from_config(&cfg.storage, &move |k: &str| env.get(k).cloned()).unwrap()
+    }
+}
+
+impl Netsy {
+    /// `--dev --config` on a bucket: a lone node whose permanent store is it.
+    pub fn on_bucket(data_dir: &Path, bucket: &Bucket, config_dir: &Path, extra: &str) -> Netsy {
+        Netsy::start(
+            data_dir,
+            NetsyOptions {
+                config: Some(bucket.config(config_dir, extra)),
+                env: bucket.env(),
+            },
+        )
+    }
+}
+
+/// Runs `netsy --dev --config` expecting it to fail; returns its stderr.
+pub fn start_fails(data_dir: &Path, bucket: &Bucket, config_dir: &Path) -> String {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_netsy"))
+        .args(["--dev", "--config"])
+        .arg(bucket.config(config_dir, ""))
+        .env("NETSY_BIND_CLIENT", "127.0.0.1:0")
+        .env("NETSY_BIND_HEALTH", "")
+        .env("NETSY_DATA_DIR", data_dir)
+        .envs(bucket.env())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = Lines::follow(child.stderr.take().unwrap(), None);
+    let status = poll("netsy to exit", || child.try_wait().unwrap());
+    if let Some(line) = log
+        .snapshot()
+        .iter()
+        .find(|l| l.contains("serving the etcd API"))
+    {
+        panic!("netsy was expected to refuse to start, but it served: {line}");
+    }
+    assert!(!status.success(), "netsy was expected to refuse to start");
+    // The reader thread may still be draining the pipe.
+    log.wait_for("the error line", |l| l.starts_with("Error: "));
+    log.snapshot().join("\n")
+}
+
+/// Polls an async condition until it returns Some, or fails at the deadline.
+pub async fn poll_async<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,156 @@
+//! The log in object storage, exactly in the reference's layout: chunks of
+//! consecutive records keyed by their last revision, snapshots of the whole
+//! history, `bootstrap.netsy` for seeding a new bucket. Here: writing chunks
+//! (the durable write path), restoring and catching up from the bucket,
+//! snapshots and chunk cleanup, and the chunk buffer of the quorum path.
+
+pub mod bootstrap;
+pub mod buffer;
+pub mod cleanup;
+pub mod keys;
+pub mod restore;
+pub mod snapshot;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::datafile::{self, DataFileError, Kind};
+use crate::objstore::{put_if_absent_idempotent, ObjError, ObjectStore};
+use crate::store::{Record, StoreError};
+
+/// Why a log operation failed; names the object key when one is involved.
+#[derive(Debug)]
+pub enum LogError {
+    Storage(ObjError),
+    Corrupt { key: String, error: DataFileError },
+    Store(StoreError),
+    Invalid(String),
+}
+
+impl std::fmt::Display for LogError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LogError::Storage(e) => write!(f, "object storage: {e}"),
+            LogError::Corrupt { key, error } => {
+                write!(f, "object {key} is not a valid data file: {error}")
+            }
+            LogError::Store(e) => write!(f, "local database: {e}"),
+            LogError::Invalid(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for LogError {}
+
+impl From<ObjError> for LogError {
+    fn from(e: ObjError) -> Self {
+        LogError::Storage(e)
+    }
+}
+
+impl From<StoreError> for LogError {
+    fn from(e: StoreError) -> Self {
+        LogError::Store(e)
+    }
+}
+
+/// The log as one node sees it: the bucket plus this node's identity.
+pub struct ObjectLog {
+    pub store: Arc<dyn ObjectStore>,
+    /// Written into every file header.
+    pub leader_id: String,
+    /// Scratch space for downloads and snapshot files.
+    pub tmp_dir: PathBuf,
+}
+
+impl ObjectLog {
+    pub fn new(
+        store: Arc<dyn ObjectStore>,
+        leader_id: &str,
+        data_dir: &Path,
+    ) -> Result<ObjectLog, String> {
+        let tmp_dir = data_dir.join("tmp");
+        std::fs::create_dir_all(&tmp_dir)
+            .map_err(|e| format!("cannot create {}: {e}", tmp_dir.display()))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(&tmp_dir, std::fs::Permissions::from_mode(0o700));
+        }
+        Ok(ObjectLog {
+            store,
+            leader_id: leader_id.to_string(),
+            tmp_dir,
+        })
+    }
+
+    /// Encodes consecutive records as one chunk and creates it; an existing
+    /// chunk with the very same bytes counts as written.
+    pub async fn write_chunk(&self, records: &[Record]) -> Result<(), LogError> {
+        let Some(last) = records.last() else {
+            return Ok(());
+        };
+        let key = keys::chunk_key(last.revision);
+        let bytes = datafile::encode(
+            Kind::Chunk,
+            datafile::chunk_compression(records),
+            &self.leader_id,
+            records,
+        )
+        .map_err(|error| LogError::Corrupt {
+            key: key.clone(),
+            error,
+        })?;
+        put_if_absent_idempotent(&*self.store, &key, Bytes::from(bytes)).await?;
+        Ok(())
+    }
+
+    /// Chunks whose last revision is above `after`, ascending: (revision, key).
+    pub async fn chunks_after(&self, after: i64) -> Result<Vec<(i64, String)>, LogError> {
+        let mut chunks: Vec<(i64, String)> = self
+            .store
+            .list(keys::CHUNKS)
+            .await?
+            .into_iter()
+            .filter_map(|l| keys::revision_of(&l.key).map(|r| (r, l.key)))
+            .filter(|(r, _)| *r > after)
+            .collect();
+        chunks.sort();
+        Ok(chunks)
+    }
+
+    /// The newest snapshot: (revision, key).
+    pub async fn latest_snapshot(&self) -> Result<Option<(i64, String)>, LogError> {
+        Ok(self
+            .store
+            .list(keys::SNAPSHOTS)
+            .await?
+            .into_iter()
+            .filter_map(|l| keys::revision_of(&l.key).map(|r| (r, l.key)))
+            .max())
+    }
+
+    /// Downloads and fully validates one chunk.
+    pub async fn read_chunk(&self, key: &str) -> Result<Vec<Record>, LogError> {
+        let obj = self.store.get(key).await?;
+        let (_, records, _) =
+            datafile::decode(&obj.data, Some(Kind::Chunk)).map_err(|error| LogError::Corrupt {
+                key: key.to_string(),
+                error,
+            })?;
+        Ok(records)
+    }
+
+    /// A fresh temporary file path under the data dir.
+    pub fn temp_path(&self, prefix: &str) -> PathBuf {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static N: AtomicU64 = AtomicU64::new(0);
+        self.tmp_dir.join(format!(
+            "{prefix}_{}_{}.netsy",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ))
+    }
+}

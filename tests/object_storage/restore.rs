@@ -1,0 +1,286 @@
+//! A running node writes chunks and snapshots; a fresh node with an empty
+//! data dir restores everything from the bucket alone, and refuses damage.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use bytes::Bytes;
+use netsy::log::keys;
+use netsy::objstore::Condition;
+
+use crate::support::{poll_async, start_fails, Bucket, Netsy};
+use crate::{dir, fingerprint, on_both_providers, write_history};
+
+async fn restore_rebuilds_every_key_and_revision(bucket: Bucket, base: &Path) {
+    let node = Netsy::on_bucket(&dir(base, "a"), &bucket, base, "");
+    let mut c = node.client().await;
+    write_history(&mut c, 20).await;
+    let before = fingerprint(&mut c).await;
+    let old = c
+        .get(
+            "/k/000",
+            Some(etcd_client::GetOptions::new().with_revision(2)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(old.kvs()[0].value(), b"v0");
+    node.kill9();
+
+    let chunks = bucket.store().list(keys::CHUNKS).await.unwrap();
+    assert!(!chunks.is_empty(), "the node wrote chunks");
+
+    let fresh = Netsy::on_bucket(&dir(base, "b"), &bucket, base, "");
+    let mut c = fresh.client().await;
+    assert_eq!(fingerprint(&mut c).await, before);
+    let old = c
+        .get(
+            "/k/000",
+            Some(etcd_client::GetOptions::new().with_revision(2)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(old.kvs()[0].value(), b"v0", "history is restored too");
+    let next = c.put("/after", "restore", None).await.unwrap();
+    assert_eq!(next.header().unwrap().revision(), 24, "revisions continue");
+}
+on_both_providers!(restore_from_bucket, restore_rebuilds_every_key_and_revision);
+
+async fn snapshots_are_taken_and_covered_chunks_cleaned(bucket: Bucket, base: &Path) {
+    let extra = r#""snapshot": {"threshold_records": 10, "cleanup_batch_interval": "10ms"}"#;
+    let node = Netsy::on_bucket(&dir(base, "a"), &bucket, base, extra);
+    let mut c = node.client().await;
+    write_history(&mut c, 25).await; // revisions 2..=28
+    let before = fingerprint(&mut c).await;
+    let store = bucket.store();
+    let revisions_under = |prefix: &'static str| {
+        let store = store.clone();
+        async move {
+            store
+                .list(prefix)
+                .await
+                .unwrap()
+                .into_iter()
+                .filter_map(|l| keys::revision_of(&l.key))
+                .collect::<Vec<i64>>()
+        }
+    };
+    let snapshots = poll_async("snapshots at revisions 10 and 20", || async {
+        let s = revisions_under(keys::SNAPSHOTS).await;
+        (s.len() >= 2).then_some(s)
+    })
+    .await;
+    let latest_snapshot = *snapshots.iter().max().unwrap();
+    assert!(latest_snapshot >= 20, "{snapshots:?}");
+    poll_async("chunks covered by the snapshot to be deleted", || async {
+        let chunks = revisions_under(keys::CHUNKS).await;
+        chunks.iter().all(|r| *r > latest_snapshot).then_some(())
+    })
+    .await;
+    node.kill9();
+
+    let fresh = Netsy::on_bucket(&dir(base, "b"), &bucket, base, extra);
+    assert!(
+        fresh
+            .log
+            .snapshot()
+            .iter()
+            .any(|l| l.contains("restoring from snapshot")),
+        "the fresh node restores from the snapshot"
+    );
+    let mut c = fresh.client().await;
+    assert_eq!(fingerprint(&mut c).await, before);
+
+    // A damaged snapshot is refused before anything is imported.
+    drop(fresh);
+    let key = keys::snapshot_key(latest_snapshot);
+    flip_a_byte(&bucket, &key).await;
+    let empty = dir(base, "c");
+    let err = start_fails(&empty, &bucket, base);
+    assert!(err.contains(&key), "the error names the object: {err}");
+    let store = netsy::store::Store::open(&empty).unwrap();
+    assert_eq!(store.latest_revision(), 0, "nothing was imported");
+}
+on_both_providers!(
+    snapshots_and_cleanup,
+    snapshots_are_taken_and_covered_chunks_cleaned
+);
+
+/// `netsy inspect --config CFG KEY`: (success, stdout).
+fn inspect(bucket: &Bucket, base: &Path, key: &str) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_netsy"))
+        .args(["inspect", "--config"])
+        .arg(bucket.config(base, ""))
+        .arg(key)
+        .envs(bucket.env())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+async fn flip_a_byte(bucket: &Bucket, key: &str) {
+    let store = bucket.store();
+    let mut data = store.get(key).await.unwrap().data.to_vec();
+    let mid = data.len() / 2;
+    data[mid] ^= 0x40;
+    store
+        .put(key, Bytes::from(data), Condition::None)
+        .await
+        .unwrap();
+}
+
+async fn a_corrupt_chunk_is_refused_and_not_imported(bucket: Bucket, base: &Path) {
+    let node = Netsy::on_bucket(&dir(base, "a"), &bucket, base, "");
+    let mut c = node.client().await;
+    for i in 0..8 {
+        c.put(format!("k{i}"), "v", None).await.unwrap(); // one chunk each: revisions 2..=9
+    }
+    node.kill9();
+    let key = keys::chunk_key(6);
+    let (ok, text) = inspect(&bucket, base, &key);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("\"revision\":6") && text.ends_with("{\"verdict\":\"ok\"}\n"),
+        "{text}"
+    );
+    flip_a_byte(&bucket, &key).await;
+    let (ok, text) = inspect(&bucket, base, &key);
+    assert!(!ok && text.contains("\"verdict\":\"invalid\""), "{text}");
+    let empty = dir(base, "b");
+    let err = start_fails(&empty, &bucket, base);
+    assert!(err.contains(&key), "the error names the object: {err}");
+    assert!(err.contains("CRC") || err.contains("malformed"), "{err}");
+    let store = netsy::store::Store::open(&empty).unwrap();
+    assert_eq!(
+        store.latest_revision(),
+        5,
+        "chunks before the damage were imported, nothing from it"
+    );
+}
+on_both_providers!(corrupt_chunk, a_corrupt_chunk_is_refused_and_not_imported);
+
+async fn acknowledged_writes_survive_kill9_and_restore_from_the_bucket_alone(
+    bucket: Bucket,
+    base: &Path,
+) {
+    let node = Netsy::on_bucket(&dir(base, "a"), &bucket, base, "");
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut writers = Vec::new();
+    for w in 0..8 {
+        let mut c = node.client().await;
+        let acked = acked.clone();
+        writers.push(tokio::spawn(async move {
+            for i in 0.. {
+                let key = format!("/w/{w}/{i}");
+                match c.put(key.clone(), "v", None).await {
+                    Ok(r) => acked
+                        .lock()
+                        .unwrap()
+                        .push((key, r.header().unwrap().revision())),
+                    Err(_) => return,
+                }
+            }
+        }));
+    }
+    poll_async("a few hundred acknowledged writes", || async {
+        (acked.lock().unwrap().len() >= 300).then_some(())
+    })
+    .await;
+    node.kill9();
+    for w in writers {
+        let _ = w.await;
+    }
+    let acked = acked.lock().unwrap().clone();
+
+    // A new node on an empty data dir: the bucket is all it has.
+    let fresh = Netsy::on_bucket(&dir(base, "b"), &bucket, base, "");
+    let mut c = fresh.client().await;
+    let all = c
+        .get("/w/", Some(etcd_client::GetOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    let present: std::collections::HashMap<String, i64> = all
+        .kvs()
+        .iter()
+        .map(|kv| (kv.key_str().unwrap().to_string(), kv.mod_revision()))
+        .collect();
+    for (key, rev) in &acked {
+        assert_eq!(
+            present.get(key),
+            Some(rev),
+            "acknowledged write {key} at {rev} is missing"
+        );
+    }
+    let revisions: BTreeSet<i64> = present.values().copied().collect();
+    let expected: BTreeSet<i64> = (2..2 + revisions.len() as i64).collect();
+    assert_eq!(revisions, expected, "revisions are contiguous");
+}
+on_both_providers!(
+    kill9_during_writes,
+    acknowledged_writes_survive_kill9_and_restore_from_the_bucket_alone
+);
+
+async fn concurrent_writers_share_chunks(bucket: Bucket, base: &Path) {
+    let node = Netsy::on_bucket(&dir(base, "a"), &bucket, base, "");
+    let mut tasks = Vec::new();
+    for w in 0..64 {
+        let mut c = node.client().await;
+        tasks.push(tokio::spawn(async move {
+            let mut revs = Vec::new();
+            for i in 0..10 {
+                let r = c.put(format!("/g/{w}/{i}"), "v", None).await.unwrap();
+                revs.push(r.header().unwrap().revision());
+            }
+            revs
+        }));
+    }
+    let mut revisions = BTreeSet::new();
+    for t in tasks {
+        revisions.extend(t.await.unwrap());
+    }
+    assert_eq!(revisions.len(), 640, "every write got its own revision");
+    assert_eq!(
+        revisions,
+        (2..=641).collect::<BTreeSet<i64>>(),
+        "contiguous revisions"
+    );
+    let chunks = bucket.store().list(keys::CHUNKS).await.unwrap();
+    // Chunk 1 is the internal record; the 640 writes share the rest.
+    let write_chunks = chunks.len() - 1;
+    assert!(
+        write_chunks < 640,
+        "group commit: {write_chunks} chunks for 640 writes"
+    );
+    eprintln!("group commit: 640 writes in {write_chunks} chunks");
+    let mut c = node.client().await;
+    let all = c
+        .get(
+            "/g/",
+            Some(
+                etcd_client::GetOptions::new()
+                    .with_prefix()
+                    .with_count_only(),
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(all.count(), 640);
+    drop(node);
+    let fresh = Netsy::on_bucket(&dir(base, "b"), &bucket, base, "");
+    let mut c = fresh.client().await;
+    let all = c
+        .get(
+            "/g/",
+            Some(
+                etcd_client::GetOptions::new()
+                    .with_prefix()
+                    .with_count_only(),
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(all.count(), 640, "every write is in the bucket");
+}
+on_both_providers!(group_commit, concurrent_writers_share_chunks);
