@@ -14,4 +14,5 @@ pub mod objstore;
 pub mod pb;
 pub mod primary;
 pub mod store;
+pub mod tls;
 pub mod watch;

@@ -8,6 +8,7 @@ const USAGE: &str = "usage: netsy [--dev] [--config FILE] [-v|--verbose]
        netsy --validate FILE
        netsy --version
        netsy inspect FILE | netsy inspect --config FILE OBJECT-KEY
+       netsy certs --cluster ID --node ID [--node ID]... [--client NAME]... [--host HOST]... --out DIR [--days N]
 
   --dev            one node, plain HTTP/2 on 127.0.0.1:2378, data in ./netsy-data
   --config FILE    cluster config (JSONC); overrides NETSY_CONFIG
@@ -122,10 +123,75 @@ fn inspect(args: &[String]) -> ExitCode {
     }
 }
 
+/// `netsy certs`: a development CA and the certificates of nodes and
+/// clients (keys written 0600; an existing CA in DIR is reused).
+fn certs(args: &[String]) -> ExitCode {
+    let usage = "usage: netsy certs --cluster ID --node ID [--node ID]... [--client NAME]... [--host HOST]... --out DIR [--days N]";
+    let (mut cluster, mut out, mut days) = (None, None, 365i64);
+    let (mut nodes, mut clients, mut hosts) = (Vec::new(), Vec::new(), Vec::new());
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let Some(value) = it.next() else {
+            eprintln!("Error: {flag} needs a value\n{usage}");
+            return ExitCode::from(2);
+        };
+        match flag.as_str() {
+            "--cluster" => cluster = Some(value.clone()),
+            "--node" => nodes.push(value.clone()),
+            "--client" => clients.push(value.clone()),
+            "--host" => hosts.push(value.clone()),
+            "--out" => out = Some(value.clone()),
+            "--days" => match value.parse() {
+                Ok(d) if d > 0 => days = d,
+                _ => {
+                    eprintln!("Error: --days must be a positive number of days");
+                    return ExitCode::from(2);
+                }
+            },
+            other => {
+                eprintln!("Error: unknown argument {other:?}\n{usage}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let (Some(cluster), Some(out)) = (cluster, out) else {
+        eprintln!("Error: --cluster and --out are required\n{usage}");
+        return ExitCode::from(2);
+    };
+    let checked = std::iter::once(("cluster id", &cluster))
+        .chain(nodes.iter().map(|n| ("node id", n)))
+        .try_for_each(|(what, id)| config::identifier::validate(what, id));
+    if let Err(e) = checked {
+        eprintln!("Error: {e}");
+        return ExitCode::from(2);
+    }
+    match netsy::tls::certs::write_cluster(
+        std::path::Path::new(&out),
+        &cluster,
+        &nodes,
+        &clients,
+        &hosts,
+        days,
+    ) {
+        Ok(files) => {
+            for f in files {
+                println!("{}", f.display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("Error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some("inspect") {
-        return inspect(&args[1..]);
+    match args.first().map(String::as_str) {
+        Some("inspect") => return inspect(&args[1..]),
+        Some("certs") => return certs(&args[1..]),
+        _ => {}
     }
     let cli = match parse_args(&args) {
         Ok(c) => c,

@@ -39,6 +39,29 @@ impl Channel {
         Channel::over(tcp, addr, "http").await
     }
 
+    /// Connects with TLS (ALPN h2) to `host:port`, verifying the server as
+    /// `server_name` and presenting the configuration's client certificate.
+    pub async fn connect_tls(
+        addr: &str,
+        config: std::sync::Arc<rustls::ClientConfig>,
+        server_name: &str,
+    ) -> Result<Channel, Status> {
+        let tcp = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(addr))
+            .await
+            .map_err(|_| Status::unavailable(format!("connect to {addr}: timed out")))?
+            .map_err(|e| Status::unavailable(format!("connect to {addr}: {e}")))?;
+        let _ = tcp.set_nodelay(true);
+        let name =
+            rustls::pki_types::ServerName::try_from(server_name.to_string()).map_err(|e| {
+                Status::unavailable(format!("invalid server name {server_name:?}: {e}"))
+            })?;
+        let tls = tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await
+            .map_err(|e| Status::unavailable(format!("TLS handshake with {addr}: {e}")))?;
+        Channel::over(tls, addr, "https").await
+    }
+
     /// Runs HTTP/2 over an established stream (e.g. a TLS session).
     pub async fn over<IO>(io: IO, authority: &str, scheme: &'static str) -> Result<Channel, Status>
     where

@@ -54,6 +54,9 @@ impl Default for ServerConfig {
     }
 }
 
+/// How long a TLS handshake may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Shutdown signal shared by the accept loop and every connection.
 pub type Shutdown = watch::Receiver<bool>;
 
@@ -81,7 +84,33 @@ impl Server {
 
     /// Accepts plain-TCP (h2c prior knowledge) connections until shutdown,
     /// then waits for open connections to drain.
-    pub async fn serve_tcp(&self, listener: TcpListener, mut shutdown: Shutdown) {
+    pub async fn serve_tcp(&self, listener: TcpListener, shutdown: Shutdown) {
+        self.accept_loop(listener, shutdown, None).await
+    }
+
+    /// Accepts TLS connections (ALPN h2) until shutdown. The configuration
+    /// decides which client certificates are let in; the verified identity
+    /// reaches handlers in [`RequestContext::identity`].
+    pub async fn serve_tls(
+        &self,
+        listener: TcpListener,
+        config: Arc<rustls::ServerConfig>,
+        shutdown: Shutdown,
+    ) {
+        self.accept_loop(
+            listener,
+            shutdown,
+            Some(tokio_rustls::TlsAcceptor::from(config)),
+        )
+        .await
+    }
+
+    async fn accept_loop(
+        &self,
+        listener: TcpListener,
+        mut shutdown: Shutdown,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) {
         let mut conns = tokio::task::JoinSet::new();
         loop {
             tokio::select! {
@@ -90,8 +119,22 @@ impl Server {
                         let _ = tcp.set_nodelay(true);
                         let server = self.clone();
                         let sd = shutdown.clone();
-                        let peer = PeerInfo { remote_addr: Some(addr), identity: None };
-                        conns.spawn(async move { server.serve_connection(tcp, peer, sd).await });
+                        let tls = tls.clone();
+                        conns.spawn(async move {
+                            let Some(acceptor) = tls else {
+                                let peer = PeerInfo { remote_addr: Some(addr), identity: None };
+                                return server.serve_connection(tcp, peer, sd).await;
+                            };
+                            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                                Ok(Ok(stream)) => {
+                                    let identity = crate::tls::peer_identity(stream.get_ref().1).map(|id| id.uri());
+                                    let peer = PeerInfo { remote_addr: Some(addr), identity };
+                                    server.serve_connection(stream, peer, sd).await
+                                }
+                                Ok(Err(e)) => log::info!("TLS handshake with {addr} failed: {e}"),
+                                Err(_) => log::info!("TLS handshake with {addr} timed out"),
+                            }
+                        });
                     }
                     Err(e) => {
                         // Out of file descriptors and similar: back off briefly.

@@ -3,6 +3,7 @@
 //! the write path and the listeners, report healthy, and shut down
 //! gracefully.
 
+pub mod peer;
 pub mod state;
 
 use std::path::Path;
@@ -21,6 +22,7 @@ use crate::log::snapshot::{self, SnapshotClock, SnapshotPolicy};
 use crate::log::{LogError, ObjectLog};
 use crate::primary::Durability;
 use crate::store::{Store, StoreError};
+use crate::tls::{Role, TlsMaterial};
 use crate::watch::{RingLimits, WatchHub};
 use state::{Health, HealthCell};
 
@@ -104,6 +106,29 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), String> {
     let node_id = config.node.node_id.clone();
+    let start_time = crate::store::Timestamp::now().seconds;
+    // Outside --dev every API listener is mTLS; the node's own certificates
+    // are checked before anything is bound.
+    let tls = if config.dev {
+        None
+    } else {
+        let material = TlsMaterial::load(&config.node.tls)?;
+        let n = &config.node;
+        material.validate(
+            &config.cluster.cluster_id,
+            &node_id,
+            &[
+                ("NETSY_ADVERTISE_CLIENT", n.advertise_client.as_str()),
+                ("NETSY_ADVERTISE_PEER", n.advertise_peer.as_str()),
+                ("NETSY_ADVERTISE_ELECTION", n.advertise_election.as_str()),
+            ],
+        )?;
+        log::info!(
+            "node certificates verified for netsy://{}/peer/{node_id}",
+            config.cluster.cluster_id
+        );
+        Some(material)
+    };
     let health = Arc::new(HealthCell::new(Health::Loading));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
@@ -130,6 +155,10 @@ pub async fn run(
         ));
     }
     let client_listener = bind("NETSY_BIND_CLIENT", &config.node.bind_client).await?;
+    let peer_listener = match &tls {
+        Some(_) => Some(bind("NETSY_BIND_PEER", &config.node.bind_peer).await?),
+        None => None,
+    };
     let client_addr = client_listener
         .local_addr()
         .map_err(|e| format!("NETSY_BIND_CLIENT: {e}"))?;
@@ -188,7 +217,7 @@ pub async fn run(
         runtime: tokio::runtime::Handle::current(),
         snapshots: Some(snapshots),
     };
-    let (writer, _write_state, committer) = crate::primary::start(
+    let (writer, write_state, committer) = crate::primary::start(
         store.clone(),
         hub.clone(),
         node_id.clone(),
@@ -233,9 +262,42 @@ pub async fn run(
     }
     let server = Server::new(etcd::router(api.clone()), ServerConfig::default());
     let server_stop = stop_rx.clone();
-    tasks.spawn(async move { server.serve_tcp(client_listener, server_stop).await });
+    match &tls {
+        None => {
+            tasks.spawn(async move { server.serve_tcp(client_listener, server_stop).await });
+        }
+        Some(material) => {
+            let client_tls = material.server_config(Role::Client, &config.cluster.cluster_id)?;
+            tasks.spawn(async move {
+                server
+                    .serve_tls(client_listener, client_tls, server_stop)
+                    .await
+            });
+        }
+    }
+    if let (Some(material), Some(listener)) = (&tls, peer_listener) {
+        let peer_tls = material.server_config(Role::Peer, &config.cluster.cluster_id)?;
+        let view = Arc::new(peer::NodeView {
+            node_id: node_id.clone(),
+            health: health.clone(),
+            store: store.clone(),
+            writes: write_state.clone(),
+            start_time,
+        });
+        if let Ok(addr) = listener.local_addr() {
+            log::info!("serving the peer API on {addr}");
+        }
+        let peer_server = Server::new(peer::router(view), ServerConfig::default());
+        let stop = stop_rx.clone();
+        tasks.spawn(async move { peer_server.serve_tls(listener, peer_tls, stop).await });
+    }
     log::info!(
-        "serving the etcd API on {client_addr} (revision {}, member id {member_id})",
+        "serving the etcd API on {client_addr} ({}, revision {}, member id {member_id})",
+        if tls.is_some() {
+            "mTLS"
+        } else {
+            "plain HTTP/2"
+        },
         store.committed_revision()
     );
     health.set(Health::Healthy);

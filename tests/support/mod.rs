@@ -108,6 +108,8 @@ pub struct Netsy {
     pub data_dir: PathBuf,
     pub client_addr: String,
     pub health_addr: String,
+    /// The peer listener (production mode only).
+    pub peer_addr: Option<String>,
     pub log: Lines,
 }
 
@@ -116,6 +118,8 @@ pub struct Netsy {
 pub struct NetsyOptions {
     pub config: Option<PathBuf>,
     pub env: Vec<(String, String)>,
+    /// Production mode (no --dev): TLS, the NETSY_* environment as deployed.
+    pub production: bool,
 }
 
 impl Netsy {
@@ -126,11 +130,14 @@ impl Netsy {
 
     pub fn start(data_dir: &Path, opts: NetsyOptions) -> Netsy {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_netsy"));
-        cmd.arg("--dev");
+        if !opts.production {
+            cmd.arg("--dev");
+        }
         if let Some(c) = &opts.config {
             cmd.arg("--config").arg(c);
         }
         cmd.env("NETSY_BIND_CLIENT", "127.0.0.1:0")
+            .env("NETSY_BIND_PEER", "127.0.0.1:0")
             .env("NETSY_BIND_HEALTH", "127.0.0.1:0")
             .env("NETSY_DATA_DIR", data_dir)
             .env("RUST_LOG", "info")
@@ -148,11 +155,17 @@ impl Netsy {
             l.contains("serving health and metrics on ")
         });
         let health_addr = after(&health, "serving health and metrics on ");
+        let peer_addr = log
+            .snapshot()
+            .iter()
+            .find(|l| l.contains("serving the peer API on "))
+            .map(|l| after(l, "serving the peer API on "));
         Netsy {
             child,
             data_dir: data_dir.to_path_buf(),
             client_addr,
             health_addr,
+            peer_addr,
             log,
         }
     }
@@ -434,6 +447,7 @@ impl Netsy {
             NetsyOptions {
                 config: Some(bucket.config(config_dir, extra)),
                 env: bucket.env(),
+                production: false,
             },
         )
     }

@@ -1,0 +1,349 @@
+//! mTLS: certificate files from `NETSY_TLS_*`, rustls configurations per
+//! listener (TLS 1.3 only, client certificates required and verified
+//! against the cluster CA, then authorised by the `netsy://` identity and
+//! the listener's role), the client configuration for outbound peer
+//! connections, and the checks a node runs on its own certificates at start.
+
+pub mod certs;
+pub mod identity;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::client::danger::ServerCertVerifier;
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{
+    ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig,
+    SignatureScheme,
+};
+
+use crate::config::node_env::TlsPaths;
+pub use identity::{Identity, Role};
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The node's certificate material, loaded and parsed.
+pub struct TlsMaterial {
+    pub paths: TlsPaths,
+    pub roots: Arc<RootCertStore>,
+    pub server_chain: Vec<CertificateDer<'static>>,
+    server_key: PrivateKeyDer<'static>,
+    pub client_chain: Vec<CertificateDer<'static>>,
+    client_key: PrivateKeyDer<'static>,
+}
+
+fn require<'a>(setting: &str, path: &'a str, what: &str) -> Result<&'a str, String> {
+    if path.is_empty() {
+        return Err(format!(
+            "{setting} is required outside --dev: the path of the {what} (PEM)"
+        ));
+    }
+    Ok(path)
+}
+
+/// Reads every certificate in a PEM file.
+pub fn read_certs(setting: &str, path: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(Path::new(path))
+        .map_err(|e| format!("{setting} ({path}): cannot read: {e}"))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{setting} ({path}): not a PEM certificate file: {e}"))?;
+    if certs.is_empty() {
+        return Err(format!("{setting} ({path}): no certificate in the file"));
+    }
+    Ok(certs)
+}
+
+/// Reads a private key (PKCS#8, PKCS#1 RSA or SEC1 EC). The key itself is
+/// never put in an error or a log line.
+pub fn read_key(setting: &str, path: &str) -> Result<PrivateKeyDer<'static>, String> {
+    PrivateKeyDer::from_pem_file(Path::new(path)).map_err(|e| match e {
+        rustls::pki_types::pem::Error::Io(io) => format!("{setting} ({path}): cannot read: {io}"),
+        _ => format!("{setting} ({path}): no PEM private key in the file"),
+    })
+}
+
+impl TlsMaterial {
+    pub fn load(paths: &TlsPaths) -> Result<TlsMaterial, String> {
+        let ca = read_certs(
+            "NETSY_TLS_CA_CERT",
+            require(
+                "NETSY_TLS_CA_CERT",
+                &paths.ca_cert,
+                "cluster CA certificate",
+            )?,
+        )?;
+        let mut roots = RootCertStore::empty();
+        for c in ca {
+            roots.add(c).map_err(|e| {
+                format!(
+                    "NETSY_TLS_CA_CERT ({}): not a usable CA certificate: {e}",
+                    paths.ca_cert
+                )
+            })?;
+        }
+        let server_chain = read_certs(
+            "NETSY_TLS_SERVER_CERT",
+            require(
+                "NETSY_TLS_SERVER_CERT",
+                &paths.server_cert,
+                "node's server certificate",
+            )?,
+        )?;
+        let server_key = read_key(
+            "NETSY_TLS_SERVER_KEY",
+            require(
+                "NETSY_TLS_SERVER_KEY",
+                &paths.server_key,
+                "server certificate's key",
+            )?,
+        )?;
+        let client_chain = read_certs(
+            "NETSY_TLS_CLIENT_CERT",
+            require(
+                "NETSY_TLS_CLIENT_CERT",
+                &paths.client_cert,
+                "node's peer (client) certificate",
+            )?,
+        )?;
+        let client_key = read_key(
+            "NETSY_TLS_CLIENT_KEY",
+            require(
+                "NETSY_TLS_CLIENT_KEY",
+                &paths.client_key,
+                "peer certificate's key",
+            )?,
+        )?;
+        Ok(TlsMaterial {
+            paths: paths.clone(),
+            roots: Arc::new(roots),
+            server_chain,
+            server_key,
+            client_chain,
+            client_key,
+        })
+    }
+
+    /// Startup checks (reference §25.3): both certificates name this node in
+    /// this cluster with role peer, each key matches its certificate, and
+    /// the server certificate is valid for every advertised host.
+    pub fn validate(
+        &self,
+        cluster_id: &str,
+        node_id: &str,
+        advertised: &[(&str, &str)],
+    ) -> Result<(), String> {
+        let p = &self.paths;
+        for (setting, path, chain, key, key_setting) in [
+            (
+                "NETSY_TLS_SERVER_CERT",
+                &p.server_cert,
+                &self.server_chain,
+                &self.server_key,
+                "NETSY_TLS_SERVER_KEY",
+            ),
+            (
+                "NETSY_TLS_CLIENT_CERT",
+                &p.client_cert,
+                &self.client_chain,
+                &self.client_key,
+                "NETSY_TLS_CLIENT_KEY",
+            ),
+        ] {
+            let id = identity::from_certificate(&chain[0])
+                .map_err(|e| format!("{setting} ({path}): {e}"))?;
+            if id.role != Role::Peer {
+                return Err(format!(
+                    "{setting} ({path}): the certificate has role {:?}; node certificates need netsy://{cluster_id}/peer/{node_id}",
+                    id.role.as_str()
+                ));
+            }
+            if id.cluster_id != cluster_id {
+                return Err(format!(
+                    "{setting} ({path}): the certificate is for cluster {:?}, but cluster_id is {cluster_id:?}",
+                    id.cluster_id
+                ));
+            }
+            if id.name != node_id {
+                return Err(format!(
+                    "{setting} ({path}): the certificate is for node {:?}, but NETSY_NODE_ID is {node_id:?}",
+                    id.name
+                ));
+            }
+            let signing = provider()
+                .key_provider
+                .load_private_key(key.clone_key())
+                .map_err(|e| format!("{key_setting}: unusable private key: {e}"))?;
+            rustls::sign::CertifiedKey::new(chain.clone(), signing)
+                .keys_match()
+                .map_err(|_| format!("{key_setting}: the key does not belong to the certificate in {setting} ({path})"))?;
+        }
+        let verifier = WebPkiServerVerifier::builder_with_provider(self.roots.clone(), provider())
+            .build()
+            .map_err(|e| format!("NETSY_TLS_CA_CERT ({}): {e}", p.ca_cert))?;
+        for (setting, address) in advertised.iter().filter(|(_, a)| !a.is_empty()) {
+            let host =
+                host_of(address).ok_or_else(|| format!("{setting} {address:?} has no host"))?;
+            let name = ServerName::try_from(host.to_string())
+                .map_err(|e| format!("{setting} {address:?}: invalid host: {e}"))?;
+            verifier
+                .verify_server_cert(&self.server_chain[0], &self.server_chain[1..], &name, &[], UnixTime::now())
+                .map_err(|e| {
+                    format!(
+                        "NETSY_TLS_SERVER_CERT ({}) is not valid for {host} ({setting}): {e}; issue it with that host as a DNS or IP SAN",
+                        p.server_cert
+                    )
+                })?;
+        }
+        Ok(())
+    }
+
+    /// The server configuration of a listener accepting `role`.
+    pub fn server_config(&self, role: Role, cluster_id: &str) -> Result<Arc<ServerConfig>, String> {
+        let inner = WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider())
+            .build()
+            .map_err(|e| format!("NETSY_TLS_CA_CERT: {e}"))?;
+        let verifier = Arc::new(RoleVerifier {
+            inner,
+            role,
+            cluster_id: cluster_id.to_string(),
+        });
+        let mut config = ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| format!("TLS: {e}"))?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(self.server_chain.clone(), self.server_key.clone_key())
+            .map_err(|e| format!("NETSY_TLS_SERVER_KEY: {e}"))?;
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(Arc::new(config))
+    }
+
+    /// The configuration for outbound peer connections: our peer
+    /// certificate, servers verified against the CA and the dialled host.
+    pub fn client_config(&self) -> Result<Arc<ClientConfig>, String> {
+        client_config(
+            self.roots.clone(),
+            self.client_chain.clone(),
+            self.client_key.clone_key(),
+        )
+    }
+}
+
+/// A TLS 1.3 client configuration presenting a certificate.
+pub fn client_config(
+    roots: Arc<RootCertStore>,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<Arc<ClientConfig>, String> {
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| format!("TLS: {e}"))?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| format!("TLS client certificate: {e}"))?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The host part of `host:port` or `[v6]:port`.
+pub fn host_of(address: &str) -> Option<&str> {
+    let host = if let Some(rest) = address.strip_prefix('[') {
+        rest.split(']').next()?
+    } else {
+        address.rsplit_once(':').map_or(address, |(h, _)| h)
+    };
+    (!host.is_empty()).then_some(host)
+}
+
+/// Verifies the chain with webpki, then requires the leaf's netsy://
+/// identity to have the listener's role and our cluster id. A refusal ends
+/// the handshake.
+#[derive(Debug)]
+struct RoleVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    role: Role,
+    cluster_id: String,
+}
+
+impl ClientCertVerifier for RoleVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        let allowed = identity::from_certificate(end_entity)
+            .and_then(|id| identity::authorise(&id, self.role, &self.cluster_id).map(|_| id));
+        match allowed {
+            Ok(_) => Ok(ClientCertVerified::assertion()),
+            Err(reason) => {
+                log::warn!("refused a {} connection: {reason}", self.role.as_str());
+                Err(rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::ApplicationVerificationFailure,
+                ))
+            }
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// The identity of a verified TLS peer, as "role/name".
+pub fn peer_identity(conn: &rustls::ServerConnection) -> Option<Identity> {
+    conn.peer_certificates()
+        .and_then(|chain| chain.first())
+        .and_then(|leaf| identity::from_certificate(leaf).ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_of_addresses() {
+        assert_eq!(host_of("node-1.example:2378"), Some("node-1.example"));
+        assert_eq!(host_of("127.0.0.1:2378"), Some("127.0.0.1"));
+        assert_eq!(host_of("[::1]:2378"), Some("::1"));
+        assert_eq!(host_of(":2378"), None);
+    }
+}
