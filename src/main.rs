@@ -59,11 +59,12 @@ fn init_logging(debug: bool, node_id: &str) {
         .format(move |buf, record| {
             writeln!(
                 buf,
-                "{} {:5} {} node={} {}",
+                "{} {:5} {} node={} role={} {}",
                 buf.timestamp_millis(),
                 record.level(),
                 record.target(),
                 node_id,
+                netsy::node::state::role(),
                 record.args()
             )
         })
@@ -205,7 +206,12 @@ fn main() -> ExitCode {
         }
     };
     if cli.version {
-        println!("netsy {}", env!("CARGO_PKG_VERSION"));
+        println!(
+            "netsy {} (commit {}, built {})",
+            env!("CARGO_PKG_VERSION"),
+            env!("NETSY_GIT_COMMIT"),
+            env!("NETSY_BUILD_DATE")
+        );
         return ExitCode::SUCCESS;
     }
     let env = |name: &str| std::env::var(name).ok();

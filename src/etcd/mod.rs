@@ -60,6 +60,8 @@ pub struct EtcdApi {
     pub identity: Identity,
     pub health: Arc<HealthCell>,
     pub settings: ApiSettings,
+    /// Becomes true when the node stops: long-lived streams end then.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 impl EtcdApi {
@@ -82,6 +84,26 @@ impl EtcdApi {
     }
 }
 
+/// Counts a client request by kind and result (`netsy_client_requests_total`)
+/// and observes its duration.
+async fn timed<T>(
+    kind: &'static str,
+    work: impl std::future::Future<Output = Result<T, crate::grpc::Status>>,
+) -> Result<T, crate::grpc::Status> {
+    use crate::http::metrics::{labels, metrics};
+    let started = std::time::Instant::now();
+    let result = work.await;
+    let m = metrics();
+    let outcome = if result.is_ok() { "success" } else { "error" };
+    m.client_requests
+        .get_or_create(&labels(&[("kind", kind), ("result", outcome)]))
+        .inc();
+    m.client_request_duration
+        .get_or_create(&labels(&[("kind", kind)]))
+        .observe(started.elapsed().as_secs_f64());
+    result
+}
+
 /// FNV-1a 64-bit: the etcd cluster id derived from the cluster id string.
 pub fn fnv1a64(s: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -97,22 +119,34 @@ pub fn router(api: Arc<EtcdApi>) -> Router {
     let mut r = Router::new();
     const KV: &str = "etcdserverpb.KV";
     let a = api.clone();
-    r.add(KV, "Range", unary(move |req, _| kv::range(a.clone(), req)));
+    r.add(
+        KV,
+        "Range",
+        unary(move |req, _| timed("range", kv::range(a.clone(), req))),
+    );
     let a = api.clone();
-    r.add(KV, "Put", unary(move |req, _| kv::put(a.clone(), req)));
+    r.add(
+        KV,
+        "Put",
+        unary(move |req, _| timed("put", kv::put(a.clone(), req))),
+    );
     let a = api.clone();
     r.add(
         KV,
         "DeleteRange",
-        unary(move |req, _| kv::delete_range(a.clone(), req)),
+        unary(move |req, _| timed("delete", kv::delete_range(a.clone(), req))),
     );
     let a = api.clone();
-    r.add(KV, "Txn", unary(move |req, _| kv::txn(a.clone(), req)));
+    r.add(
+        KV,
+        "Txn",
+        unary(move |req, _| timed("txn", kv::txn(a.clone(), req))),
+    );
     let a = api.clone();
     r.add(
         KV,
         "Compact",
-        unary(move |req, _| kv::compact(a.clone(), req)),
+        unary(move |req, _| timed("compaction", kv::compact(a.clone(), req))),
     );
 
     let a = api.clone();
@@ -127,7 +161,7 @@ pub fn router(api: Arc<EtcdApi>) -> Router {
     r.add(
         LEASE,
         "LeaseGrant",
-        unary(move |req, _| lease::grant(a.clone(), req)),
+        unary(move |req, _| timed("lease", lease::grant(a.clone(), req))),
     );
     r.add_unimplemented(
         LEASE,

@@ -36,6 +36,8 @@ pub async fn serve(api: Arc<EtcdApi>, call: Call) -> Finished {
         mut outbound,
         ..
     } = call;
+    let m = crate::http::metrics::metrics();
+    m.watchers.inc();
     let mut stream = WatchStream {
         api,
         watches: BTreeMap::new(),
@@ -43,6 +45,8 @@ pub async fn serve(api: Arc<EtcdApi>, call: Call) -> Finished {
         progress_requested: false,
     };
     let result = stream.run(&mut inbound, &mut outbound).await;
+    m.watchers.dec();
+    m.watches.dec_by(stream.watches.len() as i64);
     outbound.finish(result)
 }
 
@@ -76,10 +80,14 @@ struct WatchStream {
 impl WatchStream {
     async fn run(&mut self, inbound: &mut Inbound, out: &mut Outbound) -> Result<(), Status> {
         let mut committed_rx = self.api.hub.subscribe();
+        let mut shutdown = self.api.shutdown.clone();
         let every = self.api.settings.progress_notify_interval;
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            if *shutdown.borrow_and_update() {
+                return Err(Status::unavailable("netsy: the server is shutting down"));
+            }
             let committed = *committed_rx.borrow_and_update();
             self.sync(committed, out).await?;
             if self.progress_requested {
@@ -103,6 +111,7 @@ impl WatchStream {
                     }
                 }
                 _ = ticker.tick() => self.notify_progress(committed, out).await?,
+                _ = shutdown.changed() => {}
             }
         }
     }
@@ -112,6 +121,7 @@ impl WatchStream {
             Some(RequestUnion::CreateRequest(create)) => self.create(create, out).await,
             Some(RequestUnion::CancelRequest(cancel)) => {
                 if self.watches.remove(&cancel.watch_id).is_some() {
+                    crate::http::metrics::metrics().watches.dec();
                     let resp = WatchResponse {
                         header: Some(self.api.header(self.api.hub.committed())),
                         watch_id: cancel.watch_id,
@@ -176,6 +186,7 @@ impl WatchStream {
             no_delete: filters.contains(&(FilterType::Nodelete as i32)),
         };
         self.watches.insert(id, watch);
+        crate::http::metrics::metrics().watches.inc();
         let resp = WatchResponse {
             header: Some(self.api.header(committed)),
             watch_id: id,
@@ -196,6 +207,7 @@ impl WatchStream {
             .collect();
         for id in behind {
             self.watches.remove(&id);
+            crate::http::metrics::metrics().watches.dec();
             // etcd answers a compacted watch with header revision 0.
             let resp = WatchResponse {
                 header: Some(self.api.header(0)),

@@ -45,9 +45,9 @@ impl RequestContext {
     }
 }
 
-/// Proof that a call's status was sent; handlers must return it.
+/// Proof that a call's status was sent (and which); handlers must return it.
 #[must_use]
-pub struct Finished(());
+pub struct Finished(pub super::status::Code);
 
 /// Request messages from the client.
 pub struct Inbound {
@@ -190,7 +190,7 @@ impl Outbound {
                 let _ = self.respond.send_response(response, true);
             }
         }
-        Finished(())
+        Finished(status.code)
     }
 }
 

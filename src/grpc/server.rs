@@ -310,13 +310,17 @@ async fn handle_stream(
     };
     let handler = match router.lookup(parts.uri.path()) {
         Ok(h) => h.clone(),
-        Err(status) => return reject(respond, StatusCode::OK, status),
+        Err(status) => {
+            record(&["unknown", "unknown"], status.code, None);
+            return reject(respond, StatusCode::OK, status);
+        }
     };
     let encoding = parts
         .headers
         .get("grpc-encoding")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
+    let parts_path = parts.uri.path().to_string();
     let call = Call {
         ctx: RequestContext {
             remote_addr: peer.remote_addr,
@@ -327,7 +331,39 @@ async fn handle_stream(
         inbound: Inbound::new(body, cfg.max_recv_message_len, encoding),
         outbound: Outbound::new(respond),
     };
-    let _finished = handler(call).await;
+    let (service, method) = parts_of(&parts_path);
+    let names = [service, method];
+    let m = crate::http::metrics::metrics();
+    m.grpc_started
+        .get_or_create(&crate::http::metrics::labels(&[
+            ("grpc_service", service),
+            ("grpc_method", method),
+        ]))
+        .inc();
+    let started = std::time::Instant::now();
+    let finished = handler(call).await;
+    record(&names, finished.0, Some(started));
+}
+
+/// `/pkg.Service/Method` → (service, method).
+fn parts_of(path: &str) -> (&str, &str) {
+    path.trim_start_matches('/')
+        .rsplit_once('/')
+        .unwrap_or(("unknown", "unknown"))
+}
+
+fn record(names: &[&str; 2], code: super::status::Code, started: Option<std::time::Instant>) {
+    use crate::http::metrics::{labels, metrics};
+    let m = metrics();
+    let base = [("grpc_service", names[0]), ("grpc_method", names[1])];
+    let mut with_code = labels(&base);
+    with_code.push(("grpc_code".to_string(), code.name().to_string()));
+    m.grpc_handled.get_or_create(&with_code).inc();
+    if let Some(t) = started {
+        m.grpc_handling_seconds
+            .get_or_create(&labels(&base))
+            .observe(t.elapsed().as_secs_f64());
+    }
 }
 
 /// `application/grpc` optionally followed by `+proto` or `;params`.

@@ -2,6 +2,8 @@
 //! `{"status":"loading|healthy|degraded"}` (200 only when healthy) and
 //! `GET /metrics` the Prometheus text exposition.
 
+pub mod metrics;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -70,7 +72,7 @@ async fn answer(
         }
         ("GET", "/metrics") => (
             "200 OK",
-            "text/plain; version=0.0.4; charset=utf-8",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
             metrics(),
         ),
         (_, "/metrics") => (

@@ -80,7 +80,16 @@ pub fn start(log: Arc<ObjectLog>, settings: CleanupSettings, last_cleaned: i64) 
                 Ok(s) if s.pending > s.last_cleaned => (s.last_cleaned, s.pending),
                 _ => continue,
             };
-            match clean(&log, &settings, from, upto).await {
+            let result = clean(&log, &settings, from, upto).await;
+            let m = crate::http::metrics::metrics();
+            let outcome = if result.is_ok() { "success" } else { "partial" };
+            m.primary_snapshot_cleanup_runs
+                .get_or_create(&crate::http::metrics::labels(&[("result", outcome)]))
+                .inc();
+            if let Ok(n) = &result {
+                m.primary_snapshot_cleanup_chunks_deleted.inc_by(*n as u64);
+            }
+            match result {
                 Ok(deleted) => {
                     log::info!("chunk cleanup up to revision {upto}: {deleted} keys deleted");
                     if let Ok(mut s) = c.state.lock() {

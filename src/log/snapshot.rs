@@ -97,6 +97,10 @@ impl SnapshotClock {
     }
 }
 
+/// When the last snapshot was written (Unix seconds; 0 before the first),
+/// for `netsy_primary_snapshot_age_seconds`.
+pub static LAST_SNAPSHOT_UNIX: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
 /// The handle the write path uses to report committed revisions.
 #[derive(Clone)]
 pub struct SnapshotRequests {
@@ -129,10 +133,22 @@ pub fn start(
             };
             log::info!("taking snapshot at revision {revision} (reason: {reason:?})");
             let started = Instant::now();
-            match create(&store, &log, revision).await {
+            let result = create(&store, &log, revision).await;
+            let m = crate::http::metrics::metrics();
+            let outcome = if result.is_ok() { "success" } else { "error" };
+            let l = crate::http::metrics::labels(&[("result", outcome)]);
+            m.primary_snapshot_creations.get_or_create(&l).inc();
+            m.primary_snapshot_creation_duration
+                .get_or_create(&l)
+                .observe(started.elapsed().as_secs_f64());
+            match result {
                 Ok(key) => {
                     log::info!("snapshot {key} written in {:?}", started.elapsed());
                     clock.taken(revision, Instant::now());
+                    LAST_SNAPSHOT_UNIX.store(
+                        crate::store::Timestamp::now().seconds,
+                        std::sync::atomic::Ordering::Relaxed,
+                    );
                     cleaner.enqueue(revision);
                 }
                 Err(e) => log::error!("snapshot at revision {revision} failed: {e}"),

@@ -3,6 +3,7 @@
 //! the write path and the listeners, report healthy, and shut down
 //! gracefully.
 
+pub mod failpoint;
 pub mod peer;
 pub mod state;
 
@@ -16,6 +17,7 @@ use crate::config::{node_env::bind_address, Config};
 use crate::election::discovery::{self, Registration};
 use crate::etcd::{self, ApiSettings, EtcdApi, Identity};
 use crate::grpc::{Server, ServerConfig};
+use crate::http::metrics::{labels, metrics, InfoLabels, Metrics};
 use crate::log::cleanup::{self, CleanupSettings};
 use crate::log::restore::{self, CaughtUp};
 use crate::log::snapshot::{self, SnapshotClock, SnapshotPolicy};
@@ -90,6 +92,14 @@ async fn load(config: &Config, log: &ObjectLog) -> Result<(Arc<Store>, CaughtUp)
     }
     drop(store);
     set_aside(data_dir)?;
+    metrics()
+        .local_db_rebuilds
+        .get_or_create(&labels(&[("reason", "integrity_check_failed")]))
+        .inc();
+    metrics()
+        .loading_restarts
+        .get_or_create(&labels(&[("reason", "integrity_check_failed")]))
+        .inc();
     let store = open_store(data_dir).await?;
     let report = restore::catch_up(&store, log).await.map_err(|e| {
         format!(
@@ -100,6 +110,27 @@ async fn load(config: &Config, log: &ObjectLog) -> Result<(Arc<Store>, CaughtUp)
     Ok((store, report))
 }
 
+/// Runs a loading stage and records its duration and outcome
+/// (`netsy_loading_stage_duration_seconds`).
+async fn timed_stage<T>(
+    stage: &'static str,
+    work: impl std::future::Future<Output = Result<T, String>>,
+) -> Result<T, String> {
+    let started = std::time::Instant::now();
+    log::info!("loading_stage_started: {stage}");
+    let result = work.await;
+    let outcome = if result.is_ok() { "success" } else { "error" };
+    metrics()
+        .loading_stage_duration
+        .get_or_create(&labels(&[("stage", stage), ("result", outcome)]))
+        .observe(started.elapsed().as_secs_f64());
+    log::info!(
+        "loading_stage_completed: {stage} ({outcome}) in {:?}",
+        started.elapsed()
+    );
+    result
+}
+
 /// Runs the node until `shutdown` resolves.
 pub async fn run(
     config: Config,
@@ -107,6 +138,9 @@ pub async fn run(
 ) -> Result<(), String> {
     let node_id = config.node.node_id.clone();
     let start_time = crate::store::Timestamp::now().seconds;
+    for line in config.describe() {
+        log::info!("setting {line}");
+    }
     // Outside --dev every API listener is mTLS; the node's own certificates
     // are checked before anything is bound.
     let tls = if config.dev {
@@ -134,23 +168,43 @@ pub async fn run(
     let mut tasks = tokio::task::JoinSet::new();
 
     // Health first, so it reports loading while the node restores.
-    let metrics_revision = Arc::new(std::sync::atomic::AtomicI64::new(0));
+    let m = metrics();
+    m.process_start_time.set(start_time);
+    m.info
+        .get_or_create(&InfoLabels {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            cluster_id: config.cluster.cluster_id.clone(),
+            node_id: node_id.clone(),
+            quorum_config: match config.cluster.replication.quorum {
+                0 => "disabled".to_string(),
+                -1 => "majority".to_string(),
+                k => format!("static:{k}"),
+            },
+        })
+        .set(1);
+    {
+        let health = health.clone();
+        m.on_scrape(move |m| {
+            Metrics::one_hot(
+                &m.state_health,
+                "state",
+                &["loading", "healthy", "degraded"],
+                health.get().as_str(),
+            );
+            // A lone node is its own Elector.
+            Metrics::one_hot(&m.state_elector, "state", &["follower", "leader"], "leader");
+        });
+    }
     if !config.node.bind_health.is_empty() {
         let listener = bind("NETSY_BIND_HEALTH", &config.node.bind_health).await?;
         if let Ok(addr) = listener.local_addr() {
             log::info!("serving health and metrics on {addr}");
         }
-        let rev = metrics_revision.clone();
-        let metrics: crate::http::MetricsFn = Arc::new(move || {
-            format!(
-                "# TYPE netsy_committed_revision gauge\nnetsy_committed_revision {}\n",
-                rev.load(std::sync::atomic::Ordering::Relaxed)
-            )
-        });
+        let render: crate::http::MetricsFn = Arc::new(|| metrics().render());
         tasks.spawn(crate::http::serve(
             listener,
             health.clone(),
-            metrics,
+            render,
             stop_rx.clone(),
         ));
     }
@@ -172,16 +226,20 @@ pub async fn run(
     let objects = crate::objstore::from_config(&config.cluster.storage, &env)?;
     log::info!("object storage: {}", objects.describe());
     let log = Arc::new(ObjectLog::new(objects, &node_id, &config.node.data_dir)?);
-    if !config.dev {
-        let reg = Registration {
-            node_id: node_id.clone(),
-            client_advertise_address: advertise.clone(),
-            peer_advertise_address: config.node.advertise_peer.clone(),
-        };
-        discovery::ensure_registration(&*log.store, &reg).await?;
-    }
-    let member_id = discovery::member_id(&log, &config.cluster.cluster_id, &node_id).await?;
-    let (store, caught_up) = load(&config, &log).await?;
+    failpoint::hold("loading").await;
+    let member_id = timed_stage("registration", async {
+        if !config.dev {
+            let reg = Registration {
+                node_id: node_id.clone(),
+                client_advertise_address: advertise.clone(),
+                peer_advertise_address: config.node.advertise_peer.clone(),
+            };
+            discovery::ensure_registration(&*log.store, &reg).await?;
+        }
+        discovery::member_id(&log, &config.cluster.cluster_id, &node_id).await
+    })
+    .await?;
+    let (store, caught_up) = timed_stage("backfill", load(&config, &log)).await?;
     log::info!(
         "restored: snapshot {}{}, {} chunks imported, local revision {}",
         caught_up.snapshot,
@@ -243,20 +301,30 @@ pub async fn run(
         identity,
         health: health.clone(),
         settings: ApiSettings::default(),
+        shutdown: stop_rx.clone(),
     });
     {
-        let (store, rev) = (store.clone(), metrics_revision.clone());
-        let mut stop = stop_rx.clone();
-        tasks.spawn(async move {
-            loop {
-                rev.store(
-                    store.committed_revision(),
-                    std::sync::atomic::Ordering::Relaxed,
-                );
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-                    _ = stop.changed() => return,
-                }
+        let (store, writes) = (store.clone(), write_state.clone());
+        m.on_scrape(move |m| {
+            m.latest_revision.set(store.latest_revision());
+            m.committed_revision.set(store.committed_revision());
+            m.compaction_revision.set(store.compacted_revision());
+            let primary = if writes.is_draining() {
+                "draining"
+            } else {
+                "active"
+            };
+            Metrics::one_hot(
+                &m.state_primary,
+                "state",
+                &["replica", "starting", "active", "draining"],
+                primary,
+            );
+            Metrics::one_hot(&m.primary_write_path, "path", &["sync", "quorum"], "sync");
+            let last = snapshot::LAST_SNAPSHOT_UNIX.load(std::sync::atomic::Ordering::Relaxed);
+            if last > 0 {
+                m.primary_snapshot_age
+                    .set(crate::store::Timestamp::now().seconds - last);
             }
         });
     }
@@ -300,18 +368,23 @@ pub async fn run(
         },
         store.committed_revision()
     );
+    state::set_role("primary");
     health.set(Health::Healthy);
 
     shutdown.await;
     log::info!("shutting down: no new connections, finishing requests in flight");
+    failpoint::hold("draining").await;
     let _ = stop_tx.send(true);
     let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
         while tasks.join_next().await.is_some() {}
     })
     .await;
-    if drained.is_err() {
-        log::warn!("requests still running after {DRAIN_TIMEOUT:?}; stopping anyway");
-        tasks.abort_all();
+    match drained {
+        Ok(()) => log::info!("drain_completed: every request finished"),
+        Err(_) => {
+            log::warn!("requests still running after {DRAIN_TIMEOUT:?}; stopping anyway");
+            tasks.abort_all();
+        }
     }
     health.set(Health::Degraded);
     // The commit thread ends once the last writer handle is gone.

@@ -47,3 +47,23 @@ impl HealthCell {
         }
     }
 }
+
+/// This node's role for log lines: loading until it serves, then its
+/// primary state.
+static ROLE: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+const ROLES: [&str; 4] = ["loading", "primary", "draining", "replica"];
+
+pub fn role() -> &'static str {
+    ROLES[(ROLE.load(Ordering::Relaxed) as usize).min(ROLES.len() - 1)]
+}
+
+/// Sets the role shown in log lines ("loading", "primary", "draining", "replica").
+pub fn set_role(role: &str) {
+    if let Some(i) = ROLES.iter().position(|r| *r == role) {
+        let old = ROLE.swap(i as u8, Ordering::Relaxed);
+        if old as usize != i {
+            log::info!("state_transition: role {} -> {role}", ROLES[old as usize]);
+        }
+    }
+}

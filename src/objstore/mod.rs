@@ -372,6 +372,13 @@ impl Retrying {
             match op().await {
                 Err(e) if e.is_transient() && attempt < self.attempts => {
                     log::warn!("object storage: {e}; retrying in {backoff:?}");
+                    crate::http::metrics::metrics()
+                        .retries
+                        .get_or_create(&crate::http::metrics::labels(&[(
+                            "operation",
+                            "object_storage",
+                        )]))
+                        .inc();
                     tokio::time::sleep(backoff).await;
                     backoff *= 2;
                     attempt += 1;
@@ -433,6 +440,139 @@ impl ObjectStore for Retrying {
     }
 }
 
+/// Records every attempt in the object-storage metrics (counts, durations,
+/// sizes by kind of object).
+pub struct Measured {
+    inner: Arc<dyn ObjectStore>,
+}
+
+/// The kind label of a key: chunk, snapshot, or metadata (coordination files).
+fn kind_of(key: &str) -> &'static str {
+    if key.contains("chunks/") {
+        "chunk"
+    } else if key.contains("snapshots/") || key.ends_with(".netsy") {
+        "snapshot"
+    } else {
+        "metadata"
+    }
+}
+
+impl Measured {
+    pub fn new(inner: Arc<dyn ObjectStore>) -> Measured {
+        Measured { inner }
+    }
+
+    fn wrote<T>(key: &str, size: u64, started: std::time::Instant, r: &Result<T, ObjError>) {
+        use crate::http::metrics::{labels, metrics};
+        let m = metrics();
+        let result = match r {
+            Ok(_) => "success",
+            Err(ObjError::PreconditionFailed(_)) | Err(ObjError::Conflict(_)) => {
+                "precondition_failed"
+            }
+            Err(_) => "error",
+        };
+        let kind = kind_of(key);
+        let l = labels(&[("kind", kind), ("mode", "sync"), ("result", result)]);
+        m.object_storage_writes.get_or_create(&l).inc();
+        m.object_storage_write_duration
+            .get_or_create(&l)
+            .observe(started.elapsed().as_secs_f64());
+        if r.is_ok() {
+            m.object_storage_write_bytes
+                .get_or_create(&labels(&[("kind", kind), ("mode", "sync")]))
+                .observe(size as f64);
+        }
+    }
+
+    fn read<T>(started: std::time::Instant, r: &Result<T, ObjError>) {
+        use crate::http::metrics::{labels, metrics};
+        let m = metrics();
+        let result = match r {
+            Ok(_) => "success",
+            Err(ObjError::NotFound(_)) => "not_found",
+            Err(_) => "error",
+        };
+        let l = labels(&[("result", result)]);
+        m.object_storage_reads.get_or_create(&l).inc();
+        m.object_storage_read_duration
+            .get_or_create(&l)
+            .observe(started.elapsed().as_secs_f64());
+    }
+}
+
+impl ObjectStore for Measured {
+    fn get<'a>(&'a self, key: &'a str) -> BoxFut<'a, Result<Object, ObjError>> {
+        Box::pin(async move {
+            let t = std::time::Instant::now();
+            let r = self.inner.get(key).await;
+            Measured::read(t, &r);
+            r
+        })
+    }
+
+    fn put<'a>(
+        &'a self,
+        key: &'a str,
+        data: Bytes,
+        condition: Condition,
+    ) -> BoxFut<'a, Result<String, ObjError>> {
+        Box::pin(async move {
+            let (t, size) = (std::time::Instant::now(), data.len() as u64);
+            let r = self.inner.put(key, data, condition).await;
+            Measured::wrote(key, size, t, &r);
+            r
+        })
+    }
+
+    fn delete<'a>(&'a self, key: &'a str) -> BoxFut<'a, Result<(), ObjError>> {
+        self.inner.delete(key)
+    }
+
+    fn delete_batch<'a>(&'a self, keys: &'a [String]) -> BoxFut<'a, Result<Vec<String>, ObjError>> {
+        self.inner.delete_batch(keys)
+    }
+
+    fn list<'a>(&'a self, prefix: &'a str) -> BoxFut<'a, Result<Vec<Listed>, ObjError>> {
+        self.inner.list(prefix)
+    }
+
+    fn bulk_delete_limit(&self) -> usize {
+        self.inner.bulk_delete_limit()
+    }
+
+    fn get_to_file<'a>(
+        &'a self,
+        key: &'a str,
+        path: &'a Path,
+    ) -> BoxFut<'a, Result<u64, ObjError>> {
+        Box::pin(async move {
+            let t = std::time::Instant::now();
+            let r = self.inner.get_to_file(key, path).await;
+            Measured::read(t, &r);
+            r
+        })
+    }
+
+    fn put_file<'a>(
+        &'a self,
+        key: &'a str,
+        path: &'a Path,
+    ) -> BoxFut<'a, Result<String, ObjError>> {
+        Box::pin(async move {
+            let t = std::time::Instant::now();
+            let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+            let r = self.inner.put_file(key, path).await;
+            Measured::wrote(key, size, t, &r);
+            r
+        })
+    }
+
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+}
+
 /// Builds the configured provider, wrapped with retries and the key prefix.
 /// `env` gives the AWS_* variables (injectable for tests).
 pub fn from_config(
@@ -445,8 +585,11 @@ pub fn from_config(
         ),
         Provider::S3 => Arc::new(s3::S3Store::from_config(cfg, env)?),
     };
-    let retrying: Arc<dyn ObjectStore> =
-        Arc::new(Retrying::new(base, 4, Duration::from_millis(100)));
+    let retrying: Arc<dyn ObjectStore> = Arc::new(Retrying::new(
+        Arc::new(Measured::new(base)),
+        4,
+        Duration::from_millis(100),
+    ));
     Ok(if cfg.key_prefix.is_empty() {
         retrying
     } else {

@@ -96,12 +96,23 @@ impl Writer {
     /// Evaluates and commits a txn (Put and DeleteRange come as one-op txns).
     pub async fn txn(&self, request: TxnRequest) -> Result<TxnResponse, Status> {
         txn::validate(&request)?;
+        let started = std::time::Instant::now();
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Command::Txn { request, reply })
             .await
             .map_err(|_| stopped())?;
-        rx.await.map_err(|_| stopped())?
+        let result = rx.await.map_err(|_| stopped())?;
+        let m = crate::http::metrics::metrics();
+        let l = crate::http::metrics::labels(&[
+            ("path", "sync"),
+            ("result", if result.is_ok() { "success" } else { "error" }),
+        ]);
+        m.primary_write_transactions.get_or_create(&l).inc();
+        m.primary_write_duration
+            .get_or_create(&l)
+            .observe(started.elapsed().as_secs_f64());
+        result
     }
 
     /// Creates a lease; `id` 0 asks for a fresh id. Returns (id, granted TTL).
@@ -150,6 +161,7 @@ impl WriteState {
 
     fn drain(&self, reason: String) {
         log::error!("not accepting writes (draining): {reason}");
+        crate::node::state::set_role("draining");
         if let Ok(mut r) = self.reason.lock() {
             *r = reason;
         }
@@ -158,6 +170,7 @@ impl WriteState {
 
     fn resume(&self) {
         log::info!("accepting writes again");
+        crate::node::state::set_role("primary");
         self.draining.store(false, Ordering::Release);
     }
 
@@ -287,6 +300,11 @@ impl Committer {
                     r.fail_if_ok(&status);
                 }
             } else {
+                if let Some(last) = batch.records.last() {
+                    crate::http::metrics::metrics()
+                        .primary_object_storage_revision
+                        .set(last.revision);
+                }
                 let discarded = self.store.publish(&batch);
                 let committed = self.store.committed_revision();
                 self.hub.publish(events, committed);
@@ -296,12 +314,19 @@ impl Committer {
                     }
                 }
                 if !discarded.is_empty() {
-                    if let Err(e) = self.store.discard_values(&discarded) {
+                    let started = std::time::Instant::now();
+                    let result = self.store.discard_values(&discarded);
+                    if let Err(e) = &result {
                         log::warn!(
                             "compaction could not discard {} old values: {e}",
                             discarded.len()
                         );
                     }
+                    let outcome = if result.is_ok() { "success" } else { "error" };
+                    crate::http::metrics::metrics()
+                        .compaction_duration
+                        .get_or_create(&crate::http::metrics::labels(&[("result", outcome)]))
+                        .observe(started.elapsed().as_secs_f64());
                 }
             }
         }

@@ -8,5 +8,6 @@ mod bad_input;
 mod client;
 mod etcdctl;
 mod kubernetes;
+mod operations;
 mod python;
 mod restart;

@@ -1,0 +1,377 @@
+//! The metrics registry: the reference implementation's metric names and
+//! labels (bounded labels only, base units), plus gRPC server and process
+//! metrics, rendered as Prometheus text. The one piece of global state the
+//! house rules allow.
+
+use std::sync::{Mutex, OnceLock};
+use std::time::Instant;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Prometheus' default buckets, in seconds.
+const DEFAULT_BUCKETS: [f64; 11] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+/// Object sizes: 1 KiB to 100 MiB.
+const BYTE_BUCKETS: [f64; 6] = [
+    1024.0,
+    10240.0,
+    102400.0,
+    1048576.0,
+    10485760.0,
+    104857600.0,
+];
+
+fn seconds() -> Histogram {
+    Histogram::new(DEFAULT_BUCKETS)
+}
+
+fn bytes() -> Histogram {
+    Histogram::new(BYTE_BUCKETS)
+}
+
+type Hist = Family<Vec<(String, String)>, Histogram, fn() -> Histogram>;
+type Count = Family<Vec<(String, String)>, Counter>;
+type Gauges = Family<Vec<(String, String)>, Gauge>;
+type ScrapeHook = Box<dyn Fn(&Metrics) + Send + Sync>;
+
+/// Label sets are small vectors of (name, value) pairs.
+pub fn labels(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InfoLabels {
+    pub version: String,
+    pub cluster_id: String,
+    pub node_id: String,
+    pub quorum_config: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub info: Family<InfoLabels, Gauge>,
+    pub state_health: Gauges,
+    pub state_elector: Gauges,
+    pub state_primary: Gauges,
+    pub process_start_time: Gauge,
+    pub latest_revision: Gauge,
+    pub committed_revision: Gauge,
+    pub compaction_revision: Gauge,
+    pub loading_stage_duration: Hist,
+    pub loading_restarts: Count,
+    pub local_db_rebuilds: Count,
+    pub client_requests: Count,
+    pub client_request_duration: Hist,
+    pub watchers: Gauge,
+    pub watches: Gauge,
+    pub object_storage_writes: Count,
+    pub object_storage_write_duration: Hist,
+    pub object_storage_write_bytes: Hist,
+    pub object_storage_reads: Count,
+    pub object_storage_read_duration: Hist,
+    pub retries: Count,
+    pub compaction_duration: Hist,
+    pub primary_write_path: Gauges,
+    pub primary_write_transactions: Count,
+    pub primary_write_duration: Hist,
+    pub primary_object_storage_revision: Gauge,
+    pub primary_snapshot_creations: Count,
+    pub primary_snapshot_creation_duration: Hist,
+    pub primary_snapshot_age: Gauge,
+    pub primary_snapshot_cleanup_runs: Count,
+    pub primary_snapshot_cleanup_chunks_deleted: Counter,
+    pub grpc_started: Count,
+    pub grpc_handled: Count,
+    pub grpc_handling_seconds: Hist,
+    /// Called before each scrape to refresh values read from elsewhere.
+    hooks: Mutex<Vec<ScrapeHook>>,
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let mut r = Registry::default();
+        macro_rules! reg {
+            ($name:expr, $help:expr, $metric:expr) => {{
+                let m = $metric;
+                r.register($name, $help, m.clone());
+                m
+            }};
+        }
+        let hist = || Hist::new_with_constructor(seconds as fn() -> Histogram);
+        let m = Metrics {
+            info: reg!(
+                "netsy_info",
+                "Build and configuration of this node",
+                Family::default()
+            ),
+            state_health: reg!(
+                "netsy_state_health",
+                "Health state (one-hot)",
+                Gauges::default()
+            ),
+            state_elector: reg!(
+                "netsy_state_elector",
+                "Elector state (one-hot)",
+                Gauges::default()
+            ),
+            state_primary: reg!(
+                "netsy_state_primary",
+                "Primary state (one-hot)",
+                Gauges::default()
+            ),
+            process_start_time: reg!(
+                "netsy_process_start_time_seconds",
+                "Process start, Unix seconds",
+                Gauge::default()
+            ),
+            latest_revision: reg!(
+                "netsy_latest_revision",
+                "Highest revision in the local database",
+                Gauge::default()
+            ),
+            committed_revision: reg!(
+                "netsy_committed_revision",
+                "Highest revision visible to clients",
+                Gauge::default()
+            ),
+            compaction_revision: reg!(
+                "netsy_compaction_revision",
+                "Accepted compaction revision",
+                Gauge::default()
+            ),
+            loading_stage_duration: reg!(
+                "netsy_loading_stage_duration_seconds",
+                "Duration of loading stages",
+                hist()
+            ),
+            loading_restarts: reg!(
+                "netsy_loading_restarts",
+                "Restarts of the loading routine",
+                Count::default()
+            ),
+            local_db_rebuilds: reg!(
+                "netsy_local_db_rebuilds",
+                "Local databases rebuilt from object storage",
+                Count::default()
+            ),
+            client_requests: reg!(
+                "netsy_client_requests",
+                "Client API requests",
+                Count::default()
+            ),
+            client_request_duration: reg!(
+                "netsy_client_request_duration_seconds",
+                "Client API request duration",
+                hist()
+            ),
+            watchers: reg!("netsy_watchers", "Open watch streams", Gauge::default()),
+            watches: reg!("netsy_watches", "Active watches", Gauge::default()),
+            object_storage_writes: reg!(
+                "netsy_object_storage_writes",
+                "Object storage writes",
+                Count::default()
+            ),
+            object_storage_write_duration: reg!(
+                "netsy_object_storage_write_duration_seconds",
+                "Object storage write duration",
+                hist()
+            ),
+            object_storage_write_bytes: reg!(
+                "netsy_object_storage_write_bytes",
+                "Object storage write sizes",
+                Family::new_with_constructor(bytes as fn() -> Histogram)
+            ),
+            object_storage_reads: reg!(
+                "netsy_object_storage_reads",
+                "Object storage reads",
+                Count::default()
+            ),
+            object_storage_read_duration: reg!(
+                "netsy_object_storage_read_duration_seconds",
+                "Object storage read duration",
+                hist()
+            ),
+            retries: reg!("netsy_retries", "Retried operations", Count::default()),
+            compaction_duration: reg!(
+                "netsy_compaction_duration_seconds",
+                "Local compaction duration",
+                hist()
+            ),
+            primary_write_path: reg!(
+                "netsy_primary_write_path",
+                "Write path in use (one-hot)",
+                Gauges::default()
+            ),
+            primary_write_transactions: reg!(
+                "netsy_primary_write_transactions",
+                "Write transactions",
+                Count::default()
+            ),
+            primary_write_duration: reg!(
+                "netsy_primary_write_duration_seconds",
+                "Write transaction duration",
+                hist()
+            ),
+            primary_object_storage_revision: reg!(
+                "netsy_primary_object_storage_revision",
+                "Highest revision durable in object storage",
+                Gauge::default()
+            ),
+            primary_snapshot_creations: reg!(
+                "netsy_primary_snapshot_creations",
+                "Snapshots written",
+                Count::default()
+            ),
+            primary_snapshot_creation_duration: reg!(
+                "netsy_primary_snapshot_creation_duration_seconds",
+                "Snapshot creation duration",
+                hist()
+            ),
+            primary_snapshot_age: reg!(
+                "netsy_primary_snapshot_age_seconds",
+                "Age of the latest snapshot",
+                Gauge::default()
+            ),
+            primary_snapshot_cleanup_runs: reg!(
+                "netsy_primary_snapshot_cleanup_runs",
+                "Chunk cleanup runs",
+                Count::default()
+            ),
+            primary_snapshot_cleanup_chunks_deleted: reg!(
+                "netsy_primary_snapshot_cleanup_chunks_deleted",
+                "Chunk objects deleted by cleanup",
+                Counter::default()
+            ),
+            grpc_started: reg!(
+                "grpc_server_started",
+                "gRPC calls started",
+                Count::default()
+            ),
+            grpc_handled: reg!(
+                "grpc_server_handled",
+                "gRPC calls completed",
+                Count::default()
+            ),
+            grpc_handling_seconds: reg!(
+                "grpc_server_handling_seconds",
+                "gRPC call duration",
+                hist()
+            ),
+            hooks: Mutex::new(Vec::new()),
+            registry: Registry::default(),
+        };
+        Metrics { registry: r, ..m }
+    }
+
+    /// Adds a function run before each scrape.
+    pub fn on_scrape(&self, hook: impl Fn(&Metrics) + Send + Sync + 'static) {
+        if let Ok(mut h) = self.hooks.lock() {
+            h.push(Box::new(hook));
+        }
+    }
+
+    /// Sets a one-hot family: `current` 1, the others 0.
+    pub fn one_hot(family: &Gauges, label: &str, all: &[&str], current: &str) {
+        for s in all {
+            family
+                .get_or_create(&labels(&[(label, s)]))
+                .set(i64::from(*s == current));
+        }
+    }
+
+    /// The text exposition.
+    pub fn render(&self) -> String {
+        if let Ok(hooks) = self.hooks.lock() {
+            for h in hooks.iter() {
+                h(self);
+            }
+        }
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode_registry(&mut out, &self.registry);
+        out.push_str(&process_metrics());
+        out.push_str("# EOF\n");
+        out
+    }
+}
+
+/// The process-wide registry.
+pub fn metrics() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(Metrics::new)
+}
+
+/// Records a duration in seconds since `start`.
+pub fn observe_since(h: &Histogram, start: Instant) {
+    h.observe(start.elapsed().as_secs_f64());
+}
+
+/// process_* metrics read from /proc (Linux; empty elsewhere).
+fn process_metrics() -> String {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return String::new();
+    };
+    // Fields after the command name, which is in parentheses.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        return String::new();
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let num = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // Indices are field numbers minus 3 (pid and comm come first).
+    let ticks = 100.0;
+    let cpu = (num(11) + num(12)) / ticks;
+    let threads = num(17);
+    let start_ticks = num(19);
+    let vsize = num(20);
+    let rss_pages = num(21);
+    let boot = std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("btime ")
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+            })
+        })
+        .unwrap_or(0.0);
+    let fds = std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count())
+        .unwrap_or(0);
+    let max_fds = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| {
+                    l.split_whitespace()
+                        .nth(3)
+                        .and_then(|v| v.parse::<f64>().ok())
+                })
+        })
+        .unwrap_or(0.0);
+    format!(
+        "# HELP process_cpu_seconds_total Total user and system CPU time spent in seconds.\n\
+         # TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total {cpu}\n\
+         # HELP process_resident_memory_bytes Resident memory size in bytes.\n\
+         # TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes {}\n\
+         # HELP process_virtual_memory_bytes Virtual memory size in bytes.\n\
+         # TYPE process_virtual_memory_bytes gauge\nprocess_virtual_memory_bytes {vsize}\n\
+         # HELP process_open_fds Number of open file descriptors.\n\
+         # TYPE process_open_fds gauge\nprocess_open_fds {fds}\n\
+         # HELP process_max_fds Maximum number of open file descriptors.\n\
+         # TYPE process_max_fds gauge\nprocess_max_fds {max_fds}\n\
+         # HELP process_threads Number of OS threads in the process.\n\
+         # TYPE process_threads gauge\nprocess_threads {threads}\n\
+         # HELP process_start_time_seconds Start time of the process since unix epoch in seconds.\n\
+         # TYPE process_start_time_seconds gauge\nprocess_start_time_seconds {}\n",
+        rss_pages * 4096.0,
+        boot + start_ticks / ticks,
+    )
+}
