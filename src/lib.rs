@@ -8,6 +8,7 @@ pub mod election;
 pub mod etcd;
 pub mod grpc;
 pub mod http;
+pub mod launch;
 pub mod log;
 pub mod node;
 pub mod objstore;

@@ -12,7 +12,6 @@
 mod exec;
 mod json;
 mod normalize;
-mod procs;
 mod requests;
 mod scenario;
 
@@ -121,7 +120,10 @@ fn load_known(path: &Path) -> Result<HashMap<(String, usize), Known>, String> {
     Ok(known)
 }
 
-async fn run_against(server: &procs::Server, scenario: &Scenario) -> Result<Vec<Value>, String> {
+async fn run_against(
+    server: &netsy::launch::Server,
+    scenario: &Scenario,
+) -> Result<Vec<Value>, String> {
     let mut target = exec::Target::connect(&server.addr).await?;
     let mut out = Vec::with_capacity(scenario.steps.len());
     for step in &scenario.steps {
@@ -135,7 +137,7 @@ async fn run_against(server: &procs::Server, scenario: &Scenario) -> Result<Vec<
 }
 
 async fn etcd_answers(opts: &Options, s: &Scenario) -> Result<Vec<Value>, String> {
-    let etcd = procs::start_etcd(&opts.etcd).await?;
+    let etcd = netsy::launch::start_etcd(&opts.etcd).await?;
     run_against(&etcd, s).await
 }
 
@@ -290,7 +292,7 @@ async fn run(opts: Options) -> Result<bool, String> {
                 } else {
                     etcd_answers(&opts, s).await
                 };
-                let actual = match procs::start_netsy(&opts.netsy).await {
+                let actual = match netsy::launch::start_netsy(&opts.netsy).await {
                     Ok(server) => run_against(&server, s).await,
                     Err(e) => Err(e),
                 };

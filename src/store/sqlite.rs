@@ -118,6 +118,26 @@ fn row_to_record(row: &Row<'_>) -> rusqlite::Result<Record> {
     })
 }
 
+/// Runs an INSERT of all 14 columns (in RECORD_COLUMNS order) for `r`.
+fn insert_record(stmt: &mut rusqlite::CachedStatement<'_>, r: &Record) -> rusqlite::Result<usize> {
+    stmt.execute(params![
+        r.revision,
+        r.key.as_ref(),
+        r.created as i64,
+        r.deleted as i64,
+        r.create_revision,
+        r.prev_revision,
+        r.version,
+        r.lease,
+        r.dek,
+        r.value.as_deref(),
+        ts_text(&r.created_at),
+        r.compacted_at.as_ref().map(ts_text),
+        r.leader_id,
+        r.replicated_at.as_ref().map(ts_text),
+    ])
+}
+
 /// Inserts records, lease changes and an optional compaction revision in
 /// one transaction; returns after the commit is fsynced.
 pub fn commit_batch(
@@ -132,22 +152,7 @@ pub fn commit_batch(
             "INSERT INTO records ({RECORD_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
         ))?;
         for r in records {
-            insert.execute(params![
-                r.revision,
-                r.key.as_ref(),
-                r.created as i64,
-                r.deleted as i64,
-                r.create_revision,
-                r.prev_revision,
-                r.version,
-                r.lease,
-                r.dek,
-                r.value.as_deref(),
-                ts_text(&r.created_at),
-                r.compacted_at.as_ref().map(ts_text),
-                r.leader_id,
-                r.replicated_at.as_ref().map(ts_text),
-            ])?;
+            insert_record(&mut insert, r)?;
         }
         for change in leases {
             match change {
@@ -220,22 +225,7 @@ pub fn import_batch(
             "SELECT {RECORD_COLUMNS} FROM records WHERE revision = ?1"
         ))?;
         for r in records {
-            let inserted = insert.execute(params![
-                r.revision,
-                r.key.as_ref(),
-                r.created as i64,
-                r.deleted as i64,
-                r.create_revision,
-                r.prev_revision,
-                r.version,
-                r.lease,
-                r.dek,
-                r.value.as_deref(),
-                ts_text(&r.created_at),
-                r.compacted_at.as_ref().map(ts_text),
-                r.leader_id,
-                r.replicated_at.as_ref().map(ts_text),
-            ])?;
+            let inserted = insert_record(&mut insert, r)?;
             if inserted == 0 {
                 let same = existing
                     .query_row([r.revision], row_to_record)

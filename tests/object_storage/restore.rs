@@ -8,7 +8,7 @@ use bytes::Bytes;
 use netsy::log::keys;
 use netsy::objstore::Condition;
 
-use crate::support::{poll_async, start_fails, Bucket, Netsy};
+use crate::support::{count_prefix, poll_async, start_fails, AckedWrites, Bucket, Netsy};
 use crate::{dir, fingerprint, on_both_providers, write_history};
 
 async fn restore_rebuilds_every_key_and_revision(bucket: Bucket, base: &Path) {
@@ -166,33 +166,10 @@ async fn acknowledged_writes_survive_kill9_and_restore_from_the_bucket_alone(
     base: &Path,
 ) {
     let node = Netsy::on_bucket(&dir(base, "a"), &bucket, base, "");
-    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let mut writers = Vec::new();
-    for w in 0..8 {
-        let mut c = node.client().await;
-        let acked = acked.clone();
-        writers.push(tokio::spawn(async move {
-            for i in 0.. {
-                let key = format!("/w/{w}/{i}");
-                match c.put(key.clone(), "v", None).await {
-                    Ok(r) => acked
-                        .lock()
-                        .unwrap()
-                        .push((key, r.header().unwrap().revision())),
-                    Err(_) => return,
-                }
-            }
-        }));
-    }
-    poll_async("a few hundred acknowledged writes", || async {
-        (acked.lock().unwrap().len() >= 300).then_some(())
-    })
-    .await;
+    let writes = AckedWrites::start(&node, 8, "/w/").await;
+    writes.wait_for(300).await;
     node.kill9();
-    for w in writers {
-        let _ = w.await;
-    }
-    let acked = acked.lock().unwrap().clone();
+    let acked = writes.finish().await;
 
     // A new node on an empty data dir: the bucket is all it has.
     let fresh = Netsy::on_bucket(&dir(base, "b"), &bucket, base, "");
@@ -255,32 +232,14 @@ async fn concurrent_writers_share_chunks(bucket: Bucket, base: &Path) {
     );
     eprintln!("group commit: 640 writes in {write_chunks} chunks");
     let mut c = node.client().await;
-    let all = c
-        .get(
-            "/g/",
-            Some(
-                etcd_client::GetOptions::new()
-                    .with_prefix()
-                    .with_count_only(),
-            ),
-        )
-        .await
-        .unwrap();
-    assert_eq!(all.count(), 640);
+    assert_eq!(count_prefix(&mut c, "/g/").await, 640);
     drop(node);
     let fresh = Netsy::on_bucket(&dir(base, "b"), &bucket, base, "");
     let mut c = fresh.client().await;
-    let all = c
-        .get(
-            "/g/",
-            Some(
-                etcd_client::GetOptions::new()
-                    .with_prefix()
-                    .with_count_only(),
-            ),
-        )
-        .await
-        .unwrap();
-    assert_eq!(all.count(), 640, "every write is in the bucket");
+    assert_eq!(
+        count_prefix(&mut c, "/g/").await,
+        640,
+        "every write is in the bucket"
+    );
 }
 on_both_providers!(group_commit, concurrent_writers_share_chunks);

@@ -3,7 +3,7 @@
 
 use std::process::{Command, Stdio};
 
-use crate::support::{http_get, poll, signal, Lines, Netsy};
+use crate::support::{assert_present, http_get, poll, signal, AckedWrites, Lines, Netsy};
 
 #[test]
 fn health_reports_loading_then_healthy() {
@@ -139,44 +139,14 @@ async fn metrics_parse_and_counters_move() {
 async fn sigterm_during_writes_exits_zero_and_keeps_every_acknowledged_write() {
     let dir = tempfile::tempdir().unwrap();
     let n = Netsy::start_dev(dir.path());
-    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let mut writers = Vec::new();
-    for w in 0..4 {
-        let mut c = n.client().await;
-        let acked = acked.clone();
-        writers.push(tokio::spawn(async move {
-            for i in 0.. {
-                let key = format!("/t/{w}/{i}");
-                match c.put(key.clone(), "v", None).await {
-                    Ok(r) => acked
-                        .lock()
-                        .unwrap()
-                        .push((key, r.header().unwrap().revision())),
-                    Err(_) => return,
-                }
-            }
-        }));
-    }
-    crate::support::poll_async("some acknowledged writes", || async {
-        (acked.lock().unwrap().len() >= 100).then_some(())
-    })
-    .await;
+    let writes = AckedWrites::start(&n, 4, "/t/").await;
+    writes.wait_for(100).await;
     let status = n.terminate();
     assert_eq!(status.code(), Some(0), "a graceful stop exits 0");
-    for w in writers {
-        let _ = w.await;
-    }
-    let acked = acked.lock().unwrap().clone();
+    let acked = writes.finish().await;
     let n = Netsy::start_dev(dir.path());
     let mut c = n.client().await;
-    for (key, rev) in &acked {
-        let got = c.get(key.as_str(), None).await.unwrap();
-        assert_eq!(
-            got.kvs().first().map(|kv| kv.mod_revision()),
-            Some(*rev),
-            "{key}"
-        );
-    }
+    assert_present(&mut c, &acked).await;
 }
 
 #[test]

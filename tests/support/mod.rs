@@ -497,3 +497,78 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Writers putting unique keys until their node goes away, recording every
+/// acknowledged write (key, revision): the input of crash-safety checks.
+pub struct AckedWrites {
+    pub acked: Arc<Mutex<Vec<(String, i64)>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl AckedWrites {
+    pub async fn start(node: &Netsy, writers: usize, prefix: &str) -> AckedWrites {
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for w in 0..writers {
+            let mut c = node.client().await;
+            let (acked, prefix) = (acked.clone(), prefix.to_string());
+            tasks.push(tokio::spawn(async move {
+                for i in 0.. {
+                    let key = format!("{prefix}{w}/{i}");
+                    match c.put(key.clone(), "v", None).await {
+                        Ok(r) => acked
+                            .lock()
+                            .unwrap()
+                            .push((key, r.header().unwrap().revision())),
+                        Err(_) => return,
+                    }
+                }
+            }));
+        }
+        AckedWrites { acked, tasks }
+    }
+
+    /// Waits until at least `n` writes were acknowledged.
+    pub async fn wait_for(&self, n: usize) {
+        poll_async("acknowledged writes", || async {
+            (self.acked.lock().unwrap().len() >= n).then_some(())
+        })
+        .await;
+    }
+
+    /// Waits for the writers to stop (their node went away) and returns
+    /// every acknowledged write.
+    pub async fn finish(self) -> Vec<(String, i64)> {
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        self.acked.lock().unwrap().clone()
+    }
+}
+
+/// Asserts that every acknowledged write is present at its revision.
+pub async fn assert_present(c: &mut etcd_client::Client, acked: &[(String, i64)]) {
+    for (key, rev) in acked {
+        let got = c.get(key.as_str(), None).await.unwrap();
+        assert_eq!(
+            got.kvs().first().map(|kv| kv.mod_revision()),
+            Some(*rev),
+            "acknowledged write {key} at {rev}"
+        );
+    }
+}
+
+/// How many keys are under `prefix`.
+pub async fn count_prefix(c: &mut etcd_client::Client, prefix: &str) -> i64 {
+    c.get(
+        prefix,
+        Some(
+            etcd_client::GetOptions::new()
+                .with_prefix()
+                .with_count_only(),
+        ),
+    )
+    .await
+    .unwrap()
+    .count()
+}

@@ -1,13 +1,14 @@
-//! Starting the servers under test: a fresh etcd and a fresh `netsy --dev`,
-//! each on free loopback ports with its own data directory.
+//! Starting servers for tools (conformance runner, benchmarks): a fresh
+//! etcd or a fresh `netsy --dev`, each on free loopback ports with its own
+//! data directory, removed when the server is dropped.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use netsy::grpc::Channel;
-use netsy::pb::etcdserverpb::{StatusRequest, StatusResponse};
+use crate::grpc::Channel;
+use crate::pb::etcdserverpb::{StatusRequest, StatusResponse};
 
 /// A server process; killed when dropped.
 pub struct Server {
@@ -117,11 +118,30 @@ pub async fn start_etcd(bin: &Path) -> Result<Server, String> {
     })
 }
 
+/// Extra settings for a launched netsy.
+#[derive(Clone, Debug, Default)]
+pub struct NetsyLaunch {
+    /// `--config FILE` (cluster settings, e.g. an S3 bucket).
+    pub config: Option<PathBuf>,
+    /// Extra environment (AWS_* for S3).
+    pub env: Vec<(String, String)>,
+}
+
 /// `netsy --dev` on an ephemeral loopback port.
 pub async fn start_netsy(bin: &Path) -> Result<Server, String> {
+    start_netsy_with(bin, &NetsyLaunch::default()).await
+}
+
+/// `netsy --dev [--config FILE]` on an ephemeral loopback port.
+pub async fn start_netsy_with(bin: &Path, launch: &NetsyLaunch) -> Result<Server, String> {
     let dir = TempDir::new("netsy")?;
-    let mut child = Command::new(bin)
-        .arg("--dev")
+    let mut cmd = Command::new(bin);
+    cmd.arg("--dev");
+    if let Some(config) = &launch.config {
+        cmd.arg("--config").arg(config);
+    }
+    let mut child = cmd
+        .envs(launch.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .env("NETSY_BIND_CLIENT", "127.0.0.1:0")
         .env("NETSY_BIND_HEALTH", "")
         .env("NETSY_DATA_DIR", dir.path())

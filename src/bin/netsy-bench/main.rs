@@ -1,0 +1,378 @@
+//! netsy-bench: measures netsy (and, side by side, a real etcd) on the same
+//! machine with the same client: put, range, txn-put, watch-latency and a
+//! Kubernetes-like mix. `--compare` alternates netsy and etcd runs and
+//! prints medians and ratios; `--smoke` checks every mode quickly for
+//! correctness (CI).
+
+mod stats;
+mod workload;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use serde_json::json;
+
+use netsy::launch::{self, NetsyLaunch};
+use stats::{median, Report};
+use workload::{Load, Mode};
+
+const USAGE: &str =
+    "usage: netsy-bench MODE [options]    MODE: put | range | txn-put | watch-latency | k8s
+       netsy-bench --smoke
+
+target (default: start a fresh netsy --dev):
+  --endpoint HOST:PORT    a running server
+  --compare               run netsy and etcd alternately, print medians and ratios
+  --rounds N              compare rounds (3)
+  --netsy-bin PATH        netsy to start (default: next to this binary)
+  --netsy-config FILE     start netsy with --config FILE (e.g. an S3 bucket)
+  --etcd-bin PATH         etcd to start (default: .tools/bin/etcd)
+  --netsy-endpoint, --etcd-endpoint HOST:PORT   compare against running servers
+load:
+  --conns N (1)  --clients N (1)  --total N (requests; default 2000)  --duration SECS
+  --rate OPS/S (0 = unlimited)  --warmup SECS (1)
+  --key-size N (32)  --val-size N (256)  --key-space N (random keys; 0 = sequential)
+  --keys N (range: keys under the prefix, 0 = one key; 1000)  --limit N (0)
+  --watchers N (watch-latency: 100)
+output:
+  --json";
+
+struct Options {
+    load: Load,
+    endpoint: Option<String>,
+    compare: bool,
+    rounds: usize,
+    netsy_bin: PathBuf,
+    netsy_config: Option<PathBuf>,
+    etcd_bin: PathBuf,
+    netsy_endpoint: Option<String>,
+    etcd_endpoint: Option<String>,
+    json: bool,
+    smoke: bool,
+}
+
+fn defaults() -> Options {
+    let exe_dir = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.to_path_buf()))
+        .unwrap_or_default();
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    Options {
+        load: Load {
+            mode: Mode::Put,
+            conns: 1,
+            clients: 1,
+            total: 2000,
+            duration: Duration::from_secs(10),
+            warmup: Duration::from_secs(1),
+            rate: 0.0,
+            key_size: 32,
+            val_size: 256,
+            key_space: 0,
+            range_keys: 1000,
+            limit: 0,
+            watchers: 100,
+            prefix: "/bench/".into(),
+        },
+        endpoint: None,
+        compare: false,
+        rounds: 3,
+        netsy_bin: exe_dir.join("netsy"),
+        netsy_config: None,
+        etcd_bin: repo.join(".tools/bin/etcd"),
+        netsy_endpoint: None,
+        etcd_endpoint: None,
+        json: false,
+        smoke: false,
+    }
+}
+
+fn parse(args: &[String]) -> Result<Options, String> {
+    let mut o = defaults();
+    let mut it = args.iter();
+    let mut mode_set = false;
+    while let Some(a) = it.next() {
+        let mut val = |name: &str| {
+            it.next()
+                .cloned()
+                .ok_or_else(|| format!("{name} needs a value"))
+        };
+        let num = |name: &str, v: String| {
+            v.parse::<f64>()
+                .map_err(|_| format!("{name}: not a number: {v}"))
+        };
+        match a.as_str() {
+            "--endpoint" => o.endpoint = Some(val(a)?),
+            "--compare" => o.compare = true,
+            "--rounds" => o.rounds = num(a, val(a)?)? as usize,
+            "--netsy-bin" => o.netsy_bin = PathBuf::from(val(a)?),
+            "--netsy-config" => o.netsy_config = Some(PathBuf::from(val(a)?)),
+            "--etcd-bin" => o.etcd_bin = PathBuf::from(val(a)?),
+            "--netsy-endpoint" => o.netsy_endpoint = Some(val(a)?),
+            "--etcd-endpoint" => o.etcd_endpoint = Some(val(a)?),
+            "--conns" => o.load.conns = num(a, val(a)?)? as usize,
+            "--clients" => o.load.clients = num(a, val(a)?)? as usize,
+            "--total" => o.load.total = num(a, val(a)?)? as u64,
+            "--duration" => {
+                o.load.duration = Duration::from_secs_f64(num(a, val(a)?)?);
+                o.load.total = 0;
+            }
+            "--rate" => o.load.rate = num(a, val(a)?)?,
+            "--warmup" => o.load.warmup = Duration::from_secs_f64(num(a, val(a)?)?),
+            "--key-size" => o.load.key_size = num(a, val(a)?)? as usize,
+            "--val-size" => o.load.val_size = num(a, val(a)?)? as usize,
+            "--key-space" => o.load.key_space = num(a, val(a)?)? as u64,
+            "--keys" => o.load.range_keys = num(a, val(a)?)? as u64,
+            "--limit" => o.load.limit = num(a, val(a)?)? as i64,
+            "--watchers" => o.load.watchers = num(a, val(a)?)? as usize,
+            "--json" => o.json = true,
+            "--smoke" => o.smoke = true,
+            "-h" | "--help" => return Err(String::new()),
+            m if !mode_set && !m.starts_with('-') => {
+                o.load.mode = Mode::parse(m).ok_or_else(|| format!("unknown mode {m:?}"))?;
+                mode_set = true;
+            }
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    if !mode_set && !o.smoke {
+        return Err("a mode is required".into());
+    }
+    if o.load.mode == Mode::WatchLatency && o.load.rate == 0.0 {
+        o.load.rate = 100.0;
+    }
+    Ok(o)
+}
+
+fn launch_options(o: &Options) -> NetsyLaunch {
+    NetsyLaunch {
+        config: o.netsy_config.clone(),
+        env: [
+            "AWS_ENDPOINT_URL",
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_REGION",
+            "AWS_S3_USE_PATH_STYLE",
+        ]
+        .iter()
+        .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
+        .collect(),
+    }
+}
+
+fn print(reports: &[Report], json: bool) {
+    if json {
+        let all: Vec<_> = reports.iter().map(Report::to_json).collect();
+        println!("{}", serde_json::to_string_pretty(&all).unwrap_or_default());
+        return;
+    }
+    println!("{}", Report::header());
+    for r in reports {
+        println!("{}", r.line());
+        if let Some(e) = &r.first_error {
+            println!("    first error: {e}");
+        }
+    }
+}
+
+async fn single(o: &Options) -> Result<bool, String> {
+    let (_server, endpoint) = match &o.endpoint {
+        Some(e) => (None, e.clone()),
+        None => {
+            let s = launch::start_netsy_with(&o.netsy_bin, &launch_options(o)).await?;
+            let addr = s.addr.clone();
+            (Some(s), addr)
+        }
+    };
+    let report = workload::run(&o.load, &endpoint, "netsy").await?;
+    print(std::slice::from_ref(&report), o.json);
+    Ok(report.errors == 0)
+}
+
+async fn compare(o: &Options) -> Result<bool, String> {
+    let (_netsy, netsy_addr) = match &o.netsy_endpoint {
+        Some(e) => (None, e.clone()),
+        None => {
+            let s = launch::start_netsy_with(&o.netsy_bin, &launch_options(o)).await?;
+            let a = s.addr.clone();
+            (Some(s), a)
+        }
+    };
+    let (_etcd, etcd_addr) = match &o.etcd_endpoint {
+        Some(e) => (None, e.clone()),
+        None => {
+            let s = launch::start_etcd(&o.etcd_bin).await?;
+            let a = s.addr.clone();
+            (Some(s), a)
+        }
+    };
+    let mut reports = Vec::new();
+    for round in 0..o.rounds.max(1) {
+        // A/B/A/B, swapping who goes first each round.
+        let order = if round % 2 == 0 {
+            [("netsy", &netsy_addr), ("etcd", &etcd_addr)]
+        } else {
+            [("etcd", &etcd_addr), ("netsy", &netsy_addr)]
+        };
+        for (name, addr) in order {
+            let mut load = o.load.clone();
+            load.prefix = format!("/bench/r{round}/");
+            let r = workload::run(&load, addr, name).await?;
+            if !o.json {
+                println!("round {}: {}", round + 1, r.line());
+            }
+            reports.push(r);
+        }
+    }
+    let pick = |target: &str, f: fn(&Report) -> f64| {
+        median(
+            reports
+                .iter()
+                .filter(|r| r.target == target)
+                .map(f)
+                .collect(),
+        )
+    };
+    let (nt, et) = (
+        pick("netsy", |r| r.throughput),
+        pick("etcd", |r| r.throughput),
+    );
+    let (np99, ep99) = (pick("netsy", |r| r.p99_ms), pick("etcd", |r| r.p99_ms));
+    let (np50, ep50) = (pick("netsy", |r| r.p50_ms), pick("etcd", |r| r.p50_ms));
+    let errors: u64 = reports.iter().map(|r| r.errors).sum();
+    if o.json {
+        let all: Vec<_> = reports.iter().map(Report::to_json).collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "mode": o.load.mode.name(), "rounds": o.rounds, "runs": all,
+                "median": {"netsy": {"throughput": nt, "p50_ms": np50, "p99_ms": np99},
+                           "etcd": {"throughput": et, "p50_ms": ep50, "p99_ms": ep99}},
+                "ratio": {"throughput": nt / et.max(1e-9), "p99": np99 / ep99.max(1e-9)},
+            }))
+            .unwrap_or_default()
+        );
+    } else {
+        println!(
+            "\n{} median over {} rounds: netsy {:.1} ops/s (p50 {:.3} ms, p99 {:.3} ms) | etcd {:.1} ops/s (p50 {:.3} ms, p99 {:.3} ms)",
+            o.load.mode.name(),
+            o.rounds,
+            nt,
+            np50,
+            np99,
+            et,
+            ep50,
+            ep99
+        );
+        println!(
+            "ratio netsy/etcd: throughput {:.2}x, p99 latency {:.2}x",
+            nt / et.max(1e-9),
+            np99 / ep99.max(1e-9)
+        );
+    }
+    Ok(errors == 0)
+}
+
+/// Every mode, a few hundred requests, against a fresh netsy; checks the
+/// results are right (no timing is judged).
+async fn smoke(o: &Options) -> Result<bool, String> {
+    let server = launch::start_netsy_with(&o.netsy_bin, &launch_options(o)).await?;
+    let mut ok = true;
+    let mut reports = Vec::new();
+    for (mode, clients, total) in [
+        (Mode::Put, 8, 300),
+        (Mode::Range, 4, 200),
+        (Mode::TxnPut, 8, 200),
+        (Mode::WatchLatency, 1, 50),
+        (Mode::K8s, 4, 200),
+    ] {
+        let mut load = o.load.clone();
+        load.mode = mode;
+        load.clients = clients;
+        load.conns = 2;
+        load.total = total;
+        load.warmup = Duration::ZERO;
+        load.range_keys = 100;
+        load.watchers = 10;
+        load.rate = if mode == Mode::WatchLatency {
+            500.0
+        } else {
+            0.0
+        };
+        load.prefix = format!("/smoke/{}/", mode.name());
+        let r = workload::run(&load, &server.addr, "netsy").await?;
+        if r.errors > 0 || r.ops == 0 {
+            ok = false;
+        }
+        reports.push(r);
+    }
+    // Every put is readable.
+    let ch = netsy::grpc::Channel::connect(&server.addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let count: netsy::pb::etcdserverpb::RangeResponse = ch
+        .unary(
+            "/etcdserverpb.KV/Range",
+            &netsy::pb::etcdserverpb::RangeRequest {
+                key: "/smoke/put/".into(),
+                range_end: netsy::store::keyrange::prefix_end(b"/smoke/put/").into(),
+                count_only: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    if count.count != 300 {
+        println!(
+            "smoke: expected 300 keys after 300 puts, found {}",
+            count.count
+        );
+        ok = false;
+    }
+    print(&reports, o.json);
+    println!("smoke: {}", if ok { "ok" } else { "FAILED" });
+    Ok(ok)
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let o = match parse(&args) {
+        Ok(o) => o,
+        Err(e) if e.is_empty() => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("error: {e}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = runtime.block_on(async {
+        if o.smoke {
+            smoke(&o).await
+        } else if o.compare {
+            compare(&o).await
+        } else {
+            single(&o).await
+        }
+    });
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
