@@ -468,14 +468,30 @@ pub fn start_fails(data_dir: &Path, bucket: &Bucket, config_dir: &Path) -> Strin
         .spawn()
         .unwrap();
     let log = Lines::follow(child.stderr.take().unwrap(), None);
-    let status = poll("netsy to exit", || child.try_wait().unwrap());
-    if let Some(line) = log
-        .snapshot()
-        .iter()
-        .find(|l| l.contains("serving the etcd API"))
-    {
-        panic!("netsy was expected to refuse to start, but it served: {line}");
-    }
+    let deadline = Instant::now() + DEADLINE;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        let served = log
+            .snapshot()
+            .iter()
+            .any(|l| l.contains("serving the etcd API"));
+        if served || Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "netsy was expected to refuse to start but {}:\n{}",
+                if served {
+                    "it served"
+                } else {
+                    "it did not exit"
+                },
+                log.snapshot().join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     assert!(!status.success(), "netsy was expected to refuse to start");
     // The reader thread may still be draining the pipe.
     log.wait_for("the error line", |l| l.starts_with("Error: "));
