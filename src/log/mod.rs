@@ -20,6 +20,9 @@ use crate::datafile::{self, DataFileError, Kind};
 use crate::objstore::{put_if_absent_idempotent, ObjError, ObjectStore};
 use crate::store::{Record, StoreError};
 
+/// How many following chunk keys a chunk write announces to the provider.
+const PREPARED_CHUNKS: i64 = 8;
+
 /// Why a log operation failed; names the object key when one is involved.
 #[derive(Debug)]
 pub enum LogError {
@@ -104,6 +107,13 @@ impl ObjectLog {
             error,
         })?;
         put_if_absent_idempotent(&*self.store, &key, Bytes::from(bytes)).await?;
+        // The next chunks land in new partitions; let the provider make
+        // room for them off the write path.
+        self.store.prepare(
+            (1..=PREPARED_CHUNKS)
+                .map(|n| keys::chunk_key(last.revision + n))
+                .collect(),
+        );
         Ok(())
     }
 

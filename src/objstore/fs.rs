@@ -5,11 +5,12 @@
 //! target exists, atomically, across processes); If-Match compares and
 //! replaces under an exclusive lock file shared by every process.
 
+use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
@@ -20,6 +21,9 @@ const LOCK_FILE: &str = ".netsy-lock";
 
 pub struct FsStore {
     root: Arc<PathBuf>,
+    /// Directories known to exist durably (created and their parent
+    /// fsynced), so a write does not stat or create them again.
+    known_dirs: Arc<Mutex<HashSet<PathBuf>>>,
 }
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -38,6 +42,7 @@ impl FsStore {
             .map_err(|e| format!("cannot create {}: {e}", root.display()))?;
         Ok(FsStore {
             root: Arc::new(root.to_path_buf()),
+            known_dirs: Arc::new(Mutex::new(HashSet::new())),
         })
     }
 
@@ -74,8 +79,82 @@ fn write_temp(root: &Path, key: &str, data: &[u8]) -> Result<PathBuf, ObjError> 
         .join(format!("{}-{n}", std::process::id()));
     let mut f = File::create(&tmp).map_err(|e| fatal(key, "creating a temporary file", e))?;
     f.write_all(data).map_err(|e| fatal(key, "writing", e))?;
-    f.sync_all().map_err(|e| fatal(key, "fsync", e))?;
+    f.sync_data().map_err(|e| fatal(key, "fsync", e))?;
     Ok(tmp)
+}
+
+/// Makes sure `dir` (under `root`) exists durably: every directory this
+/// creates is made durable by an fsync of its parent.
+fn ensure_dir(
+    root: &Path,
+    dir: &Path,
+    known: &Mutex<HashSet<PathBuf>>,
+    key: &str,
+) -> Result<(), ObjError> {
+    if known.lock().map(|k| k.contains(dir)).unwrap_or(false) {
+        return Ok(());
+    }
+    let mut missing = Vec::new();
+    let mut cur = dir;
+    while cur != root && !cur.is_dir() {
+        missing.push(cur.to_path_buf());
+        match cur.parent() {
+            Some(p) => cur = p,
+            None => break,
+        }
+    }
+    for d in missing.iter().rev() {
+        match fs::create_dir(d) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(fatal(key, "creating the directory", e)),
+        }
+        if let Some(parent) = d.parent() {
+            fsync_dir(parent).map_err(|e| fatal(key, "fsync of the directory", e))?;
+        }
+    }
+    if let Ok(mut k) = known.lock() {
+        k.insert(dir.to_path_buf());
+    }
+    Ok(())
+}
+
+/// Moves `tmp` to `path` only if `path` does not exist (atomic
+/// create-only). Ok(false) when it exists.
+fn create_only(tmp: &Path, path: &Path) -> std::io::Result<bool> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let from = std::ffi::CString::new(tmp.as_os_str().as_bytes())?;
+        let to = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+        // SAFETY: both are valid NUL-terminated paths for the call's duration.
+        let rc = unsafe {
+            libc::renameat2(
+                libc::AT_FDCWD,
+                from.as_ptr(),
+                libc::AT_FDCWD,
+                to.as_ptr(),
+                libc::RENAME_NOREPLACE,
+            )
+        };
+        if rc == 0 {
+            return Ok(true);
+        }
+        let err = std::io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EEXIST) => return Ok(false),
+            // Filesystems without RENAME_NOREPLACE: fall back to link(2).
+            Some(libc::EINVAL) | Some(libc::ENOSYS) => {}
+            _ => return Err(err),
+        }
+    }
+    let linked = fs::hard_link(tmp, path);
+    let _ = fs::remove_file(tmp);
+    match linked {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 fn read(root: &Path, key: &str) -> Result<Object, ObjError> {
@@ -95,27 +174,26 @@ fn read(root: &Path, key: &str) -> Result<Object, ObjError> {
     }
 }
 
-fn write(root: &Path, key: &str, data: &[u8], condition: &Condition) -> Result<String, ObjError> {
+fn write(
+    root: &Path,
+    known: &Mutex<HashSet<PathBuf>>,
+    key: &str,
+    data: &[u8],
+    condition: &Condition,
+) -> Result<String, ObjError> {
     let path = path_of(root, key)?;
     let dir = path.parent().unwrap_or(root).to_path_buf();
-    fs::create_dir_all(&dir).map_err(|e| fatal(key, "creating the directory", e))?;
+    ensure_dir(root, &dir, known, key)?;
     let tmp = write_temp(root, key, data)?;
     let result = match condition {
         Condition::None => {
             fs::rename(&tmp, &path).map_err(|e| fatal(key, "renaming into place", e))
         }
-        Condition::IfAbsent => {
-            // link(2) fails with EEXIST if the key exists: atomic create-only.
-            let linked = fs::hard_link(&tmp, &path);
-            let _ = fs::remove_file(&tmp);
-            match linked {
-                Ok(()) => Ok(()),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    Err(ObjError::PreconditionFailed(key.to_string()))
-                }
-                Err(e) => Err(fatal(key, "linking into place", e)),
-            }
-        }
+        Condition::IfAbsent => match create_only(&tmp, &path) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(ObjError::PreconditionFailed(key.to_string())),
+            Err(e) => Err(fatal(key, "moving into place", e)),
+        },
         Condition::IfMatch(etag) => {
             let lock = OpenOptions::new()
                 .create(true)
@@ -137,8 +215,15 @@ fn write(root: &Path, key: &str, data: &[u8], condition: &Condition) -> Result<S
             outcome
         }
     };
-    if result.is_err() {
+    if let Err(e) = &result {
         let _ = fs::remove_file(&tmp);
+        // The directory was removed behind our back: forget it so the
+        // next write creates it again.
+        if matches!(e, ObjError::Fatal { .. }) {
+            if let Ok(mut k) = known.lock() {
+                k.remove(&dir);
+            }
+        }
     }
     result?;
     fsync_dir(&dir).map_err(|e| fatal(key, "fsync of the directory", e))?;
@@ -224,8 +309,8 @@ impl ObjectStore for FsStore {
         data: Bytes,
         condition: Condition,
     ) -> BoxFut<'a, Result<String, ObjError>> {
-        let k = key.to_string();
-        Box::pin(self.blocking(key, move |root| write(root, &k, &data, &condition)))
+        let (k, known) = (key.to_string(), self.known_dirs.clone());
+        Box::pin(self.blocking(key, move |root| write(root, &known, &k, &data, &condition)))
     }
 
     fn delete<'a>(&'a self, key: &'a str) -> BoxFut<'a, Result<(), ObjError>> {
@@ -287,11 +372,11 @@ impl ObjectStore for FsStore {
         key: &'a str,
         path: &'a Path,
     ) -> BoxFut<'a, Result<String, ObjError>> {
-        let (k, src) = (key.to_string(), path.to_path_buf());
+        let (k, src, known) = (key.to_string(), path.to_path_buf(), self.known_dirs.clone());
         Box::pin(self.blocking(key, move |root| {
             let dest = path_of(root, &k)?;
             let dir = dest.parent().unwrap_or(root).to_path_buf();
-            fs::create_dir_all(&dir).map_err(|e| fatal(&k, "creating the directory", e))?;
+            ensure_dir(root, &dir, &known, &k)?;
             let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
             let tmp = root
                 .join(TMP_DIR)
@@ -304,6 +389,21 @@ impl ObjectStore for FsStore {
             fsync_dir(&dir).map_err(|e| fatal(&k, "fsync of the directory", e))?;
             Ok(String::new())
         }))
+    }
+
+    fn prepare(&self, keys: Vec<String>) {
+        let (root, known) = (self.root.clone(), self.known_dirs.clone());
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn_blocking(move || {
+            for key in keys {
+                if let Ok(path) = path_of(&root, &key) {
+                    let dir = path.parent().unwrap_or(&root).to_path_buf();
+                    let _ = ensure_dir(&root, &dir, &known, &key);
+                }
+            }
+        });
     }
 
     fn describe(&self) -> String {

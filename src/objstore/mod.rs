@@ -165,6 +165,12 @@ pub trait ObjectStore: Send + Sync {
         })
     }
 
+    /// A hint that these keys will be written soon. A provider may make
+    /// room for them ahead of time (the fs provider creates their
+    /// directories, which otherwise costs a write's latency); it returns at
+    /// once and errors are ignored.
+    fn prepare(&self, _keys: Vec<String>) {}
+
     /// Where the objects live, for logs ("s3://bucket", "fs:/path").
     fn describe(&self) -> String;
 }
@@ -334,6 +340,11 @@ impl ObjectStore for Prefixed {
         })
     }
 
+    fn prepare(&self, keys: Vec<String>) {
+        self.inner
+            .prepare(keys.iter().map(|k| self.full(k)).collect())
+    }
+
     fn describe(&self) -> String {
         format!(
             "{}/{}",
@@ -433,6 +444,10 @@ impl ObjectStore for Retrying {
         path: &'a Path,
     ) -> BoxFut<'a, Result<String, ObjError>> {
         Box::pin(self.run(move || self.inner.put_file(key, path)))
+    }
+
+    fn prepare(&self, keys: Vec<String>) {
+        self.inner.prepare(keys)
     }
 
     fn describe(&self) -> String {
@@ -566,6 +581,10 @@ impl ObjectStore for Measured {
             Measured::wrote(key, size, t, &r);
             r
         })
+    }
+
+    fn prepare(&self, keys: Vec<String>) {
+        self.inner.prepare(keys)
     }
 
     fn describe(&self) -> String {

@@ -50,6 +50,31 @@ async fn fs_refuses_keys_that_escape_the_root() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn fs_prepare_creates_directories_and_survives_their_removal() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(fs::FsStore::open(dir.path()).unwrap());
+    let prefixed = Prefixed::new(store.clone(), "c");
+    prefixed.prepare(vec!["chunks/0007/7.netsy".into()]);
+    let expected = dir.path().join("c/chunks/0007");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !expected.is_dir() {
+        assert!(std::time::Instant::now() < deadline, "prepare made no directory");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let put = |key: &'static str| {
+        let s = store.clone();
+        async move { s.put(key, Bytes::from_static(b"x"), Condition::IfAbsent).await }
+    };
+    put("c/chunks/0007/7.netsy").await.unwrap();
+    // Someone removes the directory behind the store's back: the write
+    // that finds it missing fails, and the next one creates it again.
+    std::fs::remove_dir_all(dir.path().join("c/chunks")).unwrap();
+    let _ = put("c/chunks/0007/8.netsy").await;
+    put("c/chunks/0007/9.netsy").await.unwrap();
+    assert_eq!(store.get("c/chunks/0007/9.netsy").await.unwrap().data, &b"x"[..]);
+}
+
 /// A store that fails transiently a given number of times.
 struct Flaky {
     inner: memory::MemoryStore,
