@@ -1,6 +1,6 @@
-//! Starting servers for tools (conformance runner, benchmarks): a fresh
-//! etcd or a fresh `netsy --dev`, each on free loopback ports with its own
-//! data directory, removed when the server is dropped.
+//! Starting servers for tools and tests (conformance runner, benchmarks):
+//! a fresh etcd, a fresh `netsy --dev` or a moto S3 server, each on free
+//! loopback ports with its own data directory, removed when dropped.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -30,7 +30,7 @@ pub struct TempDir(PathBuf);
 impl TempDir {
     pub fn new(tag: &str) -> Result<TempDir, String> {
         let base = std::env::temp_dir().join(format!(
-            "netsy-conformance-{tag}-{}-{}",
+            "netsy-launch-{tag}-{}-{}",
             std::process::id(),
             unique()
         ));
@@ -152,25 +152,116 @@ pub async fn start_netsy_with(bin: &Path, launch: &NetsyLaunch) -> Result<Server
         .spawn()
         .map_err(|e| format!("cannot start netsy ({}): {e}", bin.display()))?;
     let stderr = child.stderr.take().ok_or("no stderr")?;
-    let (tx, rx) = std::sync::mpsc::channel();
+    // The reader keeps draining stderr; it reports the address, or the
+    // last lines netsy printed if it ends before serving.
+    let (tx, rx) = std::sync::mpsc::channel::<Result<String, String>>();
     std::thread::spawn(move || {
         let mut sent = false;
+        let mut last = std::collections::VecDeque::new();
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if !sent {
-                if let Some(rest) = line.split("serving the etcd API on ").nth(1) {
-                    let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
-                    sent = true;
+            if sent {
+                continue;
+            }
+            if let Some(rest) = line.split("serving the etcd API on ").nth(1) {
+                let _ = tx.send(Ok(rest.split_whitespace().next().unwrap_or("").to_string()));
+                sent = true;
+            } else {
+                last.push_back(line);
+                if last.len() > 5 {
+                    last.pop_front();
                 }
             }
         }
+        if !sent {
+            let _ = tx.send(Err(Vec::from(last).join("\n")));
+        }
     });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(30))
-        .map_err(|_| "netsy did not report its client address".to_string())?;
+    let addr = match rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(Ok(addr)) => addr,
+        Ok(Err(log)) => return Err(format!("netsy exited before serving:\n{log}")),
+        Err(_) => return Err("netsy did not report its client address in 30s".to_string()),
+    };
     wait_ready(&addr, &mut child, "netsy").await?;
     Ok(Server {
         child,
         addr,
         _dir: dir,
     })
+}
+
+/// A moto S3 server on a loopback port, killed when dropped. Moto does not
+/// check signatures, so any credentials do.
+pub struct Moto {
+    child: Child,
+    pub endpoint: String,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Moto {
+    /// Starts `bin` (moto_server) and waits until it accepts connections.
+    pub fn start(bin: &Path) -> Result<Moto, String> {
+        let port = free_port()?;
+        let child = Command::new(bin)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start moto ({}): {e}", bin.display()))?;
+        let moto = Moto {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while std::net::TcpStream::connect(moto.addr()).is_err() {
+            if Instant::now() > deadline {
+                return Err(format!("moto on {} did not start listening", moto.addr()));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(moto)
+    }
+
+    fn addr(&self) -> &str {
+        self.endpoint.trim_start_matches("http://")
+    }
+
+    /// The AWS variables that point clients at this server.
+    pub fn env(&self) -> Vec<(String, String)> {
+        [
+            ("AWS_ENDPOINT_URL", self.endpoint.as_str()),
+            ("AWS_ACCESS_KEY_ID", "test"),
+            ("AWS_SECRET_ACCESS_KEY", "test"),
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_S3_USE_PATH_STYLE", "true"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    }
+
+    /// Creates a bucket.
+    pub fn create_bucket(&self, name: &str) -> Result<(), String> {
+        use std::io::{Read, Write};
+        let addr = self.addr();
+        let mut s = std::net::TcpStream::connect(addr).map_err(|e| e.to_string())?;
+        write!(
+            s,
+            "PUT /{name} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        .map_err(|e| e.to_string())?;
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).map_err(|e| e.to_string())?;
+        if resp.starts_with("HTTP/1.1 200") {
+            Ok(())
+        } else {
+            Err(format!("creating bucket {name}: {resp}"))
+        }
+    }
 }

@@ -59,12 +59,18 @@ async fn fs_prepare_creates_directories_and_survives_their_removal() {
     let expected = dir.path().join("c/chunks/0007");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while !expected.is_dir() {
-        assert!(std::time::Instant::now() < deadline, "prepare made no directory");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "prepare made no directory"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
     let put = |key: &'static str| {
         let s = store.clone();
-        async move { s.put(key, Bytes::from_static(b"x"), Condition::IfAbsent).await }
+        async move {
+            s.put(key, Bytes::from_static(b"x"), Condition::IfAbsent)
+                .await
+        }
     };
     put("c/chunks/0007/7.netsy").await.unwrap();
     // Someone removes the directory behind the store's back: the write
@@ -72,7 +78,10 @@ async fn fs_prepare_creates_directories_and_survives_their_removal() {
     std::fs::remove_dir_all(dir.path().join("c/chunks")).unwrap();
     let _ = put("c/chunks/0007/8.netsy").await;
     put("c/chunks/0007/9.netsy").await.unwrap();
-    assert_eq!(store.get("c/chunks/0007/9.netsy").await.unwrap().data, &b"x"[..]);
+    assert_eq!(
+        store.get("c/chunks/0007/9.netsy").await.unwrap().data,
+        &b"x"[..]
+    );
 }
 
 /// A store that fails transiently a given number of times.

@@ -15,7 +15,7 @@ mod restore;
 use std::path::Path;
 use std::sync::Arc;
 
-use support::{Bucket, Moto};
+use support::{start_moto, Bucket, Moto};
 
 /// Runs `body` once on the fs provider and once on a moto bucket.
 macro_rules! on_both_providers {
@@ -31,7 +31,7 @@ macro_rules! on_both_providers {
             #[tokio::test(flavor = "multi_thread")]
             async fn s3() {
                 let dir = tempfile::tempdir().unwrap();
-                let moto = std::sync::Arc::new(crate::support::Moto::start());
+                let moto = std::sync::Arc::new(crate::support::start_moto());
                 let bucket = crate::support::Bucket::s3(&moto, "netsy-test");
                 super::$body(bucket, dir.path()).await;
             }
@@ -42,7 +42,7 @@ pub(crate) use on_both_providers;
 
 /// A fresh moto server with one bucket.
 pub fn moto_bucket(name: &str) -> (Arc<Moto>, Bucket) {
-    let moto = Arc::new(Moto::start());
+    let moto = Arc::new(start_moto());
     let bucket = Bucket::s3(&moto, name);
     (moto, bucket)
 }

@@ -304,68 +304,16 @@ pub fn http_get(addr: &str, path: &str) -> (u16, String) {
     (code, body)
 }
 
-/// A moto S3 server on a loopback port, killed on drop.
-pub struct Moto {
-    child: Child,
-    pub endpoint: String,
+pub use netsy::launch::Moto;
+
+/// Starts moto from the project's tools; panics with the fix when missing.
+pub fn start_moto() -> Moto {
+    Moto::start(&tool("moto_server")).unwrap_or_else(|e| panic!("{e} (run ./scripts/setup)"))
 }
 
-impl Moto {
-    pub fn start() -> Moto {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new(tool("moto_server"))
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start moto_server (run ./scripts/setup)");
-        let endpoint = format!("http://127.0.0.1:{port}");
-        let addr = format!("127.0.0.1:{port}");
-        poll("moto to listen", || {
-            std::net::TcpStream::connect(&addr).ok().map(|_| ())
-        });
-        Moto { child, endpoint }
-    }
-
-    /// The AWS variables that point clients at this server.
-    pub fn env(&self) -> Vec<(String, String)> {
-        [
-            ("AWS_ENDPOINT_URL", self.endpoint.as_str()),
-            ("AWS_ACCESS_KEY_ID", "test"),
-            ("AWS_SECRET_ACCESS_KEY", "test"),
-            ("AWS_REGION", "us-east-1"),
-            ("AWS_S3_USE_PATH_STYLE", "true"),
-        ]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-    }
-
-    /// Creates a bucket (moto does not check signatures).
-    pub fn create_bucket(&self, name: &str) {
-        use std::io::{Read, Write};
-        let addr = self.endpoint.trim_start_matches("http://");
-        let mut s = std::net::TcpStream::connect(addr).unwrap();
-        write!(s, "PUT /{name} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
-        let mut resp = String::new();
-        s.read_to_string(&mut resp).unwrap();
-        assert!(
-            resp.starts_with("HTTP/1.1 200"),
-            "creating bucket {name}: {resp}"
-        );
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Creates a bucket on moto; panics when it cannot.
+pub fn create_bucket(moto: &Moto, name: &str) {
+    moto.create_bucket(name).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Where a test node keeps its objects.
@@ -382,7 +330,7 @@ impl Bucket {
     }
 
     pub fn s3(moto: &Arc<Moto>, name: &str) -> Bucket {
-        moto.create_bucket(name);
+        create_bucket(moto, name);
         Bucket::S3 {
             moto: moto.clone(),
             name: name.to_string(),

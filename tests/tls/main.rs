@@ -19,7 +19,7 @@ use netsy::tls::certs::{Authority, Leaf};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use support::{tool, Bucket, Moto, Netsy, NetsyOptions};
+use support::{start_moto, tool, Bucket, Netsy, NetsyOptions};
 
 const CLUSTER: &str = "prod-cluster";
 const NODE: &str = "node-1";
@@ -163,7 +163,7 @@ async fn try_range(
 async fn client_certificates_are_required_and_authorised_per_listener() {
     let tmp = tempfile::tempdir().unwrap();
     let pki = Pki::new(tmp.path());
-    let moto = Arc::new(Moto::start());
+    let moto = Arc::new(start_moto());
     let bucket = Bucket::s3(&moto, "prod");
     let mut env = pki.env();
     env.extend(bucket.env());

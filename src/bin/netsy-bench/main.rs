@@ -27,6 +27,9 @@ target (default: start a fresh netsy --dev):
   --rounds N              compare rounds (3)
   --netsy-bin PATH        netsy to start (default: next to this binary)
   --netsy-config FILE     start netsy with --config FILE (e.g. an S3 bucket)
+  --moto                  start netsy on a fresh bucket of a local moto S3 server
+                          (quorum 0: every write is a synchronous S3 put)
+  --moto-bin PATH         moto_server to start (default: .tools/bin/moto_server)
   --etcd-bin PATH         etcd to start (default: .tools/bin/etcd)
   --netsy-endpoint, --etcd-endpoint HOST:PORT   compare against running servers
 load:
@@ -45,6 +48,8 @@ struct Options {
     rounds: usize,
     netsy_bin: PathBuf,
     netsy_config: Option<PathBuf>,
+    moto: bool,
+    moto_bin: PathBuf,
     etcd_bin: PathBuf,
     netsy_endpoint: Option<String>,
     etcd_endpoint: Option<String>,
@@ -80,6 +85,8 @@ fn defaults() -> Options {
         rounds: 3,
         netsy_bin: exe_dir.join("netsy"),
         netsy_config: None,
+        moto: false,
+        moto_bin: repo.join(".tools/bin/moto_server"),
         etcd_bin: repo.join(".tools/bin/etcd"),
         netsy_endpoint: None,
         etcd_endpoint: None,
@@ -108,6 +115,8 @@ fn parse(args: &[String]) -> Result<Options, String> {
             "--rounds" => o.rounds = num(a, val(a)?)? as usize,
             "--netsy-bin" => o.netsy_bin = PathBuf::from(val(a)?),
             "--netsy-config" => o.netsy_config = Some(PathBuf::from(val(a)?)),
+            "--moto" => o.moto = true,
+            "--moto-bin" => o.moto_bin = PathBuf::from(val(a)?),
             "--etcd-bin" => o.etcd_bin = PathBuf::from(val(a)?),
             "--netsy-endpoint" => o.netsy_endpoint = Some(val(a)?),
             "--etcd-endpoint" => o.etcd_endpoint = Some(val(a)?),
@@ -139,16 +148,25 @@ fn parse(args: &[String]) -> Result<Options, String> {
     if !mode_set && !o.smoke {
         return Err("a mode is required".into());
     }
+    if o.moto && o.netsy_config.is_some() {
+        return Err("--moto and --netsy-config exclude each other".into());
+    }
     if o.load.mode == Mode::WatchLatency && o.load.rate == 0.0 {
         o.load.rate = 100.0;
     }
     Ok(o)
 }
 
-fn launch_options(o: &Options) -> NetsyLaunch {
-    NetsyLaunch {
-        config: o.netsy_config.clone(),
-        env: [
+/// How to start netsy, and what must live as long as it: with `--moto`, a
+/// moto server with a fresh bucket and the config that points at it.
+struct NetsyTarget {
+    launch: NetsyLaunch,
+    _moto: Option<(launch::Moto, launch::TempDir)>,
+}
+
+fn netsy_target(o: &Options) -> Result<NetsyTarget, String> {
+    if !o.moto {
+        let env = [
             "AWS_ENDPOINT_URL",
             "AWS_ACCESS_KEY_ID",
             "AWS_SECRET_ACCESS_KEY",
@@ -157,8 +175,37 @@ fn launch_options(o: &Options) -> NetsyLaunch {
         ]
         .iter()
         .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
-        .collect(),
+        .collect();
+        return Ok(NetsyTarget {
+            launch: NetsyLaunch {
+                config: o.netsy_config.clone(),
+                env,
+            },
+            _moto: None,
+        });
     }
+    let moto = launch::Moto::start(&o.moto_bin)?;
+    moto.create_bucket("netsy-bench")?;
+    let dir = launch::TempDir::new("bench-config")?;
+    let config = dir.path().join("netsy.jsonc");
+    std::fs::write(
+        &config,
+        r#"{
+  "cluster_id": "bench",
+  "storage": {"provider": "s3", "bucket_name": "netsy-bench"},
+  "heartbeat_interval": "1s",
+  "replication": {"quorum": 0}
+}
+"#,
+    )
+    .map_err(|e| format!("{}: {e}", config.display()))?;
+    Ok(NetsyTarget {
+        launch: NetsyLaunch {
+            config: Some(config),
+            env: moto.env(),
+        },
+        _moto: Some((moto, dir)),
+    })
 }
 
 fn print(reports: &[Report], json: bool) {
@@ -177,10 +224,11 @@ fn print(reports: &[Report], json: bool) {
 }
 
 async fn single(o: &Options) -> Result<bool, String> {
+    let target = netsy_target(o)?;
     let (_server, endpoint) = match &o.endpoint {
         Some(e) => (None, e.clone()),
         None => {
-            let s = launch::start_netsy_with(&o.netsy_bin, &launch_options(o)).await?;
+            let s = launch::start_netsy_with(&o.netsy_bin, &target.launch).await?;
             let addr = s.addr.clone();
             (Some(s), addr)
         }
@@ -191,10 +239,11 @@ async fn single(o: &Options) -> Result<bool, String> {
 }
 
 async fn compare(o: &Options) -> Result<bool, String> {
+    let target = netsy_target(o)?;
     let (_netsy, netsy_addr) = match &o.netsy_endpoint {
         Some(e) => (None, e.clone()),
         None => {
-            let s = launch::start_netsy_with(&o.netsy_bin, &launch_options(o)).await?;
+            let s = launch::start_netsy_with(&o.netsy_bin, &target.launch).await?;
             let a = s.addr.clone();
             (Some(s), a)
         }
@@ -277,7 +326,8 @@ async fn compare(o: &Options) -> Result<bool, String> {
 /// Every mode, a few hundred requests, against a fresh netsy; checks the
 /// results are right (no timing is judged).
 async fn smoke(o: &Options) -> Result<bool, String> {
-    let server = launch::start_netsy_with(&o.netsy_bin, &launch_options(o)).await?;
+    let target = netsy_target(o)?;
+    let server = launch::start_netsy_with(&o.netsy_bin, &target.launch).await?;
     let mut ok = true;
     let mut reports = Vec::new();
     for (mode, clients, total) in [
