@@ -20,7 +20,9 @@ pub const MAX_MESSAGE_LEN: usize = 4 * 1024 * 1024;
 /// Batched chunks are compressed when keys and values exceed this.
 pub const COMPRESSION_THRESHOLD: usize = 4096;
 
-static CRC64: crc::Crc<u64> = crc::Crc::<u64>::new(&crc::CRC_64_XZ);
+/// Slice-by-16 tables: several times faster than byte-at-a-time on chunk
+/// and snapshot bodies, for 32 KiB of tables.
+static CRC64: crc::Crc<u64, crc::Table<16>> = crc::Crc::<u64, crc::Table<16>>::new(&crc::CRC_64_XZ);
 
 pub fn crc64(bytes: &[u8]) -> u64 {
     CRC64.checksum(bytes)
@@ -169,7 +171,7 @@ pub struct Writer<W: Write> {
     body: Body<W>,
     declared: i64,
     written: i64,
-    records_crc: crc::Digest<'static, u64>,
+    records_crc: crc::Digest<'static, u64, crc::Table<16>>,
     first_revision: i64,
     last_revision: i64,
 }
@@ -311,7 +313,7 @@ pub struct Reader<'a> {
     input: Box<dyn Read + 'a>,
     pub header: FileHeader,
     remaining: i64,
-    records_crc: crc::Digest<'static, u64>,
+    records_crc: crc::Digest<'static, u64, crc::Table<16>>,
     first_revision: i64,
     last_revision: i64,
 }

@@ -20,8 +20,8 @@ use crate::datafile::{self, DataFileError, Kind};
 use crate::objstore::{put_if_absent_idempotent, ObjError, ObjectStore};
 use crate::store::{Record, StoreError};
 
-/// How many following chunk keys a chunk write announces to the provider.
-const PREPARED_CHUNKS: i64 = 8;
+/// How many revisions ahead a chunk write announces the next chunk keys.
+const PREPARE_AHEAD: i64 = 8;
 
 /// Why a log operation failed; names the object key when one is involved.
 #[derive(Debug)]
@@ -107,11 +107,14 @@ impl ObjectLog {
             error,
         })?;
         put_if_absent_idempotent(&*self.store, &key, Bytes::from(bytes)).await?;
-        // The next chunks land in new partitions; let the provider make
-        // room for them off the write path.
+        // Let the provider make room off the write path (the fs provider
+        // creates partition directories) for the chunks expected over the
+        // next few revisions, guessing they hold as many records as this
+        // one. Guessing wider would create directories no chunk uses.
+        let step = records.len() as i64;
         self.store.prepare(
-            (1..=PREPARED_CHUNKS)
-                .map(|n| keys::chunk_key(last.revision + n))
+            (1..=(PREPARE_AHEAD / step).max(1))
+                .map(|j| keys::chunk_key(last.revision + j * step))
                 .collect(),
         );
         Ok(())

@@ -1,9 +1,11 @@
 //! A directory as object storage: the embedded default. Keys are paths under
 //! the root. Writes go to a temporary file that is fsynced and then moved
 //! into place, so readers never see partial objects and a crash leaves the
-//! old object or the new one. Create-only uses a hard link (fails if the
-//! target exists, atomically, across processes); If-Match compares and
-//! replaces under an exclusive lock file shared by every process.
+//! old object or the new one. Create-only uses a no-replace rename (fails
+//! if the target exists, atomically, across processes); If-Match compares
+//! and replaces under an exclusive lock file shared by every process.
+
+mod spares;
 
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
@@ -14,17 +16,28 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
+use spares::Spares;
+
 use super::{content_etag, BoxFut, Condition, Listed, ObjError, Object, ObjectStore};
 
 const TMP_DIR: &str = ".netsy-tmp";
 const LOCK_FILE: &str = ".netsy-lock";
 
 pub struct FsStore {
-    root: Arc<PathBuf>,
+    dir: Arc<Dir>,
+}
+
+/// What every file operation of one store shares.
+struct Dir {
+    root: PathBuf,
     /// Directories known to exist durably (created and their parent
     /// fsynced), so a write does not stat or create them again.
-    known_dirs: Arc<Mutex<HashSet<PathBuf>>>,
+    known_dirs: Mutex<HashSet<PathBuf>>,
+    spares: Spares,
 }
+
+/// Spare files kept ready so a write need not allocate one.
+const SPARES_READY: usize = 8;
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
@@ -40,14 +53,19 @@ impl FsStore {
     pub fn open(root: &Path) -> Result<FsStore, String> {
         fs::create_dir_all(root.join(TMP_DIR))
             .map_err(|e| format!("cannot create {}: {e}", root.display()))?;
+        let spares = Spares::new(&root.join(TMP_DIR));
+        spares.remove_stale();
         Ok(FsStore {
-            root: Arc::new(root.to_path_buf()),
-            known_dirs: Arc::new(Mutex::new(HashSet::new())),
+            dir: Arc::new(Dir {
+                root: root.to_path_buf(),
+                known_dirs: Mutex::new(HashSet::new()),
+                spares,
+            }),
         })
     }
 
     pub fn root(&self) -> &Path {
-        &self.root
+        &self.dir.root
     }
 }
 
@@ -71,52 +89,158 @@ fn fsync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Writes `data` to a fresh temporary file, fsynced.
-fn write_temp(root: &Path, key: &str, data: &[u8]) -> Result<PathBuf, ObjError> {
-    let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-    let tmp = root
-        .join(TMP_DIR)
-        .join(format!("{}-{n}", std::process::id()));
-    let mut f = File::create(&tmp).map_err(|e| fatal(key, "creating a temporary file", e))?;
-    f.write_all(data).map_err(|e| fatal(key, "writing", e))?;
-    f.sync_data().map_err(|e| fatal(key, "fsync", e))?;
-    Ok(tmp)
-}
+impl Dir {
+    fn tmp_name(&self) -> PathBuf {
+        let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+        self.root
+            .join(TMP_DIR)
+            .join(format!("{}-{n}", std::process::id()))
+    }
 
-/// Makes sure `dir` (under `root`) exists durably: every directory this
-/// creates is made durable by an fsync of its parent.
-fn ensure_dir(
-    root: &Path,
-    dir: &Path,
-    known: &Mutex<HashSet<PathBuf>>,
-    key: &str,
-) -> Result<(), ObjError> {
-    if known.lock().map(|k| k.contains(dir)).unwrap_or(false) {
-        return Ok(());
-    }
-    let mut missing = Vec::new();
-    let mut cur = dir;
-    while cur != root && !cur.is_dir() {
-        missing.push(cur.to_path_buf());
-        match cur.parent() {
-            Some(p) => cur = p,
-            None => break,
+    /// Writes `data` to a temporary file (a spare when there is one),
+    /// fsynced.
+    fn write_temp(&self, key: &str, data: &[u8]) -> Result<PathBuf, ObjError> {
+        let (tmp, mut f) = match self.spares.take() {
+            Some(spare) => spare,
+            None => {
+                let tmp = self.tmp_name();
+                let f =
+                    File::create(&tmp).map_err(|e| fatal(key, "creating a temporary file", e))?;
+                (tmp, f)
+            }
+        };
+        let written = f.write_all(data).and_then(|()| f.sync_data());
+        if let Err(e) = written {
+            let _ = fs::remove_file(&tmp);
+            return Err(fatal(key, "writing a temporary file", e));
         }
+        Ok(tmp)
     }
-    for d in missing.iter().rev() {
-        match fs::create_dir(d) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(fatal(key, "creating the directory", e)),
+
+    /// Makes sure `dir` exists durably: every directory this creates is
+    /// made durable by an fsync of its parent.
+    fn ensure_dir(&self, dir: &Path, key: &str) -> Result<(), ObjError> {
+        if self.known_dirs.lock().is_ok_and(|k| k.contains(dir)) {
+            return Ok(());
         }
-        if let Some(parent) = d.parent() {
-            fsync_dir(parent).map_err(|e| fatal(key, "fsync of the directory", e))?;
+        let mut missing = Vec::new();
+        let mut cur = dir;
+        while cur != self.root && !cur.is_dir() {
+            missing.push(cur.to_path_buf());
+            match cur.parent() {
+                Some(p) => cur = p,
+                None => break,
+            }
         }
+        for d in missing.iter().rev() {
+            match fs::create_dir(d) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(fatal(key, "creating the directory", e)),
+            }
+            if let Some(parent) = d.parent() {
+                fsync_dir(parent).map_err(|e| fatal(key, "fsync of the directory", e))?;
+            }
+        }
+        if let Ok(mut k) = self.known_dirs.lock() {
+            k.insert(dir.to_path_buf());
+        }
+        Ok(())
     }
-    if let Ok(mut k) = known.lock() {
-        k.insert(dir.to_path_buf());
+
+    /// The directory of a key's file, created if needed.
+    fn dir_for(&self, key: &str) -> Result<(PathBuf, PathBuf), ObjError> {
+        let path = path_of(&self.root, key)?;
+        let dir = path.parent().unwrap_or(&self.root).to_path_buf();
+        self.ensure_dir(&dir, key)?;
+        Ok((path, dir))
     }
-    Ok(())
+
+    fn write(&self, key: &str, data: &[u8], condition: &Condition) -> Result<String, ObjError> {
+        let (path, dir) = self.dir_for(key)?;
+        let tmp = self.write_temp(key, data)?;
+        let result = match condition {
+            Condition::None => {
+                fs::rename(&tmp, &path).map_err(|e| fatal(key, "renaming into place", e))
+            }
+            Condition::IfAbsent => match create_only(&tmp, &path) {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(ObjError::PreconditionFailed(key.to_string())),
+                Err(e) => Err(fatal(key, "moving into place", e)),
+            },
+            Condition::IfMatch(etag) => self.replace_if_match(key, &tmp, &path, etag),
+        };
+        if let Err(e) = &result {
+            let _ = fs::remove_file(&tmp);
+            // The directory was removed behind our back: forget it so the
+            // next write creates it again.
+            if matches!(e, ObjError::Fatal { .. }) {
+                if let Ok(mut k) = self.known_dirs.lock() {
+                    k.remove(&dir);
+                }
+            }
+        }
+        result?;
+        fsync_dir(&dir).map_err(|e| fatal(key, "fsync of the directory", e))?;
+        Ok(content_etag(data))
+    }
+
+    /// Compare-and-swap under the lock file every process shares.
+    fn replace_if_match(
+        &self,
+        key: &str,
+        tmp: &Path,
+        path: &Path,
+        etag: &str,
+    ) -> Result<(), ObjError> {
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.root.join(LOCK_FILE))
+            .map_err(|e| fatal(key, "opening the lock file", e))?;
+        lock.lock().map_err(|e| fatal(key, "locking", e))?;
+        let outcome = match read(&self.root, key) {
+            Ok(current) if current.etag == etag => {
+                fs::rename(tmp, path).map_err(|e| fatal(key, "renaming into place", e))
+            }
+            Ok(_) | Err(ObjError::NotFound(_)) => {
+                Err(ObjError::PreconditionFailed(key.to_string()))
+            }
+            Err(e) => Err(e),
+        };
+        let _ = lock.unlock();
+        outcome
+    }
+
+    /// Removes a key's file (its inode is kept as a spare when possible).
+    fn delete(&self, key: &str) -> Result<(), ObjError> {
+        let path = path_of(&self.root, key)?;
+        self.spares
+            .recycle(&path)
+            .map_err(|e| fatal(key, "deleting", e))
+    }
+
+    fn put_file(&self, key: &str, src: &Path) -> Result<String, ObjError> {
+        let (dest, dir) = self.dir_for(key)?;
+        let tmp = self.tmp_name();
+        let copied = fs::copy(src, &tmp)
+            .map_err(|e| fatal(key, "copying", e))
+            .and_then(|_| {
+                File::open(&tmp)
+                    .and_then(|f| f.sync_all())
+                    .map_err(|e| fatal(key, "fsync", e))
+            })
+            .and_then(|()| {
+                fs::rename(&tmp, &dest).map_err(|e| fatal(key, "renaming into place", e))
+            });
+        if copied.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        copied?;
+        fsync_dir(&dir).map_err(|e| fatal(key, "fsync of the directory", e))?;
+        Ok(String::new())
+    }
 }
 
 /// Moves `tmp` to `path` only if `path` does not exist (atomic
@@ -174,62 +298,6 @@ fn read(root: &Path, key: &str) -> Result<Object, ObjError> {
     }
 }
 
-fn write(
-    root: &Path,
-    known: &Mutex<HashSet<PathBuf>>,
-    key: &str,
-    data: &[u8],
-    condition: &Condition,
-) -> Result<String, ObjError> {
-    let path = path_of(root, key)?;
-    let dir = path.parent().unwrap_or(root).to_path_buf();
-    ensure_dir(root, &dir, known, key)?;
-    let tmp = write_temp(root, key, data)?;
-    let result = match condition {
-        Condition::None => {
-            fs::rename(&tmp, &path).map_err(|e| fatal(key, "renaming into place", e))
-        }
-        Condition::IfAbsent => match create_only(&tmp, &path) {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(ObjError::PreconditionFailed(key.to_string())),
-            Err(e) => Err(fatal(key, "moving into place", e)),
-        },
-        Condition::IfMatch(etag) => {
-            let lock = OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(root.join(LOCK_FILE))
-                .map_err(|e| fatal(key, "opening the lock file", e))?;
-            lock.lock().map_err(|e| fatal(key, "locking", e))?;
-            let outcome = match read(root, key) {
-                Ok(current) if &current.etag == etag => {
-                    fs::rename(&tmp, &path).map_err(|e| fatal(key, "renaming into place", e))
-                }
-                Ok(_) | Err(ObjError::NotFound(_)) => {
-                    Err(ObjError::PreconditionFailed(key.to_string()))
-                }
-                Err(e) => Err(e),
-            };
-            let _ = lock.unlock();
-            outcome
-        }
-    };
-    if let Err(e) = &result {
-        let _ = fs::remove_file(&tmp);
-        // The directory was removed behind our back: forget it so the
-        // next write creates it again.
-        if matches!(e, ObjError::Fatal { .. }) {
-            if let Ok(mut k) = known.lock() {
-                k.remove(&dir);
-            }
-        }
-    }
-    result?;
-    fsync_dir(&dir).map_err(|e| fatal(key, "fsync of the directory", e))?;
-    Ok(content_etag(data))
-}
-
 fn list(root: &Path, prefix: &str) -> Result<Vec<Listed>, ObjError> {
     // Walk only the directory the prefix points into.
     let start_rel = match prefix.rfind('/') {
@@ -285,10 +353,10 @@ impl FsStore {
     async fn blocking<T: Send + 'static>(
         &self,
         key: &str,
-        f: impl FnOnce(&Path) -> Result<T, ObjError> + Send + 'static,
+        f: impl FnOnce(&Dir) -> Result<T, ObjError> + Send + 'static,
     ) -> Result<T, ObjError> {
-        let root = self.root.clone();
-        tokio::task::spawn_blocking(move || f(&root))
+        let dir = self.dir.clone();
+        tokio::task::spawn_blocking(move || f(&dir))
             .await
             .map_err(|e| ObjError::Fatal {
                 key: key.to_string(),
@@ -300,7 +368,7 @@ impl FsStore {
 impl ObjectStore for FsStore {
     fn get<'a>(&'a self, key: &'a str) -> BoxFut<'a, Result<Object, ObjError>> {
         let k = key.to_string();
-        Box::pin(self.blocking(key, move |root| read(root, &k)))
+        Box::pin(self.blocking(key, move |d| read(&d.root, &k)))
     }
 
     fn put<'a>(
@@ -309,42 +377,25 @@ impl ObjectStore for FsStore {
         data: Bytes,
         condition: Condition,
     ) -> BoxFut<'a, Result<String, ObjError>> {
-        let (k, known) = (key.to_string(), self.known_dirs.clone());
-        Box::pin(self.blocking(key, move |root| write(root, &known, &k, &data, &condition)))
+        let k = key.to_string();
+        Box::pin(self.blocking(key, move |d| d.write(&k, &data, &condition)))
     }
 
     fn delete<'a>(&'a self, key: &'a str) -> BoxFut<'a, Result<(), ObjError>> {
         let k = key.to_string();
-        Box::pin(self.blocking(key, move |root| {
-            let path = path_of(root, &k)?;
-            match fs::remove_file(&path) {
-                Ok(()) => Ok(()),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                Err(e) => Err(fatal(&k, "deleting", e)),
-            }
-        }))
+        Box::pin(self.blocking(key, move |d| d.delete(&k)))
     }
 
     fn delete_batch<'a>(&'a self, keys: &'a [String]) -> BoxFut<'a, Result<Vec<String>, ObjError>> {
         let keys = keys.to_vec();
-        Box::pin(self.blocking("", move |root| {
-            let mut failed = Vec::new();
-            for k in keys {
-                let gone = path_of(root, &k).map(|p| match fs::remove_file(p) {
-                    Ok(()) => true,
-                    Err(e) => e.kind() == std::io::ErrorKind::NotFound,
-                });
-                if gone != Ok(true) {
-                    failed.push(k);
-                }
-            }
-            Ok(failed)
+        Box::pin(self.blocking("", move |d| {
+            Ok(keys.into_iter().filter(|k| d.delete(k).is_err()).collect())
         }))
     }
 
     fn list<'a>(&'a self, prefix: &'a str) -> BoxFut<'a, Result<Vec<Listed>, ObjError>> {
         let p = prefix.to_string();
-        Box::pin(self.blocking(prefix, move |root| list(root, &p)))
+        Box::pin(self.blocking(prefix, move |d| list(&d.root, &p)))
     }
 
     fn bulk_delete_limit(&self) -> usize {
@@ -357,8 +408,8 @@ impl ObjectStore for FsStore {
         path: &'a Path,
     ) -> BoxFut<'a, Result<u64, ObjError>> {
         let (k, dest) = (key.to_string(), path.to_path_buf());
-        Box::pin(self.blocking(key, move |root| {
-            let src = path_of(root, &k)?;
+        Box::pin(self.blocking(key, move |d| {
+            let src = path_of(&d.root, &k)?;
             match fs::copy(&src, &dest) {
                 Ok(n) => Ok(n),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(ObjError::NotFound(k)),
@@ -372,41 +423,26 @@ impl ObjectStore for FsStore {
         key: &'a str,
         path: &'a Path,
     ) -> BoxFut<'a, Result<String, ObjError>> {
-        let (k, src, known) = (key.to_string(), path.to_path_buf(), self.known_dirs.clone());
-        Box::pin(self.blocking(key, move |root| {
-            let dest = path_of(root, &k)?;
-            let dir = dest.parent().unwrap_or(root).to_path_buf();
-            ensure_dir(root, &dir, &known, &k)?;
-            let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-            let tmp = root
-                .join(TMP_DIR)
-                .join(format!("{}-{n}", std::process::id()));
-            fs::copy(&src, &tmp).map_err(|e| fatal(&k, "copying", e))?;
-            File::open(&tmp)
-                .and_then(|f| f.sync_all())
-                .map_err(|e| fatal(&k, "fsync", e))?;
-            fs::rename(&tmp, &dest).map_err(|e| fatal(&k, "renaming into place", e))?;
-            fsync_dir(&dir).map_err(|e| fatal(&k, "fsync of the directory", e))?;
-            Ok(String::new())
-        }))
+        let (k, src) = (key.to_string(), path.to_path_buf());
+        Box::pin(self.blocking(key, move |d| d.put_file(&k, &src)))
     }
 
+    /// Creates the keys' directories and tops up the spare files, in the
+    /// background.
     fn prepare(&self, keys: Vec<String>) {
-        let (root, known) = (self.root.clone(), self.known_dirs.clone());
+        let dir = self.dir.clone();
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
         runtime.spawn_blocking(move || {
             for key in keys {
-                if let Ok(path) = path_of(&root, &key) {
-                    let dir = path.parent().unwrap_or(&root).to_path_buf();
-                    let _ = ensure_dir(&root, &dir, &known, &key);
-                }
+                let _ = dir.dir_for(&key);
             }
+            dir.spares.fill(SPARES_READY);
         });
     }
 
     fn describe(&self) -> String {
-        format!("fs:{}", self.root.display())
+        format!("fs:{}", self.dir.root.display())
     }
 }
