@@ -24,7 +24,9 @@ impl Drop for Server {
     }
 }
 
-/// A scratch directory removed on drop.
+/// A scratch directory removed on drop, unless `NETSY_LAUNCH_KEEP` is set
+/// (benchmarks keep them until the end of a run: removing thousands of
+/// files slows the next run's file creation on some filesystems).
 pub struct TempDir(PathBuf);
 
 impl TempDir {
@@ -45,7 +47,9 @@ impl TempDir {
 
 impl Drop for TempDir {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        if std::env::var_os("NETSY_LAUNCH_KEEP").is_none() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
     }
 }
 

@@ -201,7 +201,8 @@ impl<W: Write> Writer<W> {
         write_delimited(&mut out, &header.encode_to_vec())?;
         let body = match compression {
             Compression::None => Body::Raw(out),
-            Compression::Zstd => Body::Zstd(zstd::stream::write::Encoder::new(out, 0)?),
+            // Level 1: chunks sit on the write path; ratio matters less than speed.
+            Compression::Zstd => Body::Zstd(zstd::stream::write::Encoder::new(out, 1)?),
         };
         Ok(Writer {
             body,
