@@ -76,6 +76,8 @@ pub struct Load {
 }
 
 const KV_RANGE: &str = "/etcdserverpb.KV/Range";
+/// watch-latency: writes started but not yet answered, at most.
+const MAX_WRITES_IN_FLIGHT: usize = 256;
 const KV_PUT: &str = "/etcdserverpb.KV/Put";
 const KV_TXN: &str = "/etcdserverpb.KV/Txn";
 
@@ -477,28 +479,43 @@ async fn watch_latency(
             }
         }));
     }
-    // One writer at the configured rate; each value carries its send time.
-    let ch = channels[0].clone();
-    let pad = "v".repeat(load.val_size.saturating_sub(21));
+    // Writes at the configured rate, each started on its tick without
+    // waiting for the previous one (so the rate holds even when a write
+    // takes longer than the interval); each value carries its send time.
     let started = Instant::now();
     let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / load.rate.max(1.0)));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut write_stats = Stats::default();
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_WRITES_IN_FLIGHT));
+    let mut writers = Vec::with_capacity(writes as usize);
+    let pad = "v".repeat(load.val_size.saturating_sub(21));
     for i in 0..writes {
         ticker.tick().await;
+        let permit = in_flight.clone().acquire_owned().await.map_err(err)?;
+        let ch = channels[i as usize % channels.len()].clone();
+        let key = key(&load.prefix, i % 1000, load.key_size);
         let value = Bytes::from(format!("{}:{pad}", now_nanos()));
-        let t0 = Instant::now();
-        let r = ch
-            .unary::<_, PutResponse>(
-                KV_PUT,
-                &PutRequest {
-                    key: key(&load.prefix, i % 1000, load.key_size),
-                    value,
-                    ..Default::default()
-                },
-            )
-            .await;
-        write_stats.record(t0.elapsed(), r.map(drop).map_err(err));
+        writers.push(tokio::spawn(async move {
+            let t0 = Instant::now();
+            let r = ch
+                .unary::<_, PutResponse>(
+                    KV_PUT,
+                    &PutRequest {
+                        key,
+                        value,
+                        ..Default::default()
+                    },
+                )
+                .await;
+            drop(permit);
+            (t0.elapsed(), r.map(drop).map_err(err))
+        }));
+    }
+    let mut write_stats = Stats::default();
+    for w in writers {
+        match w.await {
+            Ok((took, r)) => write_stats.record(took, r),
+            Err(e) => write_stats.record(Duration::ZERO, Err(e.to_string())),
+        }
     }
     let expected = writes * watchers as u64;
     let wait = tokio::time::timeout(Duration::from_secs(30), async {
