@@ -127,6 +127,40 @@ impl Batch {
     }
 }
 
+/// How many imported records are published to the index at a time.
+const IMPORT_PUBLISH_BATCH: usize = 10_000;
+
+/// Receives the records of one [`Store::import_all`], inside its transaction.
+pub struct Importer<'c> {
+    tx: sqlite::ImportTx<'c>,
+    /// The revision the next new record must have.
+    next: i64,
+}
+
+impl Importer<'_> {
+    /// Adds consecutive records; ones already stored must be the same write.
+    pub fn add(&mut self, records: &[Record]) -> Result<(), StoreError> {
+        for r in records {
+            if r.revision < self.next {
+                continue;
+            }
+            if r.revision != self.next {
+                return Err(StoreError::Gap {
+                    expected: self.next,
+                    found: r.revision,
+                });
+            }
+            self.next += 1;
+        }
+        match self.tx.insert(records)? {
+            Ok(()) => Ok(()),
+            Err(sqlite::ImportConflict::Different(revision)) => {
+                Err(StoreError::Conflict { revision })
+            }
+        }
+    }
+}
+
 pub struct Store {
     path: PathBuf,
     index: RwLock<KeyIndex>,
@@ -347,36 +381,43 @@ impl Store {
     }
 
     /// Imports records written elsewhere (object storage, a Primary), with
-    /// their revisions as they are. Records at or below the latest revision
-    /// must match what is stored; newer ones must continue it without a
-    /// gap. They become visible at once.
-    pub fn import(&self, records: &[Record]) -> Result<(), StoreError> {
-        let latest = self.latest_revision();
-        let newer = records.iter().filter(|r| r.revision > latest);
-        for (expected, r) in (latest + 1..).zip(newer) {
-            if r.revision != expected {
-                return Err(StoreError::Gap {
-                    expected,
-                    found: r.revision,
-                });
-            }
+    /// their revisions as they are, all in one SQLite transaction: `feed`
+    /// hands batches to the [`Importer`] in revision order, and if it or any
+    /// batch fails nothing is imported. Records at or below the latest
+    /// revision must match what is stored; newer ones must continue it
+    /// without a gap. They become visible once all of them are committed.
+    pub fn import_all<E: From<StoreError>>(
+        &self,
+        feed: impl FnOnce(&mut Importer<'_>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let before = self.latest_revision();
+        {
+            let mut conn = self.writer();
+            let mut importer = Importer {
+                tx: sqlite::ImportTx::begin(&mut conn)?,
+                next: before + 1,
+            };
+            feed(&mut importer)?;
+            importer.tx.commit()?;
         }
-        match sqlite::import_batch(&mut self.writer(), records)? {
-            Ok(()) => {}
-            Err(sqlite::ImportConflict::Different(revision)) => {
-                return Err(StoreError::Conflict { revision })
-            }
+        // Publish from the database in bounded batches: a restored snapshot
+        // can be far larger than what should sit in memory at once.
+        let mut from = before + 1;
+        loop {
+            let records = self.records_between(from, i64::MAX, IMPORT_PUBLISH_BATCH)?;
+            let Some(last) = records.last() else { break };
+            from = last.revision + 1;
+            self.publish(&Batch {
+                records,
+                ..Default::default()
+            });
         }
-        let fresh: Vec<Record> = records
-            .iter()
-            .filter(|r| r.revision > latest)
-            .cloned()
-            .collect();
-        self.publish(&Batch {
-            records: fresh,
-            ..Default::default()
-        });
         Ok(())
+    }
+
+    /// Imports one batch in its own transaction (see [`Store::import_all`]).
+    pub fn import(&self, records: &[Record]) -> Result<(), StoreError> {
+        self.import_all(|importer| importer.add(records))
     }
 
     /// Undoes a persisted but unpublished batch from `revision` on.
@@ -441,5 +482,66 @@ impl Store {
     /// Nulls the values compaction made unreachable (rows stay).
     pub fn discard_values(&self, revisions: &[i64]) -> Result<(), StoreError> {
         sqlite::mark_compacted(&mut self.writer(), revisions)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Revision `revision` of key "k" (created at 2).
+    fn put(revision: i64) -> Record {
+        Record {
+            revision,
+            key: Bytes::from_static(b"k"),
+            created: revision == 2,
+            create_revision: 2,
+            prev_revision: if revision == 2 { 0 } else { revision - 1 },
+            version: revision - 1,
+            value: Some(Bytes::from(format!("v{revision}"))),
+            created_at: Timestamp::default(),
+            ..Record::internal("n")
+        }
+    }
+
+    #[test]
+    fn an_import_that_fails_part_way_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let failed: Result<(), StoreError> = store.import_all(|importer| {
+            importer.add(&[Record::internal("n"), put(2), put(3)])?;
+            importer.add(&[put(5)]) // a gap
+        });
+        assert!(
+            matches!(
+                failed,
+                Err(StoreError::Gap {
+                    expected: 4,
+                    found: 5
+                })
+            ),
+            "{failed:?}"
+        );
+        assert_eq!(store.latest_revision(), 0);
+        drop(store);
+        assert_eq!(Store::open(dir.path()).unwrap().latest_revision(), 0);
+
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .import_all(|importer| {
+                importer.add(&[Record::internal("n"), put(2)])?;
+                importer.add(&[put(2), put(3)]) // overlap: the same write again
+            })
+            .unwrap();
+        assert_eq!(store.latest_revision(), 3);
+        let conflict = store.import(&[Record {
+            value: Some(Bytes::from_static(b"other")),
+            ..put(3)
+        }]);
+        assert!(
+            matches!(conflict, Err(StoreError::Conflict { revision: 3 })),
+            "{conflict:?}"
+        );
+        assert_eq!(store.latest_revision(), 3);
     }
 }

@@ -208,20 +208,28 @@ fn same_write(a: &Record, b: &Record) -> bool {
         && (!values_comparable || a.value == b.value)
 }
 
-/// Inserts records exactly as given (replicas, restore), in one
-/// transaction. A revision that already exists must hold the same write
-/// (idempotent import); otherwise nothing is inserted and the conflicting
-/// revision is returned.
-pub fn import_batch(
-    conn: &mut Connection,
-    records: &[Record],
-) -> Result<Result<(), ImportConflict>, StoreError> {
-    let tx = conn.transaction()?;
-    {
-        let mut insert = tx.prepare_cached(&format!(
+/// A transaction that inserts records exactly as given (replicas, restore).
+/// Nothing is visible to other connections until [`ImportTx::commit`];
+/// dropping it uncommitted rolls everything back.
+pub struct ImportTx<'c> {
+    tx: rusqlite::Transaction<'c>,
+}
+
+impl<'c> ImportTx<'c> {
+    pub fn begin(conn: &'c mut Connection) -> Result<ImportTx<'c>, StoreError> {
+        Ok(ImportTx {
+            tx: conn.transaction()?,
+        })
+    }
+
+    /// Inserts records. A revision that already exists must hold the same
+    /// write (idempotent import); otherwise the conflicting revision is
+    /// returned and the caller should drop the transaction.
+    pub fn insert(&self, records: &[Record]) -> Result<Result<(), ImportConflict>, StoreError> {
+        let mut insert = self.tx.prepare_cached(&format!(
             "INSERT OR IGNORE INTO records ({RECORD_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
         ))?;
-        let mut existing = tx.prepare_cached(&format!(
+        let mut existing = self.tx.prepare_cached(&format!(
             "SELECT {RECORD_COLUMNS} FROM records WHERE revision = ?1"
         ))?;
         for r in records {
@@ -236,9 +244,14 @@ pub fn import_batch(
                 }
             }
         }
+        Ok(Ok(()))
     }
-    tx.commit()?;
-    Ok(Ok(()))
+
+    /// Commits (fsynced on return).
+    pub fn commit(self) -> Result<(), StoreError> {
+        self.tx.commit()?;
+        Ok(())
+    }
 }
 
 /// Removes every row at or above `revision` (undoing a batch whose object

@@ -67,6 +67,55 @@ pub async fn fingerprint(c: &mut etcd_client::Client) -> Vec<String> {
     out
 }
 
+/// Every event from revision 2 to the latest (a watch replaying the whole
+/// history, with previous values), as comparable text.
+pub async fn history(c: &mut etcd_client::Client) -> Vec<String> {
+    let latest = c
+        .get(
+            "",
+            Some(
+                etcd_client::GetOptions::new()
+                    .with_all_keys()
+                    .with_count_only(),
+            ),
+        )
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    let options = etcd_client::WatchOptions::new()
+        .with_all_keys()
+        .with_start_revision(2)
+        .with_prev_key();
+    let (_watcher, mut stream) = c.watch("", Some(options)).await.unwrap();
+    let mut out = Vec::new();
+    let mut seen = 1;
+    while seen < latest {
+        let message = tokio::time::timeout(support::DEADLINE, stream.message())
+            .await
+            .expect("history replay in time")
+            .unwrap()
+            .expect("the watch stream stays open");
+        for e in message.events() {
+            let kv = e.kv().unwrap();
+            seen = kv.mod_revision();
+            let prev = e.prev_kv().map(|p| p.value_str().unwrap().to_string());
+            out.push(format!(
+                "{} {:?} {} = {} (create {}, version {}, prev {prev:?})",
+                kv.mod_revision(),
+                e.event_type(),
+                kv.key_str().unwrap(),
+                kv.value_str().unwrap(),
+                kv.create_revision(),
+                kv.version()
+            ));
+        }
+    }
+    assert_eq!(seen, latest, "the replay ends at the latest revision");
+    out
+}
+
 /// Keys and history written by most tests: puts, overwrites, a delete.
 pub async fn write_history(c: &mut etcd_client::Client, n: usize) {
     for i in 0..n {
