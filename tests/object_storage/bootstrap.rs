@@ -80,54 +80,148 @@ async fn bootstrap_seeds_a_new_bucket_once(bucket: Bucket, base: &Path) {
 }
 on_both_providers!(bootstrap_promotion, bootstrap_seeds_a_new_bucket_once);
 
+/// Starts a node on the bucket as it is and expects it to refuse
+/// bootstrap.netsy with an error containing every one of `expected`, having
+/// written neither members.json nor any snapshot but `allowed`.
+async fn refused(bucket: &Bucket, base: &Path, case: &str, expected: &[&str], allowed: &[String]) {
+    let err = start_fails(&dir(base, case), bucket, base);
+    for text in expected {
+        assert!(err.contains(text), "{case}: expected {text:?} in: {err}");
+    }
+    let store = bucket.store();
+    assert!(
+        store.get(keys::MEMBERS).await.is_err(),
+        "{case}: members.json was written despite the refusal"
+    );
+    let snapshots: Vec<String> = store
+        .list(keys::SNAPSHOTS)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| l.key)
+        .collect();
+    assert_eq!(snapshots, allowed, "{case}: a snapshot was written");
+}
+
 async fn bootstrap_refusals(bucket: Bucket, base: &Path) {
     let store = bucket.store();
+    let put = |key: String, bytes: Bytes| {
+        let store = store.clone();
+        async move { store.put(&key, bytes, Condition::None).await.unwrap() }
+    };
+    let seed_at = |records: &[Record]| put(keys::BOOTSTRAP.to_string(), seed_file(records));
+
     // Not starting with the internal record.
     let mut seed = good_seed();
     seed.remove(0);
     for (i, r) in seed.iter_mut().enumerate() {
         r.revision = i as i64 + 1;
     }
-    store
-        .put(keys::BOOTSTRAP, seed_file(&seed), Condition::None)
-        .await
-        .unwrap();
-    let err = start_fails(&dir(base, "a"), &bucket, base);
-    assert!(
-        err.contains("bootstrap.netsy") && err.contains("_netsy"),
-        "{err}"
-    );
+    seed_at(&seed).await;
+    refused(
+        &bucket,
+        base,
+        "no-internal",
+        &["bootstrap.netsy", "_netsy"],
+        &[],
+    )
+    .await;
 
-    // Damaged.
+    // Revisions with a gap (so the last revision is not the record count).
+    let mut seed = good_seed();
+    seed[2].revision = 4;
+    seed_at(&seed).await;
+    refused(
+        &bucket,
+        base,
+        "gap",
+        &["bootstrap.netsy", "has revision 4"],
+        &[],
+    )
+    .await;
+
+    // Empty.
+    seed_at(&[]).await;
+    refused(&bucket, base, "empty", &["bootstrap.netsy", "empty"], &[]).await;
+
+    // A chunk, not a snapshot.
+    let chunk = datafile::encode(Kind::Chunk, Compression::None, "seeder", &good_seed()).unwrap();
+    put(keys::BOOTSTRAP.to_string(), Bytes::from(chunk)).await;
+    refused(
+        &bucket,
+        base,
+        "chunk-kind",
+        &["bootstrap.netsy", "wrong file kind"],
+        &[],
+    )
+    .await;
+
+    // Damaged: a flipped byte in the uncompressed header.
     let mut bytes = seed_file(&good_seed()).to_vec();
-    let mid = bytes.len() / 2;
-    bytes[mid] ^= 0x40;
-    store
-        .put(keys::BOOTSTRAP, Bytes::from(bytes), Condition::None)
-        .await
-        .unwrap();
-    let err = start_fails(&dir(base, "b"), &bucket, base);
-    assert!(err.contains("bootstrap.netsy"), "{err}");
+    bytes[8] ^= 0x40;
+    put(keys::BOOTSTRAP.to_string(), Bytes::from(bytes)).await;
+    refused(
+        &bucket,
+        base,
+        "damaged",
+        &["bootstrap.netsy", "CRC mismatch"],
+        &[],
+    )
+    .await;
+
+    // The bucket already has another snapshot.
+    seed_at(&good_seed()).await;
+    let other = keys::snapshot_key(7);
+    put(other.clone(), Bytes::from_static(b"x")).await;
+    refused(
+        &bucket,
+        base,
+        "other-snapshot",
+        &["already has snapshot", &other],
+        std::slice::from_ref(&other),
+    )
+    .await;
+    store.delete(&other).await.unwrap();
+
+    // The target snapshot exists with different contents.
+    let target = keys::snapshot_key(3);
+    put(target.clone(), Bytes::from_static(b"something else")).await;
+    refused(
+        &bucket,
+        base,
+        "different-target",
+        &[&target, "different contents"],
+        std::slice::from_ref(&target),
+    )
+    .await;
+    store.delete(&target).await.unwrap();
 
     // A bucket that already has chunks.
-    store
-        .put(keys::BOOTSTRAP, seed_file(&good_seed()), Condition::None)
-        .await
-        .unwrap();
-    store
-        .put(
-            &keys::chunk_key(1),
-            Bytes::from_static(b"x"),
-            Condition::None,
-        )
-        .await
-        .unwrap();
-    let err = start_fails(&dir(base, "c"), &bucket, base);
-    assert!(err.contains("already has chunks"), "{err}");
-    assert!(
-        store.get(keys::MEMBERS).await.is_err(),
-        "nothing was written on refusal"
-    );
-    assert!(store.list(keys::SNAPSHOTS).await.unwrap().is_empty());
+    put(keys::chunk_key(1), Bytes::from_static(b"x")).await;
+    refused(&bucket, base, "chunks", &["already has chunks"], &[]).await;
 }
+
+/// A crash after promotion but before members.json: the retry finds the
+/// identical snapshot already there and carries on.
+async fn bootstrap_promotion_is_retried_after_a_crash(bucket: Bucket, base: &Path) {
+    let store = bucket.store();
+    let seed = seed_file(&good_seed());
+    store
+        .put(keys::BOOTSTRAP, seed.clone(), Condition::None)
+        .await
+        .unwrap();
+    store
+        .put(&keys::snapshot_key(3), seed, Condition::None)
+        .await
+        .unwrap();
+    let node = Netsy::on_bucket(&dir(base, "a"), &bucket, base, "");
+    let mut c = node.client().await;
+    assert_eq!(fingerprint(&mut c).await[0], "revision 3");
+    assert!(store.get(keys::MEMBERS).await.is_ok());
+}
+on_both_providers!(
+    bootstrap_retried,
+    bootstrap_promotion_is_retried_after_a_crash
+);
+
 on_both_providers!(bootstrap_refused, bootstrap_refusals);
