@@ -1,6 +1,8 @@
-//! The deploy/ folder stays true: the systemd unit verifies, the env and
-//! config examples pass `netsy --validate`, the Nstance example parses and
-//! wires the certificates netsy needs, and the Helm chart is well-formed.
+//! The deploy/ folder stays true: the systemd unit verifies without a
+//! warning, the env and config examples pass `netsy --validate`, the
+//! Nstance example parses and wires the certificates netsy needs, and the
+//! Helm chart is well-formed with every value documented. Also
+//! `netsy --version`, which the deployed binary answers.
 
 #[path = "support/mod.rs"]
 mod support;
@@ -9,18 +11,13 @@ use std::process::Command;
 
 use support::repo;
 
-#[test]
-fn systemd_unit_verifies() {
-    let unit = std::fs::read_to_string(repo().join("deploy/netsy.service")).unwrap();
-    assert!(unit.contains("ExecStart=/usr/local/bin/netsy --config /etc/netsy/config.jsonc"));
-    for hardening in [
-        "NoNewPrivileges=yes",
-        "ProtectSystem=strict",
-        "ReadWritePaths=/var/lib/netsy",
-    ] {
-        assert!(unit.contains(hardening), "{hardening}");
-    }
-    // Verify the unit as written, with ExecStart pointing at the built binary.
+/// What `systemd-analyze verify` objects to in `unit` (with ExecStart
+/// pointed at the built binary): a failed exit and every output line about
+/// our unit. systemd-analyze exits 0 for unknown keys and unparsable values
+/// and only prints a warning, so the lines are what matters. Lines that do
+/// not mention netsy are about the environment (other units on the host);
+/// they are shown but not held against the unit.
+fn systemd_verify_problems(unit: &str) -> Vec<String> {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("netsy.service");
     std::fs::write(
@@ -33,11 +30,92 @@ fn systemd_unit_verifies() {
         .arg(&path)
         .output()
         .expect("systemd-analyze (run ./scripts/setup)");
-    assert!(
-        out.status.success(),
-        "systemd-analyze verify: {}{}",
+    let mut problems = Vec::new();
+    if !out.status.success() {
+        problems.push(format!("systemd-analyze verify exited with {}", out.status));
+    }
+    let text = format!(
+        "{}\n{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
+    );
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        if line.contains("netsy") || line.contains(&*dir.path().to_string_lossy()) {
+            problems.push(line.to_string());
+        } else {
+            eprintln!("systemd-analyze, not about our unit (ignored): {line}");
+        }
+    }
+    problems
+}
+
+#[test]
+fn systemd_unit_verifies() {
+    let unit = std::fs::read_to_string(repo().join("deploy/netsy.service")).unwrap();
+    assert!(unit.contains("ExecStart=/usr/local/bin/netsy --config /etc/netsy/config.jsonc"));
+    for hardening in [
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "ReadWritePaths=/var/lib/netsy",
+    ] {
+        assert!(unit.contains(hardening), "{hardening}");
+    }
+    // The unit as written: no failure and no warning.
+    let problems = systemd_verify_problems(&unit);
+    assert!(problems.is_empty(), "systemd-analyze verify: {problems:#?}");
+
+    // The check bites: an unknown key and a bad value (both of which leave
+    // systemd-analyze's exit status at 0) are reported.
+    assert!(unit.contains("[Service]\n") && unit.contains("\nRestart=always\n"));
+    let bogus = unit.replace("[Service]\n", "[Service]\nBogusKey=1\n");
+    let problems = systemd_verify_problems(&bogus);
+    assert!(
+        problems.iter().any(|l| l.contains("BogusKey")),
+        "an unknown key went unnoticed: {problems:#?}"
+    );
+    let bad_value = unit.replace("\nRestart=always\n", "\nRestart=sometimes\n");
+    let problems = systemd_verify_problems(&bad_value);
+    assert!(
+        problems.iter().any(|l| l.contains("sometimes")),
+        "a bad value went unnoticed: {problems:#?}"
+    );
+}
+
+#[test]
+fn version_prints_version_commit_and_build_date() {
+    let out = Command::new(env!("CARGO_BIN_EXE_netsy"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let words: Vec<&str> = text
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '.' || c == '-'))
+        .filter(|w| !w.is_empty())
+        .collect();
+    assert!(
+        words.contains(&env!("CARGO_PKG_VERSION")),
+        "no version {} in {text:?}",
+        env!("CARGO_PKG_VERSION")
+    );
+    let is_commit = |w: &str| w.len() >= 7 && w.chars().all(|c| c.is_ascii_hexdigit());
+    assert!(
+        words.iter().any(|w| is_commit(w)),
+        "no git commit (7+ hex digits) in {text:?}"
+    );
+    let is_date = |w: &str| {
+        let p: Vec<&str> = w.split('-').collect();
+        p.len() == 3
+            && [4, 2, 2]
+                .iter()
+                .zip(&p)
+                .all(|(n, s)| s.len() == *n && s.chars().all(|c| c.is_ascii_digit()))
+            && (1..=12).contains(&p[1].parse::<u32>().unwrap())
+            && (1..=31).contains(&p[2].parse::<u32>().unwrap())
+    };
+    assert!(
+        words.iter().any(|w| is_date(w)),
+        "no YYYY-MM-DD build date in {text:?}"
     );
 }
 
@@ -152,18 +230,64 @@ fn nstance_example_wires_netsy_certificates_and_settings() {
     );
 }
 
-#[test]
-fn helm_chart_is_well_formed() {
-    let out = Command::new(repo().join(".venv/bin/python"))
+/// Runs tests/python/check_helm_chart.py on a chart and its README.
+fn check_chart(chart: &std::path::Path, readme: &std::path::Path) -> std::process::Output {
+    Command::new(repo().join(".venv/bin/python"))
         .arg(repo().join("tests/python/check_helm_chart.py"))
-        .arg(repo().join("deploy/helm"))
+        .arg(chart)
+        .arg(readme)
         .output()
-        .expect("the project venv (run ./scripts/setup)");
-    assert!(
-        out.status.success(),
+        .expect("the project venv (run ./scripts/setup)")
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+#[test]
+fn helm_chart_is_well_formed_and_its_values_documented() {
+    let readme = repo().join("deploy/README.md");
+    let out = check_chart(&repo().join("deploy/helm"), &readme);
+    let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    assert!(out.status.success(), "{text}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("StatefulSet"));
+
+    // The documentation check bites: a value without a comment, and a
+    // commented value missing from the README's table, both fail it.
+    let values = std::fs::read_to_string(repo().join("deploy/helm/values.yaml")).unwrap();
+    for (extra, expected) in [
+        ("\nuncommentedKey: 1\n", "uncommentedKey has no comment"),
+        (
+            "\n# A value the README does not list.\nundocumentedKey: 1\n",
+            "undocumentedKey is not in the README",
+        ),
+        (
+            "\n# A nested value the README does not list.\ntls2:\n  # Its leaf.\n  leaf: 1\n",
+            "tls2.leaf is not in the README",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let chart = dir.path().join("helm");
+        copy_dir(&repo().join("deploy/helm"), &chart);
+        std::fs::write(chart.join("values.yaml"), format!("{values}{extra}")).unwrap();
+        let out = check_chart(&chart, &readme);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains(expected),
+            "{extra:?} was not reported as {expected:?}: {stderr}"
+        );
+    }
 }
