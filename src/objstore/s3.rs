@@ -346,3 +346,35 @@ impl ObjectStore for S3Store {
         format!("s3://{}", self.bucket.name)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn http(status: u16, body: &str) -> ObjError {
+        map_err("chunks/k", S3Error::HttpFailWithBody(status, body.into()))
+    }
+
+    #[test]
+    fn http_failures_are_classified_for_retries() {
+        assert_eq!(http(404, ""), ObjError::NotFound("chunks/k".into()));
+        assert_eq!(
+            http(412, "<Error><Code>PreconditionFailed</Code></Error>"),
+            ObjError::PreconditionFailed("chunks/k".into())
+        );
+        for status in [500, 503, 429, 409] {
+            assert!(http(status, "").is_transient(), "HTTP {status}");
+        }
+        let denied = http(
+            403,
+            "<Error><Code>AccessDenied</Code><Message>no</Message></Error>",
+        );
+        assert_eq!(
+            denied,
+            ObjError::Fatal {
+                key: "chunks/k".into(),
+                message: "HTTP 403: AccessDenied: no".into()
+            }
+        );
+    }
+}

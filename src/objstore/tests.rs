@@ -84,10 +84,43 @@ async fn fs_prepare_creates_directories_and_survives_their_removal() {
     );
 }
 
-/// A store that fails transiently a given number of times.
+/// A store whose puts fail a given number of times with a given error, and
+/// which counts put attempts.
 struct Flaky {
     inner: memory::MemoryStore,
     failures: std::sync::atomic::AtomicU32,
+    fail_with: fn(&str) -> ObjError,
+    attempts: std::sync::atomic::AtomicU32,
+}
+
+impl Flaky {
+    fn new(failures: u32, fail_with: fn(&str) -> ObjError) -> Arc<Flaky> {
+        Arc::new(Flaky {
+            inner: memory::MemoryStore::new(),
+            failures: failures.into(),
+            fail_with,
+            attempts: 0.into(),
+        })
+    }
+
+    /// Put attempts since the last call.
+    fn take_attempts(&self) -> u32 {
+        self.attempts.swap(0, std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+fn transient(key: &str) -> ObjError {
+    ObjError::Transient {
+        key: key.into(),
+        message: "HTTP 503".into(),
+    }
+}
+
+fn fatal(key: &str) -> ObjError {
+    ObjError::Fatal {
+        key: key.into(),
+        message: "HTTP 403: AccessDenied".into(),
+    }
 }
 
 impl ObjectStore for Flaky {
@@ -101,15 +134,15 @@ impl ObjectStore for Flaky {
         data: Bytes,
         condition: Condition,
     ) -> BoxFut<'a, Result<String, ObjError>> {
-        if self.failures.load(std::sync::atomic::Ordering::SeqCst) > 0 {
-            self.failures
-                .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-            return Box::pin(async move {
-                Err(ObjError::Transient {
-                    key: key.into(),
-                    message: "HTTP 503".into(),
-                })
-            });
+        use std::sync::atomic::Ordering::SeqCst;
+        self.attempts.fetch_add(1, SeqCst);
+        let fail = self
+            .failures
+            .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if fail {
+            let error = (self.fail_with)(key);
+            return Box::pin(async move { Err(error) });
         }
         self.inner.put(key, data, condition)
     }
@@ -129,25 +162,32 @@ impl ObjectStore for Flaky {
 
 #[tokio::test]
 async fn transient_failures_are_retried_and_preconditions_are_not() {
-    let flaky = Arc::new(Flaky {
-        inner: memory::MemoryStore::new(),
-        failures: 2.into(),
-    });
+    let v = || Bytes::from_static(b"v");
+    let flaky = Flaky::new(2, transient);
     let store = Retrying::new(flaky.clone(), 3, std::time::Duration::from_millis(1));
-    store
-        .put("k", Bytes::from_static(b"v"), Condition::None)
-        .await
-        .unwrap();
+    store.put("k", v(), Condition::None).await.unwrap();
+    assert_eq!(flaky.take_attempts(), 3, "two failures, then success");
+
     flaky.failures.store(5, std::sync::atomic::Ordering::SeqCst);
-    let err = store
-        .put("k", Bytes::from_static(b"v"), Condition::None)
-        .await
-        .unwrap_err();
+    let err = store.put("k", v(), Condition::None).await.unwrap_err();
     assert!(err.is_transient(), "gives up after its attempts: {err}");
+    assert_eq!(flaky.take_attempts(), 3);
+
     flaky.failures.store(0, std::sync::atomic::Ordering::SeqCst);
     let err = store
         .put("k", Bytes::from_static(b"w"), Condition::IfAbsent)
         .await
         .unwrap_err();
     assert_eq!(err, ObjError::PreconditionFailed("k".into()));
+    assert_eq!(
+        flaky.take_attempts(),
+        1,
+        "a lost condition is never retried"
+    );
+
+    let flaky = Flaky::new(1, fatal);
+    let store = Retrying::new(flaky.clone(), 3, std::time::Duration::from_millis(1));
+    let err = store.put("k", v(), Condition::None).await.unwrap_err();
+    assert!(matches!(err, ObjError::Fatal { .. }), "{err}");
+    assert_eq!(flaky.take_attempts(), 1, "a fatal error is not retried");
 }
