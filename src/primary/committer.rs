@@ -343,13 +343,21 @@ impl Committer {
             (Some(d), false) => {
                 let (log, records) = (d.log.clone(), batch.records.clone());
                 Some(d.runtime.spawn(async move {
-                    match tokio::time::timeout(CHUNK_WRITE_TIMEOUT, log.write_chunk(&records)).await
-                    {
-                        Ok(r) => r.map_err(|e| e.to_string()),
-                        Err(_) => Err(format!(
-                            "writing the chunk took longer than {CHUNK_WRITE_TIMEOUT:?}"
-                        )),
-                    }
+                    // As the reference does: one immediate retry whatever the
+                    // failure (the store below already retried transient
+                    // ones); an ambiguous first attempt that did land makes
+                    // the retry find identical bytes, which counts as written.
+                    let first = write_chunk_in_time(&log, &records).await;
+                    let Err(e) = first else { return Ok(()) };
+                    log::warn!("chunk write failed: {e}; retrying once");
+                    crate::http::metrics::metrics()
+                        .retries
+                        .get_or_create(&crate::http::metrics::labels(&[(
+                            "operation",
+                            "object_storage_write",
+                        )]))
+                        .inc();
+                    write_chunk_in_time(&log, &records).await
                 }))
             }
             _ => None,
@@ -456,6 +464,16 @@ impl Committer {
 
 /// How long one chunk write may take before it counts as failed.
 const CHUNK_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One chunk write under [`CHUNK_WRITE_TIMEOUT`].
+async fn write_chunk_in_time(log: &ObjectLog, records: &[Record]) -> Result<(), String> {
+    match tokio::time::timeout(CHUNK_WRITE_TIMEOUT, log.write_chunk(records)).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err(format!(
+            "writing the chunk took longer than {CHUNK_WRITE_TIMEOUT:?}"
+        )),
+    }
+}
 
 fn encoded_size(records: &[Record]) -> u64 {
     use prost::Message;

@@ -1,11 +1,12 @@
-//! When object storage fails under the write path, the client gets an
-//! error (never a false success), the node stops accepting writes, and a
+//! When object storage fails under the write path (after one retry), the
+//! client gets an error (never a false success), the node stops accepting
+//! writes, and a
 //! background recovery resumes them once storage is back; the bucket then
 //! holds exactly what the node serves.
 
 use std::time::Duration;
 
-use crate::support::{poll_async, Bucket, Netsy};
+use crate::support::{http_get, poll_async, Bucket, Netsy};
 use crate::{dir, fingerprint};
 
 #[tokio::test(flavor = "multi_thread")]
@@ -24,6 +25,14 @@ async fn writes_fail_cleanly_during_an_outage_and_resume_after() {
     std::fs::write(&objects, b"not a directory").unwrap();
     let err = c.put("during", "x", None).await.unwrap_err();
     assert!(err.to_string().contains("object storage"), "{err}");
+    // The failed chunk write was retried once before the node gave up.
+    let (_, metrics) = http_get(&node.health_addr, "/metrics");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "netsy_retries_total{operation=\"object_storage_write\"} 1"),
+        "{metrics}"
+    );
     let err = c.put("during2", "x", None).await.unwrap_err();
     assert!(err.to_string().contains("not accepting writes"), "{err}");
     // Reads keep working.
