@@ -82,6 +82,30 @@ fn canonical_footer_encoding_golden_bytes() {
 }
 
 #[test]
+fn canonical_header_encoding_golden_bytes() {
+    let mut out = Vec::new();
+    let w = Writer::new(&mut out, Kind::Chunk, Compression::None, 3, "n1", ts()).unwrap();
+    drop(w);
+    let expected: Vec<u8> = vec![
+        0x18, 0x02, // kind: chunk
+        0x20, 0x01, // compression: none
+        0x28, 0x03, // records_count
+        0x32, 0x02, b'n', b'1', // leader_id
+        0x3a, 0x04, 0x08, 0x01, 0x10, 0x02, // created_at {seconds 1, nanos 2}
+    ];
+    let mut slice = &out[..];
+    let len = prost::encoding::decode_varint(&mut slice).unwrap() as usize;
+    let header = FileHeader::decode(&slice[..len]).unwrap();
+    assert_eq!(
+        header.crc,
+        crc64(&expected),
+        "crc over the crc = 0 encoding"
+    );
+    let canonical = FileHeader { crc: 0, ..header };
+    assert_eq!(canonical.encode_to_vec(), expected);
+}
+
+#[test]
 fn header_is_delimited_and_uncompressed_even_for_zstd() {
     let records = vec![
         rec(1, "_netsy", Some("")),

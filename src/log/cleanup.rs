@@ -139,3 +139,57 @@ pub async fn clean(
     }
     Ok(keys.len())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::objstore::{memory::MemoryStore, Condition, ObjectStore};
+    use bytes::Bytes;
+
+    /// Chunks at these revisions (a batched chunk leaves gaps in the keys).
+    const CHUNKS: [i64; 7] = [1, 2, 3, 6, 7, 9, 12];
+
+    #[tokio::test]
+    async fn every_strategy_deletes_exactly_the_covered_chunks() {
+        for strategy in [
+            CleanupStrategy::List,
+            CleanupStrategy::Direct,
+            CleanupStrategy::Auto,
+        ] {
+            let store = Arc::new(MemoryStore::new());
+            for r in CHUNKS {
+                store
+                    .put(
+                        &keys::chunk_key(r),
+                        Bytes::from_static(b"c"),
+                        Condition::None,
+                    )
+                    .await
+                    .unwrap();
+            }
+            let dir = tempfile::tempdir().unwrap();
+            let log = ObjectLog::new(store.clone(), "n", dir.path()).unwrap();
+            let settings = CleanupSettings {
+                strategy: strategy.clone(),
+                batch_size: 2,
+                batch_interval: Duration::ZERO,
+            };
+            clean(&log, &settings, 0, 7).await.unwrap();
+            let left: Vec<i64> = store
+                .list(keys::CHUNKS)
+                .await
+                .unwrap()
+                .iter()
+                .filter_map(|l| keys::revision_of(&l.key))
+                .collect();
+            assert_eq!(left, vec![9, 12], "{strategy:?}");
+            // From a later point only the newly covered chunks are touched.
+            clean(&log, &settings, 7, 9).await.unwrap();
+            assert_eq!(
+                store.list(keys::CHUNKS).await.unwrap().len(),
+                1,
+                "{strategy:?}"
+            );
+        }
+    }
+}
