@@ -225,3 +225,37 @@ on_both_providers!(
 );
 
 on_both_providers!(bootstrap_refused, bootstrap_refusals);
+
+/// `netsy inspect FILE` on a local data file: every record and an `ok`
+/// verdict; after one flipped byte, `invalid` and exit code 1.
+#[test]
+fn inspect_a_local_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("seed.netsy");
+    let run = || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_netsy"))
+            .arg("inspect")
+            .arg(&path)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    std::fs::write(&path, seed_file(&good_seed())).unwrap();
+    let (code, text) = run();
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("\"key\":\"/seed/b\""), "{text}");
+    assert!(text.ends_with("{\"verdict\":\"ok\"}\n"), "{text}");
+
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[8] ^= 0x40;
+    std::fs::write(&path, bytes).unwrap();
+    let (code, text) = run();
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("\"verdict\":\"invalid\"") && text.contains("CRC mismatch in header"),
+        "{text}"
+    );
+}

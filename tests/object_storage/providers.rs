@@ -31,6 +31,41 @@ async fn s3_key_prefix_scopes_everything() {
     assert!(bucket.store().get("team-a/members.json").await.is_ok());
 }
 
+/// S3 lists at most 1000 keys a page; a listing must follow every page.
+#[tokio::test(flavor = "multi_thread")]
+async fn s3_listing_follows_every_page() {
+    let (_moto, bucket) = moto_bucket("paged");
+    let store = bucket.store();
+    let mut puts = tokio::task::JoinSet::new();
+    for worker in 0..16 {
+        let store = store.clone();
+        puts.spawn(async move {
+            for i in (worker..1010).step_by(16) {
+                store
+                    .put(&format!("many/{i:05}"), Bytes::new(), Condition::None)
+                    .await
+                    .unwrap();
+            }
+        });
+    }
+    while let Some(done) = puts.join_next().await {
+        done.unwrap();
+    }
+    store
+        .put("other/x", Bytes::new(), Condition::None)
+        .await
+        .unwrap();
+    let keys: Vec<String> = store
+        .list("many/")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| l.key)
+        .collect();
+    let expected: Vec<String> = (0..1010).map(|i| format!("many/{i:05}")).collect();
+    assert_eq!(keys, expected);
+}
+
 /// Racer entry point: does nothing unless run by the race tests below as a
 /// separate process.
 #[tokio::test]
