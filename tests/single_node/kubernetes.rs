@@ -1,10 +1,9 @@
 //! The request shapes kube-apiserver sends (reference/kubernetes-usage.md).
 
-use std::time::Duration;
-
 use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp, TxnOpResponse, WatchOptions};
 
-use crate::support::Netsy;
+use crate::client::connect;
+use crate::support::{Netsy, DEADLINE};
 
 const PREFIX: &str = "/registry/pods/default/";
 const PREFIX_END: &str = "/registry/pods/default0";
@@ -13,7 +12,7 @@ const PREFIX_END: &str = "/registry/pods/default0";
 async fn paged_list_pinned_to_a_revision_counts_every_key() {
     let dir = tempfile::tempdir().unwrap();
     let n = Netsy::start_dev(dir.path());
-    let mut c = n.client().await;
+    let mut c = connect(&n).await;
     for i in 0..10 {
         c.put(format!("{PREFIX}pod-{i:02}"), format!("v{i}"), None)
             .await
@@ -53,7 +52,16 @@ async fn paged_list_pinned_to_a_revision_counts_every_key() {
         })
         .collect();
     let mut remaining = 10 - 4;
+    // 6 keys left at 4 a page: 2 more pages. A server that kept answering
+    // more=true without progress fails here instead of hanging the test.
+    let mut pages = 0;
     loop {
+        pages += 1;
+        assert!(
+            pages <= 2,
+            "still more=true after {} pages: {listed:?}",
+            pages - 1
+        );
         let mut next_key = listed.last().unwrap().0.clone().into_bytes();
         next_key.push(0);
         let page = c
@@ -74,6 +82,11 @@ async fn paged_list_pinned_to_a_revision_counts_every_key() {
             "count is every key left in the range at the pinned revision"
         );
         assert_eq!(page.more(), page.count() > page.kvs().len() as i64);
+        assert_eq!(
+            page.kvs().len() as i64,
+            remaining.min(4),
+            "a page holds min(limit, keys left)"
+        );
         listed.extend(page.kvs().iter().map(|kv| {
             (
                 kv.key_str().unwrap().to_string(),
@@ -89,6 +102,7 @@ async fn paged_list_pinned_to_a_revision_counts_every_key() {
         .map(|i| (format!("{PREFIX}pod-{i:02}"), format!("v{i}")))
         .collect();
     assert_eq!(listed, expected);
+    assert_eq!(pages, 2);
 
     // Get one object: limit 1 at the latest revision, and pinned.
     let one = c
@@ -113,7 +127,7 @@ async fn paged_list_pinned_to_a_revision_counts_every_key() {
 async fn keys_only_and_count_only() {
     let dir = tempfile::tempdir().unwrap();
     let n = Netsy::start_dev(dir.path());
-    let mut c = n.client().await;
+    let mut c = connect(&n).await;
     for i in 0..5 {
         c.put(format!("{PREFIX}p{i}"), "x".repeat(100), None)
             .await
@@ -146,7 +160,7 @@ async fn keys_only_and_count_only() {
 async fn create_update_delete_txns_with_failure_reads() {
     let dir = tempfile::tempdir().unwrap();
     let n = Netsy::start_dev(dir.path());
-    let mut c = n.client().await;
+    let mut c = connect(&n).await;
     let key = format!("{PREFIX}web");
     let create = Txn::new()
         .when([Compare::mod_revision(key.as_str(), CompareOp::Equal, 0)])
@@ -194,7 +208,7 @@ async fn create_update_delete_txns_with_failure_reads() {
 async fn compaction_bookkeeping_txn_then_compact() {
     let dir = tempfile::tempdir().unwrap();
     let n = Netsy::start_dev(dir.path());
-    let mut c = n.client().await;
+    let mut c = connect(&n).await;
     for i in 0..5 {
         c.put("/registry/x", format!("{i}"), None).await.unwrap(); // revs 2..=6
     }
@@ -225,10 +239,26 @@ async fn compaction_bookkeeping_txn_then_compact() {
         .get("/registry/x", Some(GetOptions::new().with_revision(3)))
         .await
         .unwrap_err();
-    assert!(
-        err.to_string()
-            .contains("required revision has been compacted"),
-        "{err}"
+    assert_grpc_error(
+        err,
+        "OutOfRange",
+        "etcdserver: mvcc: required revision has been compacted",
+    );
+    // Compacting again at (or below) the compaction revision fails the same way.
+    let err = c.compact(4, None).await.unwrap_err();
+    assert_grpc_error(
+        err,
+        "OutOfRange",
+        "etcdserver: mvcc: required revision has been compacted",
+    );
+    let err = c
+        .get("/registry/x", Some(GetOptions::new().with_revision(99)))
+        .await
+        .unwrap_err();
+    assert_grpc_error(
+        err,
+        "OutOfRange",
+        "etcdserver: mvcc: required revision is a future revision",
     );
     assert_eq!(
         c.get("/registry/x", Some(GetOptions::new().with_revision(4)))
@@ -246,7 +276,7 @@ async fn compaction_bookkeeping_txn_then_compact() {
 async fn watch_from_list_revision_plus_one_sees_writes_in_between() {
     let dir = tempfile::tempdir().unwrap();
     let n = Netsy::start_dev(dir.path());
-    let mut c = n.client().await;
+    let mut c = connect(&n).await;
     c.put(format!("{PREFIX}a"), "1", None).await.unwrap();
     let list = c
         .get(PREFIX, Some(GetOptions::new().with_range(PREFIX_END)))
@@ -265,12 +295,14 @@ async fn watch_from_list_revision_plus_one_sees_writes_in_between() {
     let (_watcher, mut stream) = c.watch(PREFIX, Some(opts)).await.unwrap();
     c.put(format!("{PREFIX}c"), "1", None).await.unwrap();
     let mut seen = Vec::new();
+    // One deadline for all of them: progress notifications (empty
+    // responses) cannot keep this going.
+    let until = tokio::time::Instant::now() + DEADLINE;
     while seen.len() < 3 {
-        let resp = tokio::time::timeout(Duration::from_secs(20), stream.message())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        let Ok(message) = tokio::time::timeout_at(until, stream.message()).await else {
+            panic!("watch events in time; so far {seen:?}")
+        };
+        let resp = message.unwrap().expect("stream open");
         for e in resp.events() {
             let kv = e.kv().unwrap();
             let prev = e.prev_kv().map(|p| p.value_str().unwrap().to_string());
@@ -285,4 +317,16 @@ async fn watch_from_list_revision_plus_one_sees_writes_in_between() {
             (format!("{PREFIX}c"), list_rev + 3, None),
         ]
     );
+}
+
+/// Asserts that `err` is a gRPC status with this code (tonic's name for it)
+/// and exactly this message, as etcd sends them.
+fn assert_grpc_error(err: etcd_client::Error, code: &str, message: &str) {
+    match err {
+        etcd_client::Error::GRpcStatus(status) => {
+            assert_eq!(format!("{:?}", status.code()), code, "{status:?}");
+            assert_eq!(status.message(), message, "{status:?}");
+        }
+        other => panic!("expected a gRPC status {code} {message:?}, got {other:?}"),
+    }
 }

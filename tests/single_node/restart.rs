@@ -1,9 +1,14 @@
 //! Durability: every write acknowledged before a SIGKILL is there after a
-//! restart, with its revision.
+//! restart, with its value and revision, and the revisions have no holes.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use etcd_client::GetOptions;
 
-use crate::support::Netsy;
+use crate::client::connect;
+use crate::support::{poll_async, Netsy, DEADLINE};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn acknowledged_writes_survive_sigkill() {
@@ -12,13 +17,16 @@ async fn acknowledged_writes_survive_sigkill() {
     let mut acked = Vec::new();
     let mut tasks = Vec::new();
     for w in 0..8 {
-        let mut c = n.client().await;
+        let mut c = connect(&n).await;
         tasks.push(tokio::spawn(async move {
             let mut mine = Vec::new();
             for i in 0..25 {
                 let key = format!("/k/{w}/{i}");
-                let r = c.put(key.clone(), format!("v{i}"), None).await.unwrap();
-                mine.push((key, r.header().unwrap().revision()));
+                let r = tokio::time::timeout(DEADLINE, c.put(key.clone(), format!("v{i}"), None))
+                    .await
+                    .expect("put answered in time")
+                    .unwrap();
+                mine.push((key, format!("v{i}"), r.header().unwrap().revision()));
             }
             mine
         }));
@@ -29,7 +37,7 @@ async fn acknowledged_writes_survive_sigkill() {
     n.kill9();
 
     let n = Netsy::start_dev(dir.path());
-    let mut c = n.client().await;
+    let mut c = connect(&n).await;
     let all = c
         .get("/k/", Some(GetOptions::new().with_prefix()))
         .await
@@ -40,10 +48,122 @@ async fn acknowledged_writes_survive_sigkill() {
         1 + acked.len() as i64,
         "revisions are contiguous"
     );
-    for (key, rev) in &acked {
+    for (key, value, rev) in &acked {
         let got = c.get(key.as_str(), None).await.unwrap();
-        assert_eq!(got.kvs()[0].mod_revision(), *rev, "{key}");
+        let kv = &got.kvs()[0];
+        assert_eq!(
+            (kv.value_str().unwrap(), kv.mod_revision()),
+            (value.as_str(), *rev),
+            "{key}"
+        );
     }
     let next = c.put("after", "restart", None).await.unwrap();
     assert_eq!(next.header().unwrap().revision(), 2 + acked.len() as i64);
+}
+
+/// One acknowledged put: writer, sequence number within the writer, revision.
+type Ack = (usize, usize, i64);
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_with_writes_in_flight_keeps_every_acknowledged_write() {
+    const WRITERS: usize = 8;
+    let dir = tempfile::tempdir().unwrap();
+    let n = Netsy::start_dev(dir.path());
+    let acked: Arc<Mutex<Vec<Ack>>> = Arc::default();
+    // Puts sent and not yet answered, over all writers.
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for w in 0..WRITERS {
+        let mut c = connect(&n).await;
+        let (acked, in_flight) = (acked.clone(), in_flight.clone());
+        // Each writer puts /k/{w}/{i} = v{w}-{i} one after the other until
+        // its node goes away: a write is sent only after the previous one
+        // was acknowledged.
+        tasks.push(tokio::spawn(async move {
+            let mut i = 0;
+            loop {
+                in_flight.fetch_add(1, Ordering::SeqCst);
+                let put = c.put(format!("/k/{w}/{i}"), format!("v{w}-{i}"), None);
+                let answer = tokio::time::timeout(DEADLINE, put).await;
+                match answer {
+                    Ok(Ok(r)) => {
+                        let rev = r.header().unwrap().revision();
+                        acked.lock().unwrap().push((w, i, rev));
+                        in_flight.fetch_sub(1, Ordering::SeqCst);
+                        i += 1;
+                    }
+                    // Refused or cut off by the kill, or no answer at all:
+                    // not acknowledged, and this writer is done.
+                    Ok(Err(_)) | Err(_) => return i,
+                }
+            }
+        }));
+    }
+
+    // Kill in the middle of the stream of writes, with some on the wire.
+    poll_async("writes in flight after 200 acknowledged", || async {
+        (acked.lock().unwrap().len() >= 200 && in_flight.load(Ordering::SeqCst) > 0).then_some(())
+    })
+    .await;
+    n.kill9();
+    let mut stopped_at = Vec::new();
+    for t in tasks {
+        stopped_at.push(t.await.unwrap());
+    }
+    let acked = acked.lock().unwrap().clone();
+
+    let n = Netsy::start_dev(dir.path());
+    let mut c = connect(&n).await;
+    let all = c
+        .get("/k/", Some(GetOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    let head = all.header().unwrap().revision();
+    let present: BTreeMap<String, (String, i64)> = all
+        .kvs()
+        .iter()
+        .map(|kv| {
+            (
+                kv.key_str().unwrap().to_string(),
+                (kv.value_str().unwrap().to_string(), kv.mod_revision()),
+            )
+        })
+        .collect();
+
+    // Every acknowledged write is there: key, value and revision.
+    for &(w, i, rev) in &acked {
+        let key = format!("/k/{w}/{i}");
+        assert_eq!(
+            present.get(&key),
+            Some(&(format!("v{w}-{i}"), rev)),
+            "acknowledged write {key} at revision {rev}"
+        );
+    }
+    // Nothing else, except possibly each writer's last, unanswered put
+    // (committed but cut off before its answer): no write appears that was
+    // never sent, and no writer's history has a hole.
+    for (w, &stop) in stopped_at.iter().enumerate() {
+        let acked_here = acked.iter().filter(|a| a.0 == w).count();
+        assert_eq!(acked_here, stop, "writer {w} stopped after its acks");
+        let kept = present
+            .keys()
+            .filter(|k| k.starts_with(&format!("/k/{w}/")))
+            .count();
+        assert!(
+            kept == stop || kept == stop + 1,
+            "writer {w}: {stop} acknowledged, {kept} present"
+        );
+        if kept == stop + 1 {
+            assert_eq!(present[&format!("/k/{w}/{stop}")].0, format!("v{w}-{stop}"));
+        }
+    }
+    // Contiguous revisions: only these puts were written, one revision each,
+    // so the keys' revisions are exactly 2..=head (1 is netsy's own record).
+    let mut revisions: Vec<i64> = present.values().map(|v| v.1).collect();
+    revisions.sort_unstable();
+    assert_eq!(revisions, (2..=head).collect::<Vec<_>>());
+    assert_eq!(all.count(), present.len() as i64);
+
+    let next = c.put("after", "restart", None).await.unwrap();
+    assert_eq!(next.header().unwrap().revision(), head + 1);
 }
