@@ -53,6 +53,11 @@ struct WatchStream {
     responses: mpsc::UnboundedReceiver<Result<Option<WatchResponse>, Status>>,
     pending: VecDeque<Value>,
     ended: bool,
+    /// Progress requests sent on the stream, and answers to them received
+    /// (the end-of-scenario check waits for the answer to every request,
+    /// not just the first one it sees).
+    progress_sent: usize,
+    progress_answers: usize,
 }
 
 /// One server under test.
@@ -200,12 +205,19 @@ impl Target {
                     responses: rx,
                     pending: VecDeque::new(),
                     ended: false,
+                    progress_sent: 0,
+                    progress_answers: 0,
                 },
             );
         }
         let stream = self.streams.get_mut(&name).ok_or("stream vanished")?;
         match stream.sender.send(&request).await {
-            Ok(()) => Ok(json!({"sent": true})),
+            Ok(()) => {
+                if o.contains_key("progress") {
+                    stream.progress_sent += 1;
+                }
+                Ok(json!({"sent": true}))
+            }
             Err(e) => Ok(normalize::error(&e)),
         }
     }
@@ -224,25 +236,9 @@ impl Target {
             .get_mut(&name)
             .ok_or_else(|| format!("no watch stream {name:?}"))?;
         let deadline = tokio::time::Instant::now() + WATCH_WAIT;
-        while stream.pending.len() < want && !stream.ended {
-            match tokio::time::timeout_at(deadline, stream.responses.recv()).await {
-                Err(_) => break,
-                Ok(None) => stream.ended = true,
-                Ok(Some(Ok(Some(resp)))) => {
-                    stream.pending.extend(normalize::watch_items(&resp, &names))
-                }
-                Ok(Some(Ok(None))) => {
-                    stream.pending.push_back(json!({"stream_closed": true}));
-                    stream.ended = true;
-                }
-                Ok(Some(Err(status))) => {
-                    stream
-                        .pending
-                        .push_back(json!({"stream_error": normalize::error(&status)}));
-                    stream.ended = true;
-                }
-            }
-        }
+        stream
+            .receive_until(deadline, &names, |s| s.pending.len() >= want)
+            .await;
         let n = want.min(stream.pending.len());
         let mut items: Vec<Value> = stream.pending.drain(..n).collect();
         // Servers order the events of different watches on one stream as
@@ -252,5 +248,104 @@ impl Target {
             items.push(json!({"timeout": true}));
         }
         Ok(Value::Array(items))
+    }
+
+    /// The end-of-scenario check on every watch stream the scenario opened:
+    /// a stream still open must carry nothing the scenario did not expect.
+    /// Each gets a progress request; the stream's entry is the items
+    /// received but never taken by a `watch_expect`, then everything that
+    /// arrives until every progress request sent on the stream (this one
+    /// included) has its answer (watch id -1). A clean entry is exactly one
+    /// progress item. netsy answers a progress request only after sending
+    /// every event already committed for the stream's watches (etcd 3.5.1
+    /// does not promise that order; at the end of a correct scenario
+    /// nothing is outstanding there, and `--record` checks that). A
+    /// stream that already ended (closed or failed) is not probed, and one
+    /// that refuses the request is read until it ends: its entry is its
+    /// leftover items and `{"ended": true}`.
+    pub async fn finish_watches(&mut self) -> Value {
+        let names = self.lease_names.clone();
+        let mut names_sorted: Vec<String> = self.streams.keys().cloned().collect();
+        names_sorted.sort();
+        let mut out = serde_json::Map::new();
+        for name in names_sorted {
+            let Some(stream) = self.streams.get_mut(&name) else {
+                continue;
+            };
+            let mut items: Vec<Value> = stream.pending.drain(..).collect();
+            let deadline = tokio::time::Instant::now() + WATCH_WAIT;
+            let sent = match stream.ended {
+                true => Ok(()),
+                false => stream.sender.send(&requests::progress_request()).await,
+            };
+            if stream.ended || sent.is_err() {
+                // Ended, or ending: a refused send means the stream is
+                // closed; what it still delivers until it ends is leftover.
+                stream.receive_until(deadline, &names, |_| false).await;
+                items.extend(stream.pending.drain(..));
+                items.push(match (stream.ended, sent) {
+                    (false, Err(e)) => json!({"progress_request": normalize::error(&e)}),
+                    _ => json!({"ended": true}),
+                });
+                out.insert(name, Value::Array(items));
+                continue;
+            }
+            stream.progress_sent += 1;
+            stream
+                .receive_until(deadline, &names, |s| s.progress_answers >= s.progress_sent)
+                .await;
+            items.extend(stream.pending.drain(..));
+            if stream.progress_answers < stream.progress_sent && !stream.ended {
+                items.push(json!({"timeout": true}));
+            }
+            out.insert(name, Value::Array(items));
+        }
+        Value::Object(out)
+    }
+}
+
+/// An answer to a progress request, as `normalize::watch_items` writes it.
+pub fn is_progress_answer(item: &Value) -> bool {
+    item["progress"] == json!(true) && item["watch_id"] == json!(-1)
+}
+
+/// Whether a stream's end-of-scenario entry shows nothing unexpected: one
+/// progress answer on an open stream, or nothing left on an ended one.
+pub fn watch_end_clean(items: &Value) -> bool {
+    match items.as_array().map(Vec::as_slice) {
+        Some([only]) => is_progress_answer(only) || only == &json!({"ended": true}),
+        _ => false,
+    }
+}
+
+impl WatchStream {
+    /// Moves responses into `pending` until `done` says enough, the stream
+    /// ends or the deadline passes.
+    async fn receive_until(
+        &mut self,
+        deadline: tokio::time::Instant,
+        names: &LeaseNames,
+        done: impl Fn(&WatchStream) -> bool,
+    ) {
+        while !done(self) && !self.ended {
+            match tokio::time::timeout_at(deadline, self.responses.recv()).await {
+                Err(_) => break,
+                Ok(None) => self.ended = true,
+                Ok(Some(Ok(Some(resp)))) => {
+                    let items = normalize::watch_items(&resp, names);
+                    self.progress_answers += items.iter().filter(|i| is_progress_answer(i)).count();
+                    self.pending.extend(items)
+                }
+                Ok(Some(Ok(None))) => {
+                    self.pending.push_back(json!({"stream_closed": true}));
+                    self.ended = true;
+                }
+                Ok(Some(Err(status))) => {
+                    self.pending
+                        .push_back(json!({"stream_error": normalize::error(&status)}));
+                    self.ended = true;
+                }
+            }
+        }
     }
 }

@@ -352,9 +352,16 @@ pub fn watch(o: &Obj) -> Result<WatchRequest, String> {
         });
     }
     if o.get("progress").is_some() {
-        return Ok(WatchRequest {
-            request_union: Some(RequestUnion::ProgressRequest(WatchProgressRequest {})),
-        });
+        return Ok(progress_request());
     }
     Err("a watch step sends create, cancel or progress".into())
+}
+
+/// A watch progress request (also sent by the end-of-scenario check).
+pub fn progress_request() -> WatchRequest {
+    WatchRequest {
+        request_union: Some(watch_request::RequestUnion::ProgressRequest(
+            WatchProgressRequest {},
+        )),
+    }
 }

@@ -103,6 +103,12 @@ impl Scenario {
         })
     }
 
+    /// Whether the scenario opens watch streams (and so has an
+    /// end-of-scenario watch check).
+    pub fn opens_watch_streams(&self) -> bool {
+        self.steps.iter().any(|s| s.op == "watch")
+    }
+
     pub fn cassette_path(&self) -> PathBuf {
         self.path
             .with_file_name(format!("{}.cassette.json", self.name))
