@@ -10,7 +10,7 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use netsy::grpc::Channel;
 use netsy::pb::etcdserverpb::{PutRequest, PutResponse, RangeRequest, RangeResponse};
@@ -19,7 +19,7 @@ use netsy::tls::certs::{Authority, Leaf};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use support::{start_moto, tool, Bucket, Netsy, NetsyOptions};
+use support::{start_moto, tool, Bucket, Netsy, NetsyOptions, DEADLINE};
 
 const CLUSTER: &str = "prod-cluster";
 const NODE: &str = "node-1";
@@ -32,7 +32,13 @@ struct Pki {
 
 impl Pki {
     fn new(dir: &Path) -> Pki {
-        let ca = Authority::generate(CLUSTER, 30).unwrap();
+        Pki::with_ca_name(dir, CLUSTER)
+    }
+
+    /// Like `new`, with a CA named after `ca_cluster`: its leaves still
+    /// name CLUSTER.
+    fn with_ca_name(dir: &Path, ca_cluster: &str) -> Pki {
+        let ca = Authority::generate(ca_cluster, 30).unwrap();
         std::fs::write(dir.join("ca.crt"), &ca.cert_pem).unwrap();
         let pki = Pki {
             dir: dir.to_path_buf(),
@@ -126,37 +132,370 @@ fn chain(path: &Path) -> Vec<CertificateDer<'static>> {
         .collect()
 }
 
-/// A Range through our own client presenting `cert`/`key`, trusting `roots`.
-async fn try_range(
-    addr: &str,
+/// Where a refused certificate is presented.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Port {
+    Client,
+    Peer,
+}
+
+/// A certificate the node must refuse, and how the refusal shows.
+struct Refusal {
+    name: &'static str,
+    port: Port,
+    /// The certificate and key presented; None presents none.
+    cert: Option<(PathBuf, PathBuf)>,
+    /// The TLS alert netsy sends, as rustls names it (a rustls client
+    /// reports `received fatal alert: {rustls}`).
+    rustls: &'static str,
+    /// What netsy logs about it.
+    log: &'static str,
+}
+
+/// The node under test and its well-behaved clients.
+struct Target {
+    addr: String,
+    peer_addr: String,
     roots: Arc<rustls::RootCertStore>,
-    cert: &Path,
-    key: &Path,
-) -> Result<i64, String> {
-    let config = netsy::tls::client_config(
-        roots,
-        chain(cert),
-        PrivateKeyDer::from_pem_file(key).unwrap(),
-    )?;
-    let attempt = async {
-        let ch = Channel::connect_tls(addr, config, "127.0.0.1")
-            .await
-            .map_err(|e| e.to_string())?;
-        let r: RangeResponse = ch
-            .unary(
-                "/etcdserverpb.KV/Range",
-                &RangeRequest {
-                    key: "a".into(),
-                    ..Default::default()
-                },
+    ca: PathBuf,
+    client: (PathBuf, PathBuf),
+    peer: (PathBuf, PathBuf),
+    log: support::Lines,
+}
+
+/// Every error in a chain, Display and Debug, so the cause is searchable.
+fn error_text(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = format!("{e:?}");
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        text += &format!(" / {c}");
+        cause = c.source();
+    }
+    text
+}
+
+impl Target {
+    fn port(&self, port: Port) -> &str {
+        match port {
+            Port::Client => &self.addr,
+            Port::Peer => &self.peer_addr,
+        }
+    }
+
+    /// A TLS 1.3 client configuration presenting `cert` (or none).
+    fn config(&self, cert: Option<&(PathBuf, PathBuf)>) -> Arc<rustls::ClientConfig> {
+        match cert {
+            Some((crt, key)) => netsy::tls::client_config(
+                self.roots.clone(),
+                chain(crt),
+                PrivateKeyDer::from_pem_file(key).unwrap(),
             )
+            .unwrap(),
+            None => {
+                let mut c = rustls::ClientConfig::builder_with_provider(Arc::new(
+                    rustls::crypto::ring::default_provider(),
+                ))
+                .with_protocol_versions(&[&rustls::version::TLS13])
+                .unwrap()
+                .with_root_certificates(self.roots.clone())
+                .with_no_client_auth();
+                c.alpn_protocols = vec![b"h2".to_vec()];
+                Arc::new(c)
+            }
+        }
+    }
+
+    /// One request through netsy's own client: a Range on the client port,
+    /// GetNodeState on the peer port.
+    async fn netsy_client(
+        &self,
+        port: Port,
+        config: Arc<rustls::ClientConfig>,
+    ) -> Result<String, String> {
+        let addr = self.port(port).to_string();
+        let attempt = async move {
+            let ch = Channel::connect_tls(&addr, config, "127.0.0.1")
+                .await
+                .map_err(|e| e.to_string())?;
+            match port {
+                Port::Client => {
+                    let r: RangeResponse = ch
+                        .unary(
+                            "/etcdserverpb.KV/Range",
+                            &RangeRequest {
+                                key: "a".into(),
+                                ..Default::default()
+                            },
+                        )
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    Ok(format!("revision {}", r.header.map_or(0, |h| h.revision)))
+                }
+                Port::Peer => {
+                    let s: NodeState = ch
+                        .unary("/netsy.Node/GetNodeState", &())
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    Ok(s.node_id)
+                }
+            }
+        };
+        tokio::time::timeout(DEADLINE, attempt)
             .await
-            .map_err(|e| e.to_string())?;
-        Ok(r.header.map_or(0, |h| h.revision))
+            .map_err(|_| "timed out".to_string())?
+    }
+
+    /// `etcdctl34 get a` against `port` presenting `cert` (or none).
+    fn etcdctl(&self, port: Port, cert: Option<&(PathBuf, PathBuf)>) -> Ran {
+        let mut cmd = Command::new(tool("etcdctl34"));
+        cmd.env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints=https://{}", self.port(port)))
+            .args(["--dial-timeout=2s", "--command-timeout=3s"])
+            .arg(format!("--cacert={}", self.ca.display()));
+        if let Some((crt, key)) = cert {
+            cmd.arg(format!("--cert={}", crt.display()))
+                .arg(format!("--key={}", key.display()));
+        }
+        cmd.args(["get", "a"]);
+        run_bounded(cmd)
+    }
+
+    /// A get through the etcd-client crate against `port`.
+    async fn etcd_client(
+        &self,
+        port: Port,
+        cert: Option<&(PathBuf, PathBuf)>,
+    ) -> Result<Vec<u8>, String> {
+        let mut tls = etcd_client::TlsOptions::new().ca_certificate(
+            etcd_client::Certificate::from_pem(std::fs::read(&self.ca).unwrap()),
+        );
+        if let Some((crt, key)) = cert {
+            tls = tls.identity(etcd_client::Identity::from_pem(
+                std::fs::read(crt).unwrap(),
+                std::fs::read(key).unwrap(),
+            ));
+        }
+        let options = etcd_client::ConnectOptions::new()
+            .with_tls(tls)
+            .with_connect_timeout(Duration::from_secs(5))
+            .with_timeout(Duration::from_secs(5));
+        let url = format!("https://{}", self.port(port));
+        let attempt = async move {
+            let mut c = etcd_client::Client::connect([url], Some(options))
+                .await
+                .map_err(|e| error_text(&e))?;
+            let r = c.get("a", None).await.map_err(|e| match &e {
+                etcd_client::Error::GRpcStatus(s) => {
+                    format!("status {:?}: {}", s.code(), error_text(s))
+                }
+                _ => error_text(&e),
+            })?;
+            Ok(r.kvs().first().map_or(vec![], |kv| kv.value().to_vec()))
+        };
+        tokio::time::timeout(DEADLINE, attempt)
+            .await
+            .map_err(|_| "timed out".to_string())?
+    }
+
+    /// The node still serves good clients on both ports.
+    async fn still_serves(&self, after: &str) {
+        let r = self
+            .netsy_client(Port::Client, self.config(Some(&self.client)))
+            .await;
+        assert_eq!(
+            r.as_deref(),
+            Ok("revision 2"),
+            "a good client after {after}"
+        );
+        let r = self
+            .netsy_client(Port::Peer, self.config(Some(&self.peer)))
+            .await;
+        assert_eq!(r.as_deref(), Ok(NODE), "a good peer after {after}");
+    }
+
+    /// How many log lines contain `text`.
+    fn logged(&self, text: &str) -> usize {
+        self.log
+            .snapshot()
+            .iter()
+            .filter(|l| l.contains(text))
+            .count()
+    }
+
+    /// Waits until more than `before` log lines contain `text`.
+    fn logs_more(&self, text: &str, before: usize, what: &str) {
+        let deadline = Instant::now() + DEADLINE;
+        while self.logged(text) <= before {
+            if Instant::now() >= deadline {
+                let tls: Vec<String> = self
+                    .log
+                    .snapshot()
+                    .into_iter()
+                    .filter(|l| l.contains("refused a") || l.contains("TLS handshake"))
+                    .collect();
+                panic!(
+                    "netsy did not log {text:?} for {what}; its TLS lines:\n{}",
+                    tls.join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The handshake as a bare rustls client sees it: handshake, then read
+    /// without writing anything, so netsy's alert is what arrives (a client
+    /// writing right after its Finished can instead meet the reset of the
+    /// closed socket). The error text, or what came instead.
+    async fn handshake_error(&self, port: Port, config: Arc<rustls::ClientConfig>) -> String {
+        use tokio::io::AsyncReadExt;
+        let addr = self.port(port).to_string();
+        let attempt = async move {
+            let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+            let mut tls = match tokio_rustls::TlsConnector::from(config)
+                .connect(name, tcp)
+                .await
+            {
+                Ok(tls) => tls,
+                Err(e) => return format!("handshake: {e}"),
+            };
+            let mut buf = [0u8; 4096];
+            loop {
+                match tls.read(&mut buf).await {
+                    Ok(0) => return "closed without an alert".to_string(),
+                    Ok(_) => continue,
+                    Err(e) => return e.to_string(),
+                }
+            }
+        };
+        tokio::time::timeout(DEADLINE, attempt)
+            .await
+            .unwrap_or_else(|_| "no refusal before the deadline".to_string())
+    }
+
+    /// Presents the case's certificate with a bare rustls client, netsy's
+    /// own client, etcdctl and etcd-client; checks each refusal's reason,
+    /// and that good clients are served after each.
+    async fn refuses(&self, case: &Refusal) {
+        let cert = case.cert.as_ref();
+        let name = case.name;
+        let alert = format!("received fatal alert: {}", case.rustls);
+
+        // The alert itself.
+        let before = self.logged(case.log);
+        let err = self.handshake_error(case.port, self.config(cert)).await;
+        assert_eq!(err, alert, "{name}: the alert netsy sends");
+        self.logs_more(case.log, before, name);
+        self.still_serves(&format!("{name} (rustls)")).await;
+
+        // netsy's client: the alert, or the reset that overtook it.
+        let before = self.logged(case.log);
+        let err = self
+            .netsy_client(case.port, self.config(cert))
+            .await
+            .expect_err(name);
+        assert!(
+            err.starts_with("UNAVAILABLE: "),
+            "{name}, netsy client: {err}"
+        );
+        assert_connection_refused(&err, &alert, &format!("{name}, netsy client"));
+        self.logs_more(case.log, before, name);
+        self.still_serves(&format!("{name} (netsy client)")).await;
+
+        // etcd-client (tonic): a transport failure, not a status from netsy.
+        let before = self.logged(case.log);
+        let err = self.etcd_client(case.port, cert).await.expect_err(name);
+        assert!(
+            (err.starts_with("status Cancelled: ") || err.starts_with("status Unknown: "))
+                && err.contains(" / transport error / "),
+            "{name}, etcd-client: {err}"
+        );
+        assert_connection_refused(&err, &alert, &format!("{name}, etcd-client"));
+        self.logs_more(case.log, before, name);
+        self.still_serves(&format!("{name} (etcd-client)")).await;
+
+        // etcdctl last: it retries, and a late attempt must not count for
+        // another client. etcdctl 3.4 completes its TLS 1.3 handshake before
+        // netsy verifies the certificate and does not print the alert that
+        // follows: its connection never becomes ready, so no RPC is
+        // answered; netsy's log has the reason.
+        let before = self.logged(case.log);
+        let out = self.etcdctl(case.port, cert);
+        assert!(
+            !out.status.success()
+                && out
+                    .stderr
+                    .contains("latest balancer error: all SubConns are in TransientFailure"),
+            "{name}, etcdctl: {out:?}"
+        );
+        self.logs_more(case.log, before, name);
+        self.still_serves(&format!("{name} (etcdctl)")).await;
+    }
+}
+
+/// A client's error for a connection netsy refused at the handshake: the
+/// expected alert, or (when the client was writing as netsy closed the
+/// socket) the connection's reset or close, never another alert.
+fn assert_connection_refused(err: &str, alert: &str, who: &str) {
+    if err.contains("received fatal alert") {
+        assert!(err.contains(alert), "{who}: not {alert}: {err}");
+    } else {
+        assert!(
+            ["broken pipe", "connection reset", "connection closed"]
+                .iter()
+                .any(|t| err.to_lowercase().contains(t)),
+            "{who}: not a refused connection: {err}"
+        );
+    }
+}
+
+/// A finished command's status and output.
+#[derive(Debug)]
+struct Ran {
+    status: std::process::ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `cmd` to completion within DEADLINE; kills it and fails the test
+/// if it is still running then.
+fn run_bounded(mut cmd: Command) -> Ran {
+    use std::io::Read;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
+    let drain = |mut s: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = s.read_to_string(&mut text);
+            text
+        })
     };
-    tokio::time::timeout(Duration::from_secs(20), attempt)
-        .await
-        .map_err(|_| "timed out".to_string())?
+    let stdout = drain(Box::new(child.stdout.take().unwrap()));
+    let stderr = drain(Box::new(child.stderr.take().unwrap()));
+    let deadline = Instant::now() + DEADLINE;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{cmd:?} still ran after {DEADLINE:?}; stderr:\n{}",
+                stderr.join().unwrap()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Ran {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -167,188 +506,260 @@ async fn client_certificates_are_required_and_authorised_per_listener() {
     let bucket = Bucket::s3(&moto, "prod");
     let mut env = pki.env();
     env.extend(bucket.env());
+    // Debug logging, so the key-material scan below covers the most verbose
+    // log an operator would turn on.
+    env.push(("RUST_LOG".into(), "debug".into()));
     let node = start(&tmp.path().join("data"), &config(tmp.path(), &bucket), env);
-    let addr = node.client_addr.clone();
-    let peer_addr = node
-        .peer_addr
-        .clone()
-        .expect("a peer listener outside --dev");
-    let roots = ca_roots(&pki);
+    let t = Target {
+        addr: node.client_addr.clone(),
+        peer_addr: node
+            .peer_addr
+            .clone()
+            .expect("a peer listener outside --dev"),
+        roots: ca_roots(&pki),
+        ca: pki.dir.join("ca.crt"),
+        client: (pki.dir.join("client.crt"), pki.dir.join("client.key")),
+        peer: (pki.dir.join("peer.crt"), pki.dir.join("peer.key")),
+        log: node.log.clone(),
+    };
+    let addr = t.addr.clone();
 
-    // The right client certificate works: our client, etcdctl, etcd-client.
-    let (client_crt, client_key) = (pki.dir.join("client.crt"), pki.dir.join("client.key"));
-    assert!(try_range(&addr, roots.clone(), &client_crt, &client_key)
-        .await
-        .is_ok());
-    let ctl = |extra: &[&str]| {
-        let mut args = vec![
-            format!("--endpoints=https://{addr}"),
-            "--dial-timeout=3s".into(),
-            "--command-timeout=5s".into(),
-        ];
-        args.extend(extra.iter().map(|s| s.to_string()));
-        Command::new(tool("etcdctl34"))
-            .env("ETCDCTL_API", "3")
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
-    };
-    let tls_args = |crt: &Path, key: &Path| {
-        vec![
-            format!("--cacert={}", pki.path("ca.crt")),
-            format!("--cert={}", crt.display()),
-            format!("--key={}", key.display()),
-        ]
-    };
-    let args = tls_args(&client_crt, &client_key);
-    let mut put = args.clone();
-    put.extend(["put".into(), "a".into(), "1".into()]);
-    let out = ctl(&put.iter().map(String::as_str).collect::<Vec<_>>());
+    // The right client certificate works: etcdctl, etcd-client, our client.
+    let mut put = Command::new(tool("etcdctl34"));
+    put.env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints=https://{addr}"))
+        .args(["--dial-timeout=3s", "--command-timeout=5s"])
+        .arg(format!("--cacert={}", t.ca.display()))
+        .arg(format!("--cert={}", t.client.0.display()))
+        .arg(format!("--key={}", t.client.1.display()))
+        .args(["put", "a", "1"]);
+    let out = run_bounded(put);
     assert!(
-        out.status.success(),
-        "etcdctl with a client certificate: {}",
-        String::from_utf8_lossy(&out.stderr)
+        out.status.success() && out.stdout.trim() == "OK",
+        "etcdctl with a client certificate: {out:?}"
     );
-    let tls = etcd_client::TlsOptions::new()
-        .ca_certificate(etcd_client::Certificate::from_pem(
-            std::fs::read(pki.dir.join("ca.crt")).unwrap(),
-        ))
-        .identity(etcd_client::Identity::from_pem(
-            std::fs::read(&client_crt).unwrap(),
-            std::fs::read(&client_key).unwrap(),
-        ));
-    let mut c = etcd_client::Client::connect(
-        [format!("https://{addr}")],
-        Some(etcd_client::ConnectOptions::new().with_tls(tls)),
-    )
-    .await
-    .unwrap();
-    assert_eq!(c.get("a", None).await.unwrap().kvs()[0].value(), b"1");
-
-    // No client certificate (etcdctl with only the CA).
-    let no_cert = ctl(&[&format!("--cacert={}", pki.path("ca.crt")), "get", "a"]);
+    assert_eq!(
+        t.etcd_client(Port::Client, Some(&t.client)).await,
+        Ok(b"1".to_vec()),
+        "etcd-client with a client certificate"
+    );
+    t.still_serves("nothing").await;
+    let out = t.etcdctl(Port::Client, Some(&t.client));
     assert!(
-        !no_cert.status.success(),
-        "no client certificate must be refused"
+        out.status.success() && out.stdout == "a\n1\n",
+        "etcdctl get: {out:?}"
     );
 
-    // A certificate from another CA.
+    // Everything that must be refused, on the port it is presented to.
     let other_dir = tmp.path().join("other");
     std::fs::create_dir_all(&other_dir).unwrap();
     let other = Pki::new(&other_dir);
-    assert!(try_range(
-        &addr,
-        roots.clone(),
-        &other.dir.join("client.crt"),
-        &other.dir.join("client.key")
-    )
-    .await
-    .is_err());
-
-    // A peer certificate on the client port, a client certificate on the peer port.
-    let (peer_crt, peer_key) = (pki.dir.join("peer.crt"), pki.dir.join("peer.key"));
-    assert!(try_range(&addr, roots.clone(), &peer_crt, &peer_key)
-        .await
-        .is_err());
-    let peer_cfg = |crt: &Path, key: &Path| {
-        netsy::tls::client_config(
-            roots.clone(),
-            chain(crt),
-            PrivateKeyDer::from_pem_file(key).unwrap(),
-        )
-        .unwrap()
+    let stranger_dir = tmp.path().join("stranger");
+    std::fs::create_dir_all(&stranger_dir).unwrap();
+    let stranger = Pki::with_ca_name(&stranger_dir, "stranger-cluster");
+    let issue = |name: &str, leaf: Leaf| Some(pki.issue(name, &leaf));
+    let client_with_uri = |uri: Option<&str>| {
+        let mut l = Leaf::client(CLUSTER, "app", 30);
+        l.uri = uri.map(str::to_string);
+        l
     };
-    let node_state = |cfg| {
-        let peer_addr = peer_addr.clone();
-        async move {
-            let ch = Channel::connect_tls(&peer_addr, cfg, "localhost")
-                .await
-                .map_err(|e| e.to_string())?;
-            ch.unary::<(), NodeState>("/netsy.Node/GetNodeState", &())
-                .await
-                .map_err(|e| e.to_string())
-        }
-    };
-    let state = node_state(peer_cfg(&peer_crt, &peer_key))
-        .await
-        .expect("a peer certificate on the peer port works");
-    assert_eq!(state.node_id, NODE);
-    assert!(
-        node_state(peer_cfg(&client_crt, &client_key))
-            .await
-            .is_err(),
-        "a client certificate on the peer port"
-    );
-
-    // Another cluster id; expired; a malformed netsy:// path; a peer with an
-    // invalid node id.
     let cases = [
-        ("other-cluster", Leaf::client("another-cluster", "app", 30)),
-        ("expired", {
-            let mut l = Leaf::client(CLUSTER, "app", 30);
-            l.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(10);
-            l.not_after = time::OffsetDateTime::now_utc() - time::Duration::days(1);
-            l
-        }),
-        ("malformed-san", {
-            let mut l = Leaf::client(CLUSTER, "app", 30);
-            l.uri = Some(format!("netsy://{CLUSTER}/client"));
-            l
-        }),
-        ("no-san", {
-            let mut l = Leaf::client(CLUSTER, "app", 30);
-            l.uri = None;
-            l
-        }),
+        Refusal {
+            name: "no client certificate",
+            port: Port::Client,
+            cert: None,
+            rustls: "CertificateRequired",
+            log: "failed: peer sent no certificates",
+        },
+        Refusal {
+            // The same distinguished name as the cluster CA: webpki finds it
+            // as the issuer and the signature does not verify.
+            name: "a certificate from another CA of the same name",
+            port: Port::Client,
+            cert: Some((other.dir.join("client.crt"), other.dir.join("client.key"))),
+            rustls: "DecryptError",
+            log: "failed: invalid peer certificate: BadSignature",
+        },
+        Refusal {
+            name: "a certificate from another CA",
+            port: Port::Client,
+            cert: Some((
+                stranger.dir.join("client.crt"),
+                stranger.dir.join("client.key"),
+            )),
+            rustls: "UnknownCA",
+            log: "failed: invalid peer certificate: UnknownIssuer",
+        },
+        Refusal {
+            name: "a peer certificate on the client port",
+            port: Port::Client,
+            cert: Some(t.peer.clone()),
+            rustls: "AccessDenied",
+            log: r#"refused a client connection: certificate role "peer" is not allowed here"#,
+        },
+        Refusal {
+            name: "a client certificate on the peer port",
+            port: Port::Peer,
+            cert: Some(t.client.clone()),
+            rustls: "AccessDenied",
+            log: r#"refused a peer connection: certificate role "client" is not allowed here"#,
+        },
+        Refusal {
+            name: "a peer with an invalid node id",
+            port: Port::Peer,
+            cert: issue("bad-node-id", Leaf::peer_client(CLUSTER, "Node_1", 30)),
+            rustls: "AccessDenied",
+            log: "refused a peer connection: peer identity must be lowercase alphanumeric",
+        },
+        Refusal {
+            name: "a client certificate for another cluster",
+            port: Port::Client,
+            cert: issue("other-cluster", Leaf::client("another-cluster", "app", 30)),
+            rustls: "AccessDenied",
+            log: r#"refused a client connection: certificate is for cluster "another-cluster""#,
+        },
+        Refusal {
+            name: "a peer certificate for another cluster",
+            port: Port::Peer,
+            cert: issue(
+                "other-cluster-peer",
+                Leaf::peer_client("another-cluster", NODE, 30),
+            ),
+            rustls: "AccessDenied",
+            log: r#"refused a peer connection: certificate is for cluster "another-cluster""#,
+        },
+        Refusal {
+            name: "an expired certificate",
+            port: Port::Client,
+            cert: issue("expired", {
+                let mut l = Leaf::client(CLUSTER, "app", 30);
+                l.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(10);
+                l.not_after = time::OffsetDateTime::now_utc() - time::Duration::days(1);
+                l
+            }),
+            rustls: "CertificateExpired",
+            log: "failed: invalid peer certificate: certificate expired",
+        },
+        Refusal {
+            name: "a URI SAN without identity",
+            port: Port::Client,
+            cert: issue(
+                "san-no-identity",
+                client_with_uri(Some(&format!("netsy://{CLUSTER}/client"))),
+            ),
+            rustls: "AccessDenied",
+            log: r#"prod-cluster/client" must have path /{role}/{identity}"#,
+        },
+        Refusal {
+            name: "a URI SAN with an extra path segment",
+            port: Port::Client,
+            cert: issue(
+                "san-extra-segment",
+                client_with_uri(Some(&format!("netsy://{CLUSTER}/client/app/extra"))),
+            ),
+            rustls: "AccessDenied",
+            log: r#"/client/app/extra" must have path /{role}/{identity}"#,
+        },
+        Refusal {
+            name: "a URI SAN without role",
+            port: Port::Client,
+            cert: issue(
+                "san-no-role",
+                client_with_uri(Some(&format!("netsy://{CLUSTER}/app"))),
+            ),
+            rustls: "AccessDenied",
+            log: r#"/app" must have path /{role}/{identity}"#,
+        },
+        Refusal {
+            name: "a URI SAN with an unknown role",
+            port: Port::Client,
+            cert: issue(
+                "san-admin-role",
+                client_with_uri(Some(&format!("netsy://{CLUSTER}/admin/app"))),
+            ),
+            rustls: "AccessDenied",
+            log: r#"has invalid role "admin""#,
+        },
+        Refusal {
+            name: "a URI SAN with another scheme",
+            port: Port::Client,
+            cert: issue(
+                "san-other-scheme",
+                client_with_uri(Some(&format!("spiffe://{CLUSTER}/client/app"))),
+            ),
+            rustls: "AccessDenied",
+            log: "refused a client connection: certificate has no netsy:// URI SAN",
+        },
+        Refusal {
+            name: "no URI SAN",
+            port: Port::Client,
+            cert: issue("no-san", client_with_uri(None)),
+            rustls: "AccessDenied",
+            log: "refused a client connection: certificate has no netsy:// URI SAN",
+        },
     ];
-    for (name, leaf) in cases {
-        let (crt, key) = pki.issue(name, &leaf);
-        assert!(
-            try_range(&addr, roots.clone(), &crt, &key).await.is_err(),
-            "{name} must be refused"
-        );
+    for case in &cases {
+        t.refuses(case).await;
     }
 
     // TLS 1.2-only clients: our own, and etcdctl 3.5.1 (which caps at 1.2).
-    let tls12 = rustls::ClientConfig::builder_with_provider(Arc::new(
+    let mut tls12 = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_protocol_versions(&[&rustls::version::TLS12])
     .unwrap()
-    .with_root_certificates(roots.clone())
+    .with_root_certificates(t.roots.clone())
     .with_client_auth_cert(
-        chain(&client_crt),
-        PrivateKeyDer::from_pem_file(&client_key).unwrap(),
+        chain(&t.client.0),
+        PrivateKeyDer::from_pem_file(&t.client.1).unwrap(),
     )
     .unwrap();
-    let mut tls12 = tls12;
     tls12.alpn_protocols = vec![b"h2".to_vec()];
-    let refused = Channel::connect_tls(&addr, Arc::new(tls12), "127.0.0.1").await;
-    assert!(refused.is_err(), "a TLS 1.2-only client must be refused");
-    let mut get = args.clone();
-    get.extend(["get".into(), "a".into()]);
-    let old_ctl = Command::new(tool("etcdctl"))
-        .env("ETCDCTL_API", "3")
+    let tls12 = Arc::new(tls12);
+    let incompatible = "failed: peer is incompatible: Tls12NotOfferedOrEnabled";
+    let before = t.logged(incompatible);
+    assert_eq!(
+        t.handshake_error(Port::Client, tls12.clone()).await,
+        "handshake: received fatal alert: ProtocolVersion",
+        "a TLS 1.2-only client"
+    );
+    t.logs_more(incompatible, before, "a TLS 1.2-only client");
+    t.still_serves("a TLS 1.2-only client").await;
+    let before = t.logged(incompatible);
+    let err = t
+        .netsy_client(Port::Client, tls12)
+        .await
+        .expect_err("a TLS 1.2-only client must be refused");
+    assert!(
+        err.starts_with("UNAVAILABLE: TLS handshake with ")
+            && err.ends_with(": received fatal alert: ProtocolVersion"),
+        "a TLS 1.2-only netsy client: {err}"
+    );
+    t.logs_more(incompatible, before, "a TLS 1.2-only netsy client");
+    t.still_serves("a TLS 1.2-only netsy client").await;
+    let before = t.logged(incompatible);
+    let mut old = Command::new(tool("etcdctl"));
+    old.env("ETCDCTL_API", "3")
         .arg(format!("--endpoints=https://{addr}"))
         .args(["--dial-timeout=2s", "--command-timeout=3s"])
-        .args(&get)
-        .output()
-        .unwrap();
+        .arg(format!("--cacert={}", t.ca.display()))
+        .arg(format!("--cert={}", t.client.0.display()))
+        .arg(format!("--key={}", t.client.1.display()))
+        .args(["get", "a"]);
+    let out = run_bounded(old);
     assert!(
-        !old_ctl.status.success(),
-        "etcdctl 3.5.1 offers only TLS 1.2 and is refused"
+        !out.status.success()
+            && out
+                .stderr
+                .contains("remote error: tls: protocol version not supported"),
+        "etcdctl 3.5.1 offers only TLS 1.2 and is refused: {out:?}"
     );
+    t.logs_more(incompatible, before, "etcdctl 3.5.1");
+    t.still_serves("etcdctl 3.5.1").await;
 
-    // After all that, good clients are still served.
+    // After all that, good clients can still write.
     let put: PutResponse = {
-        let config = netsy::tls::client_config(
-            roots.clone(),
-            chain(&client_crt),
-            PrivateKeyDer::from_pem_file(&client_key).unwrap(),
-        )
-        .unwrap();
-        let ch = Channel::connect_tls(&addr, config, "127.0.0.1")
+        let ch = Channel::connect_tls(&addr, t.config(Some(&t.client)), "127.0.0.1")
             .await
             .unwrap();
         ch.unary(
@@ -363,46 +774,112 @@ async fn client_certificates_are_required_and_authorised_per_listener() {
         .unwrap()
     };
     assert_eq!(put.header.unwrap().revision, 3);
-    let refusals = node
-        .log
-        .snapshot()
-        .iter()
-        .filter(|l| l.contains("refused a client connection"))
-        .count();
-    assert!(refusals >= 3, "refusals are logged with their reason");
-    assert_no_key_material(&node.log.snapshot().join("\n"), &pki);
+    let log = node.log.snapshot().join("\n");
+    assert!(log.contains(" DEBUG "), "the node ran with debug logging");
+    assert_no_key_material(&log, &[&pki, &other, &stranger]);
 }
 
-fn assert_no_key_material(text: &str, pki: &Pki) {
+/// No private key of any of `pkis` (every *.key file written into their
+/// directories, and the CAs' keys) appears in `text`, nor any PEM key block.
+fn assert_no_key_material(text: &str, pkis: &[&Pki]) {
     assert!(!text.contains("PRIVATE KEY"), "a private key was logged");
-    for name in ["server.key", "peer.key", "client.key"] {
-        let pem = std::fs::read_to_string(pki.dir.join(name)).unwrap();
-        for line in pem
+    let mut keys = Vec::new();
+    for pki in pkis {
+        keys.push(("the CA key".to_string(), pki.ca.key_pem().to_string()));
+        for entry in std::fs::read_dir(&pki.dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "key") {
+                let pem = std::fs::read_to_string(&path).unwrap();
+                keys.push((path.display().to_string(), pem));
+            }
+        }
+    }
+    // server, peer, client and the CA key at least, for each authority.
+    assert!(keys.len() >= 4 * pkis.len(), "keys scanned: {}", keys.len());
+    for (name, pem) in &keys {
+        let lines: Vec<&str> = pem
             .lines()
             .filter(|l| !l.starts_with("-----") && l.len() > 16)
-        {
+            .collect();
+        assert!(!lines.is_empty(), "{name} has no key lines to look for");
+        for line in lines {
             assert!(!text.contains(line), "key material of {name} was logged");
         }
     }
 }
 
-/// Runs the node expecting it to refuse to start: (stderr).
-fn refuses(data: &Path, conf: &Path, env: Vec<(String, String)>) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_netsy"))
-        .arg("--config")
+/// Runs the node (with debug logging) expecting it to refuse to start, as
+/// user `uid` when given: returns its stderr. Fails if it serves or is still
+/// running at the deadline.
+fn refuses_as(
+    data: &Path,
+    conf: &Path,
+    env: Vec<(String, String)>,
+    uid: Option<u32>,
+) -> Result<String, std::io::Error> {
+    use std::io::BufRead;
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_netsy"));
+    cmd.arg("--config")
         .arg(conf)
         .env("NETSY_BIND_CLIENT", "127.0.0.1:0")
         .env("NETSY_BIND_PEER", "127.0.0.1:0")
         .env("NETSY_BIND_HEALTH", "127.0.0.1:0")
         .env("NETSY_DATA_DIR", data)
+        .env("RUST_LOG", "debug")
         .envs(env)
         .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(1), "netsy must exit 1: {err}");
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    if let Some(uid) = uid {
+        use std::os::unix::process::CommandExt;
+        cmd.uid(uid).gid(uid);
+    }
+    let mut child = cmd.spawn()?;
+    let lines = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let reader = {
+        let (lines, stderr) = (lines.clone(), child.stderr.take().unwrap());
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                lines.lock().unwrap().push(line);
+            }
+        })
+    };
+    let deadline = Instant::now() + DEADLINE;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        let served = lines
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("serving the ") || l.contains("serving health"));
+        if served || Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "netsy must refuse to start, but it {}:\n{}",
+                if served {
+                    "served"
+                } else {
+                    "still ran at the deadline"
+                },
+                lines.lock().unwrap().join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // The pipe closes when netsy exits: the reader ends with all of it.
+    reader.join().unwrap();
+    let err = lines.lock().unwrap().join("\n");
+    assert_eq!(status.code(), Some(1), "netsy must exit 1: {err}");
     assert!(!err.contains("serving"), "nothing may be served: {err}");
-    err
+    Ok(err)
+}
+
+fn refuses(data: &Path, conf: &Path, env: Vec<(String, String)>) -> String {
+    refuses_as(data, conf, env, None).unwrap()
 }
 
 #[test]
@@ -457,7 +934,8 @@ fn startup_refuses_bad_node_certificates() {
         with("NETSY_TLS_CA_CERT", "/nonexistent/ca.crt"),
     );
     assert!(
-        err.contains("NETSY_TLS_CA_CERT (/nonexistent/ca.crt): cannot read"),
+        err.contains("NETSY_TLS_CA_CERT (/nonexistent/ca.crt): cannot read: ")
+            && err.contains("No such file or directory (os error 2)"),
         "{err}"
     );
     all += &err;
@@ -473,11 +951,86 @@ fn startup_refuses_bad_node_certificates() {
         with("NETSY_TLS_SERVER_CERT", &pki.path("client.crt")),
     );
     assert!(
-        err.contains("role") || err.contains("does not belong"),
+        err.contains(&format!(
+            r#"NETSY_TLS_SERVER_CERT ({}): the certificate has role "client"; node certificates need netsy://{CLUSTER}/peer/{NODE}"#,
+            pki.path("client.crt")
+        )),
         "{err}"
     );
     all += &err;
 
-    assert_no_key_material(&all, &pki);
+    // Files that exist but cannot be read (mode 000): the CA certificate and
+    // the server key. Root reads them anyway, so as root netsy runs as
+    // nobody (65534) for this; skipped only where that is impossible.
+    for (setting, file) in [
+        ("NETSY_TLS_CA_CERT", "ca.crt"),
+        ("NETSY_TLS_SERVER_KEY", "server.key"),
+    ] {
+        use std::os::unix::fs::PermissionsExt;
+        let locked = tmp.path().join(format!("locked-{file}"));
+        std::fs::copy(pki.dir.join(file), &locked).unwrap();
+        std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o000)).unwrap();
+        let env = with(setting, &locked.display().to_string());
+        let err = if std::fs::read(&locked).is_err() {
+            refuses(&data, &conf, env)
+        } else {
+            // Everything else must stay readable for nobody.
+            for dir in [tmp.path(), pki.dir.as_path()] {
+                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+            }
+            match refuses_as(&data, &conf, env, Some(65534)) {
+                Ok(err) => err,
+                Err(e) => {
+                    eprintln!("skipping the unreadable {file} case: cannot run as nobody: {e}");
+                    continue;
+                }
+            }
+        };
+        let expected = format!("{setting} ({}): cannot read: ", locked.display());
+        assert!(
+            err.contains(&expected) && err.contains("Permission denied (os error 13)"),
+            "{err}"
+        );
+        all += &err;
+    }
+
     assert!(!data.join("db.sqlite3").exists(), "nothing was written");
+
+    // A node that starts, at debug level, with a good and a refused client:
+    // its log carries no key material either.
+    let node = start(
+        &data,
+        &conf,
+        pki.env()
+            .into_iter()
+            .chain([("RUST_LOG".to_string(), "debug".to_string())])
+            .collect(),
+    );
+    let t = Target {
+        addr: node.client_addr.clone(),
+        peer_addr: node.peer_addr.clone().unwrap(),
+        roots: ca_roots(&pki),
+        ca: pki.dir.join("ca.crt"),
+        client: (pki.dir.join("client.crt"), pki.dir.join("client.key")),
+        peer: (pki.dir.join("peer.crt"), pki.dir.join("peer.key")),
+        log: node.log.clone(),
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        assert_eq!(
+            t.handshake_error(Port::Client, t.config(Some(&t.peer)))
+                .await,
+            "received fatal alert: AccessDenied"
+        );
+        assert_eq!(
+            t.netsy_client(Port::Client, t.config(Some(&t.client)))
+                .await
+                .as_deref(),
+            Ok("revision 1")
+        );
+    });
+    t.logs_more("refused a client connection", 0, "a peer certificate");
+    all += &node.log.snapshot().join("\n");
+    assert!(all.contains(" DEBUG "), "debug logging was on");
+    assert_no_key_material(&all, &[&pki]);
 }
