@@ -54,6 +54,8 @@ pub struct Report {
     pub p99_ms: f64,
     pub max_ms: f64,
     pub first_error: Option<String>,
+    /// With checks (smoke): Ok, or the one line saying what differed.
+    pub check: Option<Result<(), String>>,
 }
 
 fn percentile(sorted: &[u32], p: f64) -> f64 {
@@ -81,6 +83,7 @@ impl Report {
             p99_ms: percentile(l, 0.99),
             max_ms: l.last().copied().unwrap_or(0) as f64 / 1000.0,
             first_error: stats.first_error,
+            check: None,
         }
     }
 
@@ -90,19 +93,23 @@ impl Report {
             "seconds": self.seconds, "throughput": self.throughput,
             "p50_ms": self.p50_ms, "p90_ms": self.p90_ms, "p99_ms": self.p99_ms, "max_ms": self.max_ms,
             "first_error": self.first_error,
+            "check": self.check.as_ref().map(|c| match c {
+                Ok(()) => "ok".to_string(),
+                Err(e) => format!("failed: {e}"),
+            }),
         })
     }
 
     pub fn header() -> String {
         format!(
-            "{:<14} {:<8} {:>9} {:>7} {:>11} {:>9} {:>9} {:>9} {:>9}",
+            "{:<23} {:<8} {:>9} {:>7} {:>11} {:>9} {:>9} {:>9} {:>9}",
             "mode", "target", "ops", "errors", "ops/s", "p50 ms", "p90 ms", "p99 ms", "max ms"
         )
     }
 
     pub fn line(&self) -> String {
         format!(
-            "{:<14} {:<8} {:>9} {:>7} {:>11.1} {:>9.3} {:>9.3} {:>9.3} {:>9.3}",
+            "{:<23} {:<8} {:>9} {:>7} {:>11.1} {:>9.3} {:>9.3} {:>9.3} {:>9.3}",
             self.mode,
             self.target,
             self.ops,

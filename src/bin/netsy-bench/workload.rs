@@ -1,7 +1,10 @@
 //! The workloads: each opens its connections, prepares its data (not
 //! measured), runs a warm-up (not measured), then measures operations until
-//! the request total or the duration is reached.
+//! the request total or the duration is reached. With `Load::check` (smoke)
+//! each also keeps what it wrote or read and checks it after the timed
+//! phase (see check.rs).
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -10,14 +13,16 @@ use bytes::Bytes;
 use netsy::grpc::Channel;
 use netsy::pb::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use netsy::pb::etcdserverpb::request_op::Request;
-use netsy::pb::etcdserverpb::watch_request::RequestUnion;
 use netsy::pb::etcdserverpb::{
     Compare, DeleteRangeRequest, PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp,
-    TxnRequest, TxnResponse, WatchCreateRequest, WatchRequest, WatchResponse,
+    TxnRequest, TxnResponse,
 };
+use netsy::pb::mvccpb::{event::EventType, Event, KeyValue};
 use netsy::store::keyrange::prefix_end;
 
+use crate::check;
 use crate::stats::{Report, Stats};
+use crate::watcher::Watcher;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -73,6 +78,9 @@ pub struct Load {
     pub watchers: usize,
     /// Key prefix of this run (runs must not see each other's keys).
     pub prefix: String,
+    /// Keep what the run wrote and read, and check it after the timed
+    /// phase (smoke). Assumes the prefix starts empty.
+    pub check: bool,
 }
 
 const KV_RANGE: &str = "/etcdserverpb.KV/Range";
@@ -104,6 +112,15 @@ impl Rng {
 
 fn err(e: impl std::fmt::Display) -> String {
     e.to_string()
+}
+
+/// The value a workload writes for operation `tag`: the tag in decimal,
+/// then filler up to `size` bytes (cut at `size`). Each write's value names
+/// the write, so a read or an event shows which write it came from.
+pub fn value(tag: u64, size: usize) -> Bytes {
+    let mut v = format!("{tag:020}:").into_bytes();
+    v.resize(size, b'v');
+    Bytes::from(v)
 }
 
 fn key(prefix: &str, i: u64, size: usize) -> Bytes {
@@ -165,8 +182,9 @@ where
     }
     let mut total = Stats::default();
     for t in tasks {
-        if let Ok(s) = t.await {
-            total.merge(s);
+        match t.await {
+            Ok(s) => total.merge(s),
+            Err(e) => total.record(Duration::ZERO, Err(format!("a client task failed: {e}"))),
         }
     }
     (total, started.elapsed())
@@ -191,27 +209,146 @@ where
     drive(load, load.total, duration, op).await
 }
 
-pub async fn run(load: &Load, endpoint: &str, target: &str) -> Result<Report, String> {
-    let channels = Arc::new(connect(endpoint, load.conns).await?);
-    let (stats, elapsed) = match load.mode {
-        Mode::Put => put(load, channels).await,
-        Mode::Range => range(load, channels).await?,
-        Mode::TxnPut => txn_put(load, channels).await,
-        Mode::WatchLatency => return watch_latency(load, channels, target).await,
-        Mode::K8s => k8s(load, channels).await?,
-    };
-    Ok(Report::new(load.mode.name(), target, stats, elapsed))
+/// What one run measured and, with `Load::check`, the verdict of its checks.
+struct Outcome {
+    stats: Stats,
+    elapsed: Duration,
+    /// Replaces operations per second (watch-latency: writes per second).
+    throughput: Option<f64>,
+    check: Result<(), String>,
 }
 
-async fn put(load: &Load, channels: Arc<Vec<Channel>>) -> (Stats, Duration) {
-    let value = Bytes::from(vec![b'v'; load.val_size]);
-    let (prefix, key_size, space, seed) = (load.prefix.clone(), load.key_size, load.key_space, 7);
+impl Outcome {
+    fn new((stats, elapsed): (Stats, Duration), check: Result<(), String>) -> Outcome {
+        Outcome {
+            stats,
+            elapsed,
+            throughput: None,
+            check,
+        }
+    }
+}
+
+pub async fn run(load: &Load, endpoint: &str, target: &str) -> Result<Report, String> {
+    let channels = Arc::new(connect(endpoint, load.conns).await?);
+    let out = match load.mode {
+        Mode::Put => put(load, channels).await?,
+        Mode::Range => range(load, channels).await?,
+        Mode::TxnPut => txn_put(load, channels).await?,
+        Mode::WatchLatency => watch_latency(load, channels).await?,
+        Mode::K8s => k8s(load, channels).await?,
+    };
+    let mut report = Report::new(load.mode.name(), target, out.stats, out.elapsed);
+    if let Some(t) = out.throughput {
+        report.throughput = t;
+    }
+    if load.check {
+        report.check = Some(out.check);
+    }
+    Ok(report)
+}
+
+/// Per-client logs for the checks (None unless `load.check`): each client
+/// appends to its own, so the clients never wait for each other.
+type Logs<T> = Option<Arc<Vec<Mutex<Vec<T>>>>>;
+
+fn logs<T>(load: &Load) -> Logs<T> {
+    load.check.then(|| {
+        Arc::new(
+            (0..load.clients.max(1))
+                .map(|_| Mutex::new(Vec::new()))
+                .collect(),
+        )
+    })
+}
+
+fn log<T>(logs: &Logs<T>, client: usize, entry: impl FnOnce() -> T) {
+    if let Some(l) = logs {
+        if let Ok(mut l) = l[client].lock() {
+            l.push(entry());
+        }
+    }
+}
+
+fn drain<T>(logs: &[Mutex<Vec<T>>]) -> Vec<T> {
+    logs.iter()
+        .flat_map(|l| {
+            l.lock()
+                .map(|mut v| std::mem::take(&mut *v))
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+fn header_revision(h: &Option<netsy::pb::etcdserverpb::ResponseHeader>) -> i64 {
+    h.as_ref().map_or(0, |h| h.revision)
+}
+
+/// One acknowledged put for the checks: key, value tag, revision.
+type PutEntry = (Bytes, u64, i64);
+
+/// What the prefix must hold after these puts (the last value per key,
+/// create revision, version), against what it holds: every key, every
+/// field, and the count.
+async fn check_puts(
+    ch: &Channel,
+    prefix: &str,
+    val_size: usize,
+    mut writes: Vec<PutEntry>,
+) -> Result<(), String> {
+    if writes.is_empty() {
+        return Err("no write was acknowledged".into());
+    }
+    check::distinct_revisions(writes.iter().map(|w| w.2).collect())?;
+    writes.sort_by_key(|w| w.2);
+    let mut model: BTreeMap<Bytes, KeyValue> = BTreeMap::new();
+    for (k, tag, rev) in writes {
+        let kv = model.entry(k.clone()).or_insert_with(|| KeyValue {
+            key: k,
+            create_revision: rev,
+            ..Default::default()
+        });
+        kv.mod_revision = rev;
+        kv.version += 1;
+        kv.value = value(tag, val_size);
+    }
+    let expected: Vec<KeyValue> = model.into_values().collect();
+    let got = check::read_prefix(ch, prefix).await?;
+    check::check_kvs(&expected, &got).map_err(|e| format!("read back: {e}"))?;
+    let counted: RangeResponse = ch
+        .unary(
+            KV_RANGE,
+            &RangeRequest {
+                key: Bytes::from(prefix.to_string()),
+                range_end: Bytes::from(prefix_end(prefix.as_bytes())),
+                count_only: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(err)?;
+    if counted.count != expected.len() as i64 || !counted.kvs.is_empty() {
+        return Err(format!(
+            "count_only range says {} keys ({} returned), expected {}",
+            counted.count,
+            counted.kvs.len(),
+            expected.len()
+        ));
+    }
+    Ok(())
+}
+
+async fn put(load: &Load, channels: Arc<Vec<Channel>>) -> Result<Outcome, String> {
+    let (prefix, key_size, val_size) = (load.prefix.clone(), load.key_size, load.val_size);
+    let (space, seed) = (load.key_space, 7);
     let rngs: Arc<Vec<Mutex<Rng>>> = Arc::new(
         (0..load.clients.max(1))
             .map(|c| Mutex::new(Rng::new(seed + c as u64)))
             .collect(),
     );
-    warm_then_measure(load, move |c, i| {
+    let written = logs::<PutEntry>(load);
+    let (ch0, log_to) = (channels[0].clone(), written.clone());
+    let measured = warm_then_measure(load, move |c, i| {
         let ch = channels[c % channels.len()].clone();
         let k = if space > 0 {
             let r = rngs[c].lock().map(|mut r| r.below(space)).unwrap_or(0);
@@ -219,36 +356,47 @@ async fn put(load: &Load, channels: Arc<Vec<Channel>>) -> (Stats, Duration) {
         } else {
             key(&prefix, i, key_size)
         };
-        let value = value.clone();
+        let logged = log_to.is_some().then(|| k.clone());
+        let log_to = log_to.clone();
         async move {
-            ch.unary::<_, PutResponse>(
-                KV_PUT,
-                &PutRequest {
-                    key: k,
-                    value,
-                    ..Default::default()
-                },
-            )
-            .await
-            .map(drop)
-            .map_err(err)
+            let r: PutResponse = ch
+                .unary(
+                    KV_PUT,
+                    &PutRequest {
+                        key: k,
+                        value: value(i, val_size),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .map_err(err)?;
+            if let Some(k) = logged {
+                log(&log_to, c, || (k, i, header_revision(&r.header)));
+            }
+            Ok(())
         }
     })
-    .await
+    .await;
+    let check = match &written {
+        Some(w) => check_puts(&ch0, &load.prefix, val_size, drain(w)).await,
+        None => Ok(()),
+    };
+    Ok(Outcome::new(measured, check))
 }
 
-/// Writes `n` keys under the prefix (preparation, not measured).
+/// Writes keys 0..n under the prefix, key i with `value(i)` (preparation,
+/// not measured). Returns each key's revision.
 pub async fn populate(
     ch: &Channel,
     prefix: &str,
     n: u64,
     key_size: usize,
     val_size: usize,
-) -> Result<(), String> {
-    let value = Bytes::from(vec![b'v'; val_size]);
+) -> Result<Vec<i64>, String> {
+    let mut revisions = Vec::with_capacity(n as usize);
     let mut pending = Vec::new();
     for i in 0..n {
-        let (ch, k, v) = (ch.clone(), key(prefix, i, key_size), value.clone());
+        let (ch, k, v) = (ch.clone(), key(prefix, i, key_size), value(i, val_size));
         pending.push(tokio::spawn(async move {
             ch.unary::<_, PutResponse>(
                 KV_PUT,
@@ -260,21 +408,19 @@ pub async fn populate(
             )
             .await
         }));
-        if pending.len() >= 64 {
+        if pending.len() >= 64 || i + 1 == n {
             for p in pending.drain(..) {
-                p.await.map_err(err)?.map_err(err)?;
+                let r = p.await.map_err(err)?.map_err(err)?;
+                revisions.push(header_revision(&r.header));
             }
         }
     }
-    for p in pending {
-        p.await.map_err(err)?.map_err(err)?;
-    }
-    Ok(())
+    Ok(revisions)
 }
 
-async fn range(load: &Load, channels: Arc<Vec<Channel>>) -> Result<(Stats, Duration), String> {
+async fn range(load: &Load, channels: Arc<Vec<Channel>>) -> Result<Outcome, String> {
     let keys = load.range_keys.max(1);
-    populate(
+    let revisions = populate(
         &channels[0],
         &load.prefix,
         keys,
@@ -300,9 +446,12 @@ async fn range(load: &Load, channels: Arc<Vec<Channel>>) -> Result<(Stats, Durat
     } else {
         keys
     };
-    Ok(warm_then_measure(load, move |c, _| {
+    let answers = logs::<RangeResponse>(load);
+    let log_to = answers.clone();
+    let measured = warm_then_measure(load, move |c, _| {
         let ch = channels[c % channels.len()].clone();
         let req = req.clone();
+        let log_to = log_to.clone();
         async move {
             let r: RangeResponse = ch.unary(KV_RANGE, &req).await.map_err(err)?;
             if r.kvs.len() as u64 != expected {
@@ -311,10 +460,35 @@ async fn range(load: &Load, channels: Arc<Vec<Channel>>) -> Result<(Stats, Durat
                     r.kvs.len()
                 ));
             }
+            log(&log_to, c, || r);
             Ok(())
         }
     })
-    .await)
+    .await;
+    let Some(answers) = answers else {
+        return Ok(Outcome::new(measured, Ok(())));
+    };
+    // Every answer, warm-up included, against the keys loaded.
+    let kvs: Vec<KeyValue> = (0..expected)
+        .map(|i| KeyValue {
+            key: key(&load.prefix, i, load.key_size),
+            value: value(i, load.val_size),
+            create_revision: revisions[i as usize],
+            mod_revision: revisions[i as usize],
+            version: 1,
+            lease: 0,
+        })
+        .collect();
+    let (count, more) = (keys as i64, expected < keys);
+    let answers = drain(&answers);
+    let check = if answers.is_empty() {
+        Err("no range was answered".into())
+    } else {
+        answers.iter().enumerate().try_for_each(|(n, r)| {
+            check::check_range(r, &kvs, count, more).map_err(|e| format!("range answer {n}: {e}"))
+        })
+    };
+    Ok(Outcome::new(measured, check))
 }
 
 fn txn(compare: Compare, success: Request, failure: Option<Request>) -> TxnRequest {
@@ -360,140 +534,104 @@ async fn k8s_write(ch: &Channel, key: &Bytes, value: Bytes, rev: i64) -> Result<
     if !r.succeeded {
         return Err(format!("txn compare failed at revision {rev}"));
     }
-    Ok(r.header.map_or(0, |h| h.revision))
+    Ok(header_revision(&r.header))
 }
 
-async fn txn_put(load: &Load, channels: Arc<Vec<Channel>>) -> (Stats, Duration) {
+async fn txn_put(load: &Load, channels: Arc<Vec<Channel>>) -> Result<Outcome, String> {
     // Each client owns one key: the first op creates it, the rest update it.
     let revisions: Arc<Vec<Mutex<i64>>> =
         Arc::new((0..load.clients.max(1)).map(|_| Mutex::new(0)).collect());
-    let value = Bytes::from(vec![b'v'; load.val_size]);
-    let (prefix, key_size) = (load.prefix.clone(), load.key_size);
-    warm_then_measure(load, move |c, _| {
+    let (prefix, key_size, val_size) = (load.prefix.clone(), load.key_size, load.val_size);
+    let written = logs::<PutEntry>(load);
+    let (ch0, log_to) = (channels[0].clone(), written.clone());
+    let measured = warm_then_measure(load, move |c, i| {
         let ch = channels[c % channels.len()].clone();
-        let (revisions, value) = (revisions.clone(), value.clone());
+        let (revisions, log_to) = (revisions.clone(), log_to.clone());
         let k = key(&prefix, c as u64, key_size);
         async move {
             let rev = revisions[c].lock().map(|r| *r).unwrap_or(0);
-            let new = k8s_write(&ch, &k, value, rev).await?;
+            let new = k8s_write(&ch, &k, value(i, val_size), rev).await?;
             if let Ok(mut r) = revisions[c].lock() {
                 *r = new;
             }
+            log(&log_to, c, || (k, i, new));
             Ok(())
         }
     })
-    .await
+    .await;
+    let check = match &written {
+        Some(w) => check_puts(&ch0, &load.prefix, val_size, drain(w)).await,
+        None => Ok(()),
+    };
+    Ok(Outcome::new(measured, check))
 }
 
-fn now_nanos() -> u64 {
+pub fn now_nanos() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0)
 }
 
-/// Opens a watch on the prefix; returns the stream once created (the
-/// sender must live as long as the watch).
-async fn open_watch(
-    ch: &Channel,
-    prefix: &str,
-    start_revision: i64,
-    prev_kv: bool,
-) -> Result<
-    (
-        netsy::grpc::client::CallSender,
-        netsy::grpc::client::CallReceiver,
-    ),
-    String,
-> {
-    let mut call = ch
-        .start("/etcdserverpb.Watch/Watch", None)
-        .await
-        .map_err(err)?;
-    let create = WatchRequest {
-        request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
-            key: Bytes::from(prefix.to_string()),
-            range_end: Bytes::from(prefix_end(prefix.as_bytes())),
-            start_revision,
-            prev_kv,
-            ..Default::default()
-        })),
-    };
-    call.sender.send(&create).await.map_err(err)?;
-    let mut receiver = call.receiver;
-    let created: Option<WatchResponse> = receiver.next().await.map_err(err)?;
-    match created {
-        Some(r) if r.created => Ok((call.sender, receiver)),
-        other => Err(format!("watch was not created: {other:?}")),
-    }
+/// One watch-latency write: its key, value and revision (or error).
+struct Written {
+    key: Bytes,
+    value: Bytes,
+    revision: Result<i64, String>,
 }
 
-async fn watch_latency(
-    load: &Load,
-    channels: Arc<Vec<Channel>>,
-    target: &str,
-) -> Result<Report, String> {
-    let watchers = load.watchers.max(1);
-    let writes = if load.total > 0 {
-        load.total
-    } else {
-        (load.rate.max(1.0) * load.duration.as_secs_f64()) as u64
+/// When a watch-latency value says it was sent: `{nanos}:` then filler;
+/// warm-up writes put `w` first.
+enum Sent {
+    At(u64),
+    Warmup,
+    Unknown,
+}
+
+fn sent(e: &Event) -> Sent {
+    let Some(v) = e.kv.as_ref().map(|kv| &kv.value[..]) else {
+        return Sent::Unknown;
     };
-    let delivered = Arc::new(Mutex::new(Stats::default()));
-    let received = Arc::new(AtomicU64::new(0));
-    let mut tasks = Vec::new();
-    for w in 0..watchers {
-        let (tx, mut rx) =
-            open_watch(&channels[w % channels.len()], &load.prefix, 0, false).await?;
-        let (delivered, received) = (delivered.clone(), received.clone());
-        tasks.push(tokio::spawn(async move {
-            let _open = tx;
-            let mut local = Stats::default();
-            let mut seen = 0u64;
-            while seen < writes {
-                match rx.next::<WatchResponse>().await {
-                    Ok(Some(resp)) => {
-                        let now = now_nanos();
-                        for e in resp.events {
-                            let sent =
-                                e.kv.as_ref()
-                                    .and_then(|kv| {
-                                        std::str::from_utf8(&kv.value)
-                                            .ok()?
-                                            .split(':')
-                                            .next()?
-                                            .parse::<u64>()
-                                            .ok()
-                                    })
-                                    .unwrap_or(now);
-                            local.record(Duration::from_nanos(now.saturating_sub(sent)), Ok(()));
-                            seen += 1;
-                            received.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                    _ => break,
-                }
-            }
-            if let Ok(mut d) = delivered.lock() {
-                d.merge(local);
-            }
-        }));
+    if v.first() == Some(&b'w') {
+        return Sent::Warmup;
     }
-    // Writes at the configured rate, each started on its tick without
-    // waiting for the previous one (so the rate holds even when a write
-    // takes longer than the interval); each value carries its send time.
-    let started = Instant::now();
+    std::str::from_utf8(v)
+        .ok()
+        .and_then(|s| s.split(':').next()?.parse().ok())
+        .map_or(Sent::Unknown, Sent::At)
+}
+
+/// watch-latency's writer: one put per tick of the rate, each started
+/// without waiting for the previous one (so the rate holds when a write
+/// takes longer than the interval), `count` of them or until `until`.
+/// Write `first + n` goes to key `(first + n) % 1000`; each value carries
+/// its send time.
+async fn paced_writes(
+    load: &Load,
+    channels: &[Channel],
+    first: u64,
+    count: u64,
+    until: Option<Instant>,
+) -> Result<(Vec<Written>, Stats), String> {
     let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / load.rate.max(1.0)));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_WRITES_IN_FLIGHT));
-    let mut writers = Vec::with_capacity(writes as usize);
-    let pad = "v".repeat(load.val_size.saturating_sub(21));
-    for i in 0..writes {
+    let mut writers = Vec::new();
+    let mut keys = Vec::new();
+    for n in 0..count {
         ticker.tick().await;
+        if until.is_some_and(|u| Instant::now() >= u) {
+            break;
+        }
         let permit = in_flight.clone().acquire_owned().await.map_err(err)?;
+        let i = first + n;
         let ch = channels[i as usize % channels.len()].clone();
         let key = key(&load.prefix, i % 1000, load.key_size);
-        let value = Bytes::from(format!("{}:{pad}", now_nanos()));
+        let warm = if until.is_some() { "w" } else { "" };
+        let mut v = format!("{warm}{}:", now_nanos()).into_bytes();
+        v.resize(load.val_size.max(v.len()), b'v');
+        let value = Bytes::from(v);
+        keys.push((key.clone(), value.clone()));
         writers.push(tokio::spawn(async move {
             let t0 = Instant::now();
             let r = ch
@@ -507,28 +645,96 @@ async fn watch_latency(
                 )
                 .await;
             drop(permit);
-            (t0.elapsed(), r.map(drop).map_err(err))
+            (
+                t0.elapsed(),
+                r.map(|r| header_revision(&r.header)).map_err(err),
+            )
         }));
     }
-    let mut write_stats = Stats::default();
-    for w in writers {
-        match w.await {
-            Ok((took, r)) => write_stats.record(took, r),
-            Err(e) => write_stats.record(Duration::ZERO, Err(e.to_string())),
+    let mut stats = Stats::default();
+    let mut written = Vec::with_capacity(writers.len());
+    for ((key, value), w) in keys.into_iter().zip(writers) {
+        let (took, revision) = w.await.unwrap_or_else(|e| (Duration::ZERO, Err(err(e))));
+        stats.record(took, revision.as_ref().map(drop).map_err(Clone::clone));
+        written.push(Written {
+            key,
+            value,
+            revision,
+        });
+    }
+    Ok((written, stats))
+}
+
+async fn watch_latency(load: &Load, channels: Arc<Vec<Channel>>) -> Result<Outcome, String> {
+    let watchers = load.watchers.max(1);
+    let writes = if load.total > 0 {
+        load.total
+    } else {
+        (load.rate.max(1.0) * load.duration.as_secs_f64()) as u64
+    };
+    // Each watcher times the measured events (not the warm-up's) into its
+    // own stats and counts them.
+    let mut open = Vec::with_capacity(watchers);
+    let mut delivered = Vec::with_capacity(watchers);
+    for w in 0..watchers {
+        let stats = Arc::new(Mutex::new(Stats::default()));
+        let into = stats.clone();
+        let watcher = Watcher::start(
+            &channels[w % channels.len()],
+            &load.prefix,
+            0,
+            false,
+            load.check,
+            move |now, events| {
+                let Ok(mut s) = into.lock() else { return 0 };
+                let mut measured = 0;
+                for e in events {
+                    let latency = match sent(e) {
+                        Sent::Warmup => continue,
+                        Sent::At(t) => Ok(Duration::from_nanos(now.saturating_sub(t))),
+                        Sent::Unknown => Err("an event whose value is not a send time"),
+                    };
+                    measured += 1;
+                    match latency {
+                        Ok(l) => s.record(l, Ok(())),
+                        Err(e) => s.record(Duration::ZERO, Err(e.to_string())),
+                    }
+                }
+                measured
+            },
+        )
+        .await?;
+        open.push(watcher);
+        delivered.push(stats);
+    }
+    // Warm-up: the same writes at the same rate, neither timed nor counted.
+    let mut written = Vec::new();
+    if !load.warmup.is_zero() {
+        let until = Instant::now() + load.warmup;
+        let (w, _) = paced_writes(load, &channels, 0, u64::MAX, Some(until)).await?;
+        written = w;
+    }
+    let started = Instant::now();
+    let (w, write_stats) =
+        paced_writes(load, &channels, written.len() as u64, writes, None).await?;
+    written.extend(w);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for watcher in open.iter_mut() {
+        watcher
+            .wait_for(writes, deadline.saturating_duration_since(Instant::now()))
+            .await;
+    }
+    let elapsed = started.elapsed();
+    let mut stats = Stats::default();
+    for d in &delivered {
+        if let Ok(d) = d.lock() {
+            stats.merge(d.clone());
         }
     }
     let expected = writes * watchers as u64;
-    let wait = tokio::time::timeout(Duration::from_secs(30), async {
-        for t in tasks {
-            let _ = t.await;
-        }
-    })
-    .await;
-    let elapsed = started.elapsed();
-    let mut stats = delivered.lock().map(|d| d.clone()).unwrap_or_default();
-    let got = received.load(Ordering::Relaxed);
-    if wait.is_err() || got < expected {
-        stats.errors += expected.saturating_sub(got);
+    let got: u64 = open.iter().map(|w| w.counted()).sum();
+    if got < expected {
+        stats.errors += expected - got;
         stats
             .first_error
             .get_or_insert(format!("{got} of {expected} events delivered"));
@@ -537,29 +743,139 @@ async fn watch_latency(
         stats.errors += write_stats.errors;
         stats.first_error = stats.first_error.or(write_stats.first_error);
     }
-    let mut report = Report::new(load.mode.name(), target, stats, elapsed);
-    // Throughput here is writes per second; latencies are per delivery.
-    report.throughput = writes as f64 / elapsed.as_secs_f64();
-    Ok(report)
+    let check = if load.check {
+        check_watchers(&written, &mut open).await
+    } else {
+        Ok(())
+    };
+    Ok(Outcome {
+        stats,
+        elapsed,
+        // ops/s is writes per second; latencies are per delivery.
+        throughput: Some(writes as f64 / elapsed.as_secs_f64().max(1e-9)),
+        check,
+    })
+}
+
+/// The events every watcher must have received for these puts on a prefix
+/// that started empty: all of them, in revision order, versions counted.
+fn put_events(written: &[Written]) -> Result<Vec<Event>, String> {
+    let failed = written.iter().filter(|w| w.revision.is_err()).count();
+    if failed > 0 {
+        return Err(format!(
+            "{failed} writes failed, so the events cannot be checked"
+        ));
+    }
+    let mut ordered: Vec<(i64, &Written)> = written
+        .iter()
+        .filter_map(|w| w.revision.as_ref().ok().map(|r| (*r, w)))
+        .collect();
+    check::distinct_revisions(ordered.iter().map(|o| o.0).collect())?;
+    ordered.sort_by_key(|o| o.0);
+    let mut keys: BTreeMap<Bytes, (i64, i64)> = BTreeMap::new();
+    Ok(ordered
+        .into_iter()
+        .map(|(rev, w)| {
+            let (create, version) = keys.entry(w.key.clone()).or_insert((rev, 0));
+            *version += 1;
+            Event {
+                r#type: EventType::Put as i32,
+                kv: Some(KeyValue {
+                    key: w.key.clone(),
+                    value: w.value.clone(),
+                    create_revision: *create,
+                    mod_revision: rev,
+                    version: *version,
+                    lease: 0,
+                }),
+                prev_kv: None,
+            }
+        })
+        .collect())
+}
+
+/// Each watcher against every write, warm-up included.
+async fn check_watchers(written: &[Written], open: &mut [Watcher]) -> Result<(), String> {
+    let expected = put_events(written)?;
+    for (n, watcher) in open.iter_mut().enumerate() {
+        let got = watcher
+            .finish(Duration::from_secs(10))
+            .await
+            .map_err(|e| format!("watcher {n}: {e}"))?;
+        check::check_events(&expected, &got).map_err(|e| format!("watcher {n}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// One object a k8s client owns, as the server must hold it.
+#[derive(Clone)]
+struct Object {
+    key: Bytes,
+    value: Bytes,
+    create: i64,
+    rev: i64,
+    version: i64,
+}
+
+impl Object {
+    fn kv(&self) -> KeyValue {
+        KeyValue {
+            key: self.key.clone(),
+            value: self.value.clone(),
+            create_revision: self.create,
+            mod_revision: self.rev,
+            version: self.version,
+            lease: 0,
+        }
+    }
+}
+
+type Objects = Vec<Object>;
+
+/// Value tags of the seeded k8s objects (operations use their index).
+const SEED_TAG: u64 = u64::MAX / 4;
+
+fn random_name(r: &mut Rng) -> String {
+    (0..5).map(|_| (b'a' + r.below(26) as u8) as char).collect()
+}
+
+fn all_objects(owned: &[Mutex<Objects>]) -> Vec<KeyValue> {
+    let mut kvs: Vec<KeyValue> = owned
+        .iter()
+        .flat_map(|o| o.lock().map(|o| o.clone()).unwrap_or_default())
+        .map(|o| o.kv())
+        .collect();
+    kvs.sort_by(|a, b| a.key.cmp(&b.key));
+    kvs
 }
 
 /// The Kubernetes-like mix: each client lists the prefix, watches from the
 /// list revision + 1, then writes 75% updates, 15% deletes, 10% creates.
-async fn k8s(load: &Load, channels: Arc<Vec<Channel>>) -> Result<(Stats, Duration), String> {
+async fn k8s(load: &Load, channels: Arc<Vec<Channel>>) -> Result<Outcome, String> {
     let prefix = format!("{}registry/pods/default/", load.prefix);
-    let value = Bytes::from(vec![b'p'; load.val_size]);
+    let val_size = load.val_size;
     // Seed objects so updates and deletes have something to work on.
     let clients = load.clients.max(1);
     let owned: Arc<Vec<Mutex<Objects>>> =
         Arc::new((0..clients).map(|_| Mutex::new(Vec::new())).collect());
     let mut rng = Rng::new(42);
+    let mut tag = SEED_TAG;
     for c in 0..clients {
         for _ in 0..20 {
             let k = Bytes::from(format!("{prefix}{c}-{}", random_name(&mut rng)));
-            let rev = k8s_write(&channels[0], &k, value.clone(), 0).await?;
-            owned[c].lock().map_err(err)?.push((k, rev));
+            let v = value(tag, val_size);
+            tag += 1;
+            let rev = k8s_write(&channels[0], &k, v.clone(), 0).await?;
+            owned[c].lock().map_err(err)?.push(Object {
+                key: k,
+                value: v,
+                create: rev,
+                rev,
+                version: 1,
+            });
         }
     }
+    let seeded = all_objects(&owned);
     let list: RangeResponse = channels[0]
         .unary(
             KV_RANGE,
@@ -571,28 +887,30 @@ async fn k8s(load: &Load, channels: Arc<Vec<Channel>>) -> Result<(Stats, Duratio
         )
         .await
         .map_err(err)?;
-    let list_rev = list.header.map_or(0, |h| h.revision);
-    let events = Arc::new(AtomicU64::new(0));
+    let list_rev = header_revision(&list.header);
+    let mut watchers = Vec::with_capacity(clients);
     for c in 0..clients {
-        let (tx, mut rx) =
-            open_watch(&channels[c % channels.len()], &prefix, list_rev + 1, true).await?;
-        let events = events.clone();
-        tokio::spawn(async move {
-            let _open = tx;
-            while let Ok(Some(r)) = rx.next::<WatchResponse>().await {
-                events.fetch_add(r.events.len() as u64, Ordering::Relaxed);
-            }
-        });
+        let ch = &channels[c % channels.len()];
+        watchers.push(
+            Watcher::start(ch, &prefix, list_rev + 1, true, load.check, |_, events| {
+                events.len() as u64
+            })
+            .await?,
+        );
     }
     let rngs: Arc<Vec<Mutex<Rng>>> = Arc::new(
         (0..clients)
             .map(|c| Mutex::new(Rng::new(100 + c as u64)))
             .collect(),
     );
-    let result = warm_then_measure(load, move |c, _| {
+    // With checks: the event each acknowledged write must produce.
+    let events = logs::<Event>(load);
+    let (ch0, owned_after, log_to) = (channels[0].clone(), owned.clone(), events.clone());
+    let measured = warm_then_measure(load, move |c, i| {
         let ch = channels[c % channels.len()].clone();
-        let (owned, rngs, value, prefix) =
-            (owned.clone(), rngs.clone(), value.clone(), prefix.clone());
+        let (owned, rngs, prefix, log_to) =
+            (owned.clone(), rngs.clone(), prefix.clone(), log_to.clone());
+        let value = value(i, val_size);
         async move {
             let (dice, pick, name) = {
                 let mut r = rngs[c].lock().map_err(err)?;
@@ -607,14 +925,26 @@ async fn k8s(load: &Load, channels: Arc<Vec<Channel>>) -> Result<(Stats, Duratio
                 }
             };
             match (dice, target) {
-                (0..=74, Some((k, rev))) => {
-                    let new = k8s_write(&ch, &k, value, rev).await?;
+                (0..=74, Some(old)) => {
+                    let rev = k8s_write(&ch, &old.key, value.clone(), old.rev).await?;
+                    let new = Object {
+                        value,
+                        rev,
+                        version: old.version + 1,
+                        ..old.clone()
+                    };
+                    log(&log_to, c, || Event {
+                        r#type: EventType::Put as i32,
+                        kv: Some(new.kv()),
+                        prev_kv: Some(old.kv()),
+                    });
                     let mut mine = owned[c].lock().map_err(err)?;
-                    if let Some(e) = mine.iter_mut().find(|e| e.0 == k) {
-                        e.1 = new;
+                    if let Some(e) = mine.iter_mut().find(|e| e.key == new.key) {
+                        *e = new;
                     }
                 }
-                (75..=89, Some((k, rev))) => {
+                (75..=89, Some(old)) => {
+                    let k = &old.key;
                     let del = Request::RequestDeleteRange(DeleteRangeRequest {
                         key: k.clone(),
                         ..Default::default()
@@ -624,30 +954,100 @@ async fn k8s(load: &Load, channels: Arc<Vec<Channel>>) -> Result<(Stats, Duratio
                         ..Default::default()
                     });
                     let r: TxnResponse = ch
-                        .unary(KV_TXN, &txn(mod_equals(&k, rev), del, Some(read)))
+                        .unary(KV_TXN, &txn(mod_equals(k, old.rev), del, Some(read)))
                         .await
                         .map_err(err)?;
                     if !r.succeeded {
                         return Err("delete compare failed".into());
                     }
-                    owned[c].lock().map_err(err)?.retain(|e| e.0 != k);
+                    log(&log_to, c, || Event {
+                        r#type: EventType::Delete as i32,
+                        kv: Some(KeyValue {
+                            key: k.clone(),
+                            mod_revision: header_revision(&r.header),
+                            ..Default::default()
+                        }),
+                        prev_kv: Some(old.kv()),
+                    });
+                    owned[c].lock().map_err(err)?.retain(|e| e.key != *k);
                 }
                 _ => {
                     let k = Bytes::from(format!("{prefix}{c}-{name}"));
-                    let rev = k8s_write(&ch, &k, value, 0).await?;
-                    owned[c].lock().map_err(err)?.push((k, rev));
+                    let rev = k8s_write(&ch, &k, value.clone(), 0).await?;
+                    let new = Object {
+                        key: k,
+                        value,
+                        create: rev,
+                        rev,
+                        version: 1,
+                    };
+                    log(&log_to, c, || Event {
+                        r#type: EventType::Put as i32,
+                        kv: Some(new.kv()),
+                        prev_kv: None,
+                    });
+                    owned[c].lock().map_err(err)?.push(new);
                 }
             }
             Ok(())
         }
     })
     .await;
-    Ok(result)
+    let check = match &events {
+        Some(events) => {
+            let k = K8sCheck {
+                prefix: &load.prefix,
+                list: &list,
+                seeded: &seeded,
+                events: drain(events),
+                objects: all_objects(&owned_after),
+            };
+            k.run(&ch0, &mut watchers).await
+        }
+        None => Ok(()),
+    };
+    Ok(Outcome::new(measured, check))
 }
 
-/// The objects one k8s client owns: (key, last mod revision).
-type Objects = Vec<(Bytes, i64)>;
+struct K8sCheck<'a> {
+    prefix: &'a str,
+    /// The list before the run, and the objects seeded before it.
+    list: &'a RangeResponse,
+    seeded: &'a [KeyValue],
+    /// The event of every acknowledged write of the run.
+    events: Vec<Event>,
+    /// The objects the clients own after the run.
+    objects: Vec<KeyValue>,
+}
 
-fn random_name(r: &mut Rng) -> String {
-    (0..5).map(|_| (b'a' + r.below(26) as u8) as char).collect()
+impl K8sCheck<'_> {
+    async fn run(mut self, ch: &Channel, watchers: &mut [Watcher]) -> Result<(), String> {
+        let prefix = format!("{}registry/pods/default/", self.prefix);
+        let n = self.seeded.len() as i64;
+        check::check_range(self.list, self.seeded, n, false)
+            .map_err(|e| format!("the list before the run: {e}"))?;
+        let list_rev = header_revision(&self.list.header);
+        let last_seed = self.seeded.iter().map(|kv| kv.mod_revision).max();
+        if last_seed.unwrap_or(0) > list_rev {
+            return Err(format!(
+                "the list before the run is at revision {list_rev}, before the last seeded write ({})",
+                last_seed.unwrap_or(0)
+            ));
+        }
+        let revision = |e: &Event| e.kv.as_ref().map_or(0, |kv| kv.mod_revision);
+        check::distinct_revisions(self.events.iter().map(revision).collect())?;
+        self.events.sort_by_key(revision);
+        let want = self.events.len() as u64;
+        for (c, w) in watchers.iter_mut().enumerate() {
+            w.wait_for(want, Duration::from_secs(30)).await;
+            let got = w
+                .finish(Duration::from_secs(10))
+                .await
+                .map_err(|e| format!("watcher {c}: {e}"))?;
+            check::check_events(&self.events, &got)
+                .map_err(|e| format!("watcher {c} (from revision {}): {e}", list_rev + 1))?;
+        }
+        let now = check::read_prefix(ch, &prefix).await?;
+        check::check_kvs(&self.objects, &now).map_err(|e| format!("the list after the run: {e}"))
+    }
 }
