@@ -12,7 +12,7 @@ use h2::server::SendResponse;
 use h2::RecvStream;
 use http::{Method, Request, StatusCode};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -56,6 +56,31 @@ impl Default for ServerConfig {
 
 /// How long a TLS handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Closes a connection whose TLS handshake was refused so the client reads
+/// the alert saying why: a TLS 1.3 client sends its first requests before
+/// the server has checked its certificate, and closing with those unread
+/// would make the kernel reset the connection, destroying the alert.
+/// So: end our side, then read and discard briefly until the client closes.
+async fn close_refused(mut tcp: TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = tcp.shutdown().await;
+    let drain = async {
+        let mut buf = [0u8; 4096];
+        let mut total = 0usize;
+        while let Ok(n @ 1..) = tcp.read(&mut buf).await {
+            total += n;
+            if total > REFUSED_DRAIN_LIMIT {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(REFUSED_DRAIN_TIME, drain).await;
+}
+
+/// How long and how much a refused connection is drained before closing.
+const REFUSED_DRAIN_TIME: Duration = Duration::from_secs(1);
+const REFUSED_DRAIN_LIMIT: usize = 256 * 1024;
 
 /// Shutdown signal shared by the accept loop and every connection.
 pub type Shutdown = watch::Receiver<bool>;
@@ -125,13 +150,16 @@ impl Server {
                                 let peer = PeerInfo { remote_addr: Some(addr), identity: None };
                                 return server.serve_connection(tcp, peer, sd).await;
                             };
-                            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp).into_fallible()).await {
                                 Ok(Ok(stream)) => {
                                     let identity = crate::tls::peer_identity(stream.get_ref().1).map(|id| id.uri());
                                     let peer = PeerInfo { remote_addr: Some(addr), identity };
                                     server.serve_connection(stream, peer, sd).await
                                 }
-                                Ok(Err(e)) => log::info!("TLS handshake with {addr} failed: {e}"),
+                                Ok(Err((e, tcp))) => {
+                                    log::info!("TLS handshake with {addr} failed: {e}");
+                                    close_refused(tcp).await;
+                                }
                                 Err(_) => log::info!("TLS handshake with {addr} timed out"),
                             }
                         });

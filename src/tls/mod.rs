@@ -51,7 +51,12 @@ fn require<'a>(setting: &str, path: &'a str, what: &str) -> Result<&'a str, Stri
 /// Reads every certificate in a PEM file.
 pub fn read_certs(setting: &str, path: &str) -> Result<Vec<CertificateDer<'static>>, String> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(Path::new(path))
-        .map_err(|e| format!("{setting} ({path}): cannot read: {e}"))?
+        .map_err(|e| match e {
+            rustls::pki_types::pem::Error::Io(io) => {
+                format!("{setting} ({path}): cannot read: {io}")
+            }
+            other => format!("{setting} ({path}): cannot read: {other}"),
+        })?
         .collect::<Result<_, _>>()
         .map_err(|e| format!("{setting} ({path}): not a PEM certificate file: {e}"))?;
     if certs.is_empty() {
