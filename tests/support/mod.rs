@@ -403,29 +403,48 @@ impl Netsy {
 
 /// Runs `netsy --dev --config` expecting it to fail; returns its stderr.
 pub fn start_fails(data_dir: &Path, bucket: &Bucket, config_dir: &Path) -> String {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_netsy"))
-        .args(["--dev", "--config"])
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_netsy"));
+    cmd.args(["--dev", "--config"])
         .arg(bucket.config(config_dir, ""))
         .env("NETSY_BIND_CLIENT", "127.0.0.1:0")
         .env("NETSY_BIND_HEALTH", "")
         .env("NETSY_DATA_DIR", data_dir)
-        .envs(bucket.env())
+        .envs(bucket.env());
+    let (status, stderr) = run_refusing(cmd).unwrap();
+    assert!(!status.success(), "netsy was expected to refuse to start");
+    stderr
+}
+
+/// Runs a netsy command that is expected to refuse to start: waits for it
+/// to exit, failing if it serves first or still runs at the deadline, and
+/// returns its exit status and all it wrote to stderr.
+pub fn run_refusing(mut cmd: Command) -> std::io::Result<(std::process::ExitStatus, String)> {
+    let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let log = Lines::follow(child.stderr.take().unwrap(), None);
+        .spawn()?;
+    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+    let reader = {
+        let (lines, stderr) = (lines.clone(), child.stderr.take().unwrap());
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                lines.lock().unwrap().push(line);
+            }
+        })
+    };
     let deadline = Instant::now() + DEADLINE;
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
             break status;
         }
-        let served = log
-            .snapshot()
+        let served = lines
+            .lock()
+            .unwrap()
             .iter()
-            .any(|l| l.contains("serving the etcd API"));
-        if served || Instant::now() > deadline {
+            .any(|l| l.contains("serving the ") || l.contains("serving health"));
+        if served || Instant::now() >= deadline {
             let _ = child.kill();
             let _ = child.wait();
             panic!(
@@ -433,17 +452,17 @@ pub fn start_fails(data_dir: &Path, bucket: &Bucket, config_dir: &Path) -> Strin
                 if served {
                     "it served"
                 } else {
-                    "it did not exit"
+                    "it still ran at the deadline"
                 },
-                log.snapshot().join("\n")
+                lines.lock().unwrap().join("\n")
             );
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    assert!(!status.success(), "netsy was expected to refuse to start");
-    // The reader thread may still be draining the pipe.
-    log.wait_for("the error line", |l| l.starts_with("Error: "));
-    log.snapshot().join("\n")
+    // The pipe closes when netsy exits: the reader ends with all of it.
+    reader.join().unwrap();
+    let stderr = lines.lock().unwrap().join("\n");
+    Ok((status, stderr))
 }
 
 /// Polls an async condition until it returns Some, or fails at the deadline.

@@ -19,7 +19,7 @@ use netsy::tls::certs::{Authority, Leaf};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use support::{start_moto, tool, Bucket, Netsy, NetsyOptions, DEADLINE};
+use support::{run_refusing, start_moto, tool, Bucket, Netsy, NetsyOptions, DEADLINE};
 
 const CLUSTER: &str = "prod-cluster";
 const NODE: &str = "node-1";
@@ -817,7 +817,6 @@ fn refuses_as(
     env: Vec<(String, String)>,
     uid: Option<u32>,
 ) -> Result<String, std::io::Error> {
-    use std::io::BufRead;
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_netsy"));
     cmd.arg("--config")
         .arg(conf)
@@ -826,53 +825,12 @@ fn refuses_as(
         .env("NETSY_BIND_HEALTH", "127.0.0.1:0")
         .env("NETSY_DATA_DIR", data)
         .env("RUST_LOG", "debug")
-        .envs(env)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+        .envs(env);
     if let Some(uid) = uid {
         use std::os::unix::process::CommandExt;
         cmd.uid(uid).gid(uid);
     }
-    let mut child = cmd.spawn()?;
-    let lines = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    let reader = {
-        let (lines, stderr) = (lines.clone(), child.stderr.take().unwrap());
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                lines.lock().unwrap().push(line);
-            }
-        })
-    };
-    let deadline = Instant::now() + DEADLINE;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        let served = lines
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|l| l.contains("serving the ") || l.contains("serving health"));
-        if served || Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "netsy must refuse to start, but it {}:\n{}",
-                if served {
-                    "served"
-                } else {
-                    "still ran at the deadline"
-                },
-                lines.lock().unwrap().join("\n")
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    // The pipe closes when netsy exits: the reader ends with all of it.
-    reader.join().unwrap();
-    let err = lines.lock().unwrap().join("\n");
+    let (status, err) = run_refusing(cmd)?;
     assert_eq!(status.code(), Some(1), "netsy must exit 1: {err}");
     assert!(!err.contains("serving"), "nothing may be served: {err}");
     Ok(err)
