@@ -309,6 +309,14 @@ pub fn metrics() -> &'static Metrics {
     METRICS.get_or_init(Metrics::new)
 }
 
+/// Counts one retry of `operation` in `netsy_retries_total`.
+pub fn count_retry(operation: &str) {
+    metrics()
+        .retries
+        .get_or_create(&labels(&[("operation", operation)]))
+        .inc();
+}
+
 /// Records a duration in seconds since `start`.
 pub fn observe_since(h: &Histogram, start: Instant) {
     h.observe(start.elapsed().as_secs_f64());

@@ -383,13 +383,7 @@ impl Retrying {
             match op().await {
                 Err(e) if e.is_transient() && attempt < self.attempts => {
                     log::warn!("object storage: {e}; retrying in {backoff:?}");
-                    crate::http::metrics::metrics()
-                        .retries
-                        .get_or_create(&crate::http::metrics::labels(&[(
-                            "operation",
-                            "object_storage",
-                        )]))
-                        .inc();
+                    crate::http::metrics::count_retry("object_storage");
                     tokio::time::sleep(backoff).await;
                     backoff *= 2;
                     attempt += 1;

@@ -350,13 +350,7 @@ impl Committer {
                     let first = write_chunk_in_time(&log, &records).await;
                     let Err(e) = first else { return Ok(()) };
                     log::warn!("chunk write failed: {e}; retrying once");
-                    crate::http::metrics::metrics()
-                        .retries
-                        .get_or_create(&crate::http::metrics::labels(&[(
-                            "operation",
-                            "object_storage_write",
-                        )]))
-                        .inc();
+                    crate::http::metrics::count_retry("object_storage_write");
                     write_chunk_in_time(&log, &records).await
                 }))
             }
