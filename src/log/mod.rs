@@ -64,7 +64,7 @@ pub struct ObjectLog {
     pub store: Arc<dyn ObjectStore>,
     /// Written into every file header.
     pub leader_id: String,
-    /// Scratch space for downloads and snapshot files.
+    /// Scratch space for downloads and snapshot files, emptied at start.
     pub tmp_dir: PathBuf,
 }
 
@@ -81,6 +81,23 @@ impl ObjectLog {
         {
             use std::os::unix::fs::PermissionsExt;
             let _ = std::fs::set_permissions(&tmp_dir, std::fs::Permissions::from_mode(0o700));
+        }
+        // The data dir belongs to this node and the log is opened once at
+        // start: whatever is here was left by an earlier run that stopped
+        // mid-download or mid-snapshot (a snapshot file can be large).
+        let mut removed = 0;
+        for entry in std::fs::read_dir(&tmp_dir).into_iter().flatten().flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_file())
+                && std::fs::remove_file(entry.path()).is_ok()
+            {
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            log::info!(
+                "removed {removed} files an earlier run left in {}",
+                tmp_dir.display()
+            );
         }
         Ok(ObjectLog {
             store,
@@ -165,5 +182,23 @@ impl ObjectLog {
             std::process::id(),
             N.fetch_add(1, Ordering::Relaxed)
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_an_earlier_run_left_in_tmp_are_removed_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn ObjectStore> = Arc::new(crate::objstore::memory::MemoryStore::new());
+        let first = ObjectLog::new(store.clone(), "n", dir.path()).unwrap();
+        let leftover = first.temp_path("snapshot");
+        std::fs::write(&leftover, b"half a download").unwrap();
+        drop(first);
+        let second = ObjectLog::new(store, "n", dir.path()).unwrap();
+        assert!(!leftover.exists());
+        assert!(second.tmp_dir.is_dir());
     }
 }

@@ -101,10 +101,13 @@ async fn stage_and_import(
         let path = log.temp_path("chunk");
         staged.chunks.push((path.clone(), key.clone()));
         let data = log.store.get(&key).await?.data;
-        datafile::decode(&data, Some(Kind::Chunk))
-            .map_err(|error| LogError::Corrupt { key, error })?;
-        std::fs::write(&path, &data)
-            .map_err(|e| LogError::Invalid(format!("cannot write {}: {e}", path.display())))?;
+        blocking(move || {
+            datafile::decode(&data, Some(Kind::Chunk))
+                .map_err(|error| LogError::Corrupt { key, error })?;
+            std::fs::write(&path, &data)
+                .map_err(|e| LogError::Invalid(format!("cannot write {}: {e}", path.display())))
+        })
+        .await?;
         report.chunks_imported += 1;
         if (i + 1) % 1000 == 0 {
             log::info!("verified {} chunks", i + 1);
