@@ -27,8 +27,16 @@ const PREPARE_AHEAD: i64 = 8;
 #[derive(Debug)]
 pub enum LogError {
     Storage(ObjError),
-    Corrupt { key: String, error: DataFileError },
+    Corrupt {
+        key: String,
+        error: DataFileError,
+    },
     Store(StoreError),
+    /// The records of this object do not fit the local store.
+    Import {
+        key: String,
+        error: StoreError,
+    },
     Invalid(String),
 }
 
@@ -40,6 +48,7 @@ impl std::fmt::Display for LogError {
                 write!(f, "object {key} is not a valid data file: {error}")
             }
             LogError::Store(e) => write!(f, "local database: {e}"),
+            LogError::Import { key, error } => write!(f, "importing {key}: {error}"),
             LogError::Invalid(e) => write!(f, "{e}"),
         }
     }
@@ -57,6 +66,15 @@ impl From<StoreError> for LogError {
     fn from(e: StoreError) -> Self {
         LogError::Store(e)
     }
+}
+
+/// A chunk ready to be written: its key and its exact bytes.
+pub struct EncodedChunk {
+    pub key: String,
+    pub bytes: Bytes,
+    pub last_revision: i64,
+    /// How many records it holds.
+    pub records: i64,
 }
 
 /// The log as one node sees it: the bucket plus this node's identity.
@@ -109,8 +127,18 @@ impl ObjectLog {
     /// Encodes consecutive records as one chunk and creates it; an existing
     /// chunk with the very same bytes counts as written.
     pub async fn write_chunk(&self, records: &[Record]) -> Result<(), LogError> {
+        match self.encode_chunk(records)? {
+            Some(chunk) => self.put_chunk(&chunk).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Encodes consecutive records as one chunk (None for no records). The
+    /// header carries the time of encoding, so a retry must reuse these
+    /// bytes to be recognised as the same chunk.
+    pub fn encode_chunk(&self, records: &[Record]) -> Result<Option<EncodedChunk>, LogError> {
         let Some(last) = records.last() else {
-            return Ok(());
+            return Ok(None);
         };
         let key = keys::chunk_key(last.revision);
         let bytes = datafile::encode(
@@ -123,15 +151,26 @@ impl ObjectLog {
             key: key.clone(),
             error,
         })?;
-        put_if_absent_idempotent(&*self.store, &key, Bytes::from(bytes)).await?;
+        Ok(Some(EncodedChunk {
+            key,
+            bytes: Bytes::from(bytes),
+            last_revision: last.revision,
+            records: records.len() as i64,
+        }))
+    }
+
+    /// Creates an encoded chunk; the very same bytes already there count as
+    /// written.
+    pub async fn put_chunk(&self, chunk: &EncodedChunk) -> Result<(), LogError> {
+        put_if_absent_idempotent(&*self.store, &chunk.key, chunk.bytes.clone()).await?;
         // Let the provider make room off the write path (the fs provider
         // creates partition directories) for the chunks expected over the
         // next few revisions, guessing they hold as many records as this
         // one. Guessing wider would create directories no chunk uses.
-        let step = records.len() as i64;
+        let step = chunk.records.max(1);
         self.store.prepare(
             (1..=(PREPARE_AHEAD / step).max(1))
-                .map(|j| keys::chunk_key(last.revision + j * step))
+                .map(|j| keys::chunk_key(chunk.last_revision + j * step))
                 .collect(),
         );
         Ok(())
@@ -200,5 +239,20 @@ mod tests {
         let second = ObjectLog::new(store, "n", dir.path()).unwrap();
         assert!(!leftover.exists());
         assert!(second.tmp_dir.is_dir());
+    }
+
+    /// A retry after a reply was lost sends the very same bytes, which the
+    /// bucket then already holds: written, not a conflict.
+    #[tokio::test]
+    async fn a_chunk_put_again_with_the_same_bytes_counts_as_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn ObjectStore> = Arc::new(crate::objstore::memory::MemoryStore::new());
+        let log = ObjectLog::new(store.clone(), "n", dir.path()).unwrap();
+        let records = vec![Record::internal("n")];
+        let chunk = log.encode_chunk(&records).unwrap().unwrap();
+        log.put_chunk(&chunk).await.unwrap();
+        log.put_chunk(&chunk).await.unwrap();
+        assert_eq!(store.get(&chunk.key).await.unwrap().data, chunk.bytes);
+        assert!(log.encode_chunk(&[]).unwrap().is_none());
     }
 }

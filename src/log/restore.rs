@@ -1,8 +1,9 @@
 //! Bringing a node's local store level with object storage: an empty store
-//! first imports the latest snapshot, then every later chunk is imported in
-//! order, each verified (CRCs, kind, continuity) before anything of it is
-//! written. Then, as the Primary, records that exist only locally are
-//! uploaded (preflight).
+//! takes the latest snapshot, then every later chunk. Every object needed is
+//! downloaded and verified (CRCs, kind, counts) before anything is written;
+//! then all of them go into one SQLite transaction, where continuity with
+//! the local store is checked. Then, as the Primary, records that exist only
+//! locally are uploaded (preflight).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -136,6 +137,10 @@ fn import_staged(
             key: key.clone(),
             error,
         };
+        let not_imported = |error| LogError::Import {
+            key: key.clone(),
+            error,
+        };
         let mut reader = datafile::open_file(&path, Some(Kind::Snapshot)).map_err(corrupt)?;
         let total = reader.header.records_count;
         let mut batch: Vec<Record> = Vec::with_capacity(SNAPSHOT_IMPORT_BATCH);
@@ -143,7 +148,7 @@ fn import_staged(
         while let Some(r) = reader.next_record().map_err(corrupt)? {
             batch.push(r);
             if batch.len() == SNAPSHOT_IMPORT_BATCH {
-                importer.add(&batch)?;
+                importer.add(&batch).map_err(not_imported)?;
                 done += batch.len() as u64;
                 batch.clear();
                 if done.is_multiple_of(100_000) {
@@ -151,7 +156,7 @@ fn import_staged(
                 }
             }
         }
-        importer.add(&batch)?;
+        importer.add(&batch).map_err(not_imported)?;
     }
     let count = chunks.len();
     for (i, (path, key)) in chunks.into_iter().enumerate() {
@@ -164,7 +169,7 @@ fn import_staged(
             })?;
         importer
             .add(&records)
-            .map_err(|e| LogError::Invalid(format!("importing {key}: {e}")))?;
+            .map_err(|error| LogError::Import { key, error })?;
         if (i + 1) % 1000 == 0 {
             log::info!("imported {} of {count} chunks", i + 1);
         }

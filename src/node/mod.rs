@@ -67,12 +67,13 @@ fn set_aside(data_dir: &Path) -> Result<(), String> {
 }
 
 fn diverged(e: &LogError) -> bool {
+    let (LogError::Store(error) | LogError::Import { error, .. }) = e else {
+        return false;
+    };
     matches!(
-        e,
-        LogError::Store(
-            StoreError::Conflict { .. } | StoreError::Gap { .. } | StoreError::Integrity { .. }
-        )
-    ) || matches!(e, LogError::Invalid(m) if m.contains("replicate conflict") || m.contains("revision gap"))
+        error,
+        StoreError::Conflict { .. } | StoreError::Gap { .. } | StoreError::Integrity { .. }
+    )
 }
 
 /// Restores from object storage; a local store that diverged from the bucket

@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::etcd::errors;
 use crate::grpc::Status;
 use crate::log::snapshot::SnapshotRequests;
-use crate::log::{restore, ObjectLog};
+use crate::log::{restore, EncodedChunk, ObjectLog};
 use crate::pb::etcdserverpb::{TxnRequest, TxnResponse};
 use crate::store::{Batch, LeaseChange, Record, Store};
 use crate::watch::{Event, WatchHub};
@@ -343,15 +343,18 @@ impl Committer {
             (Some(d), false) => {
                 let (log, records) = (d.log.clone(), batch.records.clone());
                 Some(d.runtime.spawn(async move {
+                    let Some(chunk) = log.encode_chunk(&records).map_err(|e| e.to_string())? else {
+                        return Ok(());
+                    };
                     // As the reference does: one immediate retry whatever the
                     // failure (the store below already retried transient
-                    // ones); an ambiguous first attempt that did land makes
-                    // the retry find identical bytes, which counts as written.
-                    let first = write_chunk_in_time(&log, &records).await;
+                    // ones). The retry sends the same bytes, so a first
+                    // attempt that landed after all counts as written.
+                    let first = put_chunk_in_time(&log, &chunk).await;
                     let Err(e) = first else { return Ok(()) };
                     log::warn!("chunk write failed: {e}; retrying once");
                     crate::http::metrics::count_retry("object_storage_write");
-                    write_chunk_in_time(&log, &records).await
+                    put_chunk_in_time(&log, &chunk).await
                 }))
             }
             _ => None,
@@ -460,8 +463,8 @@ impl Committer {
 const CHUNK_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One chunk write under [`CHUNK_WRITE_TIMEOUT`].
-async fn write_chunk_in_time(log: &ObjectLog, records: &[Record]) -> Result<(), String> {
-    match tokio::time::timeout(CHUNK_WRITE_TIMEOUT, log.write_chunk(records)).await {
+async fn put_chunk_in_time(log: &ObjectLog, chunk: &EncodedChunk) -> Result<(), String> {
+    match tokio::time::timeout(CHUNK_WRITE_TIMEOUT, log.put_chunk(chunk)).await {
         Ok(r) => r.map_err(|e| e.to_string()),
         Err(_) => Err(format!(
             "writing the chunk took longer than {CHUNK_WRITE_TIMEOUT:?}"

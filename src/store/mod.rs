@@ -127,7 +127,8 @@ impl Batch {
     }
 }
 
-/// How many imported records are published to the index at a time.
+/// How many imported records are published to the index at a time; an
+/// import at least this large also shrinks the write-ahead log afterwards.
 const IMPORT_PUBLISH_BATCH: usize = 10_000;
 
 /// Receives the records of one [`Store::import_all`], inside its transaction.
@@ -385,7 +386,10 @@ impl Store {
     /// hands batches to the [`Importer`] in revision order, and if it or any
     /// batch fails nothing is imported. Records at or below the latest
     /// revision must match what is stored; newer ones must continue it
-    /// without a gap. They become visible once all of them are committed.
+    /// without a gap. Once committed they are published to the index in
+    /// batches (readers see the revision rise batch by batch); an error
+    /// there comes after the commit, and reopening the store rebuilds the
+    /// index from what was committed.
     pub fn import_all<E: From<StoreError>>(
         &self,
         feed: impl FnOnce(&mut Importer<'_>) -> Result<(), E>,
@@ -393,12 +397,20 @@ impl Store {
         let before = self.latest_revision();
         {
             let mut conn = self.writer();
-            let mut importer = Importer {
-                tx: sqlite::ImportTx::begin(&mut conn)?,
-                next: before + 1,
+            let imported = {
+                let mut importer = Importer {
+                    tx: sqlite::ImportTx::begin(&mut conn)?,
+                    next: before + 1,
+                };
+                feed(&mut importer)?;
+                importer.tx.commit()?;
+                importer.next - (before + 1)
             };
-            feed(&mut importer)?;
-            importer.tx.commit()?;
+            // A large import grows the write-ahead log to its own size, and
+            // SQLite keeps the file that large: give the space back.
+            if imported >= IMPORT_PUBLISH_BATCH as i64 {
+                sqlite::truncate_wal(&conn)?;
+            }
         }
         // Publish from the database in bounded batches: a restored snapshot
         // can be far larger than what should sit in memory at once.
@@ -413,11 +425,6 @@ impl Store {
             });
         }
         Ok(())
-    }
-
-    /// Imports one batch in its own transaction (see [`Store::import_all`]).
-    pub fn import(&self, records: &[Record]) -> Result<(), StoreError> {
-        self.import_all(|importer| importer.add(records))
     }
 
     /// Undoes a persisted but unpublished batch from `revision` on.
@@ -534,14 +541,32 @@ mod tests {
             })
             .unwrap();
         assert_eq!(store.latest_revision(), 3);
-        let conflict = store.import(&[Record {
-            value: Some(Bytes::from_static(b"other")),
-            ..put(3)
-        }]);
+        let conflict = store.import_all(|importer| {
+            importer.add(&[Record {
+                value: Some(Bytes::from_static(b"other")),
+                ..put(3)
+            }])
+        });
         assert!(
             matches!(conflict, Err(StoreError::Conflict { revision: 3 })),
             "{conflict:?}"
         );
         assert_eq!(store.latest_revision(), 3);
+    }
+
+    #[test]
+    fn a_large_import_gives_the_write_ahead_log_space_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let records: Vec<Record> = std::iter::once(Record::internal("n"))
+            .chain((2..=IMPORT_PUBLISH_BATCH as i64 + 1).map(put))
+            .collect();
+        store.import_all(|importer| importer.add(&records)).unwrap();
+        assert_eq!(store.latest_revision(), IMPORT_PUBLISH_BATCH as i64 + 1);
+        let wal = dir.path().join("db.sqlite3-wal");
+        let size = std::fs::metadata(&wal).map_or(0, |m| m.len());
+        assert_eq!(size, 0, "{} after the import", wal.display());
+        let got = store.records_between(2, 2, 1).unwrap();
+        assert_eq!(got[0].value.as_deref(), Some(&b"v2"[..]));
     }
 }

@@ -254,6 +254,12 @@ impl<'c> ImportTx<'c> {
     }
 }
 
+/// Checkpoints the write-ahead log into the database and truncates it.
+pub fn truncate_wal(conn: &Connection) -> Result<(), StoreError> {
+    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+    Ok(())
+}
+
 /// Removes every row at or above `revision` (undoing a batch whose object
 /// upload failed, before anyone saw it).
 pub fn delete_from(conn: &mut Connection, revision: i64) -> Result<(), StoreError> {
