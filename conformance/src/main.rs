@@ -342,7 +342,15 @@ fn compare(s: &Scenario, expected: &Answers, actual: &Answers, known: &mut Known
             etcd_end.get(name).unwrap_or(&Value::Null),
             netsy_end.get(name).unwrap_or(&Value::Null),
         );
-        if !exec::watch_end_clean(etcd) {
+        if etcd.is_null() {
+            failed = true;
+            details.push(json!({
+                "line": "end",
+                "stream": name,
+                "error": "netsy has a watch stream etcd's recording does not: it opened a stream the scenario never used on etcd",
+                "netsy": netsy,
+            }));
+        } else if !exec::watch_end_clean(etcd) {
             failed = true;
             details.push(json!({
                 "line": "end",

@@ -100,7 +100,9 @@ async fn sigkill_with_writes_in_flight_keeps_every_acknowledged_write() {
         }));
     }
 
-    // Kill in the middle of the stream of writes, with some on the wire.
+    // Kill in the middle of the stream of writes, just after seeing writes
+    // in flight (they may complete before the kill lands; either way every
+    // acknowledged one must survive).
     poll_async("writes in flight after 200 acknowledged", || async {
         (acked.lock().unwrap().len() >= 200 && in_flight.load(Ordering::SeqCst) > 0).then_some(())
     })

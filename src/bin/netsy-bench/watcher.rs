@@ -83,8 +83,9 @@ impl Watcher {
                     return Err(format!("the watch was canceled: {}", resp.cancel_reason));
                 }
                 if resp.events.is_empty() {
-                    // The answer to `finish`'s progress request.
-                    if keep && asked.load(Ordering::SeqCst) {
+                    // The answer to `finish`'s progress request (watch id -1;
+                    // a watch's own progress notification carries its id).
+                    if keep && asked.load(Ordering::SeqCst) && resp.watch_id == -1 {
                         return Ok(());
                     }
                     continue;
