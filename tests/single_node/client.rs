@@ -2,29 +2,16 @@
 //! including a bidirectional watch that mixes replayed and live events.
 
 use etcd_client::{
-    Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
+    Compare, CompareOp, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
 };
 
 use crate::support::{Netsy, DEADLINE};
-
-/// An etcd-client connected to `n`, or a failed test at the deadline. The
-/// crate connects lazily, so the TCP connect gets the deadline too.
-pub(crate) async fn connect(n: &Netsy) -> etcd_client::Client {
-    let opts = ConnectOptions::new().with_connect_timeout(DEADLINE);
-    tokio::time::timeout(
-        DEADLINE,
-        etcd_client::Client::connect([n.client_addr.as_str()], Some(opts)),
-    )
-    .await
-    .expect("etcd-client connects within the deadline")
-    .expect("etcd-client connects")
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn kv_roundtrip_with_prev_kv_and_ranges() {
     let dir = tempfile::tempdir().unwrap();
     let n = Netsy::start_dev(dir.path());
-    let mut c = connect(&n).await;
+    let mut c = n.client().await;
     let put = c.put("a", "1", None).await.unwrap();
     assert_eq!(put.header().unwrap().revision(), 2);
     let put = c
@@ -75,7 +62,7 @@ async fn kv_roundtrip_with_prev_kv_and_ranges() {
 async fn txn_compares_and_failure_reads() {
     let dir = tempfile::tempdir().unwrap();
     let n = Netsy::start_dev(dir.path());
-    let mut c = connect(&n).await;
+    let mut c = n.client().await;
     let create = Txn::new()
         .when([Compare::mod_revision("k", CompareOp::Equal, 0)])
         .and_then([TxnOp::put("k", "v1", None)]);
@@ -124,7 +111,7 @@ type SeenEvent = (EventType, String, i64, String, Option<(String, i64)>);
 async fn bidi_watch_gets_replayed_then_live_events_in_order_and_progress() {
     let dir = tempfile::tempdir().unwrap();
     let n = Netsy::start_dev(dir.path());
-    let mut c = connect(&n).await;
+    let mut c = n.client().await;
     for i in 0..5 {
         c.put(format!("/w/{i}"), format!("old{i}"), None)
             .await
@@ -138,7 +125,7 @@ async fn bidi_watch_gets_replayed_then_live_events_in_order_and_progress() {
     let (mut watcher, mut stream) = c.watch("/w/", Some(opts)).await.unwrap();
 
     // Live writes race with the replay; order must still be by revision.
-    let mut writer = connect(&n).await;
+    let mut writer = n.client().await;
     let live = tokio::spawn(async move {
         for i in 0..20 {
             writer.put(format!("/w/live{i}"), "x", None).await.unwrap(); // revs 8..=27
@@ -234,7 +221,7 @@ async fn bidi_watch_gets_replayed_then_live_events_in_order_and_progress() {
 async fn maintenance_cluster_and_lease_services() {
     let dir = tempfile::tempdir().unwrap();
     let n = Netsy::start_dev(dir.path());
-    let mut c = connect(&n).await;
+    let mut c = n.client().await;
     c.put("first", "write", None).await.unwrap(); // rev 2
 
     let status = c.status().await.unwrap();
@@ -315,7 +302,7 @@ async fn maintenance_cluster_and_lease_services() {
 async fn endpoint_health_the_way_etcdctl_checks_it() {
     let dir = tempfile::tempdir().unwrap();
     let n = Netsy::start_dev(dir.path());
-    let mut c = connect(&n).await;
+    let mut c = n.client().await;
     let got = c
         .get("health", None)
         .await

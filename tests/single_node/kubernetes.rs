@@ -2,7 +2,6 @@
 
 use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp, TxnOpResponse, WatchOptions};
 
-use crate::client::connect;
 use crate::support::{Netsy, DEADLINE};
 
 const PREFIX: &str = "/registry/pods/default/";
@@ -12,7 +11,7 @@ const PREFIX_END: &str = "/registry/pods/default0";
 async fn paged_list_pinned_to_a_revision_counts_every_key() {
     let dir = tempfile::tempdir().unwrap();
     let n = Netsy::start_dev(dir.path());
-    let mut c = connect(&n).await;
+    let mut c = n.client().await;
     for i in 0..10 {
         c.put(format!("{PREFIX}pod-{i:02}"), format!("v{i}"), None)
             .await
@@ -127,7 +126,7 @@ async fn paged_list_pinned_to_a_revision_counts_every_key() {
 async fn keys_only_and_count_only() {
     let dir = tempfile::tempdir().unwrap();
     let n = Netsy::start_dev(dir.path());
-    let mut c = connect(&n).await;
+    let mut c = n.client().await;
     for i in 0..5 {
         c.put(format!("{PREFIX}p{i}"), "x".repeat(100), None)
             .await
@@ -160,7 +159,7 @@ async fn keys_only_and_count_only() {
 async fn create_update_delete_txns_with_failure_reads() {
     let dir = tempfile::tempdir().unwrap();
     let n = Netsy::start_dev(dir.path());
-    let mut c = connect(&n).await;
+    let mut c = n.client().await;
     let key = format!("{PREFIX}web");
     let create = Txn::new()
         .when([Compare::mod_revision(key.as_str(), CompareOp::Equal, 0)])
@@ -208,7 +207,7 @@ async fn create_update_delete_txns_with_failure_reads() {
 async fn compaction_bookkeeping_txn_then_compact() {
     let dir = tempfile::tempdir().unwrap();
     let n = Netsy::start_dev(dir.path());
-    let mut c = connect(&n).await;
+    let mut c = n.client().await;
     for i in 0..5 {
         c.put("/registry/x", format!("{i}"), None).await.unwrap(); // revs 2..=6
     }
@@ -276,7 +275,7 @@ async fn compaction_bookkeeping_txn_then_compact() {
 async fn watch_from_list_revision_plus_one_sees_writes_in_between() {
     let dir = tempfile::tempdir().unwrap();
     let n = Netsy::start_dev(dir.path());
-    let mut c = connect(&n).await;
+    let mut c = n.client().await;
     c.put(format!("{PREFIX}a"), "1", None).await.unwrap();
     let list = c
         .get(PREFIX, Some(GetOptions::new().with_range(PREFIX_END)))

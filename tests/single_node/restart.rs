@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex};
 
 use etcd_client::GetOptions;
 
-use crate::client::connect;
 use crate::support::{poll_async, Netsy, DEADLINE};
 
 #[tokio::test(flavor = "multi_thread")]
@@ -17,7 +16,7 @@ async fn acknowledged_writes_survive_sigkill() {
     let mut acked = Vec::new();
     let mut tasks = Vec::new();
     for w in 0..8 {
-        let mut c = connect(&n).await;
+        let mut c = n.client().await;
         tasks.push(tokio::spawn(async move {
             let mut mine = Vec::new();
             for i in 0..25 {
@@ -37,7 +36,7 @@ async fn acknowledged_writes_survive_sigkill() {
     n.kill9();
 
     let n = Netsy::start_dev(dir.path());
-    let mut c = connect(&n).await;
+    let mut c = n.client().await;
     let all = c
         .get("/k/", Some(GetOptions::new().with_prefix()))
         .await
@@ -74,7 +73,7 @@ async fn sigkill_with_writes_in_flight_keeps_every_acknowledged_write() {
     let in_flight = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for w in 0..WRITERS {
-        let mut c = connect(&n).await;
+        let mut c = n.client().await;
         let (acked, in_flight) = (acked.clone(), in_flight.clone());
         // Each writer puts /k/{w}/{i} = v{w}-{i} one after the other until
         // its node goes away: a write is sent only after the previous one
@@ -115,7 +114,7 @@ async fn sigkill_with_writes_in_flight_keeps_every_acknowledged_write() {
     let acked = acked.lock().unwrap().clone();
 
     let n = Netsy::start_dev(dir.path());
-    let mut c = connect(&n).await;
+    let mut c = n.client().await;
     let all = c
         .get("/k/", Some(GetOptions::new().with_prefix()))
         .await

@@ -213,10 +213,16 @@ impl Netsy {
         String::from_utf8(out.stdout).unwrap()
     }
 
+    /// An etcd-client connected to this node (within the deadline).
     pub async fn client(&self) -> etcd_client::Client {
-        etcd_client::Client::connect([self.client_addr.as_str()], None)
-            .await
-            .expect("etcd-client connects")
+        let opts = etcd_client::ConnectOptions::new().with_connect_timeout(DEADLINE);
+        tokio::time::timeout(
+            DEADLINE,
+            etcd_client::Client::connect([self.client_addr.as_str()], Some(opts)),
+        )
+        .await
+        .expect("etcd-client connects within the deadline")
+        .expect("etcd-client connects")
     }
 
     pub async fn channel(&self) -> netsy::grpc::Channel {
