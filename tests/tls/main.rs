@@ -812,12 +812,13 @@ fn assert_no_key_material(text: &str, pkis: &[&Pki]) {
 /// user `uid` when given: returns its stderr. Fails if it serves or is still
 /// running at the deadline.
 fn refuses_as(
+    binary: &Path,
     data: &Path,
     conf: &Path,
     env: Vec<(String, String)>,
     uid: Option<u32>,
 ) -> Result<String, std::io::Error> {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_netsy"));
+    let mut cmd = Command::new(binary);
     cmd.arg("--config")
         .arg(conf)
         .env("NETSY_BIND_CLIENT", "127.0.0.1:0")
@@ -837,7 +838,14 @@ fn refuses_as(
 }
 
 fn refuses(data: &Path, conf: &Path, env: Vec<(String, String)>) -> String {
-    refuses_as(data, conf, env, None).unwrap()
+    refuses_as(
+        Path::new(env!("CARGO_BIN_EXE_netsy")),
+        data,
+        conf,
+        env,
+        None,
+    )
+    .unwrap()
 }
 
 #[test]
@@ -936,9 +944,15 @@ fn startup_refuses_bad_node_certificates() {
             for dir in [tmp.path(), pki.dir.as_path()] {
                 std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
             }
-            // Root reads anything: run as nobody. Failing to is a failure,
-            // not a skip, so the case cannot pass without being checked.
-            refuses_as(&data, &conf, env, Some(65534))
+            // Root reads anything: run as nobody, from a copy of the binary
+            // nobody can reach (the build dir may sit under /root). Failing
+            // to is a failure, not a skip: the case must be checked.
+            let binary = tmp.path().join("netsy-as-nobody");
+            if !binary.exists() {
+                std::fs::copy(env!("CARGO_BIN_EXE_netsy"), &binary).unwrap();
+                std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755)).unwrap();
+            }
+            refuses_as(&binary, &data, &conf, env, Some(65534))
                 .unwrap_or_else(|e| panic!("cannot run netsy as nobody to check {file}: {e}"))
         };
         let expected = format!("{setting} ({}): cannot read: ", locked.display());
