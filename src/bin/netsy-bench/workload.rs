@@ -287,15 +287,19 @@ fn header_revision(h: &Option<netsy::pb::etcdserverpb::ResponseHeader>) -> i64 {
 /// One acknowledged put for the checks: key, value tag, revision.
 type PutEntry = (Bytes, u64, i64);
 
-/// What the prefix must hold after these puts (the last value per key,
+/// What the prefix must hold after the logged puts (the last value per key,
 /// create revision, version), against what it holds: every key, every
-/// field, and the count.
+/// field, and the count. Nothing to check when nothing was logged.
 async fn check_puts(
     ch: &Channel,
     prefix: &str,
     val_size: usize,
-    mut writes: Vec<PutEntry>,
+    written: &Logs<PutEntry>,
 ) -> Result<(), String> {
+    let Some(logs) = written else {
+        return Ok(());
+    };
+    let mut writes = drain(logs);
     if writes.is_empty() {
         return Err("no write was acknowledged".into());
     }
@@ -377,10 +381,7 @@ async fn put(load: &Load, channels: Arc<Vec<Channel>>) -> Result<Outcome, String
         }
     })
     .await;
-    let check = match &written {
-        Some(w) => check_puts(&ch0, &load.prefix, val_size, drain(w)).await,
-        None => Ok(()),
-    };
+    let check = check_puts(&ch0, &load.prefix, val_size, &written).await;
     Ok(Outcome::new(measured, check))
 }
 
@@ -559,10 +560,7 @@ async fn txn_put(load: &Load, channels: Arc<Vec<Channel>>) -> Result<Outcome, St
         }
     })
     .await;
-    let check = match &written {
-        Some(w) => check_puts(&ch0, &load.prefix, val_size, drain(w)).await,
-        None => Ok(()),
-    };
+    let check = check_puts(&ch0, &load.prefix, val_size, &written).await;
     Ok(Outcome::new(measured, check))
 }
 
