@@ -68,6 +68,17 @@ impl From<StoreError> for LogError {
     }
 }
 
+/// Downloads and fully validates one chunk from `store`.
+pub async fn read_chunk(store: &dyn ObjectStore, key: &str) -> Result<Vec<Record>, LogError> {
+    let obj = store.get(key).await?;
+    let (_, records, _) =
+        datafile::decode(&obj.data, Some(Kind::Chunk)).map_err(|error| LogError::Corrupt {
+            key: key.to_string(),
+            error,
+        })?;
+    Ok(records)
+}
+
 /// A chunk ready to be written: its key and its exact bytes.
 pub struct EncodedChunk {
     pub key: String,
@@ -203,13 +214,7 @@ impl ObjectLog {
 
     /// Downloads and fully validates one chunk.
     pub async fn read_chunk(&self, key: &str) -> Result<Vec<Record>, LogError> {
-        let obj = self.store.get(key).await?;
-        let (_, records, _) =
-            datafile::decode(&obj.data, Some(Kind::Chunk)).map_err(|error| LogError::Corrupt {
-                key: key.to_string(),
-                error,
-            })?;
-        Ok(records)
+        read_chunk(&*self.store, key).await
     }
 
     /// A fresh temporary file path under the data dir.

@@ -1,9 +1,8 @@
 //! Bringing a node's local store level with object storage: an empty store
-//! takes the latest snapshot, then every later chunk. Every object needed is
-//! downloaded and verified (CRCs, kind, counts) before anything is written;
-//! then all of them go into one SQLite transaction, where continuity with
-//! the local store is checked. Then, as the Primary, records that exist only
-//! locally are uploaded (preflight).
+//! takes the latest snapshot (checked whole first), then every later chunk,
+//! each verified as it is read, all in one SQLite transaction that also
+//! checks continuity with the local store. Then, as the Primary, records
+//! that exist only locally are uploaded (preflight).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -28,153 +27,131 @@ pub struct CaughtUp {
     pub latest: i64,
 }
 
-/// Imports what object storage has beyond the local store. Every object
-/// needed is downloaded and verified first; then all of it is imported in
-/// one transaction, so a damaged object (or a crash part-way) leaves the
+/// Imports what object storage has beyond the local store, all of it in one
+/// SQLite transaction: a damaged object (or a crash part-way) leaves the
 /// local store exactly as it was.
 pub async fn catch_up(store: &Arc<Store>, log: &ObjectLog) -> Result<CaughtUp, LogError> {
-    let mut staged = Staged::default();
-    let result = stage_and_import(store, log, &mut staged).await;
-    for path in staged.paths() {
-        let _ = std::fs::remove_file(path);
-    }
-    let mut report = result?;
-    let s = store.clone();
-    tokio::task::spawn_blocking(move || -> Result<(), LogError> {
-        s.seed_compaction()?;
-        s.check_integrity()?;
-        Ok(())
-    })
-    .await
-    .map_err(|e| LogError::Invalid(format!("integrity task failed: {e}")))??;
-    report.latest = store.latest_revision();
-    Ok(report)
-}
-
-/// Downloaded, verified objects waiting to be imported: temporary files
-/// with the object key each came from.
-#[derive(Default)]
-struct Staged {
-    snapshot: Option<(PathBuf, String)>,
-    chunks: Vec<(PathBuf, String)>,
-}
-
-impl Staged {
-    fn paths(&self) -> impl Iterator<Item = &PathBuf> {
-        self.snapshot.iter().chain(&self.chunks).map(|(p, _)| p)
-    }
-}
-
-async fn stage_and_import(
-    store: &Arc<Store>,
-    log: &ObjectLog,
-    staged: &mut Staged,
-) -> Result<CaughtUp, LogError> {
     let mut report = CaughtUp::default();
     let snapshot = log.latest_snapshot().await?;
     if let Some((rev, _)) = &snapshot {
         report.snapshot = *rev;
     }
     let mut base = store.latest_revision();
+    // An empty store starts from the latest snapshot, downloaded to a file
+    // (it can be large) and checked whole before the import begins.
+    let mut snapshot_file = None;
     if base == 0 {
         if let Some((rev, key)) = snapshot {
             log::info!("restoring from snapshot {key} (revision {rev})");
             let path = log.temp_path("snapshot");
-            staged.snapshot = Some((path.clone(), key.clone()));
-            log.store.get_to_file(&key, &path).await?;
-            base = blocking(move || {
-                validate_snapshot(&path).map_err(|error| LogError::Corrupt { key, error })
-            })
-            .await?;
+            snapshot_file = Some((path.clone(), key.clone()));
+            let validated = async {
+                log.store.get_to_file(&key, &path).await?;
+                blocking(move || {
+                    validate_snapshot(&path).map_err(|error| LogError::Corrupt { key, error })
+                })
+                .await
+            };
+            base = match validated.await {
+                Ok(n) => n,
+                Err(e) => {
+                    remove_snapshot_file(&snapshot_file);
+                    return Err(e);
+                }
+            };
             report.snapshot_imported = true;
         }
     }
     let chunks = log.chunks_after(0).await?;
     report.durable = chunks.last().map_or(0, |c| c.0).max(report.snapshot);
-    let pending: Vec<(i64, String)> = chunks.into_iter().filter(|(r, _)| *r > base).collect();
-    if !pending.is_empty() {
-        log::info!(
-            "downloading and verifying {} chunks after revision {base}",
-            pending.len()
-        );
-    }
-    for (i, (_, key)) in pending.into_iter().enumerate() {
-        let path = log.temp_path("chunk");
-        staged.chunks.push((path.clone(), key.clone()));
-        let data = log.store.get(&key).await?.data;
-        blocking(move || {
-            datafile::decode(&data, Some(Kind::Chunk))
-                .map_err(|error| LogError::Corrupt { key, error })?;
-            std::fs::write(&path, &data)
-                .map_err(|e| LogError::Invalid(format!("cannot write {}: {e}", path.display())))
-        })
-        .await?;
-        report.chunks_imported += 1;
-        if (i + 1) % 1000 == 0 {
-            log::info!("verified {} chunks", i + 1);
+    let pending: Vec<String> = chunks
+        .into_iter()
+        .filter(|(r, _)| *r > base)
+        .map(|(_, key)| key)
+        .collect();
+    report.chunks_imported = pending.len();
+    if snapshot_file.is_some() || !pending.is_empty() {
+        if !pending.is_empty() {
+            log::info!("importing {} chunks after revision {base}", pending.len());
         }
+        // Chunks are downloaded one at a time inside the transaction (the
+        // blocking thread waits on each download), so none is held in
+        // memory or on disk beyond its own import.
+        let (s, objects, runtime) = (
+            store.clone(),
+            log.store.clone(),
+            tokio::runtime::Handle::current(),
+        );
+        let snapshot = snapshot_file.clone();
+        let imported = blocking(move || {
+            s.import_all(|importer| {
+                if let Some((path, key)) = &snapshot {
+                    import_snapshot_file(importer, path, key)?;
+                }
+                let count = pending.len();
+                for (i, key) in pending.into_iter().enumerate() {
+                    let records = runtime.block_on(super::read_chunk(&*objects, &key))?;
+                    importer
+                        .add(&records)
+                        .map_err(|error| LogError::Import { key, error })?;
+                    if (i + 1) % 1000 == 0 {
+                        log::info!("imported {} of {count} chunks", i + 1);
+                    }
+                }
+                Ok(())
+            })
+        })
+        .await;
+        remove_snapshot_file(&snapshot_file);
+        imported?;
     }
-    if staged.snapshot.is_none() && staged.chunks.is_empty() {
-        return Ok(report);
-    }
-    let (s, snapshot, chunks) = (
-        store.clone(),
-        staged.snapshot.clone(),
-        staged.chunks.clone(),
-    );
-    blocking(move || s.import_all(|importer| import_staged(importer, snapshot, chunks))).await?;
+    let s = store.clone();
+    blocking(move || -> Result<(), LogError> {
+        s.seed_compaction()?;
+        s.check_integrity()?;
+        Ok(())
+    })
+    .await?;
+    report.latest = store.latest_revision();
     Ok(report)
 }
 
-/// Feeds the staged snapshot (in bounded batches) and chunks to one import.
-fn import_staged(
+fn remove_snapshot_file(file: &Option<(PathBuf, String)>) {
+    if let Some((path, _)) = file {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// Feeds a verified snapshot file to the import in bounded batches.
+fn import_snapshot_file(
     importer: &mut Importer<'_>,
-    snapshot: Option<(PathBuf, String)>,
-    chunks: Vec<(PathBuf, String)>,
+    path: &Path,
+    key: &str,
 ) -> Result<(), LogError> {
-    if let Some((path, key)) = snapshot {
-        let corrupt = |error| LogError::Corrupt {
-            key: key.clone(),
-            error,
-        };
-        let not_imported = |error| LogError::Import {
-            key: key.clone(),
-            error,
-        };
-        let mut reader = datafile::open_file(&path, Some(Kind::Snapshot)).map_err(corrupt)?;
-        let total = reader.header.records_count;
-        let mut batch: Vec<Record> = Vec::with_capacity(SNAPSHOT_IMPORT_BATCH);
-        let mut done = 0u64;
-        while let Some(r) = reader.next_record().map_err(corrupt)? {
-            batch.push(r);
-            if batch.len() == SNAPSHOT_IMPORT_BATCH {
-                importer.add(&batch).map_err(not_imported)?;
-                done += batch.len() as u64;
-                batch.clear();
-                if done.is_multiple_of(100_000) {
-                    log::info!("snapshot import: {done} of {total} records");
-                }
+    let corrupt = |error| LogError::Corrupt {
+        key: key.to_string(),
+        error,
+    };
+    let not_imported = |error| LogError::Import {
+        key: key.to_string(),
+        error,
+    };
+    let mut reader = datafile::open_file(path, Some(Kind::Snapshot)).map_err(corrupt)?;
+    let total = reader.header.records_count;
+    let mut batch: Vec<Record> = Vec::with_capacity(SNAPSHOT_IMPORT_BATCH);
+    let mut done = 0u64;
+    while let Some(r) = reader.next_record().map_err(corrupt)? {
+        batch.push(r);
+        if batch.len() == SNAPSHOT_IMPORT_BATCH {
+            importer.add(&batch).map_err(not_imported)?;
+            done += batch.len() as u64;
+            batch.clear();
+            if done.is_multiple_of(100_000) {
+                log::info!("snapshot import: {done} of {total} records");
             }
         }
-        importer.add(&batch).map_err(not_imported)?;
     }
-    let count = chunks.len();
-    for (i, (path, key)) in chunks.into_iter().enumerate() {
-        let data = std::fs::read(&path)
-            .map_err(|e| LogError::Invalid(format!("cannot read {}: {e}", path.display())))?;
-        let (_, records, _) =
-            datafile::decode(&data, Some(Kind::Chunk)).map_err(|error| LogError::Corrupt {
-                key: key.clone(),
-                error,
-            })?;
-        importer
-            .add(&records)
-            .map_err(|error| LogError::Import { key, error })?;
-        if (i + 1) % 1000 == 0 {
-            log::info!("imported {} of {count} chunks", i + 1);
-        }
-    }
-    Ok(())
+    importer.add(&batch).map_err(not_imported)
 }
 
 /// How many snapshot records go to the importer at a time.
