@@ -1,8 +1,10 @@
 //! The `netsy` command line: flags and environment in, a running node out.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use netsy::config;
+use netsy::node::driver::RoleCell;
 
 const USAGE: &str = "usage: netsy [--dev] [--config FILE] [-v|--verbose]
        netsy --validate FILE
@@ -51,7 +53,8 @@ fn parse_args(args: &[String]) -> Result<Cli, String> {
     Ok(cli)
 }
 
-fn init_logging(debug: bool, node_id: &str) {
+/// Log lines name the node and its current role.
+fn init_logging(debug: bool, node_id: &str, role: Arc<RoleCell>) {
     use std::io::Write;
     let default = if debug { "debug" } else { "info" };
     let node_id = node_id.to_string();
@@ -64,7 +67,7 @@ fn init_logging(debug: bool, node_id: &str) {
                 record.level(),
                 record.target(),
                 node_id,
-                netsy::node::state::role(),
+                role.log_name(),
                 record.args()
             )
         })
@@ -94,7 +97,8 @@ fn inspect(args: &[String]) -> ExitCode {
             let fetched =
                 config::read_cluster_config(std::path::Path::new(config)).and_then(|cluster| {
                     let env = |name: &str| std::env::var(name).ok();
-                    let store = netsy::objstore::from_config(&cluster.storage, &env)?;
+                    let store =
+                        netsy::objstore::from_config(&cluster.storage, &env, &Default::default())?;
                     let runtime = tokio::runtime::Builder::new_current_thread()
                         .enable_all()
                         .build()
@@ -234,7 +238,12 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    init_logging(cli.verbose || cfg.node.debug, &cfg.node.node_id);
+    let role = Arc::new(RoleCell::default());
+    init_logging(
+        cli.verbose || cfg.node.debug,
+        &cfg.node.node_id,
+        role.clone(),
+    );
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -245,7 +254,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let result = runtime.block_on(netsy::node::run(cfg, shutdown_signal()));
+    let result = runtime.block_on(netsy::node::run(cfg, role, shutdown_signal()));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -5,8 +5,21 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::log::{bootstrap, keys, LogError, ObjectLog};
+use crate::log::{bootstrap, LogError, ObjectLog};
 use crate::objstore::{Condition, ObjError, ObjectStore};
+
+/// Object keys (relative to `storage.key_prefix`), as the reference has them.
+pub mod keys {
+    /// Member ids by node id.
+    pub const MEMBERS: &str = "members.json";
+    /// Every node's registration lives under here.
+    pub const NODES: &str = "nodes/";
+
+    /// `nodes/{node_id}.json`.
+    pub fn node_key(node_id: &str) -> String {
+        format!("{NODES}{node_id}.json")
+    }
+}
 
 /// A node's registration; field order is the reference's.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -122,6 +135,12 @@ mod tests {
             ObjectLog::new(Arc::new(MemoryStore::new()), "n1", dir.path()).unwrap(),
             dir,
         )
+    }
+
+    #[test]
+    fn keys_are_the_reference_ones() {
+        assert_eq!(keys::node_key("dev-node-1"), "nodes/dev-node-1.json");
+        assert_eq!(keys::MEMBERS, "members.json");
     }
 
     #[tokio::test]

@@ -3,6 +3,8 @@
 //! express.
 
 use crate::grpc::Status;
+use crate::primary::WriteError;
+use crate::store::StoreError;
 
 pub fn empty_key() -> Status {
     Status::invalid_argument("etcdserver: key is not provided")
@@ -72,4 +74,30 @@ pub fn multi_key_txn() -> Status {
 /// Ours: nested txn operations would need several writes per revision.
 pub fn nested_txn() -> Status {
     Status::invalid_argument("nested txn operations are not supported")
+}
+
+/// The status etcd would send for a write the write path refused.
+pub fn from_write(e: WriteError) -> Status {
+    match e {
+        WriteError::Compacted => compacted(),
+        WriteError::FutureRevision => future_revision(),
+        WriteError::KeyNotFound => key_not_found(),
+        WriteError::LeaseNotFound => lease_not_found(),
+        WriteError::LeaseExists => lease_exists(),
+        WriteError::LeaseTtlTooLarge => lease_ttl_too_large(),
+        WriteError::NotAccepting { .. } | WriteError::Stopped => {
+            Status::unavailable(format!("netsy: {e}"))
+        }
+        WriteError::NotDurable(message) => Status::unavailable(message),
+        WriteError::Store(_) => Status::internal(e.to_string()),
+    }
+}
+
+/// The status for a failed read of the local store.
+pub fn from_store(e: StoreError) -> Status {
+    match e {
+        StoreError::Compacted => compacted(),
+        StoreError::FutureRevision => future_revision(),
+        other => Status::internal(format!("local database: {other}")),
+    }
 }

@@ -11,11 +11,12 @@ use crate::pb::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
     PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
 };
-use crate::primary::txn;
-use crate::primary::view::store_status;
-use crate::store::{KeyRange, KvEntry};
+use crate::primary::txn::Txn;
+use crate::store::{query, KvEntry};
 
-use super::{errors, range, EtcdApi, MAX_REQUEST_BYTES};
+use super::convert::{self, key_value};
+use super::errors::{self, from_store, from_write};
+use super::{range, EtcdApi, MAX_REQUEST_BYTES};
 
 /// Refuses writes etcd would refuse for size (its limit applies to the
 /// request as proposed, a few bytes more than the request itself).
@@ -29,41 +30,46 @@ fn check_size<M: Message>(req: &M) -> Result<(), Status> {
 
 pub async fn range(api: Arc<EtcdApi>, req: RangeRequest) -> Result<RangeResponse, Status> {
     range::validate(&req)?;
+    let q = range::query(&req);
     let store = &api.store;
     let (selection, committed) = {
         let index = store.index();
         // Read under the index lock: compaction trims the index and raises
         // the compaction revision atomically.
         let committed = store.committed_revision();
-        let at = range::read_revision(req.revision, committed, store.compacted_revision())?;
-        let keys = index.scan(&KeyRange::new(&req.key, &req.range_end), at);
+        let at = query::read_revision(q.revision, committed, store.compacted_revision())
+            .map_err(from_store)?;
+        let keys = index.scan(&q.range, at);
         (
-            range::select(&req, keys.map(|e| KvEntry::from_entry(&e))),
+            query::select(&q, keys.map(|e| KvEntry::from_entry(&e))),
             committed,
         )
     };
-    let result = range::finish(&req, selection, |e| {
-        store.load_values(e).map_err(store_status)
-    })?;
+    let result = query::finish(&q, selection, |e| store.load_values(e)).map_err(from_store)?;
     Ok(RangeResponse {
         header: Some(api.header(committed)),
-        kvs: result.kvs,
+        kvs: result.entries.iter().map(key_value).collect(),
         more: result.more,
         count: result.count,
     })
 }
 
+/// Commits a txn and answers it as etcd would.
+async fn commit(api: &EtcdApi, txn: Txn) -> Result<TxnResponse, Status> {
+    let outcome = api.writer.txn(txn).await.map_err(from_write)?;
+    Ok(convert::txn_response(outcome))
+}
+
 pub async fn txn(api: Arc<EtcdApi>, req: TxnRequest) -> Result<TxnResponse, Status> {
     check_size(&req)?;
-    let mut resp = api.writer.txn(req).await?;
+    let mut resp = commit(&api, convert::txn(&req)?).await?;
     api.fill(&mut resp.header);
     Ok(resp)
 }
 
 pub async fn put(api: Arc<EtcdApi>, req: PutRequest) -> Result<PutResponse, Status> {
     check_size(&req)?;
-    txn::validate_put(&req)?;
-    let resp = api.writer.txn(txn::put_as_txn(req)).await?;
+    let resp = commit(&api, Txn::put(convert::put(&req)?)).await?;
     match resp.responses.into_iter().next().and_then(|r| r.response) {
         Some(Response::ResponsePut(mut put)) => {
             api.fill(&mut put.header);
@@ -78,8 +84,11 @@ pub async fn delete_range(
     req: DeleteRangeRequest,
 ) -> Result<DeleteRangeResponse, Status> {
     check_size(&req)?;
-    txn::validate_delete(&req)?;
-    let resp = api.writer.txn(txn::delete_as_txn(req)).await?;
+    let txn = Txn {
+        success: vec![convert::delete(&req)?],
+        ..Txn::default()
+    };
+    let resp = commit(&api, txn).await?;
     match resp.responses.into_iter().next().and_then(|r| r.response) {
         Some(Response::ResponseDeleteRange(mut del)) => {
             api.fill(&mut del.header);
@@ -93,7 +102,7 @@ pub async fn compact(
     api: Arc<EtcdApi>,
     req: CompactionRequest,
 ) -> Result<CompactionResponse, Status> {
-    api.writer.compact(req.revision).await?;
+    api.writer.compact(req.revision).await.map_err(from_write)?;
     Ok(CompactionResponse {
         header: Some(api.header(api.store.committed_revision())),
     })

@@ -11,7 +11,11 @@ pub async fn grant(
     api: Arc<EtcdApi>,
     req: LeaseGrantRequest,
 ) -> Result<LeaseGrantResponse, Status> {
-    let (id, ttl) = api.writer.lease_grant(req.id, req.ttl).await?;
+    let (id, ttl) = api
+        .writer
+        .lease_grant(req.id, req.ttl)
+        .await
+        .map_err(super::errors::from_write)?;
     Ok(LeaseGrantResponse {
         header: Some(api.header(api.store.committed_revision())),
         id,

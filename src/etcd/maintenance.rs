@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use crate::grpc::{RequestContext, Status};
-use crate::node::state::Health;
 use crate::pb::etcdserverpb::alarm_request::AlarmAction;
 use crate::pb::etcdserverpb::{
     AlarmMember, AlarmRequest, AlarmResponse, AlarmType, StatusRequest, StatusResponse,
@@ -17,11 +16,10 @@ pub async fn status(api: Arc<EtcdApi>, _req: StatusRequest) -> Result<StatusResp
         .store
         .db_size()
         .map_err(|e| Status::unavailable(format!("error getting db size: {e}")))?;
-    let health = api.health.get();
-    let errors = if health == Health::Healthy {
+    let errors = if api.health.is_healthy() {
         vec![]
     } else {
-        vec![format!("health state: {}", health.as_str())]
+        vec![format!("health state: {}", api.health.health())]
     };
     Ok(StatusResponse {
         header: Some(api.header(api.store.committed_revision())),
@@ -43,7 +41,7 @@ pub async fn alarm(api: Arc<EtcdApi>, req: AlarmRequest) -> Result<AlarmResponse
             "netsy: alarms follow node health and cannot be raised or cleared",
         ));
     }
-    let alarms = if api.health.get() == Health::Healthy {
+    let alarms = if api.health.is_healthy() {
         vec![]
     } else {
         vec![AlarmMember {

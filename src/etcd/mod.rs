@@ -3,6 +3,7 @@
 //! hub. Everything etcd has that we do not serve answers Unimplemented.
 
 pub mod cluster;
+pub mod convert;
 pub mod errors;
 pub mod kv;
 pub mod lease;
@@ -14,7 +15,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::grpc::{unary, Call, Router};
-use crate::node::state::HealthCell;
+use crate::http::metrics::{labels, Metrics};
+use crate::http::HealthSource;
 use crate::pb::etcdserverpb::ResponseHeader;
 use crate::primary::Writer;
 use crate::store::Store;
@@ -58,7 +60,8 @@ pub struct EtcdApi {
     pub writer: Writer,
     pub hub: Arc<WatchHub>,
     pub identity: Identity,
-    pub health: Arc<HealthCell>,
+    pub health: Arc<dyn HealthSource>,
+    pub metrics: Arc<Metrics>,
     pub settings: ApiSettings,
     /// Becomes true when the node stops: long-lived streams end then.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
@@ -87,13 +90,12 @@ impl EtcdApi {
 /// Counts a client request by kind and result (`netsy_client_requests_total`)
 /// and observes its duration.
 async fn timed<T>(
+    m: Arc<Metrics>,
     kind: &'static str,
     work: impl std::future::Future<Output = Result<T, crate::grpc::Status>>,
 ) -> Result<T, crate::grpc::Status> {
-    use crate::http::metrics::{labels, metrics};
     let started = std::time::Instant::now();
     let result = work.await;
-    let m = metrics();
     let outcome = if result.is_ok() { "success" } else { "error" };
     m.client_requests
         .get_or_create(&labels(&[("kind", kind), ("result", outcome)]))
@@ -122,31 +124,37 @@ pub fn router(api: Arc<EtcdApi>) -> Router {
     r.add(
         KV,
         "Range",
-        unary(move |req, _| timed("range", kv::range(a.clone(), req))),
+        unary(move |req, _| timed(a.metrics.clone(), "range", kv::range(a.clone(), req))),
     );
     let a = api.clone();
     r.add(
         KV,
         "Put",
-        unary(move |req, _| timed("put", kv::put(a.clone(), req))),
+        unary(move |req, _| timed(a.metrics.clone(), "put", kv::put(a.clone(), req))),
     );
     let a = api.clone();
     r.add(
         KV,
         "DeleteRange",
-        unary(move |req, _| timed("delete", kv::delete_range(a.clone(), req))),
+        unary(move |req, _| {
+            timed(
+                a.metrics.clone(),
+                "delete",
+                kv::delete_range(a.clone(), req),
+            )
+        }),
     );
     let a = api.clone();
     r.add(
         KV,
         "Txn",
-        unary(move |req, _| timed("txn", kv::txn(a.clone(), req))),
+        unary(move |req, _| timed(a.metrics.clone(), "txn", kv::txn(a.clone(), req))),
     );
     let a = api.clone();
     r.add(
         KV,
         "Compact",
-        unary(move |req, _| timed("compaction", kv::compact(a.clone(), req))),
+        unary(move |req, _| timed(a.metrics.clone(), "compaction", kv::compact(a.clone(), req))),
     );
 
     let a = api.clone();
@@ -161,7 +169,7 @@ pub fn router(api: Arc<EtcdApi>) -> Router {
     r.add(
         LEASE,
         "LeaseGrant",
-        unary(move |req, _| timed("lease", lease::grant(a.clone(), req))),
+        unary(move |req, _| timed(a.metrics.clone(), "lease", lease::grant(a.clone(), req))),
     );
     r.add_unimplemented(
         LEASE,

@@ -15,10 +15,11 @@ use crate::grpc::{Call, Finished, Inbound, Outbound, Status};
 use crate::pb::etcdserverpb::watch_create_request::FilterType;
 use crate::pb::etcdserverpb::watch_request::RequestUnion;
 use crate::pb::etcdserverpb::{WatchCreateRequest, WatchRequest, WatchResponse};
-use crate::primary::view::store_status;
 use crate::store::KeyRange;
-use crate::watch::Event;
+use crate::watch::{events_from_store, Event};
 
+use super::convert;
+use super::errors::from_store;
 use super::EtcdApi;
 
 /// Most revisions fetched per step (etcd's watchBatchMaxRevs).
@@ -36,7 +37,7 @@ pub async fn serve(api: Arc<EtcdApi>, call: Call) -> Finished {
         mut outbound,
         ..
     } = call;
-    let m = crate::http::metrics::metrics();
+    let m = api.metrics.clone();
     m.watchers.inc();
     let mut stream = WatchStream {
         api,
@@ -62,9 +63,9 @@ struct Watching {
 
 impl Watching {
     fn wants(&self, e: &Event) -> bool {
-        e.revision >= self.next_rev
-            && !(e.deleted && self.no_delete)
-            && (e.deleted || !self.no_put)
+        e.revision() >= self.next_rev
+            && !(e.is_delete() && self.no_delete)
+            && (e.is_delete() || !self.no_put)
             && self.range.contains(&e.kv.key)
     }
 }
@@ -121,7 +122,7 @@ impl WatchStream {
             Some(RequestUnion::CreateRequest(create)) => self.create(create, out).await,
             Some(RequestUnion::CancelRequest(cancel)) => {
                 if self.watches.remove(&cancel.watch_id).is_some() {
-                    crate::http::metrics::metrics().watches.dec();
+                    self.api.metrics.watches.dec();
                     let resp = WatchResponse {
                         header: Some(self.api.header(self.api.hub.committed())),
                         watch_id: cancel.watch_id,
@@ -186,7 +187,7 @@ impl WatchStream {
             no_delete: filters.contains(&(FilterType::Nodelete as i32)),
         };
         self.watches.insert(id, watch);
-        crate::http::metrics::metrics().watches.inc();
+        self.api.metrics.watches.inc();
         let resp = WatchResponse {
             header: Some(self.api.header(committed)),
             watch_id: id,
@@ -207,7 +208,7 @@ impl WatchStream {
             .collect();
         for id in behind {
             self.watches.remove(&id);
-            crate::http::metrics::metrics().watches.dec();
+            self.api.metrics.watches.dec();
             // etcd answers a compacted watch with header revision 0.
             let resp = WatchResponse {
                 header: Some(self.api.header(0)),
@@ -237,7 +238,7 @@ impl WatchStream {
                 let mut batch = Vec::new();
                 let mut bytes = 0;
                 for e in events.iter().filter(|e| w.wants(e)) {
-                    let ev = e.to_proto(w.prev_kv);
+                    let ev = convert::event(e, w.prev_kv);
                     bytes += ev.encoded_len();
                     batch.push(ev);
                     if bytes >= MAX_RESPONSE_BYTES {
@@ -260,39 +261,22 @@ impl WatchStream {
     /// else from the store; at most one fetch's worth. Also returns the
     /// revision the fetch covers up to (`upto` unless it was cut short).
     fn fetch(&self, after: i64, upto: i64) -> Result<(Vec<Arc<Event>>, i64), Status> {
-        let covered = |n: usize, last: Option<i64>| {
-            if n < MAX_REVISIONS_PER_FETCH {
-                upto
-            } else {
-                last.unwrap_or(upto)
-            }
-        };
         if let Some(events) = self
             .api
             .hub
             .events_between(after, upto, MAX_REVISIONS_PER_FETCH)
         {
-            let end = covered(events.len(), events.last().map(|e| e.revision));
+            let end = if events.len() < MAX_REVISIONS_PER_FETCH {
+                upto
+            } else {
+                events.last().map_or(upto, |e| e.revision())
+            };
             return Ok((events, end));
         }
-        let store = &self.api.store;
-        let records = store
-            .records_between(after + 1, upto, MAX_REVISIONS_PER_FETCH)
-            .map_err(store_status)?;
-        let end = covered(records.len(), records.last().map(|r| r.revision));
-        let mut events = Vec::with_capacity(records.len());
-        for r in records.iter().filter(|r| !r.is_internal()) {
-            let prev = if r.prev_revision > 0 {
-                store
-                    .record_at(r.prev_revision)
-                    .map_err(store_status)?
-                    .map(|p| p.to_key_value())
-            } else {
-                None
-            };
-            events.push(Arc::new(Event::from_record(r, prev)));
-        }
-        Ok((events, end))
+        let (events, end) =
+            events_from_store(&self.api.store, after + 1, upto, MAX_REVISIONS_PER_FETCH)
+                .map_err(from_store)?;
+        Ok((events.into_iter().map(Arc::new).collect(), end))
     }
 
     /// Periodic progress: each caught-up watch that asked for it learns the

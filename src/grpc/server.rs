@@ -20,6 +20,7 @@ use super::call::{reject, Inbound, Outbound, RequestContext};
 use super::router::{Call, Router};
 use super::status::Status;
 use super::timeout;
+use crate::http::metrics::{labels, Metrics};
 
 /// Tunables of one gRPC server.
 #[derive(Clone, Debug)]
@@ -90,6 +91,8 @@ pub type Shutdown = watch::Receiver<bool>;
 pub struct Server {
     router: Arc<Router>,
     config: Arc<ServerConfig>,
+    /// Where calls are counted and timed (grpc_server_*), if anywhere.
+    metrics: Option<Arc<Metrics>>,
 }
 
 /// Who is on the other end of a connection.
@@ -104,6 +107,15 @@ impl Server {
         Server {
             router: Arc::new(router),
             config: Arc::new(config),
+            metrics: None,
+        }
+    }
+
+    /// Counts and times every call in `grpc_server_*`.
+    pub fn with_metrics(self, metrics: Arc<Metrics>) -> Server {
+        Server {
+            metrics: Some(metrics),
+            ..self
         }
     }
 
@@ -226,9 +238,10 @@ impl Server {
                         let guard = StreamGuard::new(active.clone());
                         let router = self.router.clone();
                         let cfg = self.config.clone();
+                        let metrics = self.metrics.clone();
                         let peer = peer.clone();
                         tokio::spawn(async move {
-                            handle_stream(request, respond, &router, &cfg, peer).await;
+                            handle_stream(request, respond, &router, &cfg, peer, metrics.as_deref()).await;
                             drop(guard);
                         });
                     }
@@ -306,6 +319,7 @@ async fn handle_stream(
     router: &Router,
     cfg: &ServerConfig,
     peer: PeerInfo,
+    metrics: Option<&Metrics>,
 ) {
     let (parts, body) = request.into_parts();
     if parts.method != Method::POST {
@@ -339,7 +353,9 @@ async fn handle_stream(
     let handler = match router.lookup(parts.uri.path()) {
         Ok(h) => h.clone(),
         Err(status) => {
-            record(&["unknown", "unknown"], status.code, None);
+            if let Some(m) = metrics {
+                record(m, &["unknown", "unknown"], status.code, None);
+            }
             return reject(respond, StatusCode::OK, status);
         }
     };
@@ -361,16 +377,19 @@ async fn handle_stream(
     };
     let (service, method) = parts_of(&parts_path);
     let names = [service, method];
-    let m = crate::http::metrics::metrics();
-    m.grpc_started
-        .get_or_create(&crate::http::metrics::labels(&[
-            ("grpc_service", service),
-            ("grpc_method", method),
-        ]))
-        .inc();
+    if let Some(m) = metrics {
+        m.grpc_started
+            .get_or_create(&labels(&[
+                ("grpc_service", service),
+                ("grpc_method", method),
+            ]))
+            .inc();
+    }
     let started = std::time::Instant::now();
     let finished = handler(call).await;
-    record(&names, finished.0, Some(started));
+    if let Some(m) = metrics {
+        record(m, &names, finished.0, Some(started));
+    }
 }
 
 /// `/pkg.Service/Method` → (service, method).
@@ -380,9 +399,12 @@ fn parts_of(path: &str) -> (&str, &str) {
         .unwrap_or(("unknown", "unknown"))
 }
 
-fn record(names: &[&str; 2], code: super::status::Code, started: Option<std::time::Instant>) {
-    use crate::http::metrics::{labels, metrics};
-    let m = metrics();
+fn record(
+    m: &Metrics,
+    names: &[&str; 2],
+    code: super::status::Code,
+    started: Option<std::time::Instant>,
+) {
     let base = [("grpc_service", names[0]), ("grpc_method", names[1])];
     let mut with_code = labels(&base);
     with_code.push(("grpc_code".to_string(), code.name().to_string()));

@@ -1,9 +1,11 @@
 //! The metrics registry: the reference implementation's metric names and
 //! labels (bounded labels only, base units), plus gRPC server and process
-//! metrics, rendered as Prometheus text. The one piece of global state the
-//! house rules allow.
+//! metrics, rendered as Prometheus text. A node makes one and hands it down
+//! to every layer that records something; nothing reaches it through a
+//! global.
 
-use std::sync::{Mutex, OnceLock};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Mutex;
 use std::time::Instant;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -92,12 +94,21 @@ pub struct Metrics {
     pub grpc_started: Count,
     pub grpc_handled: Count,
     pub grpc_handling_seconds: Hist,
+    /// When the last snapshot was written (Unix seconds; 0 before the
+    /// first), for `netsy_primary_snapshot_age_seconds` at each scrape.
+    last_snapshot_unix: AtomicI64,
     /// Called before each scrape to refresh values read from elsewhere.
     hooks: Mutex<Vec<ScrapeHook>>,
 }
 
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
 impl Metrics {
-    fn new() -> Metrics {
+    pub fn new() -> Metrics {
         let mut r = Registry::default();
         macro_rules! reg {
             ($name:expr, $help:expr, $metric:expr) => {{
@@ -266,6 +277,7 @@ impl Metrics {
                 "gRPC call duration",
                 hist()
             ),
+            last_snapshot_unix: AtomicI64::new(0),
             hooks: Mutex::new(Vec::new()),
             registry: Registry::default(),
         };
@@ -288,6 +300,19 @@ impl Metrics {
         }
     }
 
+    /// Counts one retry of `operation` in `netsy_retries_total`.
+    pub fn count_retry(&self, operation: &str) {
+        self.retries
+            .get_or_create(&labels(&[("operation", operation)]))
+            .inc();
+    }
+
+    /// Notes that a snapshot was written at `unix_seconds`.
+    pub fn snapshot_taken(&self, unix_seconds: i64) {
+        self.last_snapshot_unix
+            .store(unix_seconds, Ordering::Relaxed);
+    }
+
     /// The text exposition.
     pub fn render(&self) -> String {
         if let Ok(hooks) = self.hooks.lock() {
@@ -295,26 +320,19 @@ impl Metrics {
                 h(self);
             }
         }
+        let last = self.last_snapshot_unix.load(Ordering::Relaxed);
+        if last > 0 {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64);
+            self.primary_snapshot_age.set(now - last);
+        }
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode_registry(&mut out, &self.registry);
         out.push_str(&process_metrics());
         out.push_str("# EOF\n");
         out
     }
-}
-
-/// The process-wide registry.
-pub fn metrics() -> &'static Metrics {
-    static METRICS: OnceLock<Metrics> = OnceLock::new();
-    METRICS.get_or_init(Metrics::new)
-}
-
-/// Counts one retry of `operation` in `netsy_retries_total`.
-pub fn count_retry(operation: &str) {
-    metrics()
-        .retries
-        .get_or_create(&labels(&[("operation", operation)]))
-        .inc();
 }
 
 /// Records a duration in seconds since `start`.

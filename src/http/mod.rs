@@ -10,7 +10,16 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::node::state::{Health, HealthCell};
+/// Where this node's health is read (the node's role machine answers);
+/// /health and the etcd Status and Alarm answers share it.
+pub trait HealthSource: Send + Sync {
+    /// `loading`, `healthy` or `degraded`.
+    fn health(&self) -> &'static str;
+
+    fn is_healthy(&self) -> bool {
+        self.health() == "healthy"
+    }
+}
 
 /// Produces the metrics text on demand.
 pub type MetricsFn = Arc<dyn Fn() -> String + Send + Sync>;
@@ -18,7 +27,7 @@ pub type MetricsFn = Arc<dyn Fn() -> String + Send + Sync>;
 /// Serves until `shutdown` fires.
 pub async fn serve(
     listener: TcpListener,
-    health: Arc<HealthCell>,
+    health: Arc<dyn HealthSource>,
     metrics: MetricsFn,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
@@ -40,7 +49,7 @@ pub async fn serve(
 
 async fn answer(
     mut conn: TcpStream,
-    health: &HealthCell,
+    health: &Arc<dyn HealthSource>,
     metrics: &MetricsFn,
 ) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(1024);
@@ -58,8 +67,7 @@ async fn answer(
     let path = target.split('?').next().unwrap_or("");
     let (status, content_type, body) = match (method, path) {
         (_, "/health") => {
-            let h = health.get();
-            let code = if h == Health::Healthy {
+            let code = if health.is_healthy() {
                 "200 OK"
             } else {
                 "503 Service Unavailable"
@@ -67,7 +75,7 @@ async fn answer(
             (
                 code,
                 "application/json",
-                format!("{{\"status\":\"{}\"}}", h.as_str()),
+                format!("{{\"status\":\"{}\"}}", health.health()),
             )
         }
         ("GET", "/metrics") => (

@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 use crate::config::cluster::{CleanupStrategy, SnapshotConfig};
+use crate::http::metrics::{labels, Metrics};
 
 use super::{keys, LogError, ObjectLog};
 
@@ -64,7 +65,12 @@ impl Cleaner {
 }
 
 /// Starts the worker; `last_cleaned` is the latest snapshot's revision.
-pub fn start(log: Arc<ObjectLog>, settings: CleanupSettings, last_cleaned: i64) -> Cleaner {
+pub fn start(
+    log: Arc<ObjectLog>,
+    settings: CleanupSettings,
+    last_cleaned: i64,
+    metrics: Arc<Metrics>,
+) -> Cleaner {
     let cleaner = Cleaner {
         state: Arc::new(Mutex::new(State {
             last_cleaned,
@@ -81,10 +87,10 @@ pub fn start(log: Arc<ObjectLog>, settings: CleanupSettings, last_cleaned: i64) 
                 _ => continue,
             };
             let result = clean(&log, &settings, from, upto).await;
-            let m = crate::http::metrics::metrics();
+            let m = &metrics;
             let outcome = if result.is_ok() { "success" } else { "partial" };
             m.primary_snapshot_cleanup_runs
-                .get_or_create(&crate::http::metrics::labels(&[("result", outcome)]))
+                .get_or_create(&labels(&[("result", outcome)]))
                 .inc();
             if let Ok(n) = &result {
                 m.primary_snapshot_cleanup_chunks_deleted.inc_by(*n as u64);

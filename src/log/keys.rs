@@ -1,11 +1,10 @@
 //! Object keys of the log and snapshot layout (relative to
-//! `storage.key_prefix`).
+//! `storage.key_prefix`). Coordination keys (members, registrations, the
+//! elector lock) belong to `election/`.
 
 pub const CHUNKS: &str = "chunks/";
 pub const SNAPSHOTS: &str = "snapshots/";
 pub const BOOTSTRAP: &str = "bootstrap.netsy";
-pub const MEMBERS: &str = "members.json";
-pub const NODES: &str = "nodes/";
 
 /// `chunks/{R mod 10000:04}/{R:019}.netsy`, R = the chunk's last revision.
 /// The 4-digit partition spreads keys over 10 000 prefixes.
@@ -20,11 +19,6 @@ pub fn chunk_key(revision: i64) -> String {
 /// `snapshots/{R:019}.netsy`: every record 1..=R.
 pub fn snapshot_key(revision: i64) -> String {
     format!("snapshots/{revision:019}.netsy")
-}
-
-/// `nodes/{node_id}.json`.
-pub fn node_key(node_id: &str) -> String {
-    format!("nodes/{node_id}.json")
 }
 
 /// The revision a chunk or snapshot key names: the last path segment
@@ -48,7 +42,6 @@ mod tests {
         assert_eq!(chunk_key(12345), "chunks/2345/0000000000000012345.netsy");
         assert_eq!(chunk_key(120042), "chunks/0042/0000000000000120042.netsy");
         assert_eq!(snapshot_key(10000), "snapshots/0000000000000010000.netsy");
-        assert_eq!(node_key("dev-node-1"), "nodes/dev-node-1.json");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! takes the latest snapshot (checked whole first), then every later chunk,
 //! each verified as it is read, all in one SQLite transaction that also
 //! checks continuity with the local store. Then, as the Primary, records
-//! that exist only locally are uploaded (preflight).
+//! that exist only locally are uploaded (part of preflight).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -201,17 +201,21 @@ pub fn validate_snapshot(path: &Path) -> Result<i64, DataFileError> {
     Ok(count)
 }
 
-/// As the Primary, before accepting writes: a brand-new cluster gets its
-/// internal first record; records only the local store has (written before
-/// a crash, never uploaded) are uploaded one per chunk.
-pub async fn preflight(store: &Arc<Store>, log: &ObjectLog, durable: i64) -> Result<(), LogError> {
+/// As the Primary, before accepting writes (part of preflight): a
+/// brand-new cluster gets its internal first record; records only the local
+/// store has (written before a crash, never uploaded) are uploaded one per
+/// chunk.
+pub async fn upload_local(
+    store: &Arc<Store>,
+    log: &ObjectLog,
+    durable: i64,
+) -> Result<(), LogError> {
     if durable == 0 && store.latest_revision() == 0 {
         let batch = Batch {
             records: vec![Record::internal(&log.leader_id)],
             ..Default::default()
         };
-        store.persist(&batch)?;
-        store.publish(&batch);
+        store.append_committed(&batch)?;
     }
     let latest = store.latest_revision();
     if latest > durable {

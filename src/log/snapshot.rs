@@ -12,6 +12,7 @@ use tokio::time::Instant;
 
 use crate::config::cluster::SnapshotConfig;
 use crate::datafile::{self, Compression, Kind};
+use crate::http::metrics::{labels, Metrics};
 use crate::store::{Store, Timestamp};
 
 use super::cleanup::Cleaner;
@@ -97,10 +98,6 @@ impl SnapshotClock {
     }
 }
 
-/// When the last snapshot was written (Unix seconds; 0 before the first),
-/// for `netsy_primary_snapshot_age_seconds`.
-pub static LAST_SNAPSHOT_UNIX: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
-
 /// The handle the write path uses to report committed revisions.
 #[derive(Clone)]
 pub struct SnapshotRequests {
@@ -123,6 +120,7 @@ pub fn start(
     log: Arc<ObjectLog>,
     clock: SnapshotClock,
     cleaner: Cleaner,
+    metrics: Arc<Metrics>,
 ) -> SnapshotRequests {
     let (tx, mut rx) = mpsc::channel::<(i64, u64)>(100);
     tokio::spawn(async move {
@@ -134,9 +132,9 @@ pub fn start(
             log::info!("taking snapshot at revision {revision} (reason: {reason:?})");
             let started = Instant::now();
             let result = create(&store, &log, revision).await;
-            let m = crate::http::metrics::metrics();
+            let m = &metrics;
             let outcome = if result.is_ok() { "success" } else { "error" };
-            let l = crate::http::metrics::labels(&[("result", outcome)]);
+            let l = labels(&[("result", outcome)]);
             m.primary_snapshot_creations.get_or_create(&l).inc();
             m.primary_snapshot_creation_duration
                 .get_or_create(&l)
@@ -145,10 +143,7 @@ pub fn start(
                 Ok(key) => {
                     log::info!("snapshot {key} written in {:?}", started.elapsed());
                     clock.taken(revision, Instant::now());
-                    LAST_SNAPSHOT_UNIX.store(
-                        crate::store::Timestamp::now().seconds,
-                        std::sync::atomic::Ordering::Relaxed,
-                    );
+                    m.snapshot_taken(Timestamp::now().seconds);
                     cleaner.enqueue(revision);
                 }
                 Err(e) => log::error!("snapshot at revision {revision} failed: {e}"),

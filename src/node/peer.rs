@@ -5,36 +5,41 @@
 use std::sync::Arc;
 
 use crate::grpc::{unary, Router, Status};
-use crate::pb::netsy::{ElectorState, HealthState, NodeState, PrimaryState};
-use crate::primary::WriteState;
+use crate::pb::netsy::{
+    ElectorState as WireElector, HealthState, NodeState, PrimaryState as WirePrimary,
+};
 use crate::store::Store;
 
-use super::state::{Health, HealthCell};
+use super::driver::RoleCell;
+use super::role::{ElectorState, Health, PrimaryState};
 
 /// What GetNodeState reports.
 pub struct NodeView {
     pub node_id: String,
-    pub health: Arc<HealthCell>,
+    pub role: Arc<RoleCell>,
     pub store: Arc<Store>,
-    pub writes: Arc<WriteState>,
     pub start_time: i64,
 }
 
 impl NodeView {
     pub fn state(&self) -> NodeState {
+        let role = self.role.get();
         NodeState {
             node_id: self.node_id.clone(),
-            health_state: match self.health.get() {
+            health_state: match role.health {
                 Health::Loading => HealthState::HealthLoading,
                 Health::Healthy => HealthState::HealthHealthy,
                 Health::Degraded => HealthState::HealthDegraded,
             } as i32,
-            // A lone node is its own Elector and Primary.
-            elector_state: ElectorState::ElectorLeader as i32,
-            primary_state: if self.writes.is_draining() {
-                PrimaryState::PrimaryDraining
-            } else {
-                PrimaryState::PrimaryActive
+            elector_state: match role.elector {
+                ElectorState::Follower => WireElector::ElectorFollower,
+                ElectorState::Leader => WireElector::ElectorLeader,
+            } as i32,
+            primary_state: match role.primary {
+                PrimaryState::Replica => WirePrimary::PrimaryReplica,
+                PrimaryState::Starting => WirePrimary::PrimaryStarting,
+                PrimaryState::Active => WirePrimary::PrimaryActive,
+                PrimaryState::Draining => WirePrimary::PrimaryDraining,
             } as i32,
             latest_revision: self.store.latest_revision(),
             start_time: self.start_time,

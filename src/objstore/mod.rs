@@ -18,6 +18,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::config::cluster::{Provider, StorageConfig};
+use crate::http::metrics::{labels, Metrics};
 
 pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -361,6 +362,8 @@ pub struct Retrying {
     inner: Arc<dyn ObjectStore>,
     attempts: u32,
     first_backoff: Duration,
+    /// Where retries are counted, if anywhere.
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl Retrying {
@@ -369,6 +372,15 @@ impl Retrying {
             inner,
             attempts: attempts.max(1),
             first_backoff,
+            metrics: None,
+        }
+    }
+
+    /// Counts each retry in `netsy_retries_total{operation="object_storage"}`.
+    pub fn counted(self, metrics: Arc<Metrics>) -> Retrying {
+        Retrying {
+            metrics: Some(metrics),
+            ..self
         }
     }
 
@@ -383,7 +395,9 @@ impl Retrying {
             match op().await {
                 Err(e) if e.is_transient() && attempt < self.attempts => {
                     log::warn!("object storage: {e}; retrying in {backoff:?}");
-                    crate::http::metrics::count_retry("object_storage");
+                    if let Some(m) = &self.metrics {
+                        m.count_retry("object_storage");
+                    }
                     tokio::time::sleep(backoff).await;
                     backoff *= 2;
                     attempt += 1;
@@ -453,6 +467,7 @@ impl ObjectStore for Retrying {
 /// sizes by kind of object).
 pub struct Measured {
     inner: Arc<dyn ObjectStore>,
+    metrics: Arc<Metrics>,
 }
 
 /// The kind label of a key: chunk, snapshot, or metadata (coordination files).
@@ -467,13 +482,12 @@ fn kind_of(key: &str) -> &'static str {
 }
 
 impl Measured {
-    pub fn new(inner: Arc<dyn ObjectStore>) -> Measured {
-        Measured { inner }
+    pub fn new(inner: Arc<dyn ObjectStore>, metrics: Arc<Metrics>) -> Measured {
+        Measured { inner, metrics }
     }
 
-    fn wrote<T>(key: &str, size: u64, started: std::time::Instant, r: &Result<T, ObjError>) {
-        use crate::http::metrics::{labels, metrics};
-        let m = metrics();
+    fn wrote<T>(&self, key: &str, size: u64, started: std::time::Instant, r: &Result<T, ObjError>) {
+        let m = &self.metrics;
         let result = match r {
             Ok(_) => "success",
             Err(ObjError::PreconditionFailed(_)) | Err(ObjError::Conflict(_)) => {
@@ -494,9 +508,8 @@ impl Measured {
         }
     }
 
-    fn read<T>(started: std::time::Instant, r: &Result<T, ObjError>) {
-        use crate::http::metrics::{labels, metrics};
-        let m = metrics();
+    fn read<T>(&self, started: std::time::Instant, r: &Result<T, ObjError>) {
+        let m = &self.metrics;
         let result = match r {
             Ok(_) => "success",
             Err(ObjError::NotFound(_)) => "not_found",
@@ -515,7 +528,7 @@ impl ObjectStore for Measured {
         Box::pin(async move {
             let t = std::time::Instant::now();
             let r = self.inner.get(key).await;
-            Measured::read(t, &r);
+            self.read(t, &r);
             r
         })
     }
@@ -529,7 +542,7 @@ impl ObjectStore for Measured {
         Box::pin(async move {
             let (t, size) = (std::time::Instant::now(), data.len() as u64);
             let r = self.inner.put(key, data, condition).await;
-            Measured::wrote(key, size, t, &r);
+            self.wrote(key, size, t, &r);
             r
         })
     }
@@ -558,7 +571,7 @@ impl ObjectStore for Measured {
         Box::pin(async move {
             let t = std::time::Instant::now();
             let r = self.inner.get_to_file(key, path).await;
-            Measured::read(t, &r);
+            self.read(t, &r);
             r
         })
     }
@@ -572,7 +585,7 @@ impl ObjectStore for Measured {
             let t = std::time::Instant::now();
             let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
             let r = self.inner.put_file(key, path).await;
-            Measured::wrote(key, size, t, &r);
+            self.wrote(key, size, t, &r);
             r
         })
     }
@@ -591,6 +604,7 @@ impl ObjectStore for Measured {
 pub fn from_config(
     cfg: &StorageConfig,
     env: &dyn Fn(&str) -> Option<String>,
+    metrics: &Arc<Metrics>,
 ) -> Result<Arc<dyn ObjectStore>, String> {
     let base: Arc<dyn ObjectStore> = match cfg.provider {
         Provider::Fs => Arc::new(
@@ -598,11 +612,14 @@ pub fn from_config(
         ),
         Provider::S3 => Arc::new(s3::S3Store::from_config(cfg, env)?),
     };
-    let retrying: Arc<dyn ObjectStore> = Arc::new(Retrying::new(
-        Arc::new(Measured::new(base)),
-        4,
-        Duration::from_millis(100),
-    ));
+    let retrying: Arc<dyn ObjectStore> = Arc::new(
+        Retrying::new(
+            Arc::new(Measured::new(base, metrics.clone())),
+            4,
+            Duration::from_millis(100),
+        )
+        .counted(metrics.clone()),
+    );
     Ok(if cfg.key_prefix.is_empty() {
         retrying
     } else {
@@ -617,4 +634,4 @@ pub fn content_etag(data: &[u8]) -> String {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -85,38 +85,41 @@ async fn fs_prepare_creates_directories_and_survives_their_removal() {
 }
 
 /// A store whose puts fail a given number of times with a given error, and
-/// which counts put attempts.
-struct Flaky {
-    inner: memory::MemoryStore,
-    failures: std::sync::atomic::AtomicU32,
+/// which counts put attempts and keeps the bytes of each.
+pub(crate) struct Flaky {
+    pub(crate) inner: memory::MemoryStore,
+    pub(crate) failures: std::sync::atomic::AtomicU32,
     fail_with: fn(&str) -> ObjError,
     attempts: std::sync::atomic::AtomicU32,
+    /// (key, bytes) of every put attempt, in order.
+    pub(crate) puts: std::sync::Mutex<Vec<(String, Bytes)>>,
 }
 
 impl Flaky {
-    fn new(failures: u32, fail_with: fn(&str) -> ObjError) -> Arc<Flaky> {
+    pub(crate) fn new(failures: u32, fail_with: fn(&str) -> ObjError) -> Arc<Flaky> {
         Arc::new(Flaky {
             inner: memory::MemoryStore::new(),
             failures: failures.into(),
             fail_with,
             attempts: 0.into(),
+            puts: Default::default(),
         })
     }
 
     /// Put attempts since the last call.
-    fn take_attempts(&self) -> u32 {
+    pub(crate) fn take_attempts(&self) -> u32 {
         self.attempts.swap(0, std::sync::atomic::Ordering::SeqCst)
     }
 }
 
-fn transient(key: &str) -> ObjError {
+pub(crate) fn transient(key: &str) -> ObjError {
     ObjError::Transient {
         key: key.into(),
         message: "HTTP 503".into(),
     }
 }
 
-fn fatal(key: &str) -> ObjError {
+pub(crate) fn fatal(key: &str) -> ObjError {
     ObjError::Fatal {
         key: key.into(),
         message: "HTTP 403: AccessDenied".into(),
@@ -136,6 +139,9 @@ impl ObjectStore for Flaky {
     ) -> BoxFut<'a, Result<String, ObjError>> {
         use std::sync::atomic::Ordering::SeqCst;
         self.attempts.fetch_add(1, SeqCst);
+        if let Ok(mut puts) = self.puts.lock() {
+            puts.push((key.to_string(), data.clone()));
+        }
         let fail = self
             .failures
             .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))

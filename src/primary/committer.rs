@@ -1,110 +1,64 @@
-//! Group commit: one thread takes every write waiting in its queue,
-//! evaluates them in order against the state including earlier writes of
-//! the same batch, makes the batch durable (one chunk object in object
-//! storage and one SQLite transaction, written in parallel), then publishes
-//! it and answers every caller together. Each txn keeps its own revision and
-//! its own compare result. If object storage fails, the batch is undone,
-//! callers get an error, the node stops accepting writes (draining) and a
-//! background recovery keeps trying; once the chunk is stored and the local
-//! store has caught up, writes resume.
+//! Group commit, the driver around [`WriteCore`]: one thread takes every
+//! write waiting in its queue, has the core evaluate them as one batch,
+//! appends the batch to SQLite while the [`Durability`] makes it durable
+//! elsewhere, then commits it, publishes it to watchers and answers every
+//! caller together. If durability fails, the batch is discarded, callers
+//! get an error, the gate closes (draining) and a background recovery
+//! settles the failed batch; the node is told through [`WritePathEvent`]s
+//! and decides when writes resume.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::etcd::errors;
-use crate::grpc::Status;
+use crate::http::metrics::{labels, Metrics};
 use crate::log::snapshot::SnapshotRequests;
-use crate::log::{restore, EncodedChunk, ObjectLog};
-use crate::pb::etcdserverpb::{TxnRequest, TxnResponse};
-use crate::store::{Batch, LeaseChange, Record, Store};
-use crate::watch::{Event, WatchHub};
+use crate::store::{Batch, Record, Store, Timestamp};
+use crate::watch::WatchHub;
 
-use super::txn::{self, KvView};
-use super::view::{store_status, BatchView};
+use super::core::{Command, Evaluated, Reply, WriteCore, MAX_LEASE_TTL};
+use super::durability::Durability;
+use super::error::WriteError;
+use super::recovery::{Recovery, Step};
+use super::txn::{Txn, TxnOutcome};
+use super::view::BatchView;
 
 /// Largest number of commands folded into one commit.
 const MAX_BATCH: usize = 1024;
 
-/// etcd's largest lease TTL in seconds.
-pub const MAX_LEASE_TTL: i64 = 9_000_000_000;
-
-/// etcd's smallest granted TTL with default election settings.
-pub const MIN_LEASE_TTL: i64 = 2;
-
-enum Command {
-    Txn {
-        request: TxnRequest,
-        reply: oneshot::Sender<Result<TxnResponse, Status>>,
-    },
-    LeaseGrant {
-        id: i64,
-        ttl: i64,
-        reply: oneshot::Sender<Result<(i64, i64), Status>>,
-    },
-    Compact {
-        revision: i64,
-        reply: oneshot::Sender<Result<(), Status>>,
-    },
-}
-
-enum Reply {
-    Txn(
-        oneshot::Sender<Result<TxnResponse, Status>>,
-        Result<TxnResponse, Status>,
-    ),
-    Lease(
-        oneshot::Sender<Result<(i64, i64), Status>>,
-        Result<(i64, i64), Status>,
-    ),
-    Compact(oneshot::Sender<Result<(), Status>>, Result<(), Status>),
-}
-
-impl Reply {
-    fn fail_if_ok(&mut self, status: &Status) {
-        match self {
-            Reply::Txn(_, r @ Ok(_)) => *r = Err(status.clone()),
-            Reply::Lease(_, r @ Ok(_)) => *r = Err(status.clone()),
-            Reply::Compact(_, r @ Ok(_)) => *r = Err(status.clone()),
-            _ => {}
-        }
-    }
-
-    fn send(self) {
-        // A caller that gave up (client went away) no longer listens.
-        match self {
-            Reply::Txn(tx, r) => drop(tx.send(r)),
-            Reply::Lease(tx, r) => drop(tx.send(r)),
-            Reply::Compact(tx, r) => drop(tx.send(r)),
-        }
-    }
+struct Request {
+    command: Command,
+    reply: oneshot::Sender<Reply>,
 }
 
 /// The handle the API layer writes through; cheap to clone.
 #[derive(Clone)]
 pub struct Writer {
-    tx: mpsc::Sender<Command>,
-}
-
-fn stopped() -> Status {
-    Status::unavailable("netsy: the write path is shutting down")
+    tx: mpsc::Sender<Request>,
+    metrics: Arc<Metrics>,
 }
 
 impl Writer {
-    /// Evaluates and commits a txn (Put and DeleteRange come as one-op txns).
-    pub async fn txn(&self, request: TxnRequest) -> Result<TxnResponse, Status> {
-        txn::validate(&request)?;
-        let started = std::time::Instant::now();
+    async fn submit(&self, command: Command) -> Result<Reply, WriteError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Command::Txn { request, reply })
+            .send(Request { command, reply })
             .await
-            .map_err(|_| stopped())?;
-        let result = rx.await.map_err(|_| stopped())?;
-        let m = crate::http::metrics::metrics();
-        let l = crate::http::metrics::labels(&[
+            .map_err(|_| WriteError::Stopped)?;
+        rx.await.map_err(|_| WriteError::Stopped)
+    }
+
+    /// Evaluates and commits a txn (Put and DeleteRange come as one-op
+    /// txns).
+    pub async fn txn(&self, txn: Txn) -> Result<TxnOutcome, WriteError> {
+        let started = std::time::Instant::now();
+        let result = match self.submit(Command::Txn(txn)).await? {
+            Reply::Txn(r) => r,
+            _ => Err(WriteError::Stopped),
+        };
+        let m = &self.metrics;
+        let l = labels(&[
             ("path", "sync"),
             ("result", if result.is_ok() { "success" } else { "error" }),
         ]);
@@ -116,359 +70,325 @@ impl Writer {
     }
 
     /// Creates a lease; `id` 0 asks for a fresh id. Returns (id, granted TTL).
-    pub async fn lease_grant(&self, id: i64, ttl: i64) -> Result<(i64, i64), Status> {
+    pub async fn lease_grant(&self, id: i64, ttl: i64) -> Result<(i64, i64), WriteError> {
         if ttl > MAX_LEASE_TTL {
-            return Err(errors::lease_ttl_too_large());
+            return Err(WriteError::LeaseTtlTooLarge);
         }
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Command::LeaseGrant { id, ttl, reply })
-            .await
-            .map_err(|_| stopped())?;
-        rx.await.map_err(|_| stopped())?
+        match self.submit(Command::LeaseGrant { id, ttl }).await? {
+            Reply::LeaseGrant(r) => r,
+            _ => Err(WriteError::Stopped),
+        }
     }
 
     /// Compacts history up to `revision` (inclusive of nothing newer).
-    pub async fn compact(&self, revision: i64) -> Result<(), Status> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Compact { revision, reply })
-            .await
-            .map_err(|_| stopped())?;
-        rx.await.map_err(|_| stopped())?
-    }
-}
-
-/// Object storage as the permanent store of the write path (quorum 0, or
-/// too few replicas: every batch is one chunk before it is acknowledged).
-pub struct Durability {
-    pub log: Arc<ObjectLog>,
-    pub runtime: tokio::runtime::Handle,
-    pub snapshots: Option<SnapshotRequests>,
-}
-
-/// Whether writes are accepted, shared with the recovery task.
-#[derive(Default)]
-pub struct WriteState {
-    draining: AtomicBool,
-    reason: Mutex<String>,
-}
-
-impl WriteState {
-    pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Acquire)
-    }
-
-    fn drain(&self, reason: String) {
-        log::error!("not accepting writes (draining): {reason}");
-        crate::node::state::set_role("draining");
-        if let Ok(mut r) = self.reason.lock() {
-            *r = reason;
+    pub async fn compact(&self, revision: i64) -> Result<(), WriteError> {
+        match self.submit(Command::Compact { revision }).await? {
+            Reply::Compact(r) => r,
+            _ => Err(WriteError::Stopped),
         }
-        self.draining.store(true, Ordering::Release);
-    }
-
-    fn resume(&self) {
-        log::info!("accepting writes again");
-        crate::node::state::set_role("primary");
-        self.draining.store(false, Ordering::Release);
-    }
-
-    fn refusal(&self) -> Status {
-        let reason = self.reason.lock().map(|r| r.clone()).unwrap_or_default();
-        Status::unavailable(format!(
-            "netsy: this node is not accepting writes (state: draining): {reason}"
-        ))
     }
 }
 
-/// Starts the commit thread. It stops when every [`Writer`] is dropped.
-pub fn start(
-    store: Arc<Store>,
-    hub: Arc<WatchHub>,
-    leader_id: String,
-    durability: Option<Durability>,
-) -> (Writer, Arc<WriteState>, std::thread::JoinHandle<()>) {
+/// Whether the write path takes writes, and if not, what callers are told.
+/// The node opens it when this node becomes the active Primary; the write
+/// path closes it itself the moment durability fails.
+pub struct WriteGate {
+    open: AtomicBool,
+    closed: Mutex<(&'static str, String)>,
+}
+
+impl Default for WriteGate {
+    fn default() -> Self {
+        WriteGate {
+            open: AtomicBool::new(false),
+            closed: Mutex::new(("replica", String::new())),
+        }
+    }
+}
+
+impl WriteGate {
+    pub fn is_open(&self) -> bool {
+        self.open.load(Ordering::Acquire)
+    }
+
+    pub fn open(&self) {
+        if let Ok(mut c) = self.closed.lock() {
+            c.1.clear();
+        }
+        self.open.store(true, Ordering::Release);
+    }
+
+    /// Refuses writes as a node in primary state `state`; the reason given
+    /// when the write path closed the gate itself is kept.
+    pub fn close(&self, state: &'static str) {
+        self.open.store(false, Ordering::Release);
+        if let Ok(mut c) = self.closed.lock() {
+            c.0 = state;
+        }
+    }
+
+    fn close_because(&self, state: &'static str, reason: String) {
+        self.open.store(false, Ordering::Release);
+        if let Ok(mut c) = self.closed.lock() {
+            *c = (state, reason);
+        }
+    }
+
+    pub fn check(&self) -> Result<(), WriteError> {
+        if self.is_open() {
+            return Ok(());
+        }
+        let (state, reason) = self
+            .closed
+            .lock()
+            .map(|c| c.clone())
+            .unwrap_or(("draining", String::new()));
+        Err(WriteError::NotAccepting { state, reason })
+    }
+}
+
+/// What the write path tells the node about itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WritePathEvent {
+    /// A batch could not be made durable: writes stopped (the Primary
+    /// drains).
+    Draining { reason: String },
+    /// The failed batch is settled in the durable store: the Primary role
+    /// can be given up, and preflight can bring the next one level.
+    Settled,
+}
+
+/// What the write path needs.
+pub struct WritePathParts {
+    pub store: Arc<Store>,
+    pub hub: Arc<WatchHub>,
+    pub leader_id: String,
+    pub durability: Arc<dyn Durability>,
+    /// Where committed revisions are reported for snapshots, if anywhere.
+    pub snapshots: Option<SnapshotRequests>,
+    pub metrics: Arc<Metrics>,
+    /// Where durability work and recovery run.
+    pub runtime: tokio::runtime::Handle,
+}
+
+/// A running write path.
+pub struct WritePath {
+    pub writer: Writer,
+    pub gate: Arc<WriteGate>,
+    pub events: mpsc::UnboundedReceiver<WritePathEvent>,
+    /// The commit thread; it ends when every [`Writer`] is dropped.
+    pub thread: std::thread::JoinHandle<()>,
+}
+
+/// Starts the commit thread with the gate closed.
+pub fn start(parts: WritePathParts) -> Result<WritePath, String> {
     let (tx, rx) = mpsc::channel(4096);
-    let state = Arc::new(WriteState::default());
-    let committer = Committer {
-        store,
-        hub,
-        leader_id,
-        rx,
-        ids: LeaseIds::new(),
-        durability,
-        state: state.clone(),
+    let (events_tx, events) = mpsc::unbounded_channel();
+    let gate = Arc::new(WriteGate::default());
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0x9e37_79b9_7f4a_7c15);
+    let writer = Writer {
+        tx,
+        metrics: parts.metrics.clone(),
     };
-    let handle = std::thread::Builder::new()
+    let committer = Committer {
+        core: WriteCore::new(&parts.leader_id, seed),
+        parts,
+        rx,
+        gate: gate.clone(),
+        events: events_tx,
+    };
+    let thread = std::thread::Builder::new()
         .name("netsy-committer".into())
         .spawn(move || committer.run())
-        .unwrap_or_else(|e| panic!("cannot start the commit thread: {e}"));
-    (Writer { tx }, state, handle)
+        .map_err(|e| format!("cannot start the commit thread: {e}"))?;
+    Ok(WritePath {
+        writer,
+        gate,
+        events,
+        thread,
+    })
 }
 
 struct Committer {
-    store: Arc<Store>,
-    hub: Arc<WatchHub>,
-    leader_id: String,
-    rx: mpsc::Receiver<Command>,
-    ids: LeaseIds,
-    durability: Option<Durability>,
-    state: Arc<WriteState>,
+    core: WriteCore,
+    parts: WritePathParts,
+    rx: mpsc::Receiver<Request>,
+    gate: Arc<WriteGate>,
+    events: mpsc::UnboundedSender<WritePathEvent>,
 }
 
 impl Committer {
     fn run(mut self) {
         while let Some(first) = self.rx.blocking_recv() {
-            let mut commands = vec![first];
-            while commands.len() < MAX_BATCH {
+            let mut requests = vec![first];
+            while requests.len() < MAX_BATCH {
                 match self.rx.try_recv() {
-                    Ok(c) => commands.push(c),
+                    Ok(r) => requests.push(r),
                     Err(_) => break,
                 }
             }
-            self.commit(commands);
+            self.commit(requests);
         }
         log::debug!("commit thread stopped");
     }
 
-    fn commit(&mut self, commands: Vec<Command>) {
-        if self.state.is_draining() {
-            let status = self.state.refusal();
-            for c in commands {
-                refuse(c, &status);
+    fn commit(&mut self, requests: Vec<Request>) {
+        let (commands, senders): (Vec<Command>, Vec<_>) =
+            requests.into_iter().map(|r| (r.command, r.reply)).unzip();
+        if let Err(e) = self.gate.check() {
+            for (command, reply) in commands.iter().zip(senders) {
+                let _ = reply.send(refused(command, &e));
             }
             return;
         }
-        let mut batch = Batch::default();
-        let mut events = Vec::new();
-        let mut replies = Vec::with_capacity(commands.len());
-        {
-            let index = self.store.index();
-            let mut view = BatchView::new(&index, &self.store);
-            for command in commands {
-                match command {
-                    Command::Txn { request, reply } => {
-                        let result = txn::evaluate(&request, &mut view, &self.leader_id);
-                        view.accept();
-                        let result = result.map(|evaluated| {
-                            if let Some(w) = evaluated.write {
-                                let prev = w.prev.as_ref().map(|p| p.to_key_value());
-                                events.push(Event::from_record(&w.record, prev));
-                                batch.records.push(w.record);
-                            }
-                            evaluated.response
-                        });
-                        replies.push(Reply::Txn(reply, result));
-                    }
-                    Command::LeaseGrant { id, ttl, reply } => {
-                        let result = if id != 0 && view.lease_exists(id) {
-                            Err(errors::lease_exists())
-                        } else {
-                            let id = if id != 0 {
-                                id
-                            } else {
-                                self.ids.fresh(|c| view.lease_exists(c))
-                            };
-                            let ttl = ttl.max(MIN_LEASE_TTL);
-                            view.granted_leases.insert(id);
-                            batch.leases.push(LeaseChange::Grant { id, ttl });
-                            Ok((id, ttl))
-                        };
-                        replies.push(Reply::Lease(reply, result));
-                    }
-                    Command::Compact { revision, reply } => {
-                        let result = if revision <= view.compacted_revision() {
-                            Err(errors::compacted())
-                        } else if revision > view.current_revision() {
-                            Err(errors::future_revision())
-                        } else {
-                            view.raise_compaction(revision);
-                            batch.compaction = Some(revision);
-                            Ok(())
-                        };
-                        replies.push(Reply::Compact(reply, result));
-                    }
-                }
-            }
-        }
+        let store = self.parts.store.clone();
+        let Evaluated {
+            batch,
+            events,
+            mut replies,
+        } = {
+            let index = store.index();
+            let mut view = BatchView::new(&index, &store);
+            self.core.evaluate(commands, &mut view, Timestamp::now())
+        };
         if !batch.is_empty() {
-            if let Err(status) = self.make_durable(&batch) {
-                // Nothing was published: every answer of this batch may have
-                // read the unpersisted writes, so all fail.
-                for r in &mut replies {
-                    r.fail_if_ok(&status);
-                }
-            } else {
-                if let Some(last) = batch.records.last() {
-                    crate::http::metrics::metrics()
-                        .primary_object_storage_revision
-                        .set(last.revision);
-                }
-                let discarded = self.store.publish(&batch);
-                let committed = self.store.committed_revision();
-                self.hub.publish(events, committed);
-                if let (Some(d), false) = (&self.durability, batch.records.is_empty()) {
-                    if let Some(snapshots) = &d.snapshots {
-                        snapshots.request(committed, encoded_size(&batch.records));
-                    }
-                }
-                if !discarded.is_empty() {
-                    let started = std::time::Instant::now();
-                    let result = self.store.discard_values(&discarded);
-                    if let Err(e) = &result {
-                        log::warn!(
-                            "compaction could not discard {} old values: {e}",
-                            discarded.len()
-                        );
-                    }
-                    let outcome = if result.is_ok() { "success" } else { "error" };
-                    crate::http::metrics::metrics()
-                        .compaction_duration
-                        .get_or_create(&crate::http::metrics::labels(&[("result", outcome)]))
-                        .observe(started.elapsed().as_secs_f64());
-                }
+            match self.make_durable(&batch) {
+                // Nothing was committed: every answer of this batch may have
+                // read the failed writes, so all fail.
+                Err(e) => replies.iter_mut().for_each(|r| r.fail(&e)),
+                Ok(()) => self.publish(&batch, events),
             }
         }
-        for r in replies {
-            r.send();
+        // A caller that gave up (client went away) no longer listens.
+        for (reply, tx) in replies.into_iter().zip(senders) {
+            let _ = tx.send(reply);
         }
     }
 
-    /// Writes the batch's chunk and its SQLite transaction in parallel;
-    /// both must succeed. On failure the local rows are undone, writes stop
-    /// and recovery starts.
-    fn make_durable(&mut self, batch: &Batch) -> Result<(), Status> {
-        let upload = match (&self.durability, batch.records.is_empty()) {
-            (Some(d), false) => {
-                let (log, records) = (d.log.clone(), batch.records.clone());
-                Some(d.runtime.spawn(async move {
-                    let Some(chunk) = log.encode_chunk(&records).map_err(|e| e.to_string())? else {
-                        return Ok(());
-                    };
-                    // As the reference does: one immediate retry whatever the
-                    // failure (the store below already retried transient
-                    // ones). The retry sends the same bytes, so a first
-                    // attempt that landed after all counts as written.
-                    let first = put_chunk_in_time(&log, &chunk).await;
-                    let Err(e) = first else { return Ok(()) };
-                    log::warn!("chunk write failed: {e}; retrying once");
-                    crate::http::metrics::count_retry("object_storage_write");
-                    put_chunk_in_time(&log, &chunk).await
-                }))
+    /// Commits an appended, durable batch and tells watchers and the
+    /// snapshot worker.
+    fn publish(&self, batch: &Batch, events: Vec<crate::watch::Event>) {
+        let p = &self.parts;
+        let upto = batch
+            .records
+            .last()
+            .map_or(p.store.latest_revision(), |r| r.revision);
+        let discarded = p.store.commit(upto);
+        let committed = p.store.committed_revision();
+        p.hub.publish(events, committed);
+        if let (Some(snapshots), false) = (&p.snapshots, batch.records.is_empty()) {
+            snapshots.request(committed, encoded_size(&batch.records));
+        }
+        if !discarded.is_empty() {
+            let started = std::time::Instant::now();
+            let result = p.store.discard_values(&discarded);
+            if let Err(e) = &result {
+                log::warn!(
+                    "compaction could not discard {} old values: {e}",
+                    discarded.len()
+                );
             }
-            _ => None,
-        };
-        let persisted = self.store.persist(batch);
-        let uploaded = match (upload, &self.durability) {
-            (Some(handle), Some(d)) => d
+            let outcome = if result.is_ok() { "success" } else { "error" };
+            p.metrics
+                .compaction_duration
+                .get_or_create(&labels(&[("result", outcome)]))
+                .observe(started.elapsed().as_secs_f64());
+        }
+    }
+
+    /// Appends the batch to SQLite while its records are made durable
+    /// elsewhere; both must succeed. On failure the appended batch is
+    /// discarded, the gate closes and recovery starts.
+    fn make_durable(&mut self, batch: &Batch) -> Result<(), WriteError> {
+        let p = &self.parts;
+        let records: Arc<[Record]> = batch.records.clone().into();
+        let durable =
+            (!records.is_empty()).then(|| p.runtime.spawn(p.durability.persist(records.clone())));
+        let before = p.store.latest_revision();
+        let appended = p.store.append(batch);
+        let durable = match durable {
+            Some(handle) => p
                 .runtime
                 .block_on(handle)
-                .unwrap_or_else(|e| Err(format!("upload task failed: {e}"))),
-            _ => Ok(()),
+                .unwrap_or_else(|e| Err(format!("durability task failed: {e}"))),
+            None => Ok(()),
         };
-        let (persisted, uploaded) = match (persisted, uploaded) {
+        let (appended, durable) = match (appended, durable) {
             (Ok(()), Ok(())) => return Ok(()),
             other => other,
         };
-        let first = batch.records.first().map_or(0, |r| r.revision);
-        let last = batch.records.last().map_or(0, |r| r.revision);
+        let first = records.first().map_or(0, |r| r.revision);
+        let last = records.last().map_or(0, |r| r.revision);
         let mut problems = Vec::new();
-        if let Err(e) = &uploaded {
+        if let Err(e) = &durable {
             problems.push(format!(
                 "object storage write of revisions {first}..={last} failed: {e}"
             ));
         }
-        match &persisted {
+        match &appended {
             Err(e) => problems.push(format!("local database commit failed: {e}")),
-            Ok(()) if !batch.records.is_empty() => {
-                if let Err(e) = self.store.rollback_from(first) {
+            Ok(()) => {
+                if let Err(e) = p.store.discard_above(before) {
                     let message = format!(
                         "{}; undoing the local rows failed: {e}; restart the node",
                         problems.join("; ")
                     );
-                    self.state.drain(message.clone());
-                    return Err(Status::unavailable(message));
+                    self.drain(message.clone());
+                    return Err(WriteError::NotDurable(message));
                 }
             }
-            Ok(()) => {}
         }
         let message = problems.join("; ");
         log::error!("{message}");
-        if self.durability.is_some() && !batch.records.is_empty() {
-            self.recover(batch.records.clone(), message.clone());
+        if !records.is_empty() {
+            self.drain(message.clone());
+            self.recover(records);
         }
-        Err(match persisted {
-            Err(e) if uploaded.is_ok() => store_status(e),
-            _ => Status::unavailable(message),
+        Err(match appended {
+            Err(e) if durable.is_ok() => WriteError::from(e),
+            _ => WriteError::NotDurable(message),
         })
     }
 
-    /// Stops accepting writes and starts the background recovery: keep
-    /// trying to store the chunk (so an ambiguous earlier attempt resolves
-    /// one way), then import whatever object storage has beyond the local
-    /// store, publish it, and accept writes again.
-    fn recover(&self, records: Vec<Record>, reason: String) {
-        let Some(d) = &self.durability else { return };
-        self.state.drain(reason);
-        let (log, store, hub, state) = (
-            d.log.clone(),
-            self.store.clone(),
-            self.hub.clone(),
-            self.state.clone(),
-        );
-        d.runtime.spawn(async move {
-            let mut backoff = Duration::from_secs(1);
-            loop {
-                match tokio::time::timeout(CHUNK_WRITE_TIMEOUT, log.write_chunk(&records)).await {
-                    Ok(Ok(())) => break,
-                    // Object storage already has other records at these
-                    // revisions: it is the truth; import them instead.
-                    Ok(Err(crate::log::LogError::Storage(
-                        crate::objstore::ObjError::Conflict(key),
-                    ))) => {
-                        log::warn!("recovery: {key} already holds other records; importing them");
-                        break;
-                    }
-                    Ok(Err(e)) => log::warn!(
-                        "recovery: object storage still failing: {e}; next try in {backoff:?}"
+    fn drain(&self, reason: String) {
+        log::error!("not accepting writes (draining): {reason}");
+        self.gate.close_because("draining", reason.clone());
+        let _ = self.events.send(WritePathEvent::Draining { reason });
+    }
+
+    /// Settles the failed batch in the background (see [`Recovery`]), then
+    /// tells the node.
+    fn recover(&self, records: Arc<[Record]>) {
+        let durability = self.parts.durability.clone();
+        let events = self.events.clone();
+        self.parts.runtime.spawn(async move {
+            let mut recovery = Recovery::new(tokio::time::Instant::now());
+            while let Step::AttemptAt(at) = recovery.step() {
+                tokio::time::sleep_until(at).await;
+                let result = durability.settle(records.clone()).await;
+                let now = tokio::time::Instant::now();
+                match (&result, recovery.attempted(now, result.is_ok())) {
+                    (Err(e), Step::AttemptAt(next)) => log::warn!(
+                        "recovery: the failed batch is still not durable: {e}; next try in {:?}",
+                        next - now
                     ),
-                    Err(_) => {
-                        log::warn!("recovery: chunk write timed out; next try in {backoff:?}")
-                    }
+                    _ => log::info!("recovery: the failed batch is settled"),
                 }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(30));
             }
-            loop {
-                let before = store.latest_revision();
-                match restore::catch_up(&store, &log).await {
-                    Ok(report) => {
-                        if let Err(e) = super::publish_imported(&store, &hub, before) {
-                            log::error!("recovery: publishing imported records failed: {e}");
-                        }
-                        log::info!("recovery: caught up to revision {}", report.latest);
-                        break;
-                    }
-                    Err(e) => log::warn!("recovery: catching up failed: {e}; retrying"),
-                }
-                tokio::time::sleep(backoff).await;
-            }
-            state.resume();
+            let _ = events.send(WritePathEvent::Settled);
         });
     }
 }
 
-/// How long one chunk write may take before it counts as failed.
-const CHUNK_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// One chunk write under [`CHUNK_WRITE_TIMEOUT`].
-async fn put_chunk_in_time(log: &ObjectLog, chunk: &EncodedChunk) -> Result<(), String> {
-    match tokio::time::timeout(CHUNK_WRITE_TIMEOUT, log.put_chunk(chunk)).await {
-        Ok(r) => r.map_err(|e| e.to_string()),
-        Err(_) => Err(format!(
-            "writing the chunk took longer than {CHUNK_WRITE_TIMEOUT:?}"
-        )),
+/// The answer to a command the gate refused.
+fn refused(command: &Command, e: &WriteError) -> Reply {
+    match command {
+        Command::Txn(_) => Reply::Txn(Err(e.clone())),
+        Command::LeaseGrant { .. } => Reply::LeaseGrant(Err(e.clone())),
+        Command::Compact { .. } => Reply::Compact(Err(e.clone())),
     }
 }
 
@@ -480,38 +400,141 @@ fn encoded_size(records: &[Record]) -> u64 {
         .sum()
 }
 
-fn refuse(command: Command, status: &Status) {
-    let _ = match command {
-        Command::Txn { reply, .. } => reply.send(Err(status.clone())).is_ok(),
-        Command::LeaseGrant { reply, .. } => reply.send(Err(status.clone())).is_ok(),
-        Command::Compact { reply, .. } => reply.send(Err(status.clone())).is_ok(),
-    };
-}
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::time::Duration;
 
-/// Lease ids: positive, unique, not guessable from the TTL.
-struct LeaseIds {
-    state: u64,
-}
+    use bytes::Bytes;
 
-impl LeaseIds {
-    fn new() -> LeaseIds {
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0x9e37_79b9_7f4a_7c15);
-        LeaseIds { state: seed | 1 }
+    use super::*;
+    use crate::primary::durability::BoxFuture;
+    use crate::primary::txn::Put;
+    use crate::watch::RingLimits;
+
+    /// Durability whose outcomes the test scripts; remembers when each
+    /// settle attempt came.
+    #[derive(Default)]
+    struct Scripted {
+        persists: Mutex<VecDeque<Result<(), String>>>,
+        settles: Mutex<VecDeque<Result<(), String>>>,
+        settled_at: Mutex<Vec<tokio::time::Instant>>,
     }
 
-    fn fresh(&mut self, taken: impl Fn(i64) -> bool) -> i64 {
-        loop {
-            // xorshift64*
-            self.state ^= self.state >> 12;
-            self.state ^= self.state << 25;
-            self.state ^= self.state >> 27;
-            let id = (self.state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 1) as i64;
-            if id > 0 && !taken(id) {
-                return id;
-            }
+    impl Durability for Scripted {
+        fn persist(&self, _records: Arc<[Record]>) -> BoxFuture<Result<(), String>> {
+            let next = self.persists.lock().unwrap().pop_front().unwrap_or(Ok(()));
+            Box::pin(async move { next })
         }
+
+        fn settle(&self, _records: Arc<[Record]>) -> BoxFuture<Result<(), String>> {
+            self.settled_at
+                .lock()
+                .unwrap()
+                .push(tokio::time::Instant::now());
+            let next = self.settles.lock().unwrap().pop_front().unwrap_or(Ok(()));
+            Box::pin(async move { next })
+        }
+    }
+
+    fn put(k: &str) -> Txn {
+        Txn::put(Put {
+            key: Bytes::copy_from_slice(k.as_bytes()),
+            value: Bytes::from_static(b"v"),
+            ..Put::default()
+        })
+    }
+
+    /// The write path on a fresh store holding only the internal record.
+    fn write_path(durability: Arc<Scripted>) -> (tempfile::TempDir, Arc<Store>, WritePath) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let first = Batch {
+            records: vec![Record::internal("n1")],
+            ..Batch::default()
+        };
+        store.append_committed(&first).unwrap();
+        let path = start(WritePathParts {
+            store: store.clone(),
+            hub: Arc::new(WatchHub::new(1, RingLimits::default())),
+            leader_id: "n1".into(),
+            durability,
+            snapshots: None,
+            metrics: Arc::new(Metrics::new()),
+            runtime: tokio::runtime::Handle::current(),
+        })
+        .unwrap();
+        (dir, store, path)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_batch_drains_then_recovery_backs_off_until_settled() {
+        let durability = Arc::new(Scripted::default());
+        let (_dir, store, mut path) = write_path(durability.clone());
+        assert!(matches!(
+            path.writer.txn(put("a")).await,
+            Err(WriteError::NotAccepting {
+                state: "replica",
+                ..
+            })
+        ));
+        path.gate.open();
+        assert_eq!(path.writer.txn(put("a")).await.unwrap().revision, 2);
+
+        durability
+            .persists
+            .lock()
+            .unwrap()
+            .push_back(Err("bucket gone".into()));
+        durability.settles.lock().unwrap().extend([
+            Err("still gone".to_string()),
+            Err("still gone".to_string()),
+            Ok(()),
+        ]);
+        let started = tokio::time::Instant::now();
+        let err = path.writer.txn(put("b")).await.unwrap_err();
+        assert_eq!(
+            err,
+            WriteError::NotDurable(
+                "object storage write of revisions 3..=3 failed: bucket gone".into()
+            )
+        );
+        assert_eq!(
+            (store.latest_revision(), store.committed_revision()),
+            (2, 2),
+            "the failed batch was discarded"
+        );
+        assert!(matches!(
+            path.events.recv().await,
+            Some(WritePathEvent::Draining { .. })
+        ));
+        let refused = path.writer.txn(put("c")).await.unwrap_err();
+        assert_eq!(
+            refused.to_string(),
+            "this node is not accepting writes (state: draining): \
+             object storage write of revisions 3..=3 failed: bucket gone"
+        );
+
+        assert_eq!(path.events.recv().await, Some(WritePathEvent::Settled));
+        let waits: Vec<Duration> = durability
+            .settled_at
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|t| *t - started)
+            .collect();
+        assert_eq!(
+            waits,
+            [
+                Duration::ZERO,
+                Duration::from_secs(1),
+                Duration::from_secs(3)
+            ],
+            "at once, then 1 s, then 2 s later"
+        );
+        // Writes resume once the node opens the gate again (after its
+        // preflight), at the revision the failed batch would have had.
+        path.gate.open();
+        assert_eq!(path.writer.txn(put("d")).await.unwrap().revision, 3);
     }
 }

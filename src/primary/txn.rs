@@ -1,22 +1,14 @@
-//! Evaluation of one etcd Txn against a view of the current state (pure; no
-//! I/O of its own). Put and DeleteRange arrive here as one-op txns. A txn
-//! may write at most one key, because each revision is one record.
+//! One etcd Txn as the write path sees it (already validated by the API
+//! layer) and its evaluation against a view of the current state: pure, no
+//! I/O of its own. Put and DeleteRange arrive as one-op txns. A txn may
+//! write at most one key, because each revision is one record.
 
 use bytes::Bytes;
 
-use crate::etcd::{errors, range};
-use crate::grpc::Status;
-use crate::pb::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
-use crate::pb::etcdserverpb::request_op::Request;
-use crate::pb::etcdserverpb::response_op::Response;
-use crate::pb::etcdserverpb::{
-    Compare, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest,
-    RangeResponse, RequestOp, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
-};
-use crate::store::{KeyRange, KvEntry, Record, Rev, Timestamp};
+use crate::store::query::{self, RangeQuery, RangeResult};
+use crate::store::{KeyRange, KvEntry, Record, Rev, StoreError, Timestamp};
 
-/// etcd's default limit on operations per txn.
-pub const MAX_TXN_OPS: usize = 128;
+use super::error::WriteError;
 
 /// The state a txn reads: committed data plus earlier txns of the batch.
 pub trait KvView {
@@ -24,14 +16,109 @@ pub trait KvView {
     fn current_revision(&self) -> i64;
     fn compacted_revision(&self) -> i64;
     /// Live keys in `range` as of `at` (<= current), ascending by key.
-    fn scan(&self, range: &KeyRange, at: i64) -> Result<Vec<KvEntry>, Status>;
+    fn scan(&self, range: &KeyRange, at: i64) -> Result<Vec<KvEntry>, StoreError>;
     /// Loads values missing from entries (older revisions).
-    fn load_values(&self, entries: &mut [KvEntry]) -> Result<(), Status>;
+    fn load_values(&self, entries: &mut [KvEntry]) -> Result<(), StoreError>;
     fn lease_exists(&self, id: i64) -> bool;
     /// Makes a write at `revision` visible to later reads of the view.
     fn stage(&mut self, key: Bytes, entry: Option<KvEntry>, revision: i64);
     /// Forgets the last staged write (its txn failed after staging).
     fn unstage(&mut self);
+}
+
+/// A conditional write: if every compare holds, the success ops run,
+/// otherwise the failure ops.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Txn {
+    pub compare: Vec<Compare>,
+    pub success: Vec<Op>,
+    pub failure: Vec<Op>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Compare {
+    pub range: KeyRange,
+    pub target: Target,
+    pub result: CompareResult,
+}
+
+/// What a compare looks at, with the value it compares against.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    Version(i64),
+    Create(i64),
+    Mod(i64),
+    Value(Bytes),
+    Lease(i64),
+    /// A target etcd does not know: the compare fails.
+    Unknown,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CompareResult {
+    Equal,
+    NotEqual,
+    Greater,
+    Less,
+    /// A result etcd does not know: the compare fails.
+    Unknown,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    Range(RangeQuery),
+    Put(Put),
+    /// Deletes one key (the only kind of delete one record can express).
+    Delete {
+        key: Bytes,
+        prev_kv: bool,
+    },
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Put {
+    pub key: Bytes,
+    pub value: Bytes,
+    pub lease: i64,
+    pub prev_kv: bool,
+    pub ignore_value: bool,
+    pub ignore_lease: bool,
+}
+
+impl Txn {
+    /// A Put as the one-op txn it is evaluated as.
+    pub fn put(p: Put) -> Txn {
+        Txn {
+            success: vec![Op::Put(p)],
+            ..Txn::default()
+        }
+    }
+}
+
+/// A txn's answer: which branch ran, the revision after it, and one result
+/// per op of that branch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TxnOutcome {
+    pub succeeded: bool,
+    pub revision: i64,
+    pub responses: Vec<OpResult>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OpResult {
+    /// A read at `revision` (the state as of this op).
+    Range { revision: i64, result: RangeResult },
+    /// `prev` only when the put asked for it.
+    Put {
+        revision: i64,
+        prev: Option<KvEntry>,
+    },
+    /// `prev` only when the delete asked for it.
+    Delete {
+        revision: i64,
+        deleted: i64,
+        prev: Vec<KvEntry>,
+    },
 }
 
 /// The single write a txn made, with the key's state before it.
@@ -44,88 +131,35 @@ pub struct Write {
 /// A txn's answer and its write, if any.
 #[derive(Debug)]
 pub struct Evaluated {
-    pub response: TxnResponse,
+    pub outcome: TxnOutcome,
     pub write: Option<Write>,
 }
 
-/// Checks a txn the way etcd does, plus netsy's one-write rule.
-pub fn validate(req: &TxnRequest) -> Result<(), Status> {
-    let ops = req
-        .compare
-        .len()
-        .max(req.success.len())
-        .max(req.failure.len());
-    if ops > MAX_TXN_OPS {
-        return Err(errors::too_many_ops());
-    }
-    if req.compare.iter().any(|c| c.key.is_empty()) {
-        return Err(errors::empty_key());
-    }
-    for branch in [&req.success, &req.failure] {
-        let mut writes = 0;
-        for op in branch.iter() {
-            match &op.request {
-                None => return Err(errors::key_not_found()),
-                Some(Request::RequestRange(r)) => range::validate(r)?,
-                Some(Request::RequestPut(p)) => {
-                    validate_put(p)?;
-                    writes += 1;
-                }
-                Some(Request::RequestDeleteRange(d)) => {
-                    validate_delete(d)?;
-                    writes += 1;
-                }
-                Some(Request::RequestTxn(_)) => return Err(errors::nested_txn()),
-            }
-        }
-        if writes > 1 {
-            return Err(errors::multi_key_txn());
-        }
-    }
-    Ok(())
+/// Who writes and when: stamped into every record a txn makes.
+#[derive(Clone, Copy, Debug)]
+pub struct Stamp<'a> {
+    pub leader_id: &'a str,
+    pub now: Timestamp,
 }
 
-pub fn validate_put(p: &PutRequest) -> Result<(), Status> {
-    if p.key.is_empty() {
-        return Err(errors::empty_key());
-    }
-    if p.ignore_value && !p.value.is_empty() {
-        return Err(errors::value_provided());
-    }
-    if p.ignore_lease && p.lease != 0 {
-        return Err(errors::lease_provided());
-    }
-    Ok(())
-}
-
-pub fn validate_delete(d: &DeleteRangeRequest) -> Result<(), Status> {
-    if d.key.is_empty() {
-        return Err(errors::empty_key());
-    }
-    if !KeyRange::new(&d.key, &d.range_end).is_single_key() {
-        return Err(errors::multi_key_delete());
-    }
-    Ok(())
-}
-
-/// Evaluates a validated txn. `revision` is what its write would get.
+/// Evaluates a validated txn against `view`.
 pub fn evaluate(
-    req: &TxnRequest,
+    txn: &Txn,
     view: &mut dyn KvView,
-    leader_id: &str,
-) -> Result<Evaluated, Status> {
+    stamp: Stamp<'_>,
+) -> Result<Evaluated, WriteError> {
     let begin = view.current_revision();
     let mut succeeded = true;
-    for c in &req.compare {
+    for c in &txn.compare {
         if !compare(c, &*view, begin)? {
             succeeded = false;
             break;
         }
     }
     let ops = if succeeded {
-        &req.success
+        &txn.success
     } else {
-        &req.failure
+        &txn.failure
     };
     check_ops(ops, &*view, begin)?;
 
@@ -133,144 +167,103 @@ pub fn evaluate(
     let mut responses = Vec::with_capacity(ops.len());
     for op in ops {
         let current = if write.is_some() { begin + 1 } else { begin };
-        let result = match &op.request {
-            Some(Request::RequestRange(r)) => {
-                read_range(r, &*view, current).map(Response::ResponseRange)
-            }
-            Some(Request::RequestPut(p)) => put(p, view, begin + 1, leader_id).map(|(resp, w)| {
+        let result = match op {
+            Op::Range(q) => read_range(q, &*view, current),
+            Op::Put(p) => put(p, view, begin + 1, stamp).map(|(result, w)| {
                 write = Some(w);
-                Response::ResponsePut(resp)
+                result
             }),
-            Some(Request::RequestDeleteRange(d)) => {
-                delete(d, view, begin, leader_id).map(|(resp, w)| {
+            Op::Delete { key, prev_kv } => {
+                delete(key, *prev_kv, view, begin, stamp).map(|(result, w)| {
                     write = w;
-                    Response::ResponseDeleteRange(resp)
+                    result
                 })
             }
-            // Rejected by validate.
-            Some(Request::RequestTxn(_)) => Err(errors::nested_txn()),
-            None => Err(errors::key_not_found()),
         };
         match result {
-            Ok(r) => responses.push(ResponseOp { response: Some(r) }),
-            Err(status) => {
+            Ok(r) => responses.push(r),
+            Err(e) => {
                 if write.is_some() {
                     view.unstage();
                 }
-                return Err(status);
+                return Err(e);
             }
         }
     }
     let revision = if write.is_some() { begin + 1 } else { begin };
     Ok(Evaluated {
-        response: TxnResponse {
-            header: Some(header(revision)),
+        outcome: TxnOutcome {
             succeeded,
+            revision,
             responses,
         },
         write,
     })
 }
 
-fn header(revision: i64) -> ResponseHeader {
-    ResponseHeader {
-        revision,
-        ..Default::default()
-    }
-}
-
 /// etcd's compare: every key in the compare's range must satisfy it; an
 /// absent key compares as zero, except for VALUE, which then fails.
-fn compare(c: &Compare, view: &dyn KvView, at: i64) -> Result<bool, Status> {
-    let range = KeyRange::new(&c.key, &c.range_end);
-    let mut entries = view.scan(&range, at)?;
-    let target = CompareTarget::try_from(c.target).ok();
+fn compare(c: &Compare, view: &dyn KvView, at: i64) -> Result<bool, WriteError> {
+    let mut entries = view.scan(&c.range, at)?;
+    let is_value = matches!(c.target, Target::Value(_));
     if entries.is_empty() {
-        if target == Some(CompareTarget::Value) {
+        if is_value {
             return Ok(false);
         }
-        return Ok(compare_one(c, target, None));
+        return Ok(compare_one(c, None));
     }
-    if target == Some(CompareTarget::Value) {
+    if is_value {
         view.load_values(&mut entries)?;
     }
-    Ok(entries.iter().all(|e| compare_one(c, target, Some(e))))
+    Ok(entries.iter().all(|e| compare_one(c, Some(e))))
 }
 
-fn compare_one(c: &Compare, target: Option<CompareTarget>, e: Option<&KvEntry>) -> bool {
+fn compare_one(c: &Compare, e: Option<&KvEntry>) -> bool {
     use std::cmp::Ordering;
     let rev = e.map(|e| e.rev);
-    let ord: Ordering = match target {
-        Some(CompareTarget::Value) => {
-            let want: &[u8] = match &c.target_union {
-                Some(TargetUnion::Value(v)) => v,
-                _ => &[],
-            };
+    let ord: Ordering = match &c.target {
+        Target::Value(want) => {
             let have: &[u8] = e.and_then(|e| e.value.as_deref()).unwrap_or(&[]);
             have.cmp(want)
         }
-        Some(CompareTarget::Version) => {
-            let want = match c.target_union {
-                Some(TargetUnion::Version(v)) => v,
-                _ => 0,
-            };
-            rev.map_or(0, |r| r.version).cmp(&want)
-        }
-        Some(CompareTarget::Create) => {
-            let want = match c.target_union {
-                Some(TargetUnion::CreateRevision(v)) => v,
-                _ => 0,
-            };
-            rev.map_or(0, |r| r.create_revision).cmp(&want)
-        }
-        Some(CompareTarget::Mod) => {
-            let want = match c.target_union {
-                Some(TargetUnion::ModRevision(v)) => v,
-                _ => 0,
-            };
-            rev.map_or(0, |r| r.revision).cmp(&want)
-        }
-        Some(CompareTarget::Lease) => {
-            let want = match c.target_union {
-                Some(TargetUnion::Lease(v)) => v,
-                _ => 0,
-            };
-            rev.map_or(0, |r| r.lease).cmp(&want)
-        }
-        None => return false,
+        Target::Version(want) => rev.map_or(0, |r| r.version).cmp(want),
+        Target::Create(want) => rev.map_or(0, |r| r.create_revision).cmp(want),
+        Target::Mod(want) => rev.map_or(0, |r| r.revision).cmp(want),
+        Target::Lease(want) => rev.map_or(0, |r| r.lease).cmp(want),
+        Target::Unknown => return false,
     };
-    match CompareResult::try_from(c.result) {
-        Ok(CompareResult::Equal) => ord == Ordering::Equal,
-        Ok(CompareResult::NotEqual) => ord != Ordering::Equal,
-        Ok(CompareResult::Greater) => ord == Ordering::Greater,
-        Ok(CompareResult::Less) => ord == Ordering::Less,
-        Err(_) => false,
+    match c.result {
+        CompareResult::Equal => ord == Ordering::Equal,
+        CompareResult::NotEqual => ord != Ordering::Equal,
+        CompareResult::Greater => ord == Ordering::Greater,
+        CompareResult::Less => ord == Ordering::Less,
+        CompareResult::Unknown => false,
     }
 }
 
 /// etcd's pre-execution checks of the chosen branch: read revisions, leases
 /// and the keys that ignore_value/ignore_lease need.
-fn check_ops(ops: &[RequestOp], view: &dyn KvView, begin: i64) -> Result<(), Status> {
+fn check_ops(ops: &[Op], view: &dyn KvView, begin: i64) -> Result<(), WriteError> {
     for op in ops {
-        match &op.request {
-            Some(Request::RequestRange(r)) => {
-                range::read_revision(r.revision, begin, view.compacted_revision())?;
+        match op {
+            Op::Range(q) => {
+                query::read_revision(q.revision, begin, view.compacted_revision())?;
             }
-            Some(Request::RequestPut(p)) => {
+            Op::Put(p) => {
                 if (p.ignore_value || p.ignore_lease) && latest(view, &p.key, begin)?.is_none() {
-                    return Err(errors::key_not_found());
+                    return Err(WriteError::KeyNotFound);
                 }
                 if p.lease != 0 && !view.lease_exists(p.lease) {
-                    return Err(errors::lease_not_found());
+                    return Err(WriteError::LeaseNotFound);
                 }
             }
-            _ => {}
+            Op::Delete { .. } => {}
         }
     }
     Ok(())
 }
 
-fn latest(view: &dyn KvView, key: &Bytes, at: i64) -> Result<Option<KvEntry>, Status> {
+fn latest(view: &dyn KvView, key: &Bytes, at: i64) -> Result<Option<KvEntry>, WriteError> {
     let mut found = view.scan(&KeyRange::Single(key.clone()), at)?;
     match found.pop() {
         Some(mut e) => {
@@ -281,26 +274,24 @@ fn latest(view: &dyn KvView, key: &Bytes, at: i64) -> Result<Option<KvEntry>, St
     }
 }
 
-/// A Range op inside a txn (or a plain Range evaluated in a batch).
-fn read_range(r: &RangeRequest, view: &dyn KvView, current: i64) -> Result<RangeResponse, Status> {
-    let at = range::read_revision(r.revision, current, view.compacted_revision())?;
-    let keys = view.scan(&KeyRange::new(&r.key, &r.range_end), at)?;
-    let selection = range::select(r, keys.into_iter());
-    let result = range::finish(r, selection, |e| view.load_values(e))?;
-    Ok(RangeResponse {
-        header: Some(header(current)),
-        kvs: result.kvs,
-        more: result.more,
-        count: result.count,
+/// A Range op inside a txn.
+fn read_range(q: &RangeQuery, view: &dyn KvView, current: i64) -> Result<OpResult, WriteError> {
+    let at = query::read_revision(q.revision, current, view.compacted_revision())?;
+    let keys = view.scan(&q.range, at)?;
+    let selection = query::select(q, keys.into_iter());
+    let result = query::finish(q, selection, |e| view.load_values(e))?;
+    Ok(OpResult::Range {
+        revision: current,
+        result,
     })
 }
 
 fn put(
-    p: &PutRequest,
+    p: &Put,
     view: &mut dyn KvView,
     revision: i64,
-    leader_id: &str,
-) -> Result<(PutResponse, Write), Status> {
+    stamp: Stamp<'_>,
+) -> Result<(OpResult, Write), WriteError> {
     let prev = latest(&*view, &p.key, revision - 1)?;
     let value = if p.ignore_value {
         prev.as_ref()
@@ -334,9 +325,9 @@ fn put(
         lease,
         dek: 0,
         value: Some(value.clone()),
-        created_at: Timestamp::now(),
+        created_at: stamp.now,
         compacted_at: None,
-        leader_id: leader_id.to_string(),
+        leader_id: stamp.leader_id.to_string(),
         replicated_at: None,
     };
     view.stage(
@@ -354,30 +345,27 @@ fn put(
         }),
         revision,
     );
-    let response = PutResponse {
-        header: Some(header(revision)),
-        prev_kv: if p.prev_kv {
-            prev.as_ref().map(KvEntry::to_key_value)
-        } else {
-            None
-        },
+    let result = OpResult::Put {
+        revision,
+        prev: if p.prev_kv { prev.clone() } else { None },
     };
-    Ok((response, Write { record, prev }))
+    Ok((result, Write { record, prev }))
 }
 
 fn delete(
-    d: &DeleteRangeRequest,
+    key: &Bytes,
+    prev_kv: bool,
     view: &mut dyn KvView,
     begin: i64,
-    leader_id: &str,
-) -> Result<(DeleteRangeResponse, Option<Write>), Status> {
-    let Some(prev) = latest(&*view, &d.key, begin)? else {
-        let response = DeleteRangeResponse {
-            header: Some(header(begin)),
+    stamp: Stamp<'_>,
+) -> Result<(OpResult, Option<Write>), WriteError> {
+    let Some(prev) = latest(&*view, key, begin)? else {
+        let result = OpResult::Delete {
+            revision: begin,
             deleted: 0,
-            prev_kvs: vec![],
+            prev: vec![],
         };
-        return Ok((response, None));
+        return Ok((result, None));
     };
     let revision = begin + 1;
     let record = Record {
@@ -391,48 +379,22 @@ fn delete(
         lease: 0,
         dek: 0,
         value: None,
-        created_at: Timestamp::now(),
+        created_at: stamp.now,
         compacted_at: None,
-        leader_id: leader_id.to_string(),
+        leader_id: stamp.leader_id.to_string(),
         replicated_at: None,
     };
     view.stage(prev.key.clone(), None, revision);
-    let response = DeleteRangeResponse {
-        header: Some(header(revision)),
+    let result = OpResult::Delete {
+        revision,
         deleted: 1,
-        prev_kvs: if d.prev_kv {
-            vec![prev.to_key_value()]
-        } else {
-            vec![]
-        },
+        prev: if prev_kv { vec![prev.clone()] } else { vec![] },
     };
     Ok((
-        response,
+        result,
         Some(Write {
             record,
             prev: Some(prev),
         }),
     ))
-}
-
-/// Wraps a Put as the one-op txn it is evaluated as.
-pub fn put_as_txn(p: PutRequest) -> TxnRequest {
-    TxnRequest {
-        compare: vec![],
-        success: vec![RequestOp {
-            request: Some(Request::RequestPut(p)),
-        }],
-        failure: vec![],
-    }
-}
-
-/// Wraps a DeleteRange as the one-op txn it is evaluated as.
-pub fn delete_as_txn(d: DeleteRangeRequest) -> TxnRequest {
-    TxnRequest {
-        compare: vec![],
-        success: vec![RequestOp {
-            request: Some(Request::RequestDeleteRange(d)),
-        }],
-        failure: vec![],
-    }
 }

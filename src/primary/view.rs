@@ -5,8 +5,6 @@ use std::collections::{BTreeMap, HashSet};
 
 use bytes::Bytes;
 
-use crate::etcd::errors;
-use crate::grpc::Status;
 use crate::store::{KeyIndex, KeyRange, KvEntry, Store, StoreError};
 
 use super::txn::KvView;
@@ -94,14 +92,6 @@ impl<'a> BatchView<'a> {
     }
 }
 
-/// Maps store failures to the client-visible status.
-pub fn store_status(e: StoreError) -> Status {
-    match e {
-        StoreError::Compacted => errors::compacted(),
-        other => Status::internal(format!("local database: {other}")),
-    }
-}
-
 impl KvView for BatchView<'_> {
     fn current_revision(&self) -> i64 {
         self.current
@@ -111,7 +101,7 @@ impl KvView for BatchView<'_> {
         self.compacted
     }
 
-    fn scan(&self, range: &KeyRange, at: i64) -> Result<Vec<KvEntry>, Status> {
+    fn scan(&self, range: &KeyRange, at: i64) -> Result<Vec<KvEntry>, StoreError> {
         if at == self.current && !self.pending.is_empty() {
             Ok(self.merged(range))
         } else if at <= self.base {
@@ -121,12 +111,12 @@ impl KvView for BatchView<'_> {
                 .map(|e| KvEntry::from_entry(&e))
                 .collect())
         } else {
-            Err(errors::future_revision())
+            Err(StoreError::FutureRevision)
         }
     }
 
-    fn load_values(&self, entries: &mut [KvEntry]) -> Result<(), Status> {
-        self.store.load_values(entries).map_err(store_status)
+    fn load_values(&self, entries: &mut [KvEntry]) -> Result<(), StoreError> {
+        self.store.load_values(entries)
     }
 
     fn lease_exists(&self, id: i64) -> bool {

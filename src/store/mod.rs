@@ -4,10 +4,11 @@
 
 pub mod index;
 pub mod keyrange;
+pub mod query;
 pub mod record;
 pub mod sqlite;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Mutex, RwLock, RwLockReadGuard};
@@ -17,6 +18,7 @@ use rusqlite::Connection;
 
 pub use index::{Entry, KeyIndex, Rev};
 pub use keyrange::KeyRange;
+pub use query::{RangeQuery, RangeResult, SortOrder, SortTarget};
 pub use record::{Record, Timestamp};
 pub use sqlite::{LeaseChange, LeaseRow};
 
@@ -34,6 +36,18 @@ pub enum StoreError {
     },
     /// A value needed for a read was discarded by compaction.
     Compacted,
+    /// A read asked for a revision newer than the store's.
+    FutureRevision,
+    /// Appended records must continue the latest revision.
+    NotNext {
+        expected: i64,
+        found: i64,
+    },
+    /// Committed revisions are final; only tentative ones can be discarded.
+    DiscardCommitted {
+        above: i64,
+        committed: i64,
+    },
     /// An imported record does not continue the local revisions.
     Gap {
         expected: i64,
@@ -59,6 +73,17 @@ impl std::fmt::Display for StoreError {
                 "integrity error: total records ({count}) does not match latest revision ({latest})"
             ),
             StoreError::Compacted => write!(f, "mvcc: required revision has been compacted"),
+            StoreError::FutureRevision => {
+                write!(f, "mvcc: required revision is a future revision")
+            }
+            StoreError::NotNext { expected, found } => write!(
+                f,
+                "append out of order: expected revision {expected}, got {found}"
+            ),
+            StoreError::DiscardCommitted { above, committed } => write!(
+                f,
+                "cannot discard revisions above {above}: revision {committed} is committed"
+            ),
             StoreError::Gap { expected, found } => {
                 write!(f, "revision gap: expected revision {expected}, got {found}")
             }
@@ -101,20 +126,24 @@ impl KvEntry {
         }
     }
 
-    pub fn to_key_value(&self) -> crate::pb::mvccpb::KeyValue {
-        crate::pb::mvccpb::KeyValue {
-            key: self.key.clone(),
-            create_revision: self.rev.create_revision,
-            mod_revision: self.rev.revision,
-            version: self.rev.version,
-            value: self.value.clone().unwrap_or_default(),
-            lease: self.rev.lease,
+    /// The key as one record left it (a tombstone for a delete).
+    pub fn from_record(r: &Record) -> KvEntry {
+        KvEntry {
+            key: r.key.clone(),
+            rev: Rev {
+                revision: r.revision,
+                create_revision: r.create_revision,
+                version: r.version,
+                lease: r.lease,
+                deleted: r.deleted,
+            },
+            value: r.value.clone(),
         }
     }
 }
 
 /// Everything one commit makes durable at once.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Batch {
     pub records: Vec<Record>,
     pub leases: Vec<LeaseChange>,
@@ -162,9 +191,19 @@ impl Importer<'_> {
     }
 }
 
+/// A batch appended but not yet committed.
+struct Pending {
+    /// The revision the batch ends at (the latest revision when it holds
+    /// no records).
+    upto: i64,
+    batch: Batch,
+}
+
 pub struct Store {
     path: PathBuf,
     index: RwLock<KeyIndex>,
+    /// Appended batches above the committed revision, oldest first.
+    pending: Mutex<VecDeque<Pending>>,
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
     latest: AtomicI64,
@@ -209,6 +248,7 @@ impl Store {
         Ok(Store {
             path,
             index: RwLock::new(index),
+            pending: Mutex::new(VecDeque::new()),
             writer: Mutex::new(writer),
             readers: Mutex::new(Vec::new()),
             latest: AtomicI64::new(latest),
@@ -316,62 +356,158 @@ impl Store {
             .unwrap_or_default()
     }
 
-    /// Makes a batch durable in SQLite (fsynced on return). Does not make it
-    /// visible: call [`Store::publish`] after every other durability step.
-    pub fn persist(&self, batch: &Batch) -> Result<(), StoreError> {
-        sqlite::commit_batch(
-            &mut self.writer(),
-            &batch.records,
-            &batch.leases,
-            batch.compaction,
-        )
-    }
-
-    /// Applies a persisted batch to the index and advances the latest and
-    /// committed revisions. Returns the revisions a compaction discarded.
-    pub fn publish(&self, batch: &Batch) -> Vec<i64> {
-        let mut discarded = Vec::new();
-        {
-            let mut index = match self.index.write() {
-                Ok(g) => g,
-                Err(poisoned) => poisoned.into_inner(),
-            };
-            for r in &batch.records {
-                index.apply(r);
-            }
-            // Revisions change under the index lock, so a reader holding the
-            // lock sees revisions that match the index it scans.
-            if let Some(c) = batch.compaction {
-                discarded = index.compact(c);
-                self.compacted.fetch_max(c, Ordering::AcqRel);
-            }
-            if let Some(last) = batch.records.last() {
-                self.latest.store(last.revision, Ordering::Release);
-                self.committed.store(last.revision, Ordering::Release);
+    /// Appends a batch durably but tentatively: its records, lease changes
+    /// and compaction are committed to SQLite (fsynced on return) and the
+    /// latest revision advances, but nothing becomes visible to reads,
+    /// counts, watches or the key index until [`Store::commit`] reaches it.
+    /// Records must continue the latest revision.
+    pub fn append(&self, batch: &Batch) -> Result<(), StoreError> {
+        let mut conn = self.writer();
+        let latest = self.latest_revision();
+        for (expected, r) in (latest + 1..).zip(&batch.records) {
+            if r.revision != expected {
+                return Err(StoreError::NotNext {
+                    expected,
+                    found: r.revision,
+                });
             }
         }
-        if !batch.leases.is_empty() {
-            if let Ok(mut leases) = self.leases.write() {
-                for change in &batch.leases {
-                    match change {
-                        LeaseChange::Grant { id, ttl } => {
-                            leases.insert(
-                                *id,
-                                LeaseRow {
-                                    id: *id,
-                                    ttl: *ttl,
-                                    granted_at: Timestamp::now(),
-                                },
-                            );
-                        }
-                        LeaseChange::Revoke { id } => {
-                            leases.remove(id);
-                        }
+        sqlite::commit_batch(&mut conn, &batch.records, &batch.leases, batch.compaction)?;
+        let upto = batch.records.last().map_or(latest, |r| r.revision);
+        self.pending_batches().push_back(Pending {
+            upto,
+            batch: batch.clone(),
+        });
+        self.latest.store(upto, Ordering::Release);
+        Ok(())
+    }
+
+    /// Makes everything appended up to `revision` (at most the latest)
+    /// visible: the key index, the lease table and the compaction revision
+    /// take it in, then the committed revision moves, all under the index
+    /// lock. Returns the revisions a compaction discarded (their values
+    /// are still in SQLite: see [`Store::discard_values`]).
+    pub fn commit(&self, revision: i64) -> Vec<i64> {
+        let revision = revision.min(self.latest_revision());
+        let ready: Vec<Pending> = {
+            let mut pending = self.pending_batches();
+            let n = pending.iter().take_while(|p| p.upto <= revision).count();
+            pending.drain(..n).collect()
+        };
+        let mut discarded = Vec::new();
+        for p in &ready {
+            discarded.extend(self.apply(&p.batch.records, p.batch.compaction, p.upto));
+            self.apply_leases(&p.batch.leases);
+        }
+        // A commit with nothing pending (a replica told of a revision it
+        // already has) still moves the committed revision.
+        let index = self.index_mut();
+        self.committed.fetch_max(revision, Ordering::AcqRel);
+        drop(index);
+        discarded
+    }
+
+    /// Appends and commits in one step (what has no one else to wait for,
+    /// such as a new cluster's first record). Returns what a compaction
+    /// discarded, as [`Store::commit`] does.
+    pub fn append_committed(&self, batch: &Batch) -> Result<Vec<i64>, StoreError> {
+        self.append(batch)?;
+        Ok(self.commit(self.latest_revision()))
+    }
+
+    /// Applies committed records and a compaction to the index and moves
+    /// the committed revision to `upto`, under the index lock so a reader
+    /// sees revisions that match the index it scans.
+    fn apply(&self, records: &[Record], compaction: Option<i64>, upto: i64) -> Vec<i64> {
+        let mut discarded = Vec::new();
+        let mut index = self.index_mut();
+        for r in records {
+            index.apply(r);
+        }
+        if let Some(c) = compaction {
+            discarded = index.compact(c);
+            self.compacted.fetch_max(c, Ordering::AcqRel);
+        }
+        self.committed.fetch_max(upto, Ordering::AcqRel);
+        discarded
+    }
+
+    fn apply_leases(&self, changes: &[LeaseChange]) {
+        if changes.is_empty() {
+            return;
+        }
+        if let Ok(mut leases) = self.leases.write() {
+            for change in changes {
+                match change {
+                    LeaseChange::Grant { id, ttl } => {
+                        leases.insert(
+                            *id,
+                            LeaseRow {
+                                id: *id,
+                                ttl: *ttl,
+                                granted_at: Timestamp::now(),
+                            },
+                        );
+                    }
+                    LeaseChange::Revoke { id } => {
+                        leases.remove(id);
                     }
                 }
             }
         }
-        discarded
+    }
+
+    /// Removes every tentative revision above `revision`: the SQLite rows
+    /// and the lease and compaction changes appended with them are undone,
+    /// and the latest revision goes back to `revision`. Committed revisions
+    /// cannot be discarded.
+    pub fn discard_above(&self, revision: i64) -> Result<(), StoreError> {
+        let committed = self.committed_revision();
+        if revision < committed {
+            return Err(StoreError::DiscardCommitted {
+                above: revision,
+                committed,
+            });
+        }
+        let mut conn = self.writer();
+        let mut pending = self.pending_batches();
+        let keep = pending.iter().take_while(|p| p.upto <= revision).count();
+        let dropped: Vec<Pending> = pending.drain(keep..).collect();
+        let mut undo = sqlite::Undo {
+            records_from: revision + 1,
+            ..Default::default()
+        };
+        for p in &dropped {
+            for change in &p.batch.leases {
+                match change {
+                    LeaseChange::Grant { id, .. } => undo.granted.push(*id),
+                    LeaseChange::Revoke { id } => undo.revoked.extend(self.lease(*id)),
+                }
+            }
+            undo.compactions.extend(p.batch.compaction);
+        }
+        if let Err(e) = sqlite::undo(&mut conn, &undo) {
+            // Nothing was undone: the batches stay pending as they were.
+            pending.extend(dropped);
+            return Err(e);
+        }
+        self.latest
+            .store(revision.min(self.latest_revision()), Ordering::Release);
+        Ok(())
+    }
+
+    fn pending_batches(&self) -> std::sync::MutexGuard<'_, VecDeque<Pending>> {
+        match self.pending.lock() {
+            Ok(p) => p,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    fn index_mut(&self) -> std::sync::RwLockWriteGuard<'_, KeyIndex> {
+        match self.index.write() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
     }
 
     fn writer(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -386,10 +522,11 @@ impl Store {
     /// hands batches to the [`Importer`] in revision order, and if it or any
     /// batch fails nothing is imported. Records at or below the latest
     /// revision must match what is stored; newer ones must continue it
-    /// without a gap. Once committed they are published to the index in
-    /// batches (readers see the revision rise batch by batch); an error
-    /// there comes after the commit, and reopening the store rebuilds the
-    /// index from what was committed.
+    /// without a gap. Imported records are committed: once in SQLite they
+    /// are applied to the index in batches (readers see the revision rise
+    /// batch by batch); an error there comes after the SQLite commit, and
+    /// reopening the store rebuilds the index from what was committed.
+    /// Nothing may be pending (tentative) when importing.
     pub fn import_all<E: From<StoreError>>(
         &self,
         feed: impl FnOnce(&mut Importer<'_>) -> Result<(), E>,
@@ -412,24 +549,19 @@ impl Store {
                 sqlite::truncate_wal(&conn)?;
             }
         }
-        // Publish from the database in bounded batches: a restored snapshot
+        // Apply from the database in bounded batches: a restored snapshot
         // can be far larger than what should sit in memory at once.
         let mut from = before + 1;
         loop {
             let records = self.records_between(from, i64::MAX, IMPORT_PUBLISH_BATCH)?;
-            let Some(last) = records.last() else { break };
-            from = last.revision + 1;
-            self.publish(&Batch {
-                records,
-                ..Default::default()
-            });
+            let Some(last) = records.last().map(|r| r.revision) else {
+                break;
+            };
+            from = last + 1;
+            self.latest.fetch_max(last, Ordering::AcqRel);
+            self.apply(&records, None, last);
         }
         Ok(())
-    }
-
-    /// Undoes a persisted but unpublished batch from `revision` on.
-    pub fn rollback_from(&self, revision: i64) -> Result<(), StoreError> {
-        sqlite::delete_from(&mut self.writer(), revision)
     }
 
     /// Sets the compaction revision after a restore: the recorded one, or
@@ -445,10 +577,7 @@ impl Store {
         }
         drop(conn);
         if revision > 0 {
-            let mut index = match self.index.write() {
-                Ok(g) => g,
-                Err(poisoned) => poisoned.into_inner(),
-            };
+            let mut index = self.index_mut();
             index.compact(revision);
             self.compacted.fetch_max(revision, Ordering::AcqRel);
         }
@@ -509,6 +638,130 @@ mod tests {
             created_at: Timestamp::default(),
             ..Record::internal("n")
         }
+    }
+
+    fn batch(records: Vec<Record>) -> Batch {
+        Batch {
+            records,
+            ..Default::default()
+        }
+    }
+
+    fn visible(store: &Store, at: i64) -> Option<i64> {
+        store.index().get(b"k", at).map(|e| e.rev.revision)
+    }
+
+    #[test]
+    fn appended_records_stay_invisible_until_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .append(&batch(vec![Record::internal("n"), put(2)]))
+            .unwrap();
+        assert_eq!(store.latest_revision(), 2);
+        assert_eq!(store.committed_revision(), 0);
+        assert_eq!(visible(&store, 2), None, "tentative: not in the index");
+        assert_eq!(
+            store.records_between(1, 2, 10).unwrap().len(),
+            2,
+            "but durable"
+        );
+
+        assert!(store.commit(1).is_empty());
+        assert_eq!(store.committed_revision(), 1);
+        assert_eq!(visible(&store, 2), None);
+        store.commit(2);
+        assert_eq!(
+            (store.committed_revision(), visible(&store, 2)),
+            (2, Some(2))
+        );
+
+        let grant = Batch {
+            leases: vec![LeaseChange::Grant { id: 7, ttl: 10 }],
+            ..batch(vec![put(3)])
+        };
+        store.append(&grant).unwrap();
+        assert!(
+            !store.lease_exists(7),
+            "a tentative grant is not a lease yet"
+        );
+        let gap = store.append(&batch(vec![put(5)])).unwrap_err();
+        assert!(
+            matches!(
+                gap,
+                StoreError::NotNext {
+                    expected: 4,
+                    found: 5
+                }
+            ),
+            "{gap}"
+        );
+        // Committing beyond the latest revision stops at the latest.
+        store.commit(9);
+        assert_eq!(store.committed_revision(), 3);
+        assert!(store.lease_exists(7));
+        assert_eq!(visible(&store, 3), Some(3));
+    }
+
+    #[test]
+    fn discarding_tentative_revisions_undoes_them_durably() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .append(&batch(vec![Record::internal("n"), put(2), put(3)]))
+            .unwrap();
+        store.commit(3);
+        store
+            .append(&Batch {
+                leases: vec![LeaseChange::Grant { id: 9, ttl: 10 }],
+                ..batch(vec![put(4)])
+            })
+            .unwrap();
+        store
+            .append(&Batch {
+                compaction: Some(3),
+                ..batch(vec![put(5)])
+            })
+            .unwrap();
+        let refused = store.discard_above(2).unwrap_err();
+        assert!(
+            matches!(
+                refused,
+                StoreError::DiscardCommitted {
+                    above: 2,
+                    committed: 3
+                }
+            ),
+            "{refused}"
+        );
+        assert_eq!(
+            store.latest_revision(),
+            5,
+            "a refused discard changes nothing"
+        );
+
+        store.discard_above(3).unwrap();
+        assert_eq!(store.latest_revision(), 3);
+        assert!(store.records_between(4, 5, 10).unwrap().is_empty());
+        // The same revisions can be written again (a retried batch).
+        store.append(&batch(vec![put(4)])).unwrap();
+        store.commit(4);
+        assert_eq!(visible(&store, 4), Some(4));
+        assert!(!store.lease_exists(9));
+        assert_eq!(store.compacted_revision(), 0);
+
+        drop(store);
+        let reopened = Store::open(dir.path()).unwrap();
+        assert_eq!(reopened.latest_revision(), 4);
+        assert!(
+            !reopened.lease_exists(9),
+            "the discarded grant is gone from SQLite"
+        );
+        assert_eq!(
+            reopened.compacted_revision(),
+            0,
+            "the discarded compaction is gone from SQLite"
+        );
     }
 
     #[test]

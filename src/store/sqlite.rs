@@ -260,10 +260,39 @@ pub fn truncate_wal(conn: &Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Removes every row at or above `revision` (undoing a batch whose object
-/// upload failed, before anyone saw it).
-pub fn delete_from(conn: &mut Connection, revision: i64) -> Result<(), StoreError> {
-    conn.execute("DELETE FROM records WHERE revision >= ?1", [revision])?;
+/// What undoing tentative batches removes or restores.
+#[derive(Debug, Default)]
+pub struct Undo {
+    /// Every record at or above this revision goes.
+    pub records_from: i64,
+    /// Leases whose grant is undone.
+    pub granted: Vec<i64>,
+    /// Leases whose revocation is undone (their rows come back).
+    pub revoked: Vec<LeaseRow>,
+    /// Compaction revisions that were never accepted after all.
+    pub compactions: Vec<i64>,
+}
+
+/// Undoes tentative batches in one transaction.
+pub fn undo(conn: &mut Connection, u: &Undo) -> Result<(), StoreError> {
+    let tx = conn.transaction()?;
+    tx.execute("DELETE FROM records WHERE revision >= ?1", [u.records_from])?;
+    for id in &u.granted {
+        tx.execute("DELETE FROM leases WHERE id = ?1", [id])?;
+    }
+    for l in &u.revoked {
+        tx.execute(
+            "INSERT OR REPLACE INTO leases (id, ttl, granted_at) VALUES (?1, ?2, ?3)",
+            params![l.id, l.ttl, l.granted_at.to_rfc3339()],
+        )?;
+    }
+    for c in &u.compactions {
+        tx.execute(
+            "DELETE FROM compactions WHERE compaction_revision = ?1",
+            [c],
+        )?;
+    }
+    tx.commit()?;
     Ok(())
 }
 

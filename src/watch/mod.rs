@@ -6,54 +6,65 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, RwLock};
 
-use crate::pb::mvccpb::{event::EventType, Event as PbEvent, KeyValue};
-use crate::store::Record;
+use crate::store::{KvEntry, Record, Store, StoreError};
 
-/// One committed change.
+/// One committed change: the key as the change left it (a tombstone for a
+/// delete) and, when the key existed before, as it was.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Event {
-    pub revision: i64,
-    pub deleted: bool,
-    /// The key after the change (for a delete: key and revision only).
-    pub kv: KeyValue,
-    /// The key before the change, when it existed.
-    pub prev_kv: Option<KeyValue>,
+    pub kv: KvEntry,
+    pub prev: Option<KvEntry>,
 }
 
 impl Event {
-    pub fn from_record(record: &Record, prev: Option<KeyValue>) -> Event {
+    pub fn from_record(record: &Record, prev: Option<KvEntry>) -> Event {
         Event {
-            revision: record.revision,
-            deleted: record.deleted,
-            kv: record.to_key_value(),
-            prev_kv: prev,
+            kv: KvEntry::from_record(record),
+            prev,
         }
     }
 
-    pub fn to_proto(&self, with_prev: bool) -> PbEvent {
-        PbEvent {
-            r#type: if self.deleted {
-                EventType::Delete as i32
-            } else {
-                EventType::Put as i32
-            },
-            kv: Some(self.kv.clone()),
-            prev_kv: if with_prev {
-                self.prev_kv.clone()
-            } else {
-                None
-            },
-        }
+    pub fn revision(&self) -> i64 {
+        self.kv.rev.revision
+    }
+
+    pub fn is_delete(&self) -> bool {
+        self.kv.rev.deleted
     }
 
     fn size(&self) -> usize {
-        64 + self.kv.key.len()
-            + self.kv.value.len()
-            + self
-                .prev_kv
-                .as_ref()
-                .map_or(0, |p| p.key.len() + p.value.len())
+        let len = |e: &KvEntry| e.key.len() + e.value.as_ref().map_or(0, |v| v.len());
+        64 + len(&self.kv) + self.prev.as_ref().map_or(0, len)
     }
+}
+
+/// The events of the committed records with from <= revision <= to, at
+/// most `limit` records read, each with the key's previous state. Also
+/// returns the last revision read (`to` when fewer than `limit` came back).
+pub fn events_from_store(
+    store: &Store,
+    from: i64,
+    to: i64,
+    limit: usize,
+) -> Result<(Vec<Event>, i64), StoreError> {
+    let records = store.records_between(from, to, limit)?;
+    let covered = if records.len() < limit {
+        to
+    } else {
+        records.last().map_or(to, |r| r.revision)
+    };
+    let mut events = Vec::with_capacity(records.len());
+    for r in records.iter().filter(|r| !r.is_internal()) {
+        let prev = if r.prev_revision > 0 {
+            store
+                .record_at(r.prev_revision)?
+                .map(|p| KvEntry::from_record(&p))
+        } else {
+            None
+        };
+        events.push(Event::from_record(r, prev));
+    }
+    Ok((events, covered))
 }
 
 /// Limits of the in-memory event ring.
@@ -113,7 +124,7 @@ impl WatchHub {
                 match ring.events.pop_front() {
                     Some(old) => {
                         ring.bytes -= old.size();
-                        ring.complete_after = old.revision;
+                        ring.complete_after = old.revision();
                     }
                     None => break,
                 }
@@ -138,11 +149,11 @@ impl WatchHub {
         if after < ring.complete_after {
             return None;
         }
-        let start = ring.events.partition_point(|e| e.revision <= after);
+        let start = ring.events.partition_point(|e| e.revision() <= after);
         Some(
             ring.events
                 .range(start..)
-                .take_while(|e| e.revision <= upto)
+                .take_while(|e| e.revision() <= upto)
                 .take(limit)
                 .cloned()
                 .collect(),
@@ -157,15 +168,18 @@ mod tests {
 
     fn ev(rev: i64, value_len: usize) -> Event {
         Event {
-            revision: rev,
-            deleted: false,
-            kv: KeyValue {
+            kv: KvEntry {
                 key: Bytes::from_static(b"k"),
-                mod_revision: rev,
-                value: Bytes::from(vec![0u8; value_len]),
-                ..Default::default()
+                rev: crate::store::Rev {
+                    revision: rev,
+                    create_revision: rev,
+                    version: 1,
+                    lease: 0,
+                    deleted: false,
+                },
+                value: Some(Bytes::from(vec![0u8; value_len])),
             },
-            prev_kv: None,
+            prev: None,
         }
     }
 
@@ -183,7 +197,7 @@ mod tests {
             .events_between(1, 3, 10)
             .unwrap()
             .iter()
-            .map(|e| e.revision)
+            .map(|e| e.revision())
             .collect();
         assert_eq!(got, [2, 3]);
         hub.publish(vec![ev(4, 0), ev(5, 0)], 5);
@@ -195,14 +209,14 @@ mod tests {
             .events_between(2, 5, 10)
             .unwrap()
             .iter()
-            .map(|e| e.revision)
+            .map(|e| e.revision())
             .collect();
         assert_eq!(got, [3, 4, 5]);
         let got: Vec<i64> = hub
             .events_between(2, 4, 1)
             .unwrap()
             .iter()
-            .map(|e| e.revision)
+            .map(|e| e.revision())
             .collect();
         assert_eq!(got, [3]);
         assert_eq!(hub.committed(), 5);

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use bytes::Bytes;
 use netsy::datafile::{self, Compression, Kind};
+use netsy::election::discovery::keys as coordination;
 use netsy::log::keys;
 use netsy::objstore::Condition;
 use netsy::store::{Record, Timestamp};
@@ -60,7 +61,7 @@ async fn bootstrap_seeds_a_new_bucket_once(bucket: Bucket, base: &Path) {
         store.get(&keys::snapshot_key(3)).await.is_ok(),
         "promoted to snapshots/"
     );
-    assert!(store.get(keys::MEMBERS).await.is_ok());
+    assert!(store.get(coordination::MEMBERS).await.is_ok());
     let next = c.put("/after", "x", None).await.unwrap();
     assert_eq!(next.header().unwrap().revision(), 4);
     drop(node);
@@ -90,7 +91,7 @@ async fn refused(bucket: &Bucket, base: &Path, case: &str, expected: &[&str], al
     }
     let store = bucket.store();
     assert!(
-        store.get(keys::MEMBERS).await.is_err(),
+        store.get(coordination::MEMBERS).await.is_err(),
         "{case}: members.json was written despite the refusal"
     );
     let snapshots: Vec<String> = store
@@ -217,7 +218,7 @@ async fn bootstrap_promotion_is_retried_after_a_crash(bucket: Bucket, base: &Pat
     let node = Netsy::on_bucket(&dir(base, "a"), &bucket, base, "");
     let mut c = node.client().await;
     assert_eq!(fingerprint(&mut c).await[0], "revision 3");
-    assert!(store.get(keys::MEMBERS).await.is_ok());
+    assert!(store.get(coordination::MEMBERS).await.is_ok());
 }
 on_both_providers!(
     bootstrap_retried,

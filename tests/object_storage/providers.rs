@@ -21,8 +21,12 @@ async fn s3_key_prefix_scopes_everything() {
     let text = r#"{"cluster_id": "x", "storage": {"provider": "s3", "bucket_name": "prefixed", "key_prefix": "team-a"}}"#;
     let cfg = netsy::config::ClusterConfig::parse(text).unwrap();
     let env: std::collections::HashMap<String, String> = moto.env().into_iter().collect();
-    let scoped =
-        netsy::objstore::from_config(&cfg.storage, &move |k: &str| env.get(k).cloned()).unwrap();
+    let scoped = netsy::objstore::from_config(
+        &cfg.storage,
+        &move |k: &str| env.get(k).cloned(),
+        &Default::default(),
+    )
+    .unwrap();
     behaviour::check_all(scoped.clone(), "t").await;
     scoped
         .put("members.json", Bytes::from_static(b"{}"), Condition::None)

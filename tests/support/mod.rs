@@ -389,7 +389,12 @@ impl Bucket {
         );
         let cfg = netsy::config::ClusterConfig::parse(&text).unwrap();
         let env: std::collections::HashMap<String, String> = self.env().into_iter().collect();
-        netsy::objstore::from_config(&cfg.storage, &move |k: &str| env.get(k).cloned()).unwrap()
+        netsy::objstore::from_config(
+            &cfg.storage,
+            &move |k: &str| env.get(k).cloned(),
+            &Default::default(),
+        )
+        .unwrap()
     }
 }
 

@@ -1,0 +1,223 @@
+//! Between the etcd wire and netsy's own types: requests become the write
+//! path's [`Txn`] (validated as etcd validates them, plus netsy's
+//! one-write rule), and store entries, watch events and txn outcomes
+//! become mvccpb and etcdserverpb messages. The only place that knows both.
+
+use bytes::Bytes;
+
+use crate::grpc::Status;
+use crate::pb::etcdserverpb::compare::{self, TargetUnion};
+use crate::pb::etcdserverpb::request_op::Request;
+use crate::pb::etcdserverpb::response_op::Response;
+use crate::pb::etcdserverpb::{
+    DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeResponse,
+    ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
+};
+use crate::pb::mvccpb::{event::EventType, Event as PbEvent, KeyValue};
+use crate::primary::txn::{Compare, CompareResult, Op, OpResult, Put, Target, Txn, TxnOutcome};
+use crate::store::{KeyRange, KvEntry};
+use crate::watch::Event;
+
+use super::{errors, range};
+
+/// etcd's default limit on operations per txn.
+pub const MAX_TXN_OPS: usize = 128;
+
+/// The etcd view of a key: a live key, or a tombstone carrying only the key
+/// and its revision (as etcd's delete events do). An entry without a value
+/// (keys_only) has an empty one.
+pub fn key_value(e: &KvEntry) -> KeyValue {
+    if e.rev.deleted {
+        return KeyValue {
+            key: e.key.clone(),
+            mod_revision: e.rev.revision,
+            ..Default::default()
+        };
+    }
+    KeyValue {
+        key: e.key.clone(),
+        create_revision: e.rev.create_revision,
+        mod_revision: e.rev.revision,
+        version: e.rev.version,
+        value: e.value.clone().unwrap_or_default(),
+        lease: e.rev.lease,
+    }
+}
+
+pub fn event(e: &Event, with_prev: bool) -> PbEvent {
+    PbEvent {
+        r#type: if e.is_delete() {
+            EventType::Delete as i32
+        } else {
+            EventType::Put as i32
+        },
+        kv: Some(key_value(&e.kv)),
+        prev_kv: if with_prev {
+            e.prev.as_ref().map(key_value)
+        } else {
+            None
+        },
+    }
+}
+
+/// A header carrying only the revision, as etcd's inner txn responses do.
+fn revision_header(revision: i64) -> Option<ResponseHeader> {
+    Some(ResponseHeader {
+        revision,
+        ..Default::default()
+    })
+}
+
+/// The etcd answer to a txn; the caller fills the outer header's ids.
+pub fn txn_response(outcome: TxnOutcome) -> TxnResponse {
+    let responses = outcome
+        .responses
+        .into_iter()
+        .map(|r| ResponseOp {
+            response: Some(match r {
+                OpResult::Range { revision, result } => Response::ResponseRange(RangeResponse {
+                    header: revision_header(revision),
+                    kvs: result.entries.iter().map(key_value).collect(),
+                    more: result.more,
+                    count: result.count,
+                }),
+                OpResult::Put { revision, prev } => Response::ResponsePut(PutResponse {
+                    header: revision_header(revision),
+                    prev_kv: prev.as_ref().map(key_value),
+                }),
+                OpResult::Delete {
+                    revision,
+                    deleted,
+                    prev,
+                } => Response::ResponseDeleteRange(DeleteRangeResponse {
+                    header: revision_header(revision),
+                    deleted,
+                    prev_kvs: prev.iter().map(key_value).collect(),
+                }),
+            }),
+        })
+        .collect();
+    TxnResponse {
+        header: revision_header(outcome.revision),
+        succeeded: outcome.succeeded,
+        responses,
+    }
+}
+
+/// Checks a txn the way etcd does, plus netsy's one-write rule, and turns
+/// it into the write path's form.
+pub fn txn(req: &TxnRequest) -> Result<Txn, Status> {
+    let ops = req
+        .compare
+        .len()
+        .max(req.success.len())
+        .max(req.failure.len());
+    if ops > MAX_TXN_OPS {
+        return Err(errors::too_many_ops());
+    }
+    if req.compare.iter().any(|c| c.key.is_empty()) {
+        return Err(errors::empty_key());
+    }
+    let success = branch(&req.success)?;
+    let failure = branch(&req.failure)?;
+    Ok(Txn {
+        compare: req.compare.iter().map(compare).collect(),
+        success,
+        failure,
+    })
+}
+
+fn branch(ops: &[crate::pb::etcdserverpb::RequestOp]) -> Result<Vec<Op>, Status> {
+    let mut out = Vec::with_capacity(ops.len());
+    let mut writes = 0;
+    for op in ops {
+        out.push(match &op.request {
+            None => return Err(errors::key_not_found()),
+            Some(Request::RequestRange(r)) => {
+                range::validate(r)?;
+                Op::Range(range::query(r))
+            }
+            Some(Request::RequestPut(p)) => {
+                writes += 1;
+                Op::Put(put(p)?)
+            }
+            Some(Request::RequestDeleteRange(d)) => {
+                writes += 1;
+                delete(d)?
+            }
+            Some(Request::RequestTxn(_)) => return Err(errors::nested_txn()),
+        });
+    }
+    if writes > 1 {
+        return Err(errors::multi_key_txn());
+    }
+    Ok(out)
+}
+
+/// A compare reads the union member that matches its target; any other
+/// member (or none) compares as zero, or as an empty value.
+fn compare(c: &crate::pb::etcdserverpb::Compare) -> Compare {
+    use compare::CompareResult as R;
+    use compare::CompareTarget as T;
+    use TargetUnion as U;
+    let target = match (T::try_from(c.target), &c.target_union) {
+        (Ok(T::Version), Some(U::Version(v))) => Target::Version(*v),
+        (Ok(T::Version), _) => Target::Version(0),
+        (Ok(T::Create), Some(U::CreateRevision(v))) => Target::Create(*v),
+        (Ok(T::Create), _) => Target::Create(0),
+        (Ok(T::Mod), Some(U::ModRevision(v))) => Target::Mod(*v),
+        (Ok(T::Mod), _) => Target::Mod(0),
+        (Ok(T::Lease), Some(U::Lease(v))) => Target::Lease(*v),
+        (Ok(T::Lease), _) => Target::Lease(0),
+        (Ok(T::Value), Some(U::Value(v))) => Target::Value(v.clone()),
+        (Ok(T::Value), _) => Target::Value(Bytes::new()),
+        (Err(_), _) => Target::Unknown,
+    };
+    let result = match R::try_from(c.result) {
+        Ok(R::Equal) => CompareResult::Equal,
+        Ok(R::NotEqual) => CompareResult::NotEqual,
+        Ok(R::Greater) => CompareResult::Greater,
+        Ok(R::Less) => CompareResult::Less,
+        Err(_) => CompareResult::Unknown,
+    };
+    Compare {
+        range: KeyRange::new(&c.key, &c.range_end),
+        target,
+        result,
+    }
+}
+
+/// A Put, checked as etcd checks it.
+pub fn put(p: &PutRequest) -> Result<Put, Status> {
+    if p.key.is_empty() {
+        return Err(errors::empty_key());
+    }
+    if p.ignore_value && !p.value.is_empty() {
+        return Err(errors::value_provided());
+    }
+    if p.ignore_lease && p.lease != 0 {
+        return Err(errors::lease_provided());
+    }
+    Ok(Put {
+        key: p.key.clone(),
+        value: p.value.clone(),
+        lease: p.lease,
+        prev_kv: p.prev_kv,
+        ignore_value: p.ignore_value,
+        ignore_lease: p.ignore_lease,
+    })
+}
+
+/// A DeleteRange, checked as etcd checks it, covering one key.
+pub fn delete(d: &DeleteRangeRequest) -> Result<Op, Status> {
+    if d.key.is_empty() {
+        return Err(errors::empty_key());
+    }
+    if !KeyRange::new(&d.key, &d.range_end).is_single_key() {
+        return Err(errors::multi_key_delete());
+    }
+    Ok(Op::Delete {
+        key: d.key.clone(),
+        prev_kv: d.prev_kv,
+    })
+}

@@ -1,0 +1,443 @@
+//! Drives the role machine: what happens to the node (its write path
+//! failing or recovering, preflight finishing, shutdown) becomes a role
+//! change, and each change starts or stops the services of that role. For
+//! now the only services are the write route (the gate) and preflight, and
+//! a lone node is its own Elector and appoints itself Primary whenever it
+//! is not one; the cluster issues put elections in that place.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::http::HealthSource;
+use crate::log::ObjectLog;
+use crate::primary::{self, WriteGate, WritePathEvent};
+use crate::store::Store;
+use crate::watch::WatchHub;
+
+use super::role::{Change, ElectorState, Health, Outcome, PrimaryState, Role};
+
+/// How long a failed preflight waits before the next try (the reference's
+/// value).
+pub const PREFLIGHT_RETRY: Duration = Duration::from_secs(1);
+
+/// The role as every part of the node reads it. Only the driver (and the
+/// loading sequence before it starts) changes it.
+pub struct RoleCell {
+    role: Mutex<Role>,
+    /// Tells waiters about every change.
+    changed: tokio::sync::watch::Sender<Role>,
+}
+
+impl Default for RoleCell {
+    fn default() -> Self {
+        RoleCell {
+            role: Mutex::new(Role::default()),
+            changed: tokio::sync::watch::Sender::new(Role::default()),
+        }
+    }
+}
+
+impl RoleCell {
+    pub fn get(&self) -> Role {
+        match self.role.lock() {
+            Ok(r) => *r,
+            Err(poisoned) => *poisoned.into_inner(),
+        }
+    }
+
+    /// A receiver that sees every role change.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<Role> {
+        self.changed.subscribe()
+    }
+
+    /// Applies one change request and logs what happened. (The lock is not
+    /// held while logging: log lines read the role.)
+    pub fn change(&self, f: impl FnOnce(&mut Role) -> Outcome) -> Outcome {
+        let outcome = {
+            let mut role = match self.role.lock() {
+                Ok(r) => r,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            let outcome = f(&mut role);
+            if let Ok(Some(_)) = outcome {
+                self.changed.send_replace(*role);
+            }
+            outcome
+        };
+        match &outcome {
+            Ok(Some(change)) => log::info!("state_transition: {change}"),
+            Ok(None) => {}
+            Err(refused) => log::error!("{refused}"),
+        }
+        outcome
+    }
+
+    pub fn log_name(&self) -> &'static str {
+        self.get().log_name()
+    }
+}
+
+impl HealthSource for RoleCell {
+    fn health(&self) -> &'static str {
+        self.get().health.as_str()
+    }
+}
+
+/// What the Primary role needs to take and leave writes.
+pub struct PrimaryParts {
+    pub gate: Arc<WriteGate>,
+    pub store: Arc<Store>,
+    pub log: Arc<ObjectLog>,
+    pub hub: Arc<WatchHub>,
+}
+
+pub struct RoleDriver {
+    cell: Arc<RoleCell>,
+    primary: Arc<PrimaryParts>,
+    write_events: mpsc::UnboundedReceiver<WritePathEvent>,
+    preflight: Option<JoinHandle<Result<(), String>>>,
+    /// When the next preflight may start after a failed one.
+    preflight_retry: Option<tokio::time::Instant>,
+}
+
+/// Asks a running driver to stop; resolves once the node has stopped
+/// taking writes and reports itself degraded.
+pub struct DriverHandle {
+    stop: oneshot::Sender<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl DriverHandle {
+    pub async fn stop(self) {
+        let (done, wait) = oneshot::channel();
+        if self.stop.send(done).is_ok() {
+            let _ = wait.await;
+        }
+        let _ = self.task.await;
+    }
+}
+
+impl RoleDriver {
+    pub fn new(
+        cell: Arc<RoleCell>,
+        primary: PrimaryParts,
+        write_events: mpsc::UnboundedReceiver<WritePathEvent>,
+    ) -> RoleDriver {
+        RoleDriver {
+            cell,
+            primary: Arc::new(primary),
+            write_events,
+            preflight: None,
+            preflight_retry: None,
+        }
+    }
+
+    /// At startup: a lone node becomes its own Elector and Primary. The
+    /// first preflight must succeed, or the node does not start.
+    pub async fn take_primary(&mut self) -> Result<(), String> {
+        self.cell
+            .change(|r| r.set_elector(ElectorState::Leader))
+            .map_err(|e| e.to_string())?;
+        self.cell
+            .change(|r| r.set_primary(PrimaryState::Starting))
+            .map_err(|e| e.to_string())?;
+        preflight(&self.primary)
+            .await
+            .map_err(|e| format!("preflight: {e}"))?;
+        self.apply(PrimaryState::Active);
+        Ok(())
+    }
+
+    /// Runs the driver until stopped.
+    pub fn spawn(mut self) -> DriverHandle {
+        let (stop, mut stopped) = oneshot::channel::<oneshot::Sender<()>>();
+        let task = tokio::spawn(async move {
+            loop {
+                let retry_at = self.preflight_retry;
+                tokio::select! {
+                    Some(event) = self.write_events.recv() => self.on_write_path(event),
+                    result = wait_preflight(&mut self.preflight) => self.on_preflight(result),
+                    _ = sleep_until(retry_at) => {
+                        self.preflight_retry = None;
+                        self.start_preflight();
+                    }
+                    done = &mut stopped => {
+                        self.shut_down();
+                        if let Ok(done) = done {
+                            let _ = done.send(());
+                        }
+                        return;
+                    }
+                }
+            }
+        });
+        DriverHandle { stop, task }
+    }
+
+    fn on_write_path(&mut self, event: WritePathEvent) {
+        match event {
+            WritePathEvent::Draining { .. } => self.apply(PrimaryState::Draining),
+            WritePathEvent::Settled => self.apply(PrimaryState::Replica),
+        }
+    }
+
+    fn on_preflight(&mut self, result: Result<(), String>) {
+        match result {
+            Ok(()) if self.cell.get().primary == PrimaryState::Starting => {
+                self.apply(PrimaryState::Active)
+            }
+            Ok(()) => {}
+            Err(e) => {
+                log::warn!("preflight failed: {e}; next try in {PREFLIGHT_RETRY:?}");
+                self.preflight_retry = Some(tokio::time::Instant::now() + PREFLIGHT_RETRY);
+            }
+        }
+    }
+
+    /// Moves the primary state, then makes the changes that follow from
+    /// it, in order.
+    fn apply(&mut self, first: PrimaryState) {
+        let mut wants = VecDeque::from([first]);
+        while let Some(to) = wants.pop_front() {
+            if let Ok(Some(change)) = self.cell.change(|r| r.set_primary(to)) {
+                wants.extend(self.on_change(change));
+            }
+        }
+    }
+
+    /// Starts and stops the services of a role change; returns the changes
+    /// that follow from it.
+    fn on_change(&mut self, change: Change) -> Option<PrimaryState> {
+        let Change::Primary { to, .. } = change else {
+            return None;
+        };
+        let gate = &self.primary.gate;
+        match to {
+            PrimaryState::Active => {
+                gate.open();
+                log::info!("accepting writes");
+                None
+            }
+            PrimaryState::Starting => {
+                gate.close(to.as_str());
+                self.start_preflight();
+                None
+            }
+            PrimaryState::Draining => {
+                gate.close(to.as_str());
+                self.stop_preflight();
+                None
+            }
+            PrimaryState::Replica => {
+                gate.close(to.as_str());
+                self.stop_preflight();
+                // A lone node is the only candidate: it appoints itself
+                // again, and preflight catches up with the bucket.
+                Some(PrimaryState::Starting)
+            }
+        }
+    }
+
+    fn start_preflight(&mut self) {
+        self.stop_preflight();
+        let primary = self.primary.clone();
+        self.preflight = Some(tokio::spawn(async move { preflight(&primary).await }));
+    }
+
+    fn stop_preflight(&mut self) {
+        self.preflight_retry = None;
+        if let Some(task) = self.preflight.take() {
+            task.abort();
+        }
+    }
+
+    fn shut_down(&mut self) {
+        self.stop_preflight();
+        if matches!(
+            self.cell.get().primary,
+            PrimaryState::Active | PrimaryState::Starting
+        ) {
+            self.primary.gate.close(PrimaryState::Draining.as_str());
+            let _ = self.cell.change(|r| r.set_primary(PrimaryState::Draining));
+        }
+        let _ = self.cell.change(|r| r.set_health(Health::Degraded));
+    }
+}
+
+async fn preflight(p: &PrimaryParts) -> Result<(), String> {
+    let report = primary::preflight(&p.store, &p.log, &p.hub)
+        .await
+        .map_err(|e| e.to_string())?;
+    log::info!(
+        "preflight done: revision {} ({} chunks imported)",
+        p.store.committed_revision(),
+        report.chunks_imported
+    );
+    Ok(())
+}
+
+/// The running preflight's result; pending while none runs.
+async fn wait_preflight(task: &mut Option<JoinHandle<Result<(), String>>>) -> Result<(), String> {
+    let Some(handle) = task.as_mut() else {
+        return std::future::pending().await;
+    };
+    let result = handle
+        .await
+        .unwrap_or_else(|e| Err(format!("preflight task ended: {e}")));
+    *task = None;
+    result
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::objstore::tests::{transient, Flaky};
+    use crate::objstore::ObjectStore;
+    use crate::store::{Batch, Record};
+    use crate::watch::RingLimits;
+
+    const DEADLINE: Duration = Duration::from_secs(20);
+
+    struct Node {
+        _dir: tempfile::TempDir,
+        cell: Arc<RoleCell>,
+        gate: Arc<WriteGate>,
+        store: Arc<Store>,
+        hub: Arc<WatchHub>,
+        bucket: Arc<Flaky>,
+        events: mpsc::UnboundedSender<WritePathEvent>,
+        driver: RoleDriver,
+    }
+
+    fn node() -> Node {
+        let dir = tempfile::tempdir().unwrap();
+        let bucket = Flaky::new(0, transient);
+        let log = Arc::new(ObjectLog::new(bucket.clone(), "n1", dir.path()).unwrap());
+        let store = Arc::new(Store::open(&dir.path().join("db")).unwrap());
+        let (events, write_events) = mpsc::unbounded_channel();
+        let cell = Arc::new(RoleCell::default());
+        let gate = Arc::new(WriteGate::default());
+        let hub = Arc::new(WatchHub::new(0, RingLimits::default()));
+        let parts = PrimaryParts {
+            gate: gate.clone(),
+            store: store.clone(),
+            log,
+            hub: hub.clone(),
+        };
+        Node {
+            _dir: dir,
+            driver: RoleDriver::new(cell.clone(), parts, write_events),
+            cell,
+            gate,
+            store,
+            hub,
+            bucket,
+            events,
+        }
+    }
+
+    async fn wait_for(cell: &RoleCell, what: &str, ready: impl Fn(&Role) -> bool) -> Role {
+        let mut rx = cell.subscribe();
+        let reached = match tokio::time::timeout(DEADLINE, rx.wait_for(|r| ready(r))).await {
+            Ok(Ok(role)) => Some(*role),
+            _ => None,
+        };
+        reached.unwrap_or_else(|| panic!("timed out waiting for {what}; role is {:?}", cell.get()))
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_lone_node_takes_the_primary_role_and_opens_writes() {
+        let mut n = node();
+        n.driver.take_primary().await.unwrap();
+        let role = n.cell.get();
+        assert_eq!(
+            (role.elector, role.primary),
+            (ElectorState::Leader, PrimaryState::Active)
+        );
+        assert!(n.gate.is_open());
+        assert_eq!(n.store.committed_revision(), 1, "preflight wrote _netsy");
+        assert_eq!(n.hub.committed(), 1, "and watchers know it");
+        assert!(n
+            .bucket
+            .inner
+            .get("chunks/0001/0000000000000000001.netsy")
+            .await
+            .is_ok());
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn after_a_recovery_preflight_is_retried_until_it_works_then_writes_resume() {
+        let mut n = node();
+        n.driver.take_primary().await.unwrap();
+        let driver = n.driver.spawn();
+
+        n.events
+            .send(WritePathEvent::Draining {
+                reason: "bucket gone".into(),
+            })
+            .unwrap();
+        wait_for(&n.cell, "draining", |r| r.primary == PrimaryState::Draining).await;
+        assert_eq!(
+            n.gate.check().unwrap_err().to_string(),
+            "this node is not accepting writes (state: draining)"
+        );
+
+        // A record only this node has (as after a crash between commit and
+        // upload), and a bucket that refuses the first upload of it.
+        let mut record = Record::internal("n1");
+        record.revision = 2;
+        record.key = bytes::Bytes::from_static(b"k");
+        record.value = Some(bytes::Bytes::from_static(b"v"));
+        let batch = Batch {
+            records: vec![record],
+            ..Batch::default()
+        };
+        n.store.append(&batch).unwrap();
+        n.store.commit(2);
+        n.bucket
+            .failures
+            .store(1, std::sync::atomic::Ordering::SeqCst);
+        n.bucket.take_attempts();
+
+        let settled = tokio::time::Instant::now();
+        n.events.send(WritePathEvent::Settled).unwrap();
+        wait_for(&n.cell, "active again", |r| {
+            r.primary == PrimaryState::Active
+        })
+        .await;
+        assert!(
+            settled.elapsed() >= PREFLIGHT_RETRY,
+            "the failed preflight waited before its retry"
+        );
+        assert_eq!(n.bucket.take_attempts(), 2, "one failed upload, one retry");
+        assert!(n
+            .bucket
+            .inner
+            .get("chunks/0002/0000000000000000002.netsy")
+            .await
+            .is_ok());
+        assert!(n.gate.is_open());
+
+        driver.stop().await;
+        let role = n.cell.get();
+        assert_eq!(
+            (role.health, role.primary),
+            (Health::Degraded, PrimaryState::Draining),
+            "a stopped node takes no writes and reports itself degraded"
+        );
+        assert!(!n.gate.is_open());
+    }
+}

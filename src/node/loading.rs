@@ -1,0 +1,124 @@
+//! Loading: register with the cluster's coordination files, then bring the
+//! local store level with object storage (setting aside and rebuilding a
+//! store that disagrees with the bucket, once). Each stage is timed.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::election::discovery::{self, Registration};
+use crate::http::metrics::{labels, Metrics};
+use crate::log::restore::{self, CaughtUp};
+use crate::log::{LogError, ObjectLog};
+use crate::store::{Store, StoreError, Timestamp};
+
+/// Registers this node (outside --dev) and returns its member id.
+pub async fn register(
+    config: &Config,
+    log: &ObjectLog,
+    client_advertise: &str,
+) -> Result<u64, String> {
+    let node_id = &config.node.node_id;
+    if !config.dev {
+        let reg = Registration {
+            node_id: node_id.clone(),
+            client_advertise_address: client_advertise.to_string(),
+            peer_advertise_address: config.node.advertise_peer.clone(),
+        };
+        discovery::ensure_registration(&*log.store, &reg).await?;
+    }
+    discovery::member_id(log, &config.cluster.cluster_id, node_id).await
+}
+
+async fn open_store(data_dir: &Path) -> Result<Arc<Store>, String> {
+    let dir = data_dir.to_path_buf();
+    let opened = tokio::task::spawn_blocking(move || Store::open(&dir))
+        .await
+        .map_err(|e| format!("opening the local store failed: {e}"))?;
+    Ok(Arc::new(opened.map_err(|e| {
+        format!(
+            "NETSY_DATA_DIR ({}): cannot open the local store: {e}",
+            data_dir.display()
+        )
+    })?))
+}
+
+/// Moves a local database that disagrees with object storage aside, so the
+/// node rebuilds it from the bucket.
+fn set_aside(data_dir: &Path) -> Result<(), String> {
+    let stamp = Timestamp::now().seconds;
+    for name in ["db.sqlite3", "db.sqlite3-wal", "db.sqlite3-shm"] {
+        let from = data_dir.join(name);
+        if from.exists() {
+            let to = data_dir.join(format!("{name}.diverged-{stamp}"));
+            std::fs::rename(&from, &to)
+                .map_err(|e| format!("moving {} aside: {e}", from.display()))?;
+        }
+    }
+    Ok(())
+}
+
+fn diverged(e: &LogError) -> bool {
+    let (LogError::Store(error) | LogError::Import { error, .. }) = e else {
+        return false;
+    };
+    matches!(
+        error,
+        StoreError::Conflict { .. } | StoreError::Gap { .. } | StoreError::Integrity { .. }
+    )
+}
+
+/// Restores from object storage; a local store that diverged from the bucket
+/// is set aside and rebuilt once.
+pub async fn load(
+    data_dir: &Path,
+    log: &ObjectLog,
+    metrics: &Metrics,
+) -> Result<(Arc<Store>, CaughtUp), String> {
+    let store = open_store(data_dir).await?;
+    match restore::catch_up(&store, log).await {
+        Ok(report) => return Ok((store, report)),
+        Err(e) if diverged(&e) => {
+            log::warn!(
+                "the local store disagrees with object storage ({e}); rebuilding it from {}",
+                log.store.describe()
+            );
+        }
+        Err(e) => return Err(format!("restoring from {}: {e}", log.store.describe())),
+    }
+    drop(store);
+    set_aside(data_dir)?;
+    let reason = labels(&[("reason", "integrity_check_failed")]);
+    metrics.local_db_rebuilds.get_or_create(&reason).inc();
+    metrics.loading_restarts.get_or_create(&reason).inc();
+    let store = open_store(data_dir).await?;
+    let report = restore::catch_up(&store, log).await.map_err(|e| {
+        format!(
+            "restoring from {} after a rebuild: {e}",
+            log.store.describe()
+        )
+    })?;
+    Ok((store, report))
+}
+
+/// Runs a loading stage and records its duration and outcome
+/// (`netsy_loading_stage_duration_seconds`).
+pub async fn timed_stage<T>(
+    metrics: &Metrics,
+    stage: &'static str,
+    work: impl std::future::Future<Output = Result<T, String>>,
+) -> Result<T, String> {
+    let started = std::time::Instant::now();
+    log::info!("loading_stage_started: {stage}");
+    let result = work.await;
+    let outcome = if result.is_ok() { "success" } else { "error" };
+    metrics
+        .loading_stage_duration
+        .get_or_create(&labels(&[("stage", stage), ("result", outcome)]))
+        .observe(started.elapsed().as_secs_f64());
+    log::info!(
+        "loading_stage_completed: {stage} ({outcome}) in {:?}",
+        started.elapsed()
+    );
+    result
+}

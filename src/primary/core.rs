@@ -1,0 +1,380 @@
+//! The pure heart of group commit: a batch of commands, evaluated in order
+//! against a view of the store (each seeing the writes of the ones before
+//! it) at a given time, becomes one [`Batch`] to make durable, the watch
+//! events it will publish, and one reply per command. No I/O and no clock
+//! of its own: the committer drives it.
+
+use crate::store::{Batch, LeaseChange, Timestamp};
+use crate::watch::Event;
+
+use super::error::WriteError;
+use super::txn::{self, KvView, Stamp, Txn, TxnOutcome};
+use super::view::BatchView;
+
+/// etcd's largest lease TTL in seconds.
+pub const MAX_LEASE_TTL: i64 = 9_000_000_000;
+
+/// etcd's smallest granted TTL with default election settings.
+pub const MIN_LEASE_TTL: i64 = 2;
+
+/// What the write path is asked to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    Txn(Txn),
+    /// Creates a lease; id 0 asks for a fresh id.
+    LeaseGrant {
+        id: i64,
+        ttl: i64,
+    },
+    /// Compacts history up to a revision.
+    Compact {
+        revision: i64,
+    },
+}
+
+/// The answer to one command, in the order of the commands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reply {
+    Txn(Result<TxnOutcome, WriteError>),
+    /// (id, granted TTL).
+    LeaseGrant(Result<(i64, i64), WriteError>),
+    Compact(Result<(), WriteError>),
+}
+
+impl Reply {
+    /// Turns a success into `error` (the batch it belonged to failed).
+    pub fn fail(&mut self, error: &WriteError) {
+        match self {
+            Reply::Txn(r @ Ok(_)) => *r = Err(error.clone()),
+            Reply::LeaseGrant(r @ Ok(_)) => *r = Err(error.clone()),
+            Reply::Compact(r @ Ok(_)) => *r = Err(error.clone()),
+            _ => {}
+        }
+    }
+
+    pub fn is_ok(&self) -> bool {
+        match self {
+            Reply::Txn(r) => r.is_ok(),
+            Reply::LeaseGrant(r) => r.is_ok(),
+            Reply::Compact(r) => r.is_ok(),
+        }
+    }
+}
+
+/// One evaluated batch.
+#[derive(Debug, Default)]
+pub struct Evaluated {
+    pub batch: Batch,
+    /// The batch's changes as watchers will see them, ascending.
+    pub events: Vec<Event>,
+    pub replies: Vec<Reply>,
+}
+
+/// The evaluator: who writes (stamped into records) and where fresh lease
+/// ids come from.
+pub struct WriteCore {
+    leader_id: String,
+    ids: LeaseIds,
+}
+
+impl WriteCore {
+    /// `seed` makes lease ids unpredictable (and repeatable in tests).
+    pub fn new(leader_id: &str, seed: u64) -> WriteCore {
+        WriteCore {
+            leader_id: leader_id.to_string(),
+            ids: LeaseIds::new(seed),
+        }
+    }
+
+    /// Evaluates `commands` in order against `view` at time `now`. A
+    /// failed compare or a refused command affects only its own reply.
+    pub fn evaluate(
+        &mut self,
+        commands: impl IntoIterator<Item = Command>,
+        view: &mut BatchView<'_>,
+        now: Timestamp,
+    ) -> Evaluated {
+        let stamp = Stamp {
+            leader_id: &self.leader_id,
+            now,
+        };
+        let mut out = Evaluated::default();
+        for command in commands {
+            let reply = match command {
+                Command::Txn(t) => {
+                    let result = txn::evaluate(&t, view, stamp);
+                    view.accept();
+                    Reply::Txn(result.map(|evaluated| {
+                        if let Some(w) = evaluated.write {
+                            out.events.push(Event::from_record(&w.record, w.prev));
+                            out.batch.records.push(w.record);
+                        }
+                        evaluated.outcome
+                    }))
+                }
+                Command::LeaseGrant { id, ttl } => {
+                    Reply::LeaseGrant(if id != 0 && view.lease_exists(id) {
+                        Err(WriteError::LeaseExists)
+                    } else {
+                        let id = if id != 0 {
+                            id
+                        } else {
+                            self.ids.fresh(|c| view.lease_exists(c))
+                        };
+                        let ttl = ttl.max(MIN_LEASE_TTL);
+                        view.granted_leases.insert(id);
+                        out.batch.leases.push(LeaseChange::Grant { id, ttl });
+                        Ok((id, ttl))
+                    })
+                }
+                Command::Compact { revision } => {
+                    Reply::Compact(if revision <= view.compacted_revision() {
+                        Err(WriteError::Compacted)
+                    } else if revision > view.current_revision() {
+                        Err(WriteError::FutureRevision)
+                    } else {
+                        view.raise_compaction(revision);
+                        out.batch.compaction = Some(revision);
+                        Ok(())
+                    })
+                }
+            };
+            out.replies.push(reply);
+        }
+        out
+    }
+}
+
+/// Lease ids: positive, unique, not guessable from the TTL.
+struct LeaseIds {
+    state: u64,
+}
+
+impl LeaseIds {
+    fn new(seed: u64) -> LeaseIds {
+        LeaseIds { state: seed | 1 }
+    }
+
+    fn fresh(&mut self, taken: impl Fn(i64) -> bool) -> i64 {
+        loop {
+            // xorshift64*
+            self.state ^= self.state >> 12;
+            self.state ^= self.state << 25;
+            self.state ^= self.state >> 27;
+            let id = (self.state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 1) as i64;
+            if id > 0 && !taken(id) {
+                return id;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::primary::txn::{Compare, CompareResult, Op, OpResult, Put, Target};
+    use crate::store::{KeyRange, RangeQuery, Record, Store};
+
+    fn key(k: &str) -> Bytes {
+        Bytes::copy_from_slice(k.as_bytes())
+    }
+
+    fn put(k: &str, v: &str) -> Command {
+        Command::Txn(Txn::put(Put {
+            key: key(k),
+            value: key(v),
+            ..Put::default()
+        }))
+    }
+
+    /// Kubernetes' shape: put if the key's mod revision is `rev`, else read it.
+    fn put_if_mod(k: &str, rev: i64, v: &str) -> Command {
+        Command::Txn(Txn {
+            compare: vec![Compare {
+                range: KeyRange::Single(key(k)),
+                target: Target::Mod(rev),
+                result: CompareResult::Equal,
+            }],
+            success: vec![Op::Put(Put {
+                key: key(k),
+                value: key(v),
+                ..Put::default()
+            })],
+            failure: vec![Op::Range(RangeQuery::new(KeyRange::Single(key(k))))],
+        })
+    }
+
+    /// A store holding the internal record and a=1 at revision 2.
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut core = WriteCore::new("n1", 7);
+        let first = Batch {
+            records: vec![Record::internal("n1")],
+            ..Batch::default()
+        };
+        store.append_committed(&first).unwrap();
+        let a = evaluate(&mut core, &store, vec![put("a", "1")]);
+        store.append_committed(&a.batch).unwrap();
+        (dir, store)
+    }
+
+    fn evaluate(core: &mut WriteCore, store: &Store, commands: Vec<Command>) -> Evaluated {
+        let index = store.index();
+        let mut view = BatchView::new(&index, store);
+        core.evaluate(
+            commands,
+            &mut view,
+            Timestamp {
+                seconds: 1_700_000_000,
+                nanos: 5,
+            },
+        )
+    }
+
+    /// (key, mod revision, value) of one entry.
+    type Kv = (Bytes, i64, Option<Bytes>);
+
+    fn range_of(reply: &Reply) -> (bool, i64, Vec<Kv>) {
+        let Reply::Txn(Ok(outcome)) = reply else {
+            panic!("not a successful txn: {reply:?}");
+        };
+        let Some(OpResult::Range { result, .. }) = outcome.responses.first() else {
+            panic!("no range in {outcome:?}");
+        };
+        let kvs = result
+            .entries
+            .iter()
+            .map(|e| (e.key.clone(), e.rev.revision, e.value.clone()))
+            .collect();
+        (outcome.succeeded, outcome.revision, kvs)
+    }
+
+    #[test]
+    fn a_failed_compare_in_the_middle_affects_only_its_own_txn() {
+        let (_dir, store) = store();
+        let mut core = WriteCore::new("n1", 7);
+        let out = evaluate(
+            &mut core,
+            &store,
+            vec![
+                put("b", "1"),
+                put_if_mod("a", 99, "lost"),
+                put("c", "1"),
+                // b was created earlier in this batch: a create now fails
+                // and reads b as the batch left it.
+                put_if_mod("b", 0, "lost"),
+                put_if_mod("a", 2, "2"),
+            ],
+        );
+        let revisions: Vec<i64> = out.batch.records.iter().map(|r| r.revision).collect();
+        assert_eq!(revisions, [3, 4, 5], "b, c, then a's update");
+        assert!(out.batch.records.iter().all(|r| r.leader_id == "n1"
+            && r.created_at
+                == Timestamp {
+                    seconds: 1_700_000_000,
+                    nanos: 5
+                }));
+        let values: Vec<&[u8]> = out
+            .batch
+            .records
+            .iter()
+            .map(|r| r.value.as_deref().unwrap_or_default())
+            .collect();
+        assert_eq!(values, [&b"1"[..], b"1", b"2"]);
+
+        assert!(out.replies.iter().all(Reply::is_ok));
+        assert_eq!(
+            range_of(&out.replies[1]),
+            (false, 3, vec![(key("a"), 2, Some(key("1")))]),
+            "the failed compare read a at the revision the batch had reached"
+        );
+        assert_eq!(
+            range_of(&out.replies[3]),
+            (false, 4, vec![(key("b"), 3, Some(key("1")))])
+        );
+        let Reply::Txn(Ok(update)) = &out.replies[4] else {
+            panic!("{:?}", out.replies[4]);
+        };
+        assert!(update.succeeded);
+        assert_eq!(update.revision, 5);
+
+        let events: Vec<(i64, Option<i64>)> = out
+            .events
+            .iter()
+            .map(|e| (e.revision(), e.prev.as_ref().map(|p| p.rev.revision)))
+            .collect();
+        assert_eq!(events, [(3, None), (4, None), (5, Some(2))]);
+    }
+
+    #[test]
+    fn refused_commands_write_nothing_and_the_rest_go_on() {
+        let (_dir, store) = store();
+        let mut core = WriteCore::new("n1", 7);
+        let with_lease = Command::Txn(Txn::put(Put {
+            key: key("x"),
+            lease: 42,
+            ..Put::default()
+        }));
+        let out = evaluate(
+            &mut core,
+            &store,
+            vec![
+                with_lease.clone(),
+                Command::Compact { revision: 9 },
+                Command::LeaseGrant { id: 42, ttl: 1 },
+                Command::LeaseGrant { id: 42, ttl: 60 },
+                with_lease,
+                Command::Compact { revision: 2 },
+            ],
+        );
+        assert_eq!(
+            out.replies[..4],
+            [
+                Reply::Txn(Err(WriteError::LeaseNotFound)),
+                Reply::Compact(Err(WriteError::FutureRevision)),
+                Reply::LeaseGrant(Ok((42, MIN_LEASE_TTL))),
+                Reply::LeaseGrant(Err(WriteError::LeaseExists)),
+            ]
+        );
+        assert!(
+            out.replies[4].is_ok(),
+            "the lease granted in this batch counts"
+        );
+        assert_eq!(out.replies[5], Reply::Compact(Ok(())));
+        assert_eq!(out.batch.records.len(), 1);
+        assert_eq!(out.batch.compaction, Some(2));
+        assert_eq!(
+            out.batch.leases,
+            [LeaseChange::Grant {
+                id: 42,
+                ttl: MIN_LEASE_TTL
+            }]
+        );
+    }
+
+    #[test]
+    fn fresh_lease_ids_are_positive_unique_and_follow_the_seed() {
+        let (_dir, store) = store();
+        let ids = |seed| {
+            let mut core = WriteCore::new("n1", seed);
+            let grants = (0..50).map(|_| Command::LeaseGrant { id: 0, ttl: 5 });
+            evaluate(&mut core, &store, grants.collect())
+                .replies
+                .into_iter()
+                .map(|r| match r {
+                    Reply::LeaseGrant(Ok((id, _))) => id,
+                    other => panic!("{other:?}"),
+                })
+                .collect::<Vec<i64>>()
+        };
+        let a = ids(7);
+        assert!(a.iter().all(|id| *id > 0));
+        let unique: std::collections::HashSet<_> = a.iter().collect();
+        assert_eq!(unique.len(), a.len());
+        assert_eq!(a, ids(7));
+        assert_ne!(a, ids(8));
+    }
+}
