@@ -1,7 +1,12 @@
 //! gRPC client over HTTP/2: unary, server-streaming and bidi calls on one
 //! multiplexed connection. Used by netsy-bench, the conformance runner,
 //! peer connections and tests; also offers raw calls for bad-input tests.
+//! A call's timeout is a deadline the client enforces itself (the server
+//! is told too); optional keepalive pings close a connection whose peer
+//! stopped answering, so its calls fail instead of hanging.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -11,6 +16,7 @@ use http::{HeaderMap, HeaderValue, Method, Request, StatusCode};
 use prost::Message;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 use super::codec::{self, FrameDecoder};
 use super::flow::write_all;
@@ -20,12 +26,41 @@ use super::timeout;
 /// Largest response message the client accepts.
 const MAX_RESPONSE_LEN: usize = 64 * 1024 * 1024;
 
+/// HTTP/2 PINGs on an otherwise quiet connection: the connection closes
+/// when one is not answered within `timeout`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Keepalive {
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
 /// A connection to one gRPC server; cheap to clone, calls multiplex.
 #[derive(Clone)]
 pub struct Channel {
     send: SendRequest<Bytes>,
     authority: String,
     scheme: &'static str,
+    /// Set once the connection has ended (closed by either side, broken,
+    /// or dropped after an unanswered keepalive ping).
+    closed: Arc<AtomicBool>,
+}
+
+/// The context deadline error, as grpc-go words it.
+fn deadline_exceeded() -> Status {
+    Status::deadline_exceeded("context deadline exceeded")
+}
+
+/// Runs `work`, failing with DeadlineExceeded once `deadline` passes.
+async fn until<T>(
+    deadline: Option<Instant>,
+    work: impl std::future::Future<Output = Result<T, Status>>,
+) -> Result<T, Status> {
+    match deadline {
+        Some(at) => tokio::time::timeout_at(at, work)
+            .await
+            .unwrap_or_else(|_| Err(deadline_exceeded())),
+        None => work.await,
+    }
 }
 
 impl Channel {
@@ -51,14 +86,7 @@ impl Channel {
             .map_err(|_| Status::unavailable(format!("connect to {addr}: timed out")))?
             .map_err(|e| Status::unavailable(format!("connect to {addr}: {e}")))?;
         let _ = tcp.set_nodelay(true);
-        let name =
-            rustls::pki_types::ServerName::try_from(server_name.to_string()).map_err(|e| {
-                Status::unavailable(format!("invalid server name {server_name:?}: {e}"))
-            })?;
-        let tls = tokio_rustls::TlsConnector::from(config)
-            .connect(name, tcp)
-            .await
-            .map_err(|e| Status::unavailable(format!("TLS handshake with {addr}: {e}")))?;
+        let tls = handshake(tcp, config, server_name, addr).await?;
         Channel::over(tls, addr, "https").await
     }
 
@@ -67,22 +95,53 @@ impl Channel {
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let (send, conn) = h2::client::Builder::new()
+        Channel::over_with(io, authority, scheme, None).await
+    }
+
+    /// As [`Channel::over`], with keepalive pings when given.
+    pub async fn over_with<IO>(
+        io: IO,
+        authority: &str,
+        scheme: &'static str,
+        keepalive: Option<Keepalive>,
+    ) -> Result<Channel, Status>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (send, mut conn) = h2::client::Builder::new()
             .initial_window_size(4 * 1024 * 1024)
             .initial_connection_window_size(16 * 1024 * 1024)
             .max_frame_size(1024 * 1024)
             .handshake::<_, Bytes>(io)
             .await
             .map_err(|e| Status::unavailable(format!("h2 handshake with {authority}: {e}")))?;
+        let unanswered = match (keepalive, conn.ping_pong()) {
+            (Some(k), Some(pings)) => Some(tokio::spawn(ping_until_unanswered(pings, k))),
+            _ => None,
+        };
+        let closed = Arc::new(AtomicBool::new(false));
+        let (done, peer) = (closed.clone(), authority.to_string());
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                log::debug!("client connection ended: {e}");
+            let ended = match unanswered {
+                None => conn.await,
+                Some(mut unanswered) => tokio::select! {
+                    ended = &mut conn => ended,
+                    _ = &mut unanswered => {
+                        log::warn!("connection to {peer} closed: keepalive ping not answered");
+                        Ok(())
+                    }
+                },
+            };
+            done.store(true, Ordering::Release);
+            if let Err(e) = ended {
+                log::debug!("client connection to {peer} ended: {e}");
             }
         });
         Ok(Channel {
             send,
             authority: authority.to_string(),
             scheme,
+            closed,
         })
     }
 
@@ -92,7 +151,19 @@ impl Channel {
             send,
             authority: authority.to_string(),
             scheme: "http",
+            closed: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// True once the connection has ended: calls on it fail, and a new
+    /// connection is needed.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// The `host:port` this channel is connected to.
+    pub fn authority(&self) -> &str {
+        &self.authority
     }
 
     fn request(&self, path: &str, timeout: Option<Duration>) -> Result<Request<()>, Status> {
@@ -125,15 +196,18 @@ impl Channel {
     }
 
     /// Opens a call; send messages with the sender, read with the receiver.
+    /// With a timeout, both halves fail with DeadlineExceeded once it has
+    /// passed; dropping both cancels the call on the wire.
     pub async fn start(&self, path: &str, timeout: Option<Duration>) -> Result<ClientCall, Status> {
+        let deadline = timeout.map(|t| Instant::now() + t);
         let req = self.request(path, timeout)?;
-        let mut send = self.ready().await?;
+        let mut send = until(deadline, self.ready()).await?;
         let (response, stream) = send
             .send_request(req, false)
             .map_err(|e| Status::unavailable(format!("send request: {e}")))?;
         Ok(ClientCall {
-            sender: CallSender { stream },
-            receiver: CallReceiver::new(response),
+            sender: CallSender { stream, deadline },
+            receiver: CallReceiver::new(response, deadline),
         })
     }
 
@@ -251,13 +325,19 @@ pub struct ClientCall {
 /// The request half of a call.
 pub struct CallSender {
     stream: SendStream<Bytes>,
+    deadline: Option<Instant>,
 }
 
 impl CallSender {
     pub async fn send<M: Message>(&mut self, message: &M) -> Result<(), Status> {
-        write_all(&mut self.stream, codec::encode(message))
-            .await
-            .map_err(|e| Status::unavailable(format!("send: {e}")))
+        let frame = codec::encode(message);
+        let stream = &mut self.stream;
+        until(self.deadline, async move {
+            write_all(stream, frame)
+                .await
+                .map_err(|e| Status::unavailable(format!("send: {e}")))
+        })
+        .await
     }
 
     /// Half-closes the request stream (no more messages).
@@ -277,24 +357,35 @@ pub struct CallReceiver {
     body: Option<RecvStream>,
     decoder: FrameDecoder,
     done: bool,
+    deadline: Option<Instant>,
 }
 
 impl CallReceiver {
-    fn new(response: ResponseFuture) -> CallReceiver {
+    fn new(response: ResponseFuture, deadline: Option<Instant>) -> CallReceiver {
         CallReceiver {
             response: Some(response),
             body: None,
             decoder: FrameDecoder::new(MAX_RESPONSE_LEN, None),
             done: false,
+            deadline,
         }
     }
 
     /// The next raw message; None once the server ended with status OK; the
-    /// status as an error otherwise.
+    /// status as an error otherwise (DeadlineExceeded once the call's
+    /// deadline has passed).
     pub async fn next_bytes(&mut self) -> Result<Option<Bytes>, Status> {
         if self.done {
             return Ok(None);
         }
+        let result = until(self.deadline, self.receive()).await;
+        if result.is_err() {
+            self.done = true;
+        }
+        result
+    }
+
+    async fn receive(&mut self) -> Result<Option<Bytes>, Status> {
         if let Some(response) = self.response.take() {
             let response = response
                 .await
@@ -373,5 +464,34 @@ fn http_status_to_code(s: StatusCode) -> Code {
         404 => Code::Unimplemented,
         429 | 502 | 503 | 504 => Code::Unavailable,
         _ => Code::Unknown,
+    }
+}
+
+/// The TLS client handshake on a connected socket.
+pub(crate) async fn handshake(
+    tcp: TcpStream,
+    config: Arc<rustls::ClientConfig>,
+    server_name: &str,
+    addr: &str,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, Status> {
+    let name = rustls::pki_types::ServerName::try_from(server_name.to_string())
+        .map_err(|e| Status::unavailable(format!("invalid server name {server_name:?}: {e}")))?;
+    tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| Status::unavailable(format!("TLS handshake with {addr}: {e}")))
+}
+
+/// Pings every `interval` and returns once a ping goes unanswered for
+/// `timeout` (or the connection has gone).
+async fn ping_until_unanswered(mut pings: h2::PingPong, k: Keepalive) {
+    loop {
+        tokio::time::sleep(k.interval).await;
+        match tokio::time::timeout(k.timeout, pings.ping(h2::Ping::opaque())).await {
+            Ok(Ok(_)) => continue,
+            // The connection ended on its own.
+            Ok(Err(_)) => return std::future::pending().await,
+            Err(_) => return,
+        }
     }
 }

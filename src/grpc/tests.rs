@@ -1,6 +1,8 @@
 //! Connection-level behaviour of our gRPC server and client over real
-//! loopback sockets: deadlines, client pings, dead-peer and idle cleanup.
+//! loopback sockets: deadlines on both sides, pings both ways, dead-peer
+//! and idle cleanup, streaming handlers, reconnection.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -124,4 +126,401 @@ async fn peers_that_never_answer_pings_are_dropped() {
     })
     .await;
     assert!(closed.is_ok(), "a silent peer must be disconnected");
+}
+
+/// Says when a handler stops, however it stops (returns or is dropped).
+struct Report(
+    &'static str,
+    tokio::sync::mpsc::UnboundedSender<&'static str>,
+);
+
+impl Drop for Report {
+    fn drop(&mut self) {
+        let _ = self.1.send(self.0);
+    }
+}
+
+/// A server with streaming methods: Count streams `n` numbers, Fail sends
+/// two then NotFound, Echo answers each request, Forever sends until the
+/// client goes, Stall never answers (both report when their handler stops).
+async fn start_streaming() -> (
+    String,
+    tokio::sync::watch::Sender<bool>,
+    tokio::sync::mpsc::UnboundedReceiver<&'static str>,
+) {
+    use crate::pb::etcdserverpb::{RangeRequest, RangeResponse};
+    let (ended_tx, ended) = tokio::sync::mpsc::unbounded_channel();
+    let mut router = Router::new();
+    router.add(
+        "test.Stream",
+        "Count",
+        server_streaming(
+            |req: RangeRequest, _ctx, out: Responses<RangeResponse>| async move {
+                for i in 0..req.limit {
+                    out.send(RangeResponse {
+                        count: i,
+                        ..Default::default()
+                    })
+                    .await?;
+                }
+                Ok(())
+            },
+        ),
+    );
+    router.add(
+        "test.Stream",
+        "Fail",
+        server_streaming(
+            |_req: RangeRequest, _ctx, out: Responses<RangeResponse>| async move {
+                out.send(RangeResponse::default()).await?;
+                out.send(RangeResponse::default()).await?;
+                Err(Status::not_found("no more"))
+            },
+        ),
+    );
+    router.add(
+        "test.Stream",
+        "Echo",
+        bidi_streaming(
+            |mut requests: Requests<RangeRequest>, _ctx, out: Responses<RangeResponse>| async move {
+                while let Some(r) = requests.next().await? {
+                    out.send(RangeResponse {
+                        count: r.limit,
+                        ..Default::default()
+                    })
+                    .await?;
+                }
+                Ok(())
+            },
+        ),
+    );
+    let ended_tx2 = ended_tx.clone();
+    router.add(
+        "test.Stream",
+        "Forever",
+        server_streaming(
+            move |_req: RangeRequest, _ctx, out: Responses<RangeResponse>| {
+                let report = Report("forever", ended_tx2.clone());
+                async move {
+                    let _report = report;
+                    for count in 1.. {
+                        out.send(RangeResponse {
+                            count,
+                            ..Default::default()
+                        })
+                        .await?;
+                    }
+                    Ok(())
+                }
+            },
+        ),
+    );
+    router.add(
+        "test.Stream",
+        "Stall",
+        server_streaming(
+            move |_req: RangeRequest, _ctx, _out: Responses<RangeResponse>| {
+                let report = Report("stall", ended_tx.clone());
+                async move {
+                    let _report = report;
+                    std::future::pending::<Result<(), Status>>().await
+                }
+            },
+        ),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let server = Server::new(router, ServerConfig::default());
+    tokio::spawn(async move { server.serve_tcp(listener, rx).await });
+    (addr, tx, ended)
+}
+
+const DEADLINE: Duration = Duration::from_secs(10);
+
+async fn within<T>(what: &str, work: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(DEADLINE, work)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+#[tokio::test]
+async fn server_streaming_sends_every_response_then_the_status() {
+    use crate::pb::etcdserverpb::{RangeRequest, RangeResponse};
+    let (addr, _stop, _ended) = start_streaming().await;
+    let ch = Channel::connect(&addr).await.unwrap();
+    let mut call = ch.start("/test.Stream/Count", None).await.unwrap();
+    call.sender
+        .send(&RangeRequest {
+            limit: 5,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    call.sender.close();
+    let mut got = Vec::new();
+    while let Some(r) = call.receiver.next::<RangeResponse>().await.unwrap() {
+        got.push(r.count);
+    }
+    assert_eq!(got, [0, 1, 2, 3, 4]);
+
+    let mut call = ch.start("/test.Stream/Fail", None).await.unwrap();
+    call.sender.send(&RangeRequest::default()).await.unwrap();
+    call.sender.close();
+    assert!(call
+        .receiver
+        .next::<RangeResponse>()
+        .await
+        .unwrap()
+        .is_some());
+    assert!(call
+        .receiver
+        .next::<RangeResponse>()
+        .await
+        .unwrap()
+        .is_some());
+    let err = call.receiver.next::<RangeResponse>().await.unwrap_err();
+    assert_eq!(
+        (err.code, err.message.as_str()),
+        (Code::NotFound, "no more")
+    );
+}
+
+#[tokio::test]
+async fn bidi_streaming_answers_each_request_until_the_client_closes() {
+    use crate::pb::etcdserverpb::{RangeRequest, RangeResponse};
+    let (addr, _stop, _ended) = start_streaming().await;
+    let ch = Channel::connect(&addr).await.unwrap();
+    let mut call = ch.start("/test.Stream/Echo", None).await.unwrap();
+    for n in [7, 8, 9] {
+        call.sender
+            .send(&RangeRequest {
+                limit: n,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let r: RangeResponse = call.receiver.next().await.unwrap().unwrap();
+        assert_eq!(r.count, n);
+    }
+    call.sender.close();
+    assert!(call
+        .receiver
+        .next::<RangeResponse>()
+        .await
+        .unwrap()
+        .is_none());
+}
+
+#[tokio::test]
+async fn a_client_that_goes_away_ends_the_streaming_handler() {
+    use crate::pb::etcdserverpb::{RangeRequest, RangeResponse};
+    let (addr, _stop, mut ended) = start_streaming().await;
+    let ch = Channel::connect(&addr).await.unwrap();
+    let mut call = ch.start("/test.Stream/Forever", None).await.unwrap();
+    call.sender.send(&RangeRequest::default()).await.unwrap();
+    let first: RangeResponse = call.receiver.next().await.unwrap().unwrap();
+    assert_eq!(first.count, 1);
+    drop(call);
+    assert_eq!(
+        within("the handler to end", ended.recv()).await,
+        Some("forever")
+    );
+}
+
+#[tokio::test]
+async fn a_streaming_handler_ends_at_the_deadline() {
+    use crate::pb::etcdserverpb::{RangeRequest, RangeResponse};
+    let (addr, _stop, mut ended) = start_streaming().await;
+    let ch = Channel::connect(&addr).await.unwrap();
+    let mut call = ch
+        .start("/test.Stream/Stall", Some(Duration::from_millis(200)))
+        .await
+        .unwrap();
+    call.sender.send(&RangeRequest::default()).await.unwrap();
+    let err = within("the call to end", call.receiver.next::<RangeResponse>())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, Code::DeadlineExceeded);
+    assert_eq!(
+        within("the handler to end", ended.recv()).await,
+        Some("stall")
+    );
+}
+
+#[tokio::test]
+async fn the_client_deadline_ends_a_call_the_server_never_answers() {
+    // A server that accepts the call and then says nothing at all (it
+    // ignores grpc-timeout), reporting when the client cancels the stream.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (reset_tx, reset_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut conn = h2::server::handshake(tcp).await.unwrap();
+        let (_request, mut respond) = conn.accept().await.unwrap().unwrap();
+        tokio::spawn(async move {
+            let reason = std::future::poll_fn(|cx| respond.poll_reset(cx)).await;
+            let _ = reset_tx.send(reason.ok());
+        });
+        while conn.accept().await.is_some() {}
+    });
+    let ch = Channel::connect(&addr).await.unwrap();
+    let started = Instant::now();
+    let err = within(
+        "the deadline",
+        ch.unary_with_timeout::<_, StatusResponse>(
+            "/test.Svc/Silent",
+            &StatusRequest {},
+            Some(Duration::from_millis(200)),
+        ),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code, Code::DeadlineExceeded, "{err:?}");
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    let reason = within("the server to see the cancel", reset_rx)
+        .await
+        .unwrap();
+    assert_eq!(reason, Some(h2::Reason::CANCEL));
+}
+
+/// Forwards bytes both ways between a client and `upstream` until told to
+/// freeze; then holds both connections open and silent (a black hole).
+async fn freezing_proxy(upstream: String) -> (String, Arc<std::sync::atomic::AtomicBool>) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let frozen = Arc::new(AtomicBool::new(false));
+    let f = frozen.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let server = TcpStream::connect(&upstream).await.unwrap();
+            let (cr, cw) = client.into_split();
+            let (sr, sw) = server.into_split();
+            for (mut from, mut to) in [(cr, sw), (sr, cw)] {
+                let f = f.clone();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 16 * 1024];
+                    loop {
+                        let n = match from.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        if f.load(Ordering::SeqCst) {
+                            // Swallow everything, answer nothing, close nothing.
+                            let _keep = (&from, &to);
+                            continue;
+                        }
+                        if to.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        }
+    });
+    (addr, frozen)
+}
+
+#[tokio::test]
+async fn an_unanswered_keepalive_ping_closes_the_connection() {
+    let (upstream, _stop) = start(ServerConfig::default()).await;
+    let (proxy, frozen) = freezing_proxy(upstream).await;
+    let tcp = TcpStream::connect(&proxy).await.unwrap();
+    let keepalive = Keepalive {
+        interval: Duration::from_millis(100),
+        timeout: Duration::from_millis(300),
+    };
+    let ch = Channel::over_with(tcp, &proxy, "http", Some(keepalive))
+        .await
+        .unwrap();
+    let ok: StatusResponse = ch.unary("/test.Svc/Echo", &StatusRequest {}).await.unwrap();
+    assert_eq!(ok.version, "echo");
+    frozen.store(true, std::sync::atomic::Ordering::SeqCst);
+    within("the connection to close", async {
+        while !ch.is_closed() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let err = within(
+        "the call to fail",
+        ch.unary::<_, StatusResponse>("/test.Svc/Echo", &StatusRequest {}),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code, Code::Unavailable, "{err:?}");
+}
+
+#[tokio::test]
+async fn the_connector_reconnects_once_the_server_is_back() {
+    let (addr, stop) = start(ServerConfig::default()).await;
+    let settings = ConnectorSettings {
+        min_backoff: Duration::from_millis(50),
+        max_backoff: Duration::from_millis(200),
+        ..Default::default()
+    };
+    let peer = Connector::new(&addr, None, settings);
+    let echo = || peer.unary::<_, StatusResponse>("/test.Svc/Echo", &StatusRequest {}, DEADLINE);
+    assert_eq!(echo().await.unwrap().version, "echo");
+    let first = peer.channel().await.unwrap();
+
+    // The server goes away: the connection ends, an attempt fails, and
+    // the next call fails at once while the connector backs off.
+    stop.send(true).unwrap();
+    within("the connection to end", async {
+        while !first.is_closed() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    within("the server to let go of its port", async {
+        while TcpStream::connect(&addr).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let refused = echo().await.unwrap_err();
+    assert_eq!(refused.code, Code::Unavailable);
+    let backing_off = echo().await.unwrap_err();
+    assert!(
+        backing_off.message.contains("next attempt in"),
+        "{backing_off:?}"
+    );
+
+    // Back on the same address: the connector connects again by itself.
+    let listener = within("the port to be free", async {
+        loop {
+            match TcpListener::bind(&addr).await {
+                Ok(l) => return l,
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    })
+    .await;
+    let mut router = Router::new();
+    router.add(
+        "test.Svc",
+        "Echo",
+        unary(|_req: StatusRequest, _ctx| async {
+            Ok(StatusResponse {
+                version: "again".into(),
+                ..Default::default()
+            })
+        }),
+    );
+    let (_stop2, rx) = tokio::sync::watch::channel(false);
+    let server = Server::new(router, ServerConfig::default());
+    tokio::spawn(async move { server.serve_tcp(listener, rx).await });
+    let answer = within("a reconnect", async {
+        loop {
+            match echo().await {
+                Ok(r) => return r,
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    })
+    .await;
+    assert_eq!(answer.version, "again");
 }
