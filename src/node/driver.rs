@@ -261,8 +261,7 @@ impl RoleDriver {
             self.cell.get().primary,
             PrimaryState::Active | PrimaryState::Starting
         ) {
-            self.primary.gate.close(PrimaryState::Draining.as_str());
-            let _ = self.cell.change(|r| r.set_primary(PrimaryState::Draining));
+            self.apply(PrimaryState::Draining);
         }
         let _ = self.cell.change(|r| r.set_health(Health::Degraded));
     }

@@ -23,7 +23,7 @@ use crate::log::ObjectLog;
 use crate::primary::{ObjectStorageDurability, WritePathParts};
 use crate::store::{Store, Timestamp};
 use crate::watch::{RingLimits, WatchHub};
-use driver::{PrimaryParts, RoleCell, RoleDriver};
+use driver::{DriverHandle, PrimaryParts, RoleCell, RoleDriver};
 use role::{ElectorState, Health, PrimaryState};
 
 /// How long in-flight requests may take to finish at shutdown.
@@ -36,6 +36,26 @@ pub async fn run(
     role: Arc<RoleCell>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), String> {
+    let node = start(config, role).await?;
+    shutdown.await;
+    node.stop().await;
+    Ok(())
+}
+
+/// A node serving clients, and what stopping it takes.
+struct Running {
+    /// Tells listeners and long-lived streams to finish.
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: tokio::task::JoinSet<()>,
+    driver: DriverHandle,
+    api: Arc<EtcdApi>,
+    commit_thread: std::thread::JoinHandle<()>,
+}
+
+/// Brings the node up: health first (it reports loading meanwhile), the
+/// node's certificates checked and its listeners bound, registration and
+/// restore, the write path, the Primary role, then the APIs.
+async fn start(config: Config, role: Arc<RoleCell>) -> Result<Running, String> {
     let node_id = config.node.node_id.clone();
     let start_time = Timestamp::now().seconds;
     for line in config.describe() {
@@ -129,29 +149,41 @@ pub async fn run(
         store.committed_revision()
     );
     let _ = role.change(|r| r.set_health(Health::Healthy));
-    let driver = driver.spawn();
-
-    shutdown.await;
-    log::info!("shutting down: no new connections, finishing requests in flight");
-    failpoint::hold("draining").await;
-    let _ = stop_tx.send(true);
-    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
-        while tasks.join_next().await.is_some() {}
+    Ok(Running {
+        stop: stop_tx,
+        tasks,
+        driver: driver.spawn(),
+        api,
+        commit_thread: write_path.thread,
     })
-    .await;
-    match drained {
-        Ok(()) => log::info!("drain_completed: every request finished"),
-        Err(_) => {
-            log::warn!("requests still running after {DRAIN_TIMEOUT:?}; stopping anyway");
-            tasks.abort_all();
+}
+
+impl Running {
+    /// Graceful shutdown: no new connections, requests in flight finish
+    /// (up to DRAIN_TIMEOUT), the Primary drains, the write path stops.
+    async fn stop(mut self) {
+        log::info!("shutting down: no new connections, finishing requests in flight");
+        failpoint::hold("draining").await;
+        let _ = self.stop.send(true);
+        let tasks = &mut self.tasks;
+        let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        match drained {
+            Ok(()) => log::info!("drain_completed: every request finished"),
+            Err(_) => {
+                log::warn!("requests still running after {DRAIN_TIMEOUT:?}; stopping anyway");
+                self.tasks.abort_all();
+            }
         }
+        self.driver.stop().await;
+        // The commit thread ends once the last writer handle is gone.
+        drop(self.api);
+        let thread = self.commit_thread;
+        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        log::info!("stopped");
     }
-    driver.stop().await;
-    // The commit thread ends once the last writer handle is gone.
-    drop(api);
-    let _ = tokio::task::spawn_blocking(move || write_path.thread.join()).await;
-    log::info!("stopped");
-    Ok(())
 }
 
 fn log_restored(c: &CaughtUp) {

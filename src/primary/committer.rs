@@ -446,7 +446,7 @@ mod tests {
     }
 
     /// The write path on a fresh store holding only the internal record.
-    fn write_path(durability: Arc<Scripted>) -> (tempfile::TempDir, Arc<Store>, WritePath) {
+    fn write_path(durability: Arc<dyn Durability>) -> (tempfile::TempDir, Arc<Store>, WritePath) {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(dir.path()).unwrap());
         let first = Batch {
@@ -536,5 +536,48 @@ mod tests {
         // preflight), at the revision the failed batch would have had.
         path.gate.open();
         assert_eq!(path.writer.txn(put("d")).await.unwrap().revision, 3);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn object_storage_failing_twice_drains_the_primary() {
+        use crate::objstore::tests::{transient, Flaky};
+        use crate::objstore::ObjectStore;
+        use crate::primary::ObjectStorageDurability;
+        let bucket = Flaky::new(1, transient);
+        let dir = tempfile::tempdir().unwrap();
+        let log = Arc::new(crate::log::ObjectLog::new(bucket.clone(), "n1", dir.path()).unwrap());
+        let metrics = Arc::new(Metrics::new());
+        let durability = Arc::new(ObjectStorageDurability::new(log, metrics));
+        let (_dir, store, mut path) = write_path(durability);
+        path.gate.open();
+        assert_eq!(
+            path.writer.txn(put("a")).await.unwrap().revision,
+            2,
+            "one failure is retried"
+        );
+        assert_eq!(bucket.take_attempts(), 2);
+
+        bucket
+            .failures
+            .store(2, std::sync::atomic::Ordering::SeqCst);
+        let err = path.writer.txn(put("b")).await.unwrap_err();
+        assert!(
+            matches!(&err, WriteError::NotDurable(m) if m.contains("HTTP 503")),
+            "{err:?}"
+        );
+        assert_eq!(store.latest_revision(), 2);
+        assert!(matches!(
+            path.events.recv().await,
+            Some(WritePathEvent::Draining { .. })
+        ));
+        assert!(!path.gate.is_open());
+        // Recovery settles the failed batch at once: the bucket now has it
+        // (its outcome was unknown to the caller), and the node is told.
+        assert_eq!(path.events.recv().await, Some(WritePathEvent::Settled));
+        assert!(bucket
+            .inner
+            .get("chunks/0003/0000000000000000003.netsy")
+            .await
+            .is_ok());
     }
 }

@@ -48,6 +48,10 @@ pub enum StoreError {
         above: i64,
         committed: i64,
     },
+    /// An import needs every local revision committed first.
+    Tentative {
+        committed: i64,
+    },
     /// An imported record does not continue the local revisions.
     Gap {
         expected: i64,
@@ -83,6 +87,10 @@ impl std::fmt::Display for StoreError {
             StoreError::DiscardCommitted { above, committed } => write!(
                 f,
                 "cannot discard revisions above {above}: revision {committed} is committed"
+            ),
+            StoreError::Tentative { committed } => write!(
+                f,
+                "revisions above {committed} are tentative: commit or discard them first"
             ),
             StoreError::Gap { expected, found } => {
                 write!(f, "revision gap: expected revision {expected}, got {found}")
@@ -192,11 +200,66 @@ impl Importer<'_> {
 }
 
 /// A batch appended but not yet committed.
+#[derive(Clone)]
 struct Pending {
     /// The revision the batch ends at (the latest revision when it holds
     /// no records).
     upto: i64,
     batch: Batch,
+}
+
+/// Takes from the pending batches everything up to `revision`: whole
+/// batches, and the first records of a batch that `revision` cuts (its
+/// lease and compaction changes wait for the rest of it).
+fn take_upto(pending: &mut VecDeque<Pending>, revision: i64) -> Vec<Batch> {
+    let mut ready = Vec::new();
+    while let Some(first) = pending.front_mut() {
+        if first.upto <= revision {
+            ready.extend(pending.pop_front().map(|p| p.batch));
+            continue;
+        }
+        let cut = first
+            .batch
+            .records
+            .partition_point(|r| r.revision <= revision);
+        if cut > 0 {
+            ready.push(Batch {
+                records: first.batch.records.drain(..cut).collect(),
+                ..Batch::default()
+            });
+        }
+        break;
+    }
+    ready
+}
+
+/// Takes from the pending batches everything above `revision`: whole
+/// batches, and the last records of a batch that `revision` cuts, together
+/// with that batch's lease and compaction changes (the batch is no longer
+/// whole).
+fn split_above(pending: &mut VecDeque<Pending>, revision: i64) -> Vec<Batch> {
+    let mut dropped = Vec::new();
+    while let Some(last) = pending.back_mut() {
+        if last.upto <= revision {
+            break;
+        }
+        let cut = last
+            .batch
+            .records
+            .partition_point(|r| r.revision <= revision);
+        if cut == 0 {
+            dropped.extend(pending.pop_back().map(|p| p.batch));
+            continue;
+        }
+        dropped.push(Batch {
+            records: last.batch.records.split_off(cut),
+            leases: std::mem::take(&mut last.batch.leases),
+            compaction: last.batch.compaction.take(),
+        });
+        last.upto = revision;
+        break;
+    }
+    dropped
 }
 
 pub struct Store {
@@ -389,18 +452,15 @@ impl Store {
     /// are still in SQLite: see [`Store::discard_values`]).
     pub fn commit(&self, revision: i64) -> Vec<i64> {
         let revision = revision.min(self.latest_revision());
-        let ready: Vec<Pending> = {
-            let mut pending = self.pending_batches();
-            let n = pending.iter().take_while(|p| p.upto <= revision).count();
-            pending.drain(..n).collect()
-        };
+        let mut pending = self.pending_batches();
         let mut discarded = Vec::new();
-        for p in &ready {
-            discarded.extend(self.apply(&p.batch.records, p.batch.compaction, p.upto));
-            self.apply_leases(&p.batch.leases);
+        for batch in take_upto(&mut pending, revision) {
+            let upto = batch.records.last().map_or(0, |r| r.revision);
+            discarded.extend(self.apply(&batch.records, batch.compaction, upto));
+            self.apply_leases(&batch.leases);
         }
-        // A commit with nothing pending (a replica told of a revision it
-        // already has) still moves the committed revision.
+        // With nothing pending below it (a replica told of a revision it
+        // already has), the committed revision still moves.
         let index = self.index_mut();
         self.committed.fetch_max(revision, Ordering::AcqRel);
         drop(index);
@@ -462,6 +522,8 @@ impl Store {
     /// and the latest revision goes back to `revision`. Committed revisions
     /// cannot be discarded.
     pub fn discard_above(&self, revision: i64) -> Result<(), StoreError> {
+        let mut conn = self.writer();
+        let mut pending = self.pending_batches();
         let committed = self.committed_revision();
         if revision < committed {
             return Err(StoreError::DiscardCommitted {
@@ -469,28 +531,23 @@ impl Store {
                 committed,
             });
         }
-        let mut conn = self.writer();
-        let mut pending = self.pending_batches();
-        let keep = pending.iter().take_while(|p| p.upto <= revision).count();
-        let dropped: Vec<Pending> = pending.drain(keep..).collect();
+        let mut kept = pending.clone();
         let mut undo = sqlite::Undo {
             records_from: revision + 1,
             ..Default::default()
         };
-        for p in &dropped {
-            for change in &p.batch.leases {
+        for batch in split_above(&mut kept, revision) {
+            for change in &batch.leases {
                 match change {
                     LeaseChange::Grant { id, .. } => undo.granted.push(*id),
                     LeaseChange::Revoke { id } => undo.revoked.extend(self.lease(*id)),
                 }
             }
-            undo.compactions.extend(p.batch.compaction);
+            undo.compactions.extend(batch.compaction);
         }
-        if let Err(e) = sqlite::undo(&mut conn, &undo) {
-            // Nothing was undone: the batches stay pending as they were.
-            pending.extend(dropped);
-            return Err(e);
-        }
+        // Nothing changes unless SQLite did.
+        sqlite::undo(&mut conn, &undo)?;
+        *pending = kept;
         self.latest
             .store(revision.min(self.latest_revision()), Ordering::Release);
         Ok(())
@@ -526,11 +583,15 @@ impl Store {
     /// are applied to the index in batches (readers see the revision rise
     /// batch by batch); an error there comes after the SQLite commit, and
     /// reopening the store rebuilds the index from what was committed.
-    /// Nothing may be pending (tentative) when importing.
+    /// Every local revision must be committed first.
     pub fn import_all<E: From<StoreError>>(
         &self,
         feed: impl FnOnce(&mut Importer<'_>) -> Result<(), E>,
     ) -> Result<(), E> {
+        if !self.pending_batches().is_empty() {
+            let committed = self.committed_revision();
+            return Err(StoreError::Tentative { committed }.into());
+        }
         let before = self.latest_revision();
         {
             let mut conn = self.writer();
@@ -762,6 +823,53 @@ mod tests {
             0,
             "the discarded compaction is gone from SQLite"
         );
+    }
+
+    #[test]
+    fn a_commit_or_discard_inside_a_batch_splits_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .append_committed(&batch(vec![Record::internal("n")]))
+            .unwrap();
+        let with_lease = |records| Batch {
+            leases: vec![LeaseChange::Grant { id: 5, ttl: 10 }],
+            ..batch(records)
+        };
+        store
+            .append(&with_lease(vec![put(2), put(3), put(4)]))
+            .unwrap();
+        store.commit(3);
+        assert_eq!(store.committed_revision(), 3);
+        assert_eq!(visible(&store, 3), Some(3));
+        assert_eq!(visible(&store, 4), Some(3), "4 is not committed yet");
+        assert!(!store.lease_exists(5), "the batch is not whole yet");
+        store.discard_above(3).unwrap();
+        assert_eq!(store.latest_revision(), 3);
+        store.commit(4);
+        assert_eq!(store.committed_revision(), 3);
+        assert!(!store.lease_exists(5), "undone with the rest of its batch");
+
+        store
+            .append(&with_lease(vec![put(4), put(5), put(6)]))
+            .unwrap();
+        let refused: Result<(), StoreError> = store.import_all(|_| Ok(()));
+        assert!(
+            matches!(refused, Err(StoreError::Tentative { committed: 3 })),
+            "{refused:?}"
+        );
+        store.discard_above(4).unwrap();
+        assert_eq!(store.latest_revision(), 4);
+        store.commit(6);
+        assert_eq!(
+            (store.committed_revision(), visible(&store, 9)),
+            (4, Some(4))
+        );
+        assert!(!store.lease_exists(5));
+        drop(store);
+        let reopened = Store::open(dir.path()).unwrap();
+        assert_eq!(reopened.latest_revision(), 4);
+        assert!(!reopened.lease_exists(5));
     }
 
     #[test]
