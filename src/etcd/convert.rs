@@ -221,3 +221,118 @@ pub fn delete(d: &DeleteRangeRequest) -> Result<Op, Status> {
         prev_kv: d.prev_kv,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pb::etcdserverpb::compare::{CompareResult as PbResult, CompareTarget as PbTarget};
+    use crate::pb::etcdserverpb::{Compare as PbCompare, RequestOp};
+    use crate::store::Rev;
+
+    fn entry(deleted: bool, value: Option<&'static [u8]>) -> KvEntry {
+        KvEntry {
+            key: Bytes::from_static(b"k"),
+            rev: Rev {
+                revision: 9,
+                create_revision: 3,
+                version: 4,
+                lease: 7,
+                deleted,
+            },
+            value: value.map(Bytes::from_static),
+        }
+    }
+
+    #[test]
+    fn tombstones_carry_only_key_and_revision() {
+        let live = key_value(&entry(false, Some(b"v")));
+        assert_eq!(
+            (
+                live.create_revision,
+                live.mod_revision,
+                live.version,
+                live.lease
+            ),
+            (3, 9, 4, 7)
+        );
+        assert_eq!(&live.value[..], b"v");
+        let gone = key_value(&entry(true, None));
+        assert_eq!(
+            gone,
+            KeyValue {
+                key: Bytes::from_static(b"k"),
+                mod_revision: 9,
+                ..Default::default()
+            }
+        );
+        assert!(key_value(&entry(false, None)).value.is_empty(), "keys_only");
+    }
+
+    #[test]
+    fn a_compare_reads_only_the_union_member_of_its_target() {
+        let c = |target: PbTarget, union: Option<TargetUnion>| {
+            compare(&PbCompare {
+                key: "k".into(),
+                target: target as i32,
+                result: PbResult::Equal as i32,
+                target_union: union,
+                ..Default::default()
+            })
+            .target
+        };
+        assert_eq!(
+            c(PbTarget::Mod, Some(TargetUnion::ModRevision(5))),
+            Target::Mod(5)
+        );
+        assert_eq!(
+            c(PbTarget::Mod, Some(TargetUnion::Version(5))),
+            Target::Mod(0)
+        );
+        assert_eq!(c(PbTarget::Value, None), Target::Value(Bytes::new()));
+        let unknown = compare(&PbCompare {
+            key: "k".into(),
+            target: 99,
+            result: 42,
+            ..Default::default()
+        });
+        assert_eq!(
+            (unknown.target, unknown.result),
+            (Target::Unknown, CompareResult::Unknown)
+        );
+    }
+
+    #[test]
+    fn txn_checks_come_in_etcds_order() {
+        let put = |key: &'static str| RequestOp {
+            request: Some(Request::RequestPut(PutRequest {
+                key: key.into(),
+                ..Default::default()
+            })),
+        };
+        let too_many = TxnRequest {
+            compare: vec![PbCompare::default()],
+            success: (0..129).map(|_| put("")).collect(),
+            ..Default::default()
+        };
+        assert_eq!(txn(&too_many).unwrap_err(), errors::too_many_ops());
+        let empty_compare = TxnRequest {
+            compare: vec![PbCompare::default()],
+            success: vec![put("")],
+            ..Default::default()
+        };
+        assert_eq!(txn(&empty_compare).unwrap_err(), errors::empty_key());
+        let two_writes = TxnRequest {
+            success: vec![put("a"), put("b")],
+            failure: vec![put("")],
+            ..Default::default()
+        };
+        assert_eq!(txn(&two_writes).unwrap_err(), errors::multi_key_txn());
+        let ok = txn(&TxnRequest {
+            success: vec![put("a")],
+            failure: vec![put("b")],
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!((ok.success.len(), ok.failure.len()), (1, 1));
+    }
+}

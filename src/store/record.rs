@@ -6,7 +6,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
-use crate::pb::mvccpb::KeyValue;
 use crate::pb::netsy as peer;
 
 /// Key of the internal record at revision 1, invisible to clients.
@@ -59,27 +58,6 @@ impl Record {
     /// True for revision 1, which clients never see.
     pub fn is_internal(&self) -> bool {
         self.revision == 1
-    }
-
-    /// The etcd view of this record: a live key, or a tombstone carrying only
-    /// the key and its revision (as etcd's delete events do).
-    pub fn to_key_value(&self) -> KeyValue {
-        if self.deleted {
-            KeyValue {
-                key: self.key.clone(),
-                mod_revision: self.revision,
-                ..Default::default()
-            }
-        } else {
-            KeyValue {
-                key: self.key.clone(),
-                create_revision: self.create_revision,
-                mod_revision: self.revision,
-                version: self.version,
-                value: self.value.clone().unwrap_or_default(),
-                lease: self.lease,
-            }
-        }
     }
 
     /// The peer-protocol form (crc left 0; data files compute it).
