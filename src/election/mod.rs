@@ -7,5 +7,6 @@
 pub mod choose;
 pub mod cluster_state;
 pub mod discovery;
+pub mod endpoint;
 pub mod lock;
 pub mod nodemap;

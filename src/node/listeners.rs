@@ -62,7 +62,8 @@ pub async fn serve_health(
         log::info!("serving health and metrics on {addr}");
     }
     let render: crate::http::MetricsFn = Arc::new(move || metrics.render());
-    tasks.spawn(crate::http::serve(listener, health, render, stop));
+    let routes = crate::http::health_routes(health, render);
+    tasks.spawn(crate::http::serve(listener, routes, stop));
     Ok(())
 }
 

@@ -229,6 +229,32 @@ impl TlsMaterial {
         Ok(Arc::new(config))
     }
 
+    /// The election endpoint's server configuration (reference §9.4): the
+    /// node's server certificate, TLS 1.2 or 1.3, no client certificate
+    /// asked for (it only tells who holds the lock).
+    pub fn election_server_config(&self) -> Result<Arc<ServerConfig>, String> {
+        let mut config = ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|e| format!("TLS: {e}"))?
+            .with_no_client_auth()
+            .with_single_cert(self.server_chain.clone(), self.server_key.clone_key())
+            .map_err(|e| format!("NETSY_TLS_SERVER_KEY: {e}"))?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+
+    /// For asking another node's election endpoint: servers verified
+    /// against the cluster CA, no client certificate, TLS 1.2 or 1.3.
+    pub fn election_client_config(&self) -> Result<Arc<ClientConfig>, String> {
+        let mut config = ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|e| format!("TLS: {e}"))?
+            .with_root_certificates(self.roots.clone())
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+
     /// The configuration for outbound peer connections: our peer
     /// certificate, servers verified against the CA and the dialled host.
     pub fn client_config(&self) -> Result<Arc<ClientConfig>, String> {
