@@ -212,6 +212,14 @@ impl ObjectLog {
             .max())
     }
 
+    /// The highest revision the bucket holds: its newest snapshot or
+    /// chunk, 0 for an empty bucket.
+    pub async fn durable_revision(&self) -> Result<i64, LogError> {
+        let snapshot = self.latest_snapshot().await?.map_or(0, |s| s.0);
+        let chunk = self.chunks_after(snapshot).await?.last().map_or(0, |c| c.0);
+        Ok(snapshot.max(chunk))
+    }
+
     /// Downloads and fully validates one chunk.
     pub async fn read_chunk(&self, key: &str) -> Result<Vec<Record>, LogError> {
         read_chunk(&*self.store, key).await

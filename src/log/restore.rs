@@ -116,6 +116,40 @@ pub async fn catch_up(store: &Arc<Store>, log: &ObjectLog) -> Result<CaughtUp, L
     Ok(report)
 }
 
+/// Imports the chunks beyond the local store's latest revision, as a
+/// replica does to follow the bucket: no snapshot, no integrity scan (the
+/// import itself refuses gaps and conflicts). Returns how many chunks.
+pub async fn import_new_chunks(store: &Arc<Store>, log: &ObjectLog) -> Result<usize, LogError> {
+    let pending: Vec<String> = log
+        .chunks_after(store.latest_revision())
+        .await?
+        .into_iter()
+        .map(|(_, key)| key)
+        .collect();
+    if pending.is_empty() {
+        return Ok(0);
+    }
+    let count = pending.len();
+    let (s, objects, runtime) = (
+        store.clone(),
+        log.store.clone(),
+        tokio::runtime::Handle::current(),
+    );
+    blocking(move || {
+        s.import_all(|importer| {
+            for key in pending {
+                let records = runtime.block_on(super::read_chunk(&*objects, &key))?;
+                importer
+                    .add(&records)
+                    .map_err(|error| LogError::Import { key, error })?;
+            }
+            Ok(())
+        })
+    })
+    .await?;
+    Ok(count)
+}
+
 fn remove_snapshot_file(file: &Option<(PathBuf, String)>) {
     if let Some((path, _)) = file {
         let _ = std::fs::remove_file(path);

@@ -87,6 +87,11 @@ async fn start(config: Config, role: Arc<RoleCell>) -> Result<Running, String> {
     let restoring = loading::load(&config.node.data_dir, &log, &metrics);
     let (store, caught_up) = loading::timed_stage(&metrics, "backfill", restoring).await?;
     log_restored(&caught_up);
+    // Rows beyond the bucket were never known to be acknowledged: nobody
+    // reads them until a Primary adopts or discards them (preflight).
+    store
+        .demote_above(caught_up.durable)
+        .map_err(|e| format!("local store: {e}"))?;
 
     let hub = Arc::new(WatchHub::new(
         store.committed_revision(),

@@ -1,17 +1,16 @@
-//! Preflight: before a new Primary takes writes, its store catches up with
-//! what the durable store (the bucket) holds, watchers see what was
-//! imported, and records only this node has are made durable. Run at every
-//! starting → active step, including after a recovery.
+//! Preflight: before a new Primary takes writes, the rows it holds beyond
+//! its committed revision are settled (adopted, or discarded when the
+//! bucket has moved past them), its store catches up with the bucket,
+//! records only this node has are made durable, and watchers see
+//! everything that became committed. Run at every starting → active step,
+//! including after a recovery.
 
 use std::sync::Arc;
 
 use crate::log::restore::{self, CaughtUp};
 use crate::log::{LogError, ObjectLog};
-use crate::store::{Store, StoreError};
-use crate::watch::{events_from_store, WatchHub};
-
-/// How many imported records are turned into watch events at a time.
-const PUBLISH_PAGE: usize = 10_000;
+use crate::store::Store;
+use crate::watch::WatchHub;
 
 pub async fn preflight(
     store: &Arc<Store>,
@@ -19,22 +18,104 @@ pub async fn preflight(
     hub: &WatchHub,
 ) -> Result<CaughtUp, LogError> {
     let before = store.committed_revision();
+    settle_tentative(store, log).await?;
     let report = restore::catch_up(store, log).await?;
     restore::upload_local(store, log, report.durable).await?;
-    // Imported records and a brand-new cluster's first record alike.
-    publish_imported(store, hub, before)?;
+    // Imported and adopted records, and a new cluster's first record.
+    hub.publish_from_store(store, before)?;
     Ok(report)
 }
 
-/// Publishes records committed after `after` (imported from elsewhere) to
-/// watchers, with their previous key-values.
-fn publish_imported(store: &Store, hub: &WatchHub, after: i64) -> Result<(), StoreError> {
-    let committed = store.committed_revision();
-    let mut from = after + 1;
-    while from <= committed {
-        let (events, covered) = events_from_store(store, from, committed, PUBLISH_PAGE)?;
-        hub.publish(events, covered);
-        from = covered + 1;
+/// Rows above the committed revision (written before a crash, never known
+/// to be acknowledged) are adopted when the bucket holds nothing newer
+/// than the committed revision; when it does, another Primary has written
+/// those revisions and the bucket is the truth: they are discarded.
+pub async fn settle_tentative(store: &Arc<Store>, log: &ObjectLog) -> Result<(), LogError> {
+    let (committed, latest) = (store.committed_revision(), store.latest_revision());
+    if latest == committed {
+        return Ok(());
+    }
+    if log.durable_revision().await? > committed {
+        log::warn!(
+            "discarding local revisions {}..={latest}: the bucket has newer records",
+            committed + 1
+        );
+        store.discard_above(committed)?;
+    } else {
+        log::info!("adopting local revisions {}..={latest}", committed + 1);
+        store.commit(latest);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::objstore::memory::MemoryStore;
+    use crate::store::{Batch, Record};
+    use crate::watch::RingLimits;
+
+    fn record(revision: i64, value: &str, leader: &str) -> Record {
+        Record {
+            revision,
+            key: Bytes::copy_from_slice(format!("k{revision}").as_bytes()),
+            value: Some(Bytes::copy_from_slice(value.as_bytes())),
+            create_revision: revision,
+            ..Record::internal(leader)
+        }
+    }
+
+    /// A node whose store holds revisions 1..=3, only 1 of them in the
+    /// bucket, with 2..=3 made tentative as loading does.
+    async fn node() -> (tempfile::TempDir, Arc<Store>, ObjectLog, WatchHub) {
+        let dir = tempfile::tempdir().unwrap();
+        let log = ObjectLog::new(Arc::new(MemoryStore::new()), "n1", dir.path()).unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("db")).unwrap());
+        let internal = Record::internal("n1");
+        log.write_chunk(std::slice::from_ref(&internal))
+            .await
+            .unwrap();
+        let batch = Batch {
+            records: vec![internal, record(2, "mine", "n1"), record(3, "mine", "n1")],
+            ..Batch::default()
+        };
+        store.append_committed(&batch).unwrap();
+        store.demote_above(1).unwrap();
+        let hub = WatchHub::new(1, RingLimits::default());
+        (dir, store, log, hub)
+    }
+
+    #[tokio::test]
+    async fn rows_beyond_the_bucket_are_adopted_and_uploaded() {
+        let (_dir, store, log, hub) = node().await;
+        preflight(&store, &log, &hub).await.unwrap();
+        assert_eq!(
+            (store.committed_revision(), store.latest_revision()),
+            (3, 3)
+        );
+        assert_eq!(log.durable_revision().await.unwrap(), 3);
+        assert_eq!(hub.committed(), 3);
+        assert_eq!(hub.events_between(1, 3, 10).unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn rows_the_bucket_has_moved_past_are_replaced_by_the_bucket() {
+        let (_dir, store, log, hub) = node().await;
+        // Another Primary wrote revision 2 meanwhile.
+        log.write_chunk(&[record(2, "theirs", "n2")]).await.unwrap();
+        preflight(&store, &log, &hub).await.unwrap();
+        assert_eq!(
+            (store.committed_revision(), store.latest_revision()),
+            (2, 2)
+        );
+        let two = store.record_at(2).unwrap().unwrap();
+        assert_eq!(two.value.as_deref(), Some(&b"theirs"[..]));
+        assert_eq!(
+            log.durable_revision().await.unwrap(),
+            2,
+            "ours were not uploaded"
+        );
+    }
 }

@@ -122,6 +122,31 @@ impl KeyIndex {
             .filter_map(move |(k, h)| entry_at(k, h, at))
     }
 
+    /// Forgets every revision above `revision` (they become tentative
+    /// again). Returns the revisions that are now some key's latest live
+    /// one and need their value attached ([`KeyIndex::set_latest_value`]).
+    pub fn remove_above(&mut self, revision: i64) -> Vec<(Bytes, i64)> {
+        let mut need_values = Vec::new();
+        self.keys.retain(|key, h| {
+            let keep = h.revs.partition_point(|r| r.revision <= revision);
+            if keep == h.revs.len() {
+                return true;
+            }
+            h.revs.truncate(keep);
+            h.value = None;
+            match h.revs.last() {
+                None => false,
+                Some(last) => {
+                    if !last.deleted {
+                        need_values.push((key.clone(), last.revision));
+                    }
+                    true
+                }
+            }
+        });
+        need_values
+    }
+
     /// Discards history that compaction at `at` makes unreadable: for each
     /// key every revision older than its newest one at or below `at`, and
     /// that newest one too when it is a tombstone. Returns the discarded
@@ -234,6 +259,36 @@ mod tests {
         assert_eq!(ix.get(b"a", 5).unwrap().rev.revision, 3);
         assert_eq!(ix.get(b"a", 6).unwrap().rev.revision, 6);
         assert!(ix.compact(5).is_empty(), "compaction is idempotent");
+    }
+
+    #[test]
+    fn revisions_above_a_point_can_be_forgotten() {
+        let mut ix = KeyIndex::new();
+        ix.apply(&rec(2, "a", false, "1"));
+        ix.apply(&rec(3, "b", false, "1"));
+        ix.apply(&rec(4, "a", false, "2"));
+        ix.apply(&rec(5, "c", false, "1"));
+        ix.apply(&rec(6, "b", true, ""));
+        let need = ix.remove_above(3);
+        let need: Vec<(String, i64)> = need
+            .into_iter()
+            .map(|(k, r)| (String::from_utf8_lossy(&k).into_owned(), r))
+            .collect();
+        assert_eq!(need, [("a".into(), 2), ("b".into(), 3)]);
+        assert!(ix.get(b"c", 9).is_none(), "created above: gone");
+        assert_eq!(ix.get(b"a", 9).unwrap().rev.revision, 2);
+        assert!(ix.get(b"a", 9).unwrap().value.is_none(), "value to reload");
+        ix.set_latest_value(b"a", 2, Bytes::from_static(b"1"));
+        assert_eq!(
+            ix.get(b"a", 9).unwrap().value.map(|v| &v[..]),
+            Some(&b"1"[..])
+        );
+        assert_eq!(
+            ix.get(b"b", 9).unwrap().rev.revision,
+            3,
+            "the delete is gone"
+        );
+        assert!(ix.remove_above(3).is_empty(), "nothing above any more");
     }
 
     #[test]

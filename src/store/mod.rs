@@ -553,6 +553,45 @@ impl Store {
         Ok(())
     }
 
+    /// Makes every committed revision above `revision` tentative again:
+    /// it leaves the key index and the committed revision goes back to
+    /// `revision`, while the rows stay in SQLite to be committed or
+    /// discarded later. For rows a node holds beyond what it knows to be
+    /// durable (written before a crash, never acknowledged as far as it
+    /// knows): nobody reads them until a Primary decides. Nothing may be
+    /// pending.
+    pub fn demote_above(&self, revision: i64) -> Result<(), StoreError> {
+        let mut pending = self.pending_batches();
+        let committed = self.committed_revision();
+        if !pending.is_empty() {
+            return Err(StoreError::Tentative { committed });
+        }
+        if revision >= committed {
+            return Ok(());
+        }
+        let records = self.records_between(revision + 1, committed, usize::MAX)?;
+        let mut index = self.index_mut();
+        for (key, rev) in index.remove_above(revision) {
+            if let Some(r) = self.record_at(rev)? {
+                index.set_latest_value(&key, rev, r.value.unwrap_or_default());
+            }
+        }
+        self.committed.store(revision, Ordering::Release);
+        drop(index);
+        log::info!(
+            "revisions {}..={committed} are tentative until a Primary decides",
+            revision + 1
+        );
+        pending.push_back(Pending {
+            upto: committed,
+            batch: Batch {
+                records,
+                ..Batch::default()
+            },
+        });
+        Ok(())
+    }
+
     fn pending_batches(&self) -> std::sync::MutexGuard<'_, VecDeque<Pending>> {
         match self.pending.lock() {
             Ok(p) => p,
@@ -870,6 +909,34 @@ mod tests {
         let reopened = Store::open(dir.path()).unwrap();
         assert_eq!(reopened.latest_revision(), 4);
         assert!(!reopened.lease_exists(5));
+    }
+
+    #[test]
+    fn committed_rows_can_be_made_tentative_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .append_committed(&batch(vec![Record::internal("n"), put(2), put(3), put(4)]))
+            .unwrap();
+        store.demote_above(2).unwrap();
+        assert_eq!(
+            (store.latest_revision(), store.committed_revision()),
+            (4, 2)
+        );
+        assert_eq!(visible(&store, 9), Some(2));
+        let e = store.index().get(b"k", 9).map(|e| e.value.cloned());
+        assert_eq!(e, Some(Some(Bytes::from_static(b"v2"))), "value reloaded");
+        // Either committed again (a Primary adopts them) ...
+        store.commit(4);
+        assert_eq!(visible(&store, 9), Some(4));
+        // ... or discarded (the bucket says otherwise).
+        store.demote_above(3).unwrap();
+        assert!(matches!(
+            store.demote_above(1),
+            Err(StoreError::Tentative { committed: 3 })
+        ));
+        store.discard_above(3).unwrap();
+        assert_eq!((store.latest_revision(), visible(&store, 9)), (3, Some(3)));
     }
 
     #[test]

@@ -133,6 +133,21 @@ impl WatchHub {
         self.committed.send_replace(committed);
     }
 
+    /// Publishes what the store committed after `after` (imported from
+    /// elsewhere) with each change's previous value, in pages.
+    pub fn publish_from_store(&self, store: &Store, after: i64) -> Result<(), StoreError> {
+        /// How many records are turned into events at a time.
+        const PAGE: usize = 10_000;
+        let committed = store.committed_revision();
+        let mut from = after + 1;
+        while from <= committed {
+            let (events, covered) = events_from_store(store, from, committed, PAGE)?;
+            self.publish(events, covered);
+            from = covered + 1;
+        }
+        Ok(())
+    }
+
     /// A receiver that wakes when the committed revision moves.
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<i64> {
         self.committed.subscribe()
