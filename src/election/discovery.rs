@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use crate::http::metrics::Metrics;
 use crate::log::{bootstrap, LogError, ObjectLog};
 use crate::objstore::{Condition, ObjError, ObjectStore};
 
@@ -68,13 +69,69 @@ pub async fn ensure_registration(
     }
 }
 
-/// This node's etcd member id from `members.json`, allocating max + 1 (first
-/// id 1) if it has none. When the file does not exist yet this node is the
-/// first Elector of a new bucket: `bootstrap.netsy` is promoted first, then
-/// the file is created.
-pub async fn member_id(log: &ObjectLog, cluster_id: &str, node_id: &str) -> Result<u64, String> {
+/// Every registration under `nodes/`, in listing order; objects that do
+/// not read or parse are skipped.
+pub async fn list_registrations(store: &dyn ObjectStore) -> Result<Vec<Registration>, String> {
+    let listed = store
+        .list(keys::NODES)
+        .await
+        .map_err(|e| format!("listing {}: {e}", keys::NODES))?;
+    let mut out = Vec::new();
+    for object in listed.into_iter().filter(|l| l.key.ends_with(".json")) {
+        match store.get(&object.key).await {
+            Ok(obj) => match serde_json::from_slice::<Registration>(&obj.data) {
+                Ok(reg) => out.push(reg),
+                Err(e) => log::warn!("skipping {}: {e}", object.key),
+            },
+            Err(e) => log::warn!("skipping {}: {e}", object.key),
+        }
+    }
+    Ok(out)
+}
+
+/// A node's registration, if it has one.
+pub async fn read_registration(
+    store: &dyn ObjectStore,
+    node_id: &str,
+) -> Result<Option<Registration>, String> {
+    let key = keys::node_key(node_id);
+    match store.get(&key).await {
+        Ok(obj) => serde_json::from_slice(&obj.data)
+            .map(Some)
+            .map_err(|e| format!("{key} is not valid: {e}")),
+        Err(ObjError::NotFound(_)) => Ok(None),
+        Err(e) => Err(format!("reading {key}: {e}")),
+    }
+}
+
+/// Removes a node's registration (a missing one counts as removed).
+pub async fn delete_registration(store: &dyn ObjectStore, node_id: &str) -> Result<(), String> {
+    let key = keys::node_key(node_id);
+    match store.delete(&key).await {
+        Ok(()) | Err(ObjError::NotFound(_)) => Ok(()),
+        Err(e) => Err(format!("deleting {key}: {e}")),
+    }
+}
+
+/// The member ids of `node_ids` from `members.json`, allocating max + 1
+/// (first id 1) to each that has none, with conditional writes retried up
+/// to 5 times (`netsy_retries_total{operation="node_registration"}`). Ids
+/// are never removed, so a node that comes back keeps its id. When the file
+/// does not exist yet this is the first Elector of a new bucket:
+/// `bootstrap.netsy` is promoted first, then the file is created.
+pub async fn allocate(
+    log: &ObjectLog,
+    cluster_id: &str,
+    node_ids: &[String],
+    metrics: Option<&Metrics>,
+) -> Result<BTreeMap<String, u64>, String> {
     let store = &*log.store;
-    for _ in 0..MEMBER_ID_ATTEMPTS {
+    for attempt in 0..MEMBER_ID_ATTEMPTS {
+        if attempt > 0 {
+            if let Some(m) = metrics {
+                m.count_retry("node_registration");
+            }
+        }
         let (mut members, condition) = match store.get(keys::MEMBERS).await {
             Ok(obj) => {
                 let members: Members = serde_json::from_slice(&obj.data)
@@ -85,9 +142,6 @@ pub async fn member_id(log: &ObjectLog, cluster_id: &str, node_id: &str) -> Resu
                         members.cluster_id,
                         keys::MEMBERS
                     ));
-                }
-                if let Some(id) = members.members.get(node_id) {
-                    return Ok(*id);
                 }
                 (members, Condition::IfMatch(obj.etag))
             }
@@ -105,15 +159,22 @@ pub async fn member_id(log: &ObjectLog, cluster_id: &str, node_id: &str) -> Resu
             }
             Err(e) => return Err(format!("reading {}: {e}", keys::MEMBERS)),
         };
-        let id = members.members.values().max().copied().unwrap_or(0) + 1;
-        members.members.insert(node_id.to_string(), id);
+        let missing: Vec<&String> = node_ids
+            .iter()
+            .filter(|id| !members.members.contains_key(*id))
+            .collect();
+        if missing.is_empty() && condition != Condition::IfAbsent {
+            return Ok(pick(&members, node_ids));
+        }
+        for id in missing {
+            let next = members.members.values().max().copied().unwrap_or(0) + 1;
+            members.members.insert(id.clone(), next);
+            log::info!("member id {next} allocated to {id}");
+        }
         let body =
             serde_json::to_vec(&members).map_err(|e| format!("encoding {}: {e}", keys::MEMBERS))?;
         match store.put(keys::MEMBERS, Bytes::from(body), condition).await {
-            Ok(_) => {
-                log::info!("member id {id} allocated to {node_id}");
-                return Ok(id);
-            }
+            Ok(_) => return Ok(pick(&members, node_ids)),
             Err(ObjError::PreconditionFailed(_)) => continue,
             Err(e) => return Err(format!("writing {}: {e}", keys::MEMBERS)),
         }
@@ -121,6 +182,21 @@ pub async fn member_id(log: &ObjectLog, cluster_id: &str, node_id: &str) -> Resu
     Err(format!(
         "failed to allocate member_id after {MEMBER_ID_ATTEMPTS} retries"
     ))
+}
+
+fn pick(members: &Members, node_ids: &[String]) -> BTreeMap<String, u64> {
+    node_ids
+        .iter()
+        .filter_map(|id| members.members.get(id).map(|m| (id.clone(), *m)))
+        .collect()
+}
+
+/// This node's etcd member id (see [`allocate`]).
+pub async fn member_id(log: &ObjectLog, cluster_id: &str, node_id: &str) -> Result<u64, String> {
+    let ids = allocate(log, cluster_id, &[node_id.to_string()], None).await?;
+    ids.get(node_id)
+        .copied()
+        .ok_or_else(|| format!("no member id for {node_id}"))
 }
 
 #[cfg(test)]
@@ -153,6 +229,51 @@ mod tests {
         assert_eq!(&raw[..], br#"{"cluster_id":"c","members":{"n1":1,"n2":2}}"#);
         let err = member_id(&log, "other", "n3").await.unwrap_err();
         assert!(err.contains("belongs to cluster"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn several_ids_at_once_and_registrations_listed() {
+        let (log, _d) = log();
+        let names = |ids: &[&str]| ids.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let first = allocate(&log, "c", &names(&["n1", "n2"]), None)
+            .await
+            .unwrap();
+        assert_eq!(
+            first.into_iter().collect::<Vec<_>>(),
+            [("n1".into(), 1), ("n2".into(), 2)]
+        );
+        let again = allocate(&log, "c", &names(&["n3", "n1"]), None)
+            .await
+            .unwrap();
+        assert_eq!((again["n1"], again["n3"]), (1, 3), "kept, and the next id");
+        assert!(allocate(&log, "c", &[], None).await.unwrap().is_empty());
+
+        for id in ["a", "b"] {
+            let reg = Registration {
+                node_id: id.into(),
+                client_advertise_address: format!("{id}:2378"),
+                peer_advertise_address: format!("{id}:2381"),
+            };
+            ensure_registration(&*log.store, &reg).await.unwrap();
+        }
+        log.store
+            .put("nodes/junk.json", Bytes::from_static(b"{"), Condition::None)
+            .await
+            .unwrap();
+        let listed = list_registrations(&*log.store).await.unwrap();
+        let ids: Vec<&str> = listed.iter().map(|r| r.node_id.as_str()).collect();
+        assert_eq!(ids, ["a", "b"], "the damaged one is skipped");
+        assert_eq!(
+            read_registration(&*log.store, "a")
+                .await
+                .unwrap()
+                .unwrap()
+                .peer_advertise_address,
+            "a:2381"
+        );
+        delete_registration(&*log.store, "a").await.unwrap();
+        delete_registration(&*log.store, "a").await.unwrap();
+        assert!(read_registration(&*log.store, "a").await.unwrap().is_none());
     }
 
     #[tokio::test]

@@ -7,6 +7,7 @@
 pub mod choose;
 pub mod cluster_state;
 pub mod discovery;
+pub mod elector;
 pub mod endpoint;
 pub mod lock;
 pub mod nodemap;

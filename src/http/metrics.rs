@@ -91,6 +91,15 @@ pub struct Metrics {
     pub primary_snapshot_age: Gauge,
     pub primary_snapshot_cleanup_runs: Count,
     pub primary_snapshot_cleanup_chunks_deleted: Counter,
+    pub elector_registered_nodes: Gauges,
+    pub elector_healthy_nodes: Gauges,
+    pub elector_degraded_nodes: Gauges,
+    pub elector_primary_elections: Count,
+    pub elector_primary_election_failures: Count,
+    pub elector_primary_election_duration: Hist,
+    pub elector_primary_election_contacts: Count,
+    pub elector_auto_deregistrations: Counter,
+    pub node_registration_duration: Hist,
     pub grpc_started: Count,
     pub grpc_handled: Count,
     pub grpc_handling_seconds: Hist,
@@ -261,6 +270,51 @@ impl Metrics {
                 "netsy_primary_snapshot_cleanup_chunks_deleted",
                 "Chunk objects deleted by cleanup",
                 Counter::default()
+            ),
+            elector_registered_nodes: reg!(
+                "netsy_elector_registered_nodes",
+                "Nodes in the Elector's map (only on the Elector)",
+                Gauges::default()
+            ),
+            elector_healthy_nodes: reg!(
+                "netsy_elector_healthy_nodes",
+                "Healthy nodes in the Elector's map (only on the Elector)",
+                Gauges::default()
+            ),
+            elector_degraded_nodes: reg!(
+                "netsy_elector_degraded_nodes",
+                "Degraded nodes in the Elector's map (only on the Elector)",
+                Gauges::default()
+            ),
+            elector_primary_elections: reg!(
+                "netsy_elector_primary_elections",
+                "Primary elections run",
+                Count::default()
+            ),
+            elector_primary_election_failures: reg!(
+                "netsy_elector_primary_election_failures",
+                "Primary elections that failed",
+                Count::default()
+            ),
+            elector_primary_election_duration: reg!(
+                "netsy_elector_primary_election_duration_seconds",
+                "Primary election duration",
+                hist()
+            ),
+            elector_primary_election_contacts: reg!(
+                "netsy_elector_primary_election_contacts",
+                "Nodes asked for their state during Primary elections",
+                Count::default()
+            ),
+            elector_auto_deregistrations: reg!(
+                "netsy_elector_auto_deregistrations",
+                "Nodes removed after the deregistration timeout",
+                Counter::default()
+            ),
+            node_registration_duration: reg!(
+                "netsy_node_registration_duration_seconds",
+                "Time to register with the Elector",
+                hist()
             ),
             grpc_started: reg!(
                 "grpc_server_started",

@@ -1,0 +1,1014 @@
+//! The Elector role: while this node holds the lock it keeps the node map
+//! (bootstrapped from the bucket's registrations and members.json), serves
+//! the Elector RPCs, checks heartbeats every 500 ms (degrading and, after
+//! the deregistration timeout, removing silent nodes), elects a Primary
+//! every 500 ms while there is none, and pushes the cluster state to every
+//! node: to itself first, then the Primary, then the rest in parallel.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use tokio::time::Instant;
+
+use crate::http::metrics::{labels, Metrics};
+use crate::log::ObjectLog;
+use crate::pb::netsy::{
+    GetMemberListResponse, NodeState, RegisterNodeRequest, RegisterNodeResponse,
+};
+
+use super::choose::{self, Choice, Prior, PriorCheck};
+use super::cluster_state::{ClusterState, NodeRef};
+use super::discovery::{self, Registration};
+use super::lock::BoxFuture;
+use super::nodemap::NodeMap;
+
+/// How often heartbeats are checked and, without a Primary, how often an
+/// election is tried.
+pub const LOOP_INTERVAL: Duration = Duration::from_millis(500);
+
+/// The cluster-wide settings the Elector works with.
+#[derive(Clone, Debug)]
+pub struct ElectorSettings {
+    pub cluster_id: String,
+    /// replication.quorum: 0, k or -1.
+    pub quorum: i64,
+    /// 0 turns heartbeat checks off.
+    pub heartbeat_interval: Duration,
+    /// Missed heartbeats before a node counts as degraded.
+    pub degradation_count: u32,
+    /// None: degraded nodes are never removed.
+    pub deregistration_timeout: Option<Duration>,
+    pub primary_prior_timeout: Duration,
+}
+
+/// How the Elector reaches nodes (this one included).
+pub trait Peers: Send + Sync {
+    /// GetNodeState (5 s).
+    fn node_state<'a>(&'a self, node: &'a NodeRef) -> BoxFuture<'a, Result<NodeState, String>>;
+    /// PushClusterState (5 s).
+    fn push<'a>(
+        &'a self,
+        node: &'a NodeRef,
+        state: &'a ClusterState,
+    ) -> BoxFuture<'a, Result<(), String>>;
+}
+
+/// Why an Elector RPC was refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ElectorError {
+    NotElector,
+    Bootstrapping,
+    InvalidArgument(String),
+    /// The caller's certificate names another node.
+    WrongIdentity(String),
+    NotRegistered(String),
+    Internal(String),
+}
+
+impl std::fmt::Display for ElectorError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ElectorError::NotElector => write!(f, "this node is not the elector"),
+            ElectorError::Bootstrapping => write!(f, "elector is still bootstrapping"),
+            ElectorError::InvalidArgument(m) | ElectorError::WrongIdentity(m) => write!(f, "{m}"),
+            ElectorError::NotRegistered(id) => write!(f, "node {id} is not registered"),
+            ElectorError::Internal(m) => write!(f, "{m}"),
+        }
+    }
+}
+
+#[derive(Default)]
+struct State {
+    /// This node holds the lock.
+    active: bool,
+    /// The map is loaded: registrations are served and elections run.
+    ready: bool,
+    map: NodeMap,
+    primary: Option<NodeRef>,
+    /// The Primary before, to be waited for before electing another.
+    previous_primary: Option<NodeRef>,
+    /// Nodes that deregistered while the map was being loaded.
+    deregistered: HashSet<String>,
+    /// Bumped at every start and stop, so loops of an earlier term end.
+    term: u64,
+}
+
+pub struct Elector {
+    me: Registration,
+    settings: ElectorSettings,
+    log: Arc<ObjectLog>,
+    peers: Arc<dyn Peers>,
+    metrics: Arc<Metrics>,
+    state: Mutex<State>,
+}
+
+fn registration(req: &RegisterNodeRequest) -> Result<Registration, ElectorError> {
+    if req.node_id.is_empty()
+        || req.client_advertise_address.is_empty()
+        || req.peer_advertise_address.is_empty()
+    {
+        return Err(ElectorError::InvalidArgument(
+            "node_id, client_advertise_address, and peer_advertise_address are required".into(),
+        ));
+    }
+    Ok(Registration {
+        node_id: req.node_id.clone(),
+        client_advertise_address: req.client_advertise_address.clone(),
+        peer_advertise_address: req.peer_advertise_address.clone(),
+    })
+}
+
+/// Refuses a caller whose peer certificate names another node (`caller`
+/// is None for calls made in-process).
+fn check_caller(caller: Option<&str>, node_id: &str) -> Result<(), ElectorError> {
+    match caller {
+        Some(name) if name != node_id => Err(ElectorError::WrongIdentity(format!(
+            "node_id {node_id} does not match the peer certificate ({name})"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+impl Elector {
+    /// `me` is this node's own registration (its peer address names it in
+    /// the cluster state).
+    pub fn new(
+        me: Registration,
+        settings: ElectorSettings,
+        log: Arc<ObjectLog>,
+        peers: Arc<dyn Peers>,
+        metrics: Arc<Metrics>,
+    ) -> Elector {
+        Elector {
+            me,
+            settings,
+            log,
+            peers,
+            metrics,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        match self.state.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    pub fn is_active(&self) -> bool {
+        self.lock().active
+    }
+
+    pub fn is_ready(&self) -> bool {
+        let s = self.lock();
+        s.active && s.ready
+    }
+
+    /// Takes the role (the lock's acquire hook): loads the map, pushes the
+    /// cluster state at once, starts the loops. An error leaves the role
+    /// (the caller resigns the lock).
+    pub async fn start(self: &Arc<Self>) -> Result<(), String> {
+        let term = {
+            let mut s = self.lock();
+            *s = State {
+                active: true,
+                term: s.term + 1,
+                ..State::default()
+            };
+            s.term
+        };
+        if let Err(e) = self.bootstrap(term).await {
+            self.stop();
+            return Err(e);
+        }
+        log::info!("elector ready: {} nodes registered", self.lock().map.len());
+        self.push().await;
+        let (a, b) = (self.clone(), self.clone());
+        tokio::spawn(async move { a.run_every(term, |e| e.check_health()).await });
+        tokio::spawn(async move { b.run_every(term, |e| e.elect()).await });
+        Ok(())
+    }
+
+    /// Leaves the role (the lock's lose hook; idempotent): loops end, the
+    /// map and the Primary are forgotten.
+    pub fn stop(&self) {
+        let mut s = self.lock();
+        if s.active {
+            log::info!("elector role ended");
+        }
+        *s = State {
+            term: s.term + 1,
+            ..State::default()
+        };
+        self.update_gauges(&s);
+    }
+
+    async fn run_every<'a, F, Fut>(self: &'a Arc<Self>, term: u64, step: F)
+    where
+        F: Fn(&'a Arc<Self>) -> Fut,
+        Fut: Future<Output = ()> + 'a,
+    {
+        let mut tick = tokio::time::interval(LOOP_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if self.lock().term != term {
+                return;
+            }
+            step(self).await;
+        }
+    }
+
+    /// Loads the map from the bucket (reference §10.1): members.json, then
+    /// every registration, each with its member id (allocated once, never
+    /// reused); a first Elector promotes bootstrap.netsy before it writes
+    /// members.json.
+    async fn bootstrap(&self, term: u64) -> Result<(), String> {
+        let registrations = discovery::list_registrations(&*self.log.store).await?;
+        let ids: Vec<String> = registrations.iter().map(|r| r.node_id.clone()).collect();
+        let members = discovery::allocate(
+            &self.log,
+            &self.settings.cluster_id,
+            &ids,
+            Some(&self.metrics),
+        )
+        .await?;
+        let now = Instant::now();
+        let mut s = self.lock();
+        if s.term != term {
+            return Err("the elector role ended while loading".into());
+        }
+        for reg in registrations {
+            if s.deregistered.contains(&reg.node_id) {
+                continue;
+            }
+            if let Some(id) = members.get(&reg.node_id) {
+                s.map.register(reg, *id, now);
+            }
+        }
+        s.deregistered.clear();
+        s.ready = true;
+        self.update_gauges(&s);
+        Ok(())
+    }
+
+    fn ready(&self) -> Result<std::sync::MutexGuard<'_, State>, ElectorError> {
+        let s = self.lock();
+        if !s.active {
+            return Err(ElectorError::NotElector);
+        }
+        if !s.ready {
+            return Err(ElectorError::Bootstrapping);
+        }
+        Ok(s)
+    }
+
+    /// The cluster state as of now.
+    pub fn cluster_state(&self) -> Result<ClusterState, ElectorError> {
+        let s = self.ready()?;
+        Ok(self.state_of(&s))
+    }
+
+    fn state_of(&self, s: &State) -> ClusterState {
+        let member_id = s.map.get(&self.me.node_id).map_or(0, |e| e.member_id);
+        ClusterState {
+            elector: NodeRef {
+                node_id: self.me.node_id.clone(),
+                member_id,
+                peer_addr: self.me.peer_advertise_address.clone(),
+            },
+            primary: s.primary.clone(),
+            node_count: s.map.len() as i32,
+        }
+    }
+
+    /// RegisterNode: the node's member id (allocated once) and the state.
+    pub async fn register(
+        self: &Arc<Self>,
+        req: &RegisterNodeRequest,
+        caller: Option<&str>,
+    ) -> Result<RegisterNodeResponse, ElectorError> {
+        let reg = registration(req)?;
+        check_caller(caller, &reg.node_id)?;
+        drop(self.ready()?);
+        let ids = discovery::allocate(
+            &self.log,
+            &self.settings.cluster_id,
+            std::slice::from_ref(&reg.node_id),
+            Some(&self.metrics),
+        )
+        .await
+        .map_err(ElectorError::Internal)?;
+        let member_id = ids
+            .get(&reg.node_id)
+            .copied()
+            .ok_or_else(|| ElectorError::Internal("member id missing after allocation".into()))?;
+        let (state, grew) = {
+            let mut s = self.ready()?;
+            let grew = s.map.get(&reg.node_id).is_none();
+            s.map.register(reg.clone(), member_id, Instant::now());
+            s.deregistered.remove(&reg.node_id);
+            self.update_gauges(&s);
+            (self.state_of(&s), grew)
+        };
+        log::info!("node_registered: {} (member id {member_id})", reg.node_id);
+        if grew {
+            self.push_later();
+        }
+        Ok(RegisterNodeResponse {
+            member_id,
+            cluster_state: Some(state.to_proto()),
+        })
+    }
+
+    /// DeregisterNode: the node leaves the map (its member id stays in
+    /// members.json); a deregistered Primary is cleared.
+    pub async fn deregister(
+        self: &Arc<Self>,
+        node_id: &str,
+        caller: Option<&str>,
+    ) -> Result<(), ElectorError> {
+        if node_id.is_empty() {
+            return Err(ElectorError::InvalidArgument("node_id is required".into()));
+        }
+        check_caller(caller, node_id)?;
+        let cleared = {
+            let mut s = self.lock();
+            if !s.active {
+                return Err(ElectorError::NotElector);
+            }
+            s.deregistered.insert(node_id.to_string());
+            s.map.remove(node_id);
+            self.update_gauges(&s);
+            clear_primary_if(&mut s, node_id)
+        };
+        log::info!("node_deregistered: {node_id} (trigger direct)");
+        if cleared {
+            self.push().await;
+        } else {
+            self.push_later();
+        }
+        Ok(())
+    }
+
+    /// SendHeartbeat: the node's report about itself.
+    pub fn heartbeat(&self, state: &NodeState, caller: Option<&str>) -> Result<(), ElectorError> {
+        if state.node_id.is_empty() {
+            return Err(ElectorError::InvalidArgument("node_id is required".into()));
+        }
+        check_caller(caller, &state.node_id)?;
+        let mut s = self.lock();
+        if !s.active {
+            return Err(ElectorError::NotElector);
+        }
+        if !s.map.heartbeat(state, Instant::now()) {
+            return Err(ElectorError::NotRegistered(state.node_id.clone()));
+        }
+        Ok(())
+    }
+
+    /// GetMemberList: every registered node.
+    pub fn member_list(&self) -> Result<GetMemberListResponse, ElectorError> {
+        Ok(GetMemberListResponse {
+            members: self.ready()?.map.members(),
+        })
+    }
+
+    /// One heartbeat check (reference §10.5).
+    async fn check_health(self: &Arc<Self>) {
+        let hb = self.settings.heartbeat_interval;
+        if hb.is_zero() {
+            return;
+        }
+        let degrade_after = hb * self.settings.degradation_count.max(1);
+        let (checked, cleared) = {
+            let mut s = self.lock();
+            if !s.ready {
+                return;
+            }
+            let checked = s.map.check(
+                Instant::now(),
+                degrade_after,
+                self.settings.deregistration_timeout,
+            );
+            let primary = s.primary.as_ref().map(|p| p.node_id.clone());
+            let lost = primary.filter(|p| {
+                checked.deregistered.contains(p) || s.map.get(p).is_none_or(|e| e.is_degraded())
+            });
+            let cleared = lost.is_some_and(|p| clear_primary_if(&mut s, &p));
+            self.update_gauges(&s);
+            (checked, cleared)
+        };
+        for id in &checked.degraded {
+            log::warn!("node {id} missed its heartbeats: degraded");
+        }
+        for id in &checked.deregistered {
+            log::warn!("node_deregistered: {id} (trigger auto, reason timeout)");
+            self.metrics.elector_auto_deregistrations.inc();
+            if let Err(e) = discovery::delete_registration(&*self.log.store, id).await {
+                log::warn!("deleting the registration of {id}: {e}");
+            }
+        }
+        if cleared || !checked.deregistered.is_empty() {
+            self.push().await;
+        }
+    }
+
+    /// One election attempt while there is no Primary (reference §11).
+    async fn elect(self: &Arc<Self>) {
+        let (previous, nodes) = {
+            let s = self.lock();
+            if !s.ready || s.primary.is_some() {
+                return;
+            }
+            let nodes: Vec<(NodeRef, NodeState)> = s
+                .map
+                .entries()
+                .map(|e| {
+                    let node = NodeRef {
+                        node_id: e.registration.node_id.clone(),
+                        member_id: e.member_id,
+                        peer_addr: e.registration.peer_advertise_address.clone(),
+                    };
+                    (node, e.state())
+                })
+                .collect();
+            (s.previous_primary.clone(), nodes)
+        };
+        let started = std::time::Instant::now();
+        log::debug!("election_started: {} registered nodes", nodes.len());
+        let result = self.elect_from(previous, &nodes).await;
+        let outcome = if result.is_ok() { "success" } else { "failure" };
+        let m = &self.metrics;
+        m.elector_primary_elections
+            .get_or_create(&labels(&[("result", outcome)]))
+            .inc();
+        m.elector_primary_election_duration
+            .get_or_create(&labels(&[("result", outcome)]))
+            .observe(started.elapsed().as_secs_f64());
+        match result {
+            Ok(chosen) => {
+                log::info!(
+                    "election_completed: {} is the Primary ({:?})",
+                    chosen.node_id,
+                    started.elapsed()
+                );
+                self.push().await;
+            }
+            Err(e) => {
+                m.elector_primary_election_failures
+                    .get_or_create(&labels(&[("reason", "contact_failure")]))
+                    .inc();
+                log::info!("election_failed: {e}");
+            }
+        }
+    }
+
+    async fn elect_from(
+        &self,
+        previous: Option<NodeRef>,
+        nodes: &[(NodeRef, NodeState)],
+    ) -> Result<NodeRef, String> {
+        if let Some(prev) = previous {
+            self.wait_for_previous(&prev).await?;
+            self.lock().previous_primary = None;
+        }
+        let states = if self.settings.quorum == 0 {
+            nodes.iter().map(|(_, s)| s.clone()).collect()
+        } else {
+            let asks = nodes.iter().map(|(node, _)| async move {
+                let answer = self.peers.node_state(node).await;
+                let result = if answer.is_ok() { "success" } else { "failure" };
+                self.metrics
+                    .elector_primary_election_contacts
+                    .get_or_create(&labels(&[("result", result)]))
+                    .inc();
+                answer.ok()
+            });
+            let answers: Vec<NodeState> = join_all(asks).await.into_iter().flatten().collect();
+            choose::enough_answers(self.settings.quorum, nodes.len(), answers.len())?;
+            answers
+        };
+        let chosen = choose::choose(&states)?;
+        let mut s = self.lock();
+        if !s.ready || s.primary.is_some() {
+            return Err("the map changed during the election".into());
+        }
+        let entry = s
+            .map
+            .get(chosen.node_id())
+            .ok_or_else(|| format!("{} left during the election", chosen.node_id()))?;
+        let node = NodeRef {
+            node_id: entry.registration.node_id.clone(),
+            member_id: entry.member_id,
+            peer_addr: entry.registration.peer_advertise_address.clone(),
+        };
+        if let Choice::Keep(id) = &chosen {
+            log::info!("{id} is already the active Primary: it stays");
+        }
+        s.primary = Some(node.clone());
+        Ok(node)
+    }
+
+    /// Waits for the previous Primary to step down (or not to answer) before
+    /// electing another, even when it has left the map.
+    async fn wait_for_previous(&self, prev: &NodeRef) -> Result<(), String> {
+        let check = PriorCheck::new(
+            &prev.node_id,
+            Instant::now(),
+            self.settings.primary_prior_timeout,
+        );
+        loop {
+            let answer = self.peers.node_state(prev).await;
+            if answer.is_err() {
+                self.metrics.count_retry("election_contact");
+            }
+            match check.observe(Instant::now(), answer.as_ref().ok()) {
+                Prior::Proceed => return Ok(()),
+                Prior::Fail(e) => return Err(e),
+                Prior::AskAgainAt(at) => tokio::time::sleep_until(at).await,
+            }
+        }
+    }
+
+    /// Pushes the cluster state to every node: this one first, then the
+    /// Primary, then the rest in parallel; failures are only logged.
+    pub async fn push(&self) {
+        let (state, nodes) = {
+            let s = self.lock();
+            if !s.ready {
+                return;
+            }
+            let nodes: Vec<NodeRef> = s
+                .map
+                .entries()
+                .filter(|e| e.registration.node_id != self.me.node_id)
+                .map(|e| NodeRef {
+                    node_id: e.registration.node_id.clone(),
+                    member_id: e.member_id,
+                    peer_addr: e.registration.peer_advertise_address.clone(),
+                })
+                .collect();
+            (self.state_of(&s), nodes)
+        };
+        let pushed = |node: NodeRef| {
+            let state = &state;
+            async move {
+                if let Err(e) = self.peers.push(&node, state).await {
+                    log::warn!("pushing the cluster state to {}: {e}", node.node_id);
+                }
+            }
+        };
+        pushed(state.elector.clone()).await;
+        let primary = state
+            .primary
+            .clone()
+            .filter(|p| p.node_id != self.me.node_id);
+        if let Some(p) = &primary {
+            pushed(p.clone()).await;
+        }
+        let rest = nodes
+            .into_iter()
+            .filter(|n| primary.as_ref().is_none_or(|p| p.node_id != n.node_id))
+            .map(pushed);
+        join_all(rest).await;
+    }
+
+    /// Pushes in the background after a membership change: the caller
+    /// is answered at once, the others learn the new node count soon.
+    fn push_later(self: &Arc<Self>) {
+        let me = self.clone();
+        tokio::spawn(async move { me.push().await });
+    }
+
+    /// The Elector's gauges exist only while it holds the role.
+    fn update_gauges(&self, s: &State) {
+        let m = &self.metrics;
+        let gauges = [
+            &m.elector_registered_nodes,
+            &m.elector_healthy_nodes,
+            &m.elector_degraded_nodes,
+        ];
+        if !s.active {
+            gauges.iter().for_each(|g| g.clear());
+            return;
+        }
+        let (registered, healthy, degraded) = s.map.counts();
+        for (g, v) in gauges.iter().zip([registered, healthy, degraded]) {
+            g.get_or_create(&Vec::new()).set(v as i64);
+        }
+    }
+
+    /// This node's view of a Primary's state, for nodes that ask whether
+    /// the Elector itself was the previous Primary.
+    pub fn primary_id(&self) -> Option<String> {
+        self.lock().primary.as_ref().map(|p| p.node_id.clone())
+    }
+}
+
+/// Clears the Primary if it is `node_id`, remembering it as the previous
+/// one; true when it was.
+fn clear_primary_if(s: &mut State, node_id: &str) -> bool {
+    if s.primary.as_ref().is_some_and(|p| p.node_id == node_id) {
+        s.previous_primary = s.primary.take();
+        log::warn!("the Primary {node_id} is gone: electing another");
+        true
+    } else {
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::objstore::memory::MemoryStore;
+    use crate::objstore::ObjectStore;
+    use crate::pb::netsy::{HealthState, PrimaryState};
+
+    /// Nodes as the test wants them to answer, and every push made.
+    #[derive(Default)]
+    struct FakePeers {
+        states: Mutex<HashMap<String, NodeState>>,
+        pushes: Mutex<Vec<(String, ClusterState)>>,
+    }
+
+    impl FakePeers {
+        fn set(&self, id: &str, health: HealthState, primary: PrimaryState, rev: i64) {
+            self.states
+                .lock()
+                .unwrap()
+                .insert(id.into(), state(id, health, primary, rev));
+        }
+
+        fn take_pushes(&self) -> Vec<(String, ClusterState)> {
+            std::mem::take(&mut *self.pushes.lock().unwrap())
+        }
+    }
+
+    impl Peers for FakePeers {
+        fn node_state<'a>(&'a self, node: &'a NodeRef) -> BoxFuture<'a, Result<NodeState, String>> {
+            let answer = self.states.lock().unwrap().get(&node.node_id).cloned();
+            Box::pin(async move { answer.ok_or_else(|| "unreachable".to_string()) })
+        }
+
+        fn push<'a>(
+            &'a self,
+            node: &'a NodeRef,
+            cs: &'a ClusterState,
+        ) -> BoxFuture<'a, Result<(), String>> {
+            self.pushes
+                .lock()
+                .unwrap()
+                .push((node.node_id.clone(), cs.clone()));
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    fn state(id: &str, health: HealthState, primary: PrimaryState, rev: i64) -> NodeState {
+        NodeState {
+            node_id: id.into(),
+            health_state: health as i32,
+            primary_state: primary as i32,
+            latest_revision: rev,
+            start_time: 1,
+            ..Default::default()
+        }
+    }
+
+    fn reg(id: &str) -> Registration {
+        Registration {
+            node_id: id.into(),
+            client_advertise_address: format!("{id}:2378"),
+            peer_advertise_address: format!("{id}:2381"),
+        }
+    }
+
+    fn request(id: &str) -> RegisterNodeRequest {
+        RegisterNodeRequest {
+            node_id: id.into(),
+            client_advertise_address: format!("{id}:2378"),
+            peer_advertise_address: format!("{id}:2381"),
+        }
+    }
+
+    struct Setup {
+        _dir: tempfile::TempDir,
+        bucket: Arc<MemoryStore>,
+        peers: Arc<FakePeers>,
+        elector: Arc<Elector>,
+        metrics: Arc<Metrics>,
+    }
+
+    async fn setup(quorum: i64, registered: &[&str]) -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let bucket = Arc::new(MemoryStore::new());
+        for id in registered {
+            discovery::ensure_registration(&*bucket, &reg(id))
+                .await
+                .unwrap();
+        }
+        let log = Arc::new(ObjectLog::new(bucket.clone(), "e", dir.path()).unwrap());
+        let peers = Arc::new(FakePeers::default());
+        let metrics = Arc::new(Metrics::new());
+        let settings = ElectorSettings {
+            cluster_id: "c".into(),
+            quorum,
+            heartbeat_interval: Duration::from_secs(1),
+            degradation_count: 2,
+            deregistration_timeout: Some(Duration::from_secs(10)),
+            primary_prior_timeout: Duration::from_secs(5),
+        };
+        let elector = Arc::new(Elector::new(
+            reg("e"),
+            settings,
+            log,
+            peers.clone(),
+            metrics.clone(),
+        ));
+        Setup {
+            _dir: dir,
+            bucket,
+            peers,
+            elector,
+            metrics,
+        }
+    }
+
+    fn beat(e: &Elector, id: &str, health: HealthState, primary: PrimaryState, rev: i64) {
+        e.heartbeat(&state(id, health, primary, rev), Some(id))
+            .unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_first_elector_loads_the_registrations_and_pushes_at_once() {
+        let t = setup(0, &["e", "a", "b"]).await;
+        assert_eq!(
+            t.elector.cluster_state().unwrap_err(),
+            ElectorError::NotElector
+        );
+        t.elector.start().await.unwrap();
+        let members = t.bucket.get("members.json").await.unwrap().data;
+        assert_eq!(
+            &members[..],
+            br#"{"cluster_id":"c","members":{"a":1,"b":2,"e":3}}"#,
+            "ids in listing order, written create-only"
+        );
+        let cs = t.elector.cluster_state().unwrap();
+        assert_eq!(
+            (cs.elector.node_id.as_str(), cs.elector.member_id),
+            ("e", 3)
+        );
+        assert_eq!((cs.primary.clone(), cs.node_count), (None, 3));
+        let pushes: Vec<String> = t.peers.take_pushes().into_iter().map(|p| p.0).collect();
+        assert_eq!(pushes[0], "e", "applied locally first");
+        assert_eq!(pushes.len(), 3, "then everyone: {pushes:?}");
+        let listed = t.elector.member_list().unwrap().members;
+        assert_eq!(listed.len(), 3);
+        t.elector.stop();
+        assert_eq!(
+            t.elector.member_list().unwrap_err().to_string(),
+            "this node is not the elector"
+        );
+        assert!(t
+            .metrics
+            .render()
+            .lines()
+            .all(|l| !l.starts_with("netsy_elector_registered_nodes ")));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn registration_checks_and_stable_member_ids() {
+        let t = setup(0, &["e"]).await;
+        t.elector.start().await.unwrap();
+        let missing = RegisterNodeRequest {
+            peer_advertise_address: String::new(),
+            ..request("a")
+        };
+        assert_eq!(
+            t.elector
+                .register(&missing, None)
+                .await
+                .unwrap_err()
+                .to_string(),
+            "node_id, client_advertise_address, and peer_advertise_address are required"
+        );
+        let impostor = t
+            .elector
+            .register(&request("a"), Some("b"))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(impostor, ElectorError::WrongIdentity(_)),
+            "{impostor}"
+        );
+        let first = t.elector.register(&request("a"), Some("a")).await.unwrap();
+        assert_eq!(first.member_id, 2);
+        assert_eq!(first.cluster_state.unwrap().node_count, 2);
+        t.elector.deregister("a", Some("a")).await.unwrap();
+        assert_eq!(
+            t.elector.heartbeat(
+                &state(
+                    "a",
+                    HealthState::HealthHealthy,
+                    PrimaryState::PrimaryReplica,
+                    1
+                ),
+                None
+            ),
+            Err(ElectorError::NotRegistered("a".into()))
+        );
+        let again = t.elector.register(&request("a"), None).await.unwrap();
+        assert_eq!(again.member_id, 2, "a member id is never reused or changed");
+        assert_eq!(
+            t.elector
+                .deregister("", None)
+                .await
+                .unwrap_err()
+                .to_string(),
+            "node_id is required"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn silent_nodes_degrade_then_are_deregistered_and_a_lost_primary_is_replaced() {
+        let t = setup(0, &["e", "a", "b"]).await;
+        t.elector.start().await.unwrap();
+        t.peers.take_pushes();
+        let e = &t.elector;
+        beat(
+            e,
+            "e",
+            HealthState::HealthHealthy,
+            PrimaryState::PrimaryReplica,
+            5,
+        );
+        beat(
+            e,
+            "a",
+            HealthState::HealthHealthy,
+            PrimaryState::PrimaryReplica,
+            9,
+        );
+        beat(
+            e,
+            "b",
+            HealthState::HealthHealthy,
+            PrimaryState::PrimaryReplica,
+            7,
+        );
+        // quorum 0: the election uses heartbeat data; a has the most.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert_eq!(e.primary_id().as_deref(), Some("a"));
+        let pushes = t.peers.take_pushes();
+        let (first, second) = (&pushes[0], &pushes[1]);
+        assert_eq!(
+            (first.0.as_str(), second.0.as_str()),
+            ("e", "a"),
+            "self, then the Primary"
+        );
+        assert_eq!(second.1.primary_id(), Some("a"));
+
+        // a goes silent (and becomes a replica elsewhere); e and b keep beating.
+        t.peers.set(
+            "a",
+            HealthState::HealthDegraded,
+            PrimaryState::PrimaryReplica,
+            9,
+        );
+        for _ in 0..6 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            beat(
+                e,
+                "e",
+                HealthState::HealthHealthy,
+                PrimaryState::PrimaryReplica,
+                9,
+            );
+            beat(
+                e,
+                "b",
+                HealthState::HealthHealthy,
+                PrimaryState::PrimaryReplica,
+                9,
+            );
+        }
+        assert!(e.lock().map.get("a").unwrap().is_degraded());
+        assert_ne!(
+            e.primary_id().as_deref(),
+            Some("a"),
+            "a degraded Primary is replaced"
+        );
+        assert!(e.primary_id().is_some(), "by a healthy node");
+
+        // 10 s after degrading, a is removed and its registration deleted.
+        for _ in 0..22 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            beat(
+                e,
+                "e",
+                HealthState::HealthHealthy,
+                PrimaryState::PrimaryReplica,
+                9,
+            );
+            beat(
+                e,
+                "b",
+                HealthState::HealthHealthy,
+                PrimaryState::PrimaryReplica,
+                9,
+            );
+        }
+        assert!(e.lock().map.get("a").is_none());
+        assert!(t.bucket.get("nodes/a.json").await.is_err());
+        assert_eq!(t.metrics.elector_auto_deregistrations.get(), 1);
+        let members = t.bucket.get("members.json").await.unwrap().data;
+        assert!(
+            String::from_utf8_lossy(&members).contains("\"a\":1"),
+            "ids stay"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_previous_primary_still_active_blocks_the_election() {
+        let t = setup(-1, &["e", "a", "b"]).await;
+        t.elector.start().await.unwrap();
+        let e = &t.elector;
+        for id in ["e", "a", "b"] {
+            t.peers.set(
+                id,
+                HealthState::HealthHealthy,
+                PrimaryState::PrimaryReplica,
+                3,
+            );
+        }
+        t.peers.set(
+            "a",
+            HealthState::HealthHealthy,
+            PrimaryState::PrimaryReplica,
+            4,
+        );
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert_eq!(
+            e.primary_id().as_deref(),
+            Some("a"),
+            "asked every node; a is ahead"
+        );
+        // The Primary leaves the map but still says it is active.
+        t.peers.set(
+            "a",
+            HealthState::HealthDegraded,
+            PrimaryState::PrimaryActive,
+            4,
+        );
+        e.deregister("a", None).await.unwrap();
+        assert_eq!(e.primary_id(), None);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(e.primary_id(), None, "still active: no new Primary");
+        t.peers.set(
+            "a",
+            HealthState::HealthDegraded,
+            PrimaryState::PrimaryReplica,
+            4,
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(matches!(e.primary_id().as_deref(), Some("e" | "b")));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn majority_needs_enough_answers() {
+        let t = setup(-1, &["e", "a", "b"]).await;
+        t.elector.start().await.unwrap();
+        t.peers.set(
+            "e",
+            HealthState::HealthHealthy,
+            PrimaryState::PrimaryReplica,
+            3,
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(t.elector.primary_id(), None, "1 of 3 answered");
+        let failures = t
+            .metrics
+            .elector_primary_election_failures
+            .get_or_create(&labels(&[("reason", "contact_failure")]))
+            .get();
+        assert!(failures >= 2, "{failures}");
+        t.peers.set(
+            "b",
+            HealthState::HealthHealthy,
+            PrimaryState::PrimaryReplica,
+            2,
+        );
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert_eq!(
+            t.elector.primary_id().as_deref(),
+            Some("e"),
+            "2 of 3 suffice"
+        );
+    }
+}
