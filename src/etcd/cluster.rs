@@ -1,4 +1,6 @@
-//! The Cluster service: MemberList from this node's view of the members.
+//! The Cluster service: MemberList from the Elector's view of the members
+//! (asked through the node; a node that cannot reach the Elector answers
+//! Unavailable).
 
 use std::sync::Arc;
 
@@ -11,16 +13,19 @@ pub async fn member_list(
     api: Arc<EtcdApi>,
     _req: MemberListRequest,
 ) -> Result<MemberListResponse, Status> {
-    let id = &api.identity;
+    let members = api.cluster.members().await.map_err(Status::unavailable)?;
     Ok(MemberListResponse {
         // etcd's cluster service leaves the revision out of its headers.
         header: Some(api.header(0)),
-        members: vec![Member {
-            id: id.member_id,
-            name: id.name.clone(),
-            peer_ur_ls: id.peer_urls.clone(),
-            client_ur_ls: id.client_urls.clone(),
-            is_learner: false,
-        }],
+        members: members
+            .into_iter()
+            .map(|m| Member {
+                id: m.id,
+                name: m.name,
+                peer_ur_ls: m.peer_urls,
+                client_ur_ls: m.client_urls,
+                is_learner: false,
+            })
+            .collect(),
     })
 }

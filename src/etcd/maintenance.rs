@@ -25,7 +25,7 @@ pub async fn status(api: Arc<EtcdApi>, _req: StatusRequest) -> Result<StatusResp
         header: Some(api.header(api.store.committed_revision())),
         version: ETCD_VERSION.to_string(),
         db_size,
-        leader: api.identity.member_id,
+        leader: api.cluster.leader(),
         raft_index: 0,
         raft_term: 0,
         raft_applied_index: 0,

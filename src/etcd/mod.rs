@@ -40,6 +40,25 @@ pub struct Identity {
     pub peer_urls: Vec<String>,
 }
 
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// A member as MemberList shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberInfo {
+    pub id: u64,
+    pub name: String,
+    pub client_urls: Vec<String>,
+    pub peer_urls: Vec<String>,
+}
+
+/// What the Cluster and Maintenance services ask about the cluster; the
+/// node answers from the Elector's map and the cluster state.
+pub trait ClusterInfo: Send + Sync {
+    fn members(&self) -> BoxFuture<'_, Result<Vec<MemberInfo>, String>>;
+    /// The Primary's member id (etcd's leader); 0 while none is known.
+    fn leader(&self) -> u64;
+}
+
 /// Tunables of the etcd API.
 #[derive(Clone, Debug)]
 pub struct ApiSettings {
@@ -61,6 +80,7 @@ pub struct EtcdApi {
     pub hub: Arc<WatchHub>,
     pub identity: Identity,
     pub health: Arc<dyn HealthSource>,
+    pub cluster: Arc<dyn ClusterInfo>,
     pub metrics: Arc<Metrics>,
     pub settings: ApiSettings,
     /// Becomes true when the node stops: long-lived streams end then.

@@ -135,6 +135,10 @@ impl Status {
         Status::new(Code::FailedPrecondition, message)
     }
 
+    pub fn permission_denied(message: impl Into<String>) -> Status {
+        Status::new(Code::PermissionDenied, message)
+    }
+
     pub fn deadline_exceeded(message: impl Into<String>) -> Status {
         Status::new(Code::DeadlineExceeded, message)
     }

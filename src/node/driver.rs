@@ -18,6 +18,7 @@ use crate::primary::{self, WriteGate, WritePathEvent};
 use crate::store::Store;
 use crate::watch::WatchHub;
 
+use super::cluster::Cluster;
 use super::role::{Change, ElectorState, Health, Outcome, PrimaryState, Role};
 
 /// How long a failed preflight waits before the next try (the reference's
@@ -95,13 +96,38 @@ pub struct PrimaryParts {
     pub hub: Arc<WatchHub>,
 }
 
+/// Who appoints the Primary.
+pub enum Appointer {
+    /// A lone node (--dev) is its own Elector and always its Primary.
+    Lone,
+    /// The cluster's Elector, through the cluster state.
+    Cluster(Arc<Cluster>),
+}
+
+/// What else the driver hears about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DriverInput {
+    /// Heartbeats to the Elector failed: a Primary steps down.
+    SelfDegraded,
+}
+
+/// How often a replica reads the bucket for what the Primary wrote (until
+/// replicas follow the Primary's stream).
+pub const BUCKET_FOLLOW_INTERVAL: Duration = Duration::from_secs(1);
+
 pub struct RoleDriver {
     cell: Arc<RoleCell>,
     primary: Arc<PrimaryParts>,
+    appointer: Appointer,
     write_events: mpsc::UnboundedReceiver<WritePathEvent>,
+    inputs: mpsc::UnboundedReceiver<DriverInput>,
     preflight: Option<JoinHandle<Result<(), String>>>,
     /// When the next preflight may start after a failed one.
     preflight_retry: Option<tokio::time::Instant>,
+    /// The write path is settling a failed batch (draining until then).
+    recovering: bool,
+    /// A replica's reading of the bucket.
+    follower: Option<JoinHandle<()>>,
 }
 
 /// Asks a running driver to stop; resolves once the node has stopped
@@ -125,14 +151,20 @@ impl RoleDriver {
     pub fn new(
         cell: Arc<RoleCell>,
         primary: PrimaryParts,
+        appointer: Appointer,
         write_events: mpsc::UnboundedReceiver<WritePathEvent>,
+        inputs: mpsc::UnboundedReceiver<DriverInput>,
     ) -> RoleDriver {
         RoleDriver {
             cell,
             primary: Arc::new(primary),
+            appointer,
             write_events,
+            inputs,
             preflight: None,
             preflight_retry: None,
+            recovering: false,
+            follower: None,
         }
     }
 
@@ -152,14 +184,24 @@ impl RoleDriver {
         Ok(())
     }
 
-    /// Runs the driver until stopped.
+    /// Runs the driver until stopped. A cluster member starts from the
+    /// cluster state as it stands.
     pub fn spawn(mut self) -> DriverHandle {
         let (stop, mut stopped) = oneshot::channel::<oneshot::Sender<()>>();
+        let mut cluster_states = match &self.appointer {
+            Appointer::Cluster(c) => Some(c.subscribe()),
+            Appointer::Lone => None,
+        };
         let task = tokio::spawn(async move {
+            if cluster_states.is_some() {
+                self.on_cluster_state();
+            }
             loop {
                 let retry_at = self.preflight_retry;
                 tokio::select! {
                     Some(event) = self.write_events.recv() => self.on_write_path(event),
+                    Some(input) = self.inputs.recv() => self.on_input(input),
+                    Ok(()) = changed(&mut cluster_states) => self.on_cluster_state(),
                     result = wait_preflight(&mut self.preflight) => self.on_preflight(result),
                     _ = sleep_until(retry_at) => {
                         self.preflight_retry = None;
@@ -180,8 +222,78 @@ impl RoleDriver {
 
     fn on_write_path(&mut self, event: WritePathEvent) {
         match event {
-            WritePathEvent::Draining { .. } => self.apply(PrimaryState::Draining),
-            WritePathEvent::Settled => self.apply(PrimaryState::Replica),
+            WritePathEvent::Draining { .. } => {
+                self.recovering = true;
+                self.apply(PrimaryState::Draining)
+            }
+            WritePathEvent::Settled => {
+                self.recovering = false;
+                self.apply(PrimaryState::Replica)
+            }
+        }
+    }
+
+    fn on_input(&mut self, input: DriverInput) {
+        match input {
+            DriverInput::SelfDegraded => {
+                if matches!(
+                    self.cell.get().primary,
+                    PrimaryState::Active | PrimaryState::Starting
+                ) {
+                    log::warn!("stepping down as Primary: this node is degraded");
+                    self.step_down();
+                }
+            }
+        }
+    }
+
+    /// The Elector said something: take the Primary role when named, give
+    /// it up when another node is named (no Primary named changes nothing:
+    /// a new Elector does not know it yet).
+    fn on_cluster_state(&mut self) {
+        let named = self.named();
+        let role = self.cell.get().primary;
+        match (named, role) {
+            (Named::Me, PrimaryState::Replica) => self.apply(PrimaryState::Starting),
+            (Named::Other(id), PrimaryState::Starting | PrimaryState::Active) => {
+                log::warn!("{id} is the Primary now: stepping down");
+                self.step_down();
+            }
+            (_, PrimaryState::Replica) => self.close_as_replica(),
+            _ => {}
+        }
+    }
+
+    /// Leaves the Primary role at once (draining, then replica unless the
+    /// write path still settles a failed batch).
+    fn step_down(&mut self) {
+        self.apply(PrimaryState::Draining);
+        if !self.recovering {
+            self.apply(PrimaryState::Replica);
+        }
+    }
+
+    fn named(&self) -> Named {
+        match &self.appointer {
+            Appointer::Lone => Named::Me,
+            Appointer::Cluster(c) => match c.state().and_then(|s| s.primary) {
+                None => Named::Nobody,
+                Some(p) if p.node_id == c.me().node_id => Named::Me,
+                Some(p) => Named::Other(p.node_id),
+            },
+        }
+    }
+
+    /// What a replica tells writers.
+    fn close_as_replica(&self) {
+        let gate = &self.primary.gate;
+        match self.named() {
+            Named::Other(id) => {
+                gate.close_for("replica", format!("writes go to the Primary, {id}"), false)
+            }
+            Named::Nobody => gate.close_for("replica", "no Primary is elected yet".into(), true),
+            // About to be appointed (again).
+            Named::Me => gate.close_for("replica", String::new(), true),
         }
     }
 
@@ -223,7 +335,8 @@ impl RoleDriver {
                 None
             }
             PrimaryState::Starting => {
-                gate.close(to.as_str());
+                gate.close_for(to.as_str(), String::new(), true);
+                self.stop_follower();
                 self.start_preflight();
                 None
             }
@@ -233,11 +346,15 @@ impl RoleDriver {
                 None
             }
             PrimaryState::Replica => {
-                gate.close(to.as_str());
                 self.stop_preflight();
-                // A lone node is the only candidate: it appoints itself
-                // again, and preflight catches up with the bucket.
-                Some(PrimaryState::Starting)
+                self.close_as_replica();
+                if self.named() == Named::Me {
+                    // Appointed still (a lone node always is): preflight
+                    // catches up with the bucket and writes resume.
+                    return Some(PrimaryState::Starting);
+                }
+                self.start_follower();
+                None
             }
         }
     }
@@ -255,8 +372,39 @@ impl RoleDriver {
         }
     }
 
+    /// A replica reads what the Primary wrote from the bucket.
+    fn start_follower(&mut self) {
+        if self.follower.is_some() || matches!(self.appointer, Appointer::Lone) {
+            return;
+        }
+        let p = self.primary.clone();
+        self.follower = Some(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(BUCKET_FOLLOW_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut failing = false;
+            loop {
+                tick.tick().await;
+                match follow_bucket(&p).await {
+                    Ok(()) => failing = false,
+                    Err(e) if !failing => {
+                        log::warn!("reading the bucket as a replica: {e}");
+                        failing = true;
+                    }
+                    Err(_) => {}
+                }
+            }
+        }));
+    }
+
+    fn stop_follower(&mut self) {
+        if let Some(task) = self.follower.take() {
+            task.abort();
+        }
+    }
+
     fn shut_down(&mut self) {
         self.stop_preflight();
+        self.stop_follower();
         if matches!(
             self.cell.get().primary,
             PrimaryState::Active | PrimaryState::Starting
@@ -264,6 +412,44 @@ impl RoleDriver {
             self.apply(PrimaryState::Draining);
         }
         let _ = self.cell.change(|r| r.set_health(Health::Degraded));
+    }
+}
+
+/// Who the cluster state names as Primary, from this node's side.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Named {
+    Me,
+    Other(String),
+    Nobody,
+}
+
+/// Imports what the bucket holds beyond the committed revision and tells
+/// watchers; rows this node held beyond it are replaced when the bucket
+/// has moved past them.
+async fn follow_bucket(p: &PrimaryParts) -> Result<(), String> {
+    let before = p.store.committed_revision();
+    let durable = p.log.durable_revision().await.map_err(|e| e.to_string())?;
+    if durable <= before {
+        return Ok(());
+    }
+    primary::preflight::settle_tentative(&p.store, &p.log)
+        .await
+        .map_err(|e| e.to_string())?;
+    crate::log::restore::import_new_chunks(&p.store, &p.log)
+        .await
+        .map_err(|e| e.to_string())?;
+    p.hub
+        .publish_from_store(&p.store, before)
+        .map_err(|e| e.to_string())
+}
+
+/// The next change of an optional watch channel; pending without one.
+async fn changed<T>(
+    rx: &mut Option<tokio::sync::watch::Receiver<T>>,
+) -> Result<(), tokio::sync::watch::error::RecvError> {
+    match rx {
+        Some(rx) => rx.changed().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -338,7 +524,13 @@ mod tests {
         };
         Node {
             _dir: dir,
-            driver: RoleDriver::new(cell.clone(), parts, write_events),
+            driver: RoleDriver::new(
+                cell.clone(),
+                parts,
+                Appointer::Lone,
+                write_events,
+                mpsc::unbounded_channel().1,
+            ),
             cell,
             gate,
             store,

@@ -67,68 +67,127 @@ pub async fn serve_health(
     Ok(())
 }
 
-/// The API listeners, bound early so a busy port fails the start at once.
-pub struct ApiListeners {
-    pub client: TcpListener,
-    pub client_addr: SocketAddr,
-    /// NETSY_ADVERTISE_CLIENT, or the bound address.
-    pub advertise_client: String,
-    pub peer: Option<TcpListener>,
+/// A bound listener and the address others dial for it.
+pub struct Bound {
+    pub listener: TcpListener,
+    pub addr: SocketAddr,
+    /// The advertise setting, or the bound address when it is unset.
+    pub advertise: String,
 }
 
-pub async fn bind_apis(config: &Config, tls: bool) -> Result<ApiListeners, String> {
-    let client = bind("NETSY_BIND_CLIENT", &config.node.bind_client).await?;
-    let peer = match tls {
-        true => Some(bind("NETSY_BIND_PEER", &config.node.bind_peer).await?),
-        false => None,
-    };
-    let client_addr = client
+async fn bind_advertised(
+    setting: &str,
+    bind_value: &str,
+    advertise: &str,
+) -> Result<Bound, String> {
+    let listener = bind(setting, bind_value).await?;
+    let addr = listener
         .local_addr()
-        .map_err(|e| format!("NETSY_BIND_CLIENT: {e}"))?;
-    let advertise_client = if config.node.advertise_client.is_empty() {
-        client_addr.to_string()
+        .map_err(|e| format!("{setting}: {e}"))?;
+    let advertise = if advertise.is_empty() {
+        addr.to_string()
     } else {
-        config.node.advertise_client.clone()
+        advertise.to_string()
     };
-    Ok(ApiListeners {
-        client,
-        client_addr,
-        advertise_client,
-        peer,
+    Ok(Bound {
+        listener,
+        addr,
+        advertise,
     })
 }
 
-/// Serves the client API and, with TLS, the peer API.
-pub fn serve_apis(
-    listeners: ApiListeners,
+/// The listeners, bound early so a busy port fails the start at once: the
+/// client API always; the peer API and the election endpoint outside
+/// --dev.
+pub struct ApiListeners {
+    pub client: Bound,
+    pub peer: Option<Bound>,
+    pub election: Option<Bound>,
+}
+
+pub async fn bind_apis(config: &Config, cluster: bool) -> Result<ApiListeners, String> {
+    let n = &config.node;
+    let client = bind_advertised("NETSY_BIND_CLIENT", &n.bind_client, &n.advertise_client).await?;
+    let (peer, election) = if cluster {
+        let peer = bind_advertised("NETSY_BIND_PEER", &n.bind_peer, &n.advertise_peer).await?;
+        let election = bind_advertised(
+            "NETSY_BIND_ELECTION",
+            &n.bind_election,
+            &n.advertise_election,
+        )
+        .await?;
+        (Some(peer), Some(election))
+    } else {
+        (None, None)
+    };
+    Ok(ApiListeners {
+        client,
+        peer,
+        election,
+    })
+}
+
+/// Serves the client API (mTLS outside --dev).
+pub fn serve_client(
+    listener: TcpListener,
     tls: Option<&TlsMaterial>,
     cluster_id: &str,
-    routers: (Router, Router),
+    router: Router,
     metrics: &Arc<Metrics>,
     tasks: &mut JoinSet<()>,
     stop: &Shutdown,
 ) -> Result<(), String> {
-    let (client_router, peer_router) = routers;
-    let server = Server::new(client_router, ServerConfig::default()).with_metrics(metrics.clone());
-    let (listener, stop_client) = (listeners.client, stop.clone());
+    let server = Server::new(router, ServerConfig::default()).with_metrics(metrics.clone());
+    let stop = stop.clone();
     match tls {
         None => {
-            tasks.spawn(async move { server.serve_tcp(listener, stop_client).await });
+            tasks.spawn(async move { server.serve_tcp(listener, stop).await });
         }
         Some(material) => {
             let client_tls = material.server_config(Role::Client, cluster_id)?;
-            tasks.spawn(async move { server.serve_tls(listener, client_tls, stop_client).await });
+            tasks.spawn(async move { server.serve_tls(listener, client_tls, stop).await });
         }
     }
-    if let (Some(material), Some(listener)) = (tls, listeners.peer) {
-        let peer_tls = material.server_config(Role::Peer, cluster_id)?;
-        if let Ok(addr) = listener.local_addr() {
-            log::info!("serving the peer API on {addr}");
-        }
-        let server =
-            Server::new(peer_router, ServerConfig::default()).with_metrics(metrics.clone());
-        let stop = stop.clone();
-        tasks.spawn(async move { server.serve_tls(listener, peer_tls, stop).await });
+    Ok(())
+}
+
+/// Serves the peer API (mTLS, role peer).
+pub fn serve_peer(
+    listener: TcpListener,
+    tls: &TlsMaterial,
+    cluster_id: &str,
+    router: Router,
+    metrics: &Arc<Metrics>,
+    tasks: &mut JoinSet<()>,
+    stop: &Shutdown,
+) -> Result<(), String> {
+    let peer_tls = tls.server_config(Role::Peer, cluster_id)?;
+    if let Ok(addr) = listener.local_addr() {
+        log::info!("serving the peer API on {addr}");
     }
+    let server = Server::new(router, ServerConfig::default()).with_metrics(metrics.clone());
+    let stop = stop.clone();
+    tasks.spawn(async move { server.serve_tls(listener, peer_tls, stop).await });
+    Ok(())
+}
+
+/// Serves the election endpoint (HTTPS, no client certificate).
+pub fn serve_election(
+    listener: TcpListener,
+    tls: &TlsMaterial,
+    routes: crate::http::Routes,
+    tasks: &mut JoinSet<()>,
+    stop: &Shutdown,
+) -> Result<(), String> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.election_server_config()?);
+    if let Ok(addr) = listener.local_addr() {
+        log::info!("serving the election endpoint on {addr}");
+    }
+    tasks.spawn(crate::http::serve_with(
+        listener,
+        Some(acceptor),
+        routes,
+        stop.clone(),
+    ));
     Ok(())
 }

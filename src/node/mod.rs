@@ -1,20 +1,26 @@
 //! Node lifecycle: the composition of every part of a node, its role
 //! machine and the driver that starts and stops services on role changes,
-//! loading, the listeners and graceful shutdown.
+//! loading, membership in a cluster (outside --dev), the listeners and
+//! graceful shutdown.
 
+pub mod cluster;
 pub mod driver;
 pub mod failpoint;
+pub mod heartbeat;
 pub mod listeners;
 pub mod loading;
+pub mod lock_runner;
+pub mod membership;
 pub mod peer;
 pub mod role;
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use crate::config::Config;
-use crate::etcd::{self, ApiSettings, EtcdApi, Identity};
+use crate::etcd::{self, ApiSettings, EtcdApi, Identity, MemberInfo};
 use crate::http::metrics::{InfoLabels, Metrics};
 use crate::log::cleanup::{self, CleanupSettings};
 use crate::log::restore::CaughtUp;
@@ -23,7 +29,8 @@ use crate::log::ObjectLog;
 use crate::primary::{ObjectStorageDurability, WritePathParts};
 use crate::store::{Store, Timestamp};
 use crate::watch::{RingLimits, WatchHub};
-use driver::{DriverHandle, PrimaryParts, RoleCell, RoleDriver};
+use driver::{Appointer, DriverHandle, PrimaryParts, RoleCell, RoleDriver};
+use membership::{JoinParts, LoneMember, Membership};
 use role::{ElectorState, Health, PrimaryState};
 
 /// How long in-flight requests may take to finish at shutdown.
@@ -36,10 +43,32 @@ pub async fn run(
     role: Arc<RoleCell>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), String> {
-    let node = start(config, role).await?;
+    let dev = config.dev;
+    let node = match start(config, role).await {
+        Ok(node) => node,
+        Err(Failed { error, serving }) => {
+            if serving && !dev {
+                jittered_exit_delay(&error).await;
+            }
+            return Err(error);
+        }
+    };
     shutdown.await;
     node.stop().await;
     Ok(())
+}
+
+/// A start that failed, and whether the health listener was up by then.
+struct Failed {
+    error: String,
+    serving: bool,
+}
+
+/// Nodes that fail together should not restart together: wait 0-9 s.
+async fn jittered_exit_delay(error: &str) {
+    let seconds = Timestamp::now().nanos % 10;
+    log::error!("{error}; exiting in {seconds} s");
+    tokio::time::sleep(Duration::from_secs(seconds as u64)).await;
 }
 
 /// A node serving clients, and what stopping it takes.
@@ -48,20 +77,27 @@ struct Running {
     stop: tokio::sync::watch::Sender<bool>,
     tasks: tokio::task::JoinSet<()>,
     driver: DriverHandle,
+    membership: Option<Membership>,
     api: Arc<EtcdApi>,
     commit_thread: std::thread::JoinHandle<()>,
 }
 
 /// Brings the node up: health first (it reports loading meanwhile), the
-/// node's certificates checked and its listeners bound, registration and
-/// restore, the write path, the Primary role, then the APIs.
-async fn start(config: Config, role: Arc<RoleCell>) -> Result<Running, String> {
+/// node's certificates checked and its listeners bound, membership
+/// (outside --dev) or a lone member id, restore, the write path, the
+/// Primary role (a lone node takes it; a cluster member is appointed),
+/// then the client API.
+async fn start(config: Config, role: Arc<RoleCell>) -> Result<Running, Failed> {
+    let early = |error: String| Failed {
+        error,
+        serving: false,
+    };
     let node_id = config.node.node_id.clone();
     let start_time = Timestamp::now().seconds;
     for line in config.describe() {
         log::info!("setting {line}");
     }
-    let tls = listeners::check_tls(&config)?;
+    let tls = listeners::check_tls(&config).map_err(early)?;
     let metrics = Arc::new(Metrics::new());
     observe_node(&metrics, &config, &role, start_time);
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
@@ -74,24 +110,74 @@ async fn start(config: Config, role: Arc<RoleCell>) -> Result<Running, String> {
         metrics.clone(),
         stop.clone(),
     )
-    .await?;
-    let apis = listeners::bind_apis(&config, tls.is_some()).await?;
+    .await
+    .map_err(early)?;
+    let failed = |error: String| Failed {
+        error,
+        serving: true,
+    };
+    let apis = listeners::bind_apis(&config, tls.is_some())
+        .await
+        .map_err(failed)?;
 
     let env = |name: &str| std::env::var(name).ok();
-    let objects = crate::objstore::from_config(&config.cluster.storage, &env, &metrics)?;
+    let objects =
+        crate::objstore::from_config(&config.cluster.storage, &env, &metrics).map_err(failed)?;
     log::info!("object storage: {}", objects.describe());
-    let log = Arc::new(ObjectLog::new(objects, &node_id, &config.node.data_dir)?);
+    let log = Arc::new(ObjectLog::new(objects, &node_id, &config.node.data_dir).map_err(failed)?);
     failpoint::hold("loading").await;
-    let registering = loading::register(&config, &log, &apis.advertise_client);
-    let member_id = loading::timed_stage(&metrics, "registration", registering).await?;
+    let view = Arc::new(peer::NodeView {
+        node_id: node_id.clone(),
+        role: role.clone(),
+        store: OnceLock::new(),
+        start_time,
+    });
+    let advertise_client = apis.client.advertise.clone();
+    let mut membership = match (&tls, apis.peer, apis.election) {
+        (Some(tls), Some(peer), Some(election)) => {
+            let parts = JoinParts {
+                config: &config,
+                tls,
+                log: &log,
+                metrics: &metrics,
+                role: &role,
+                view: view.clone(),
+                advertise_client: advertise_client.clone(),
+                peer,
+                election,
+                tasks: &mut tasks,
+                stop: &stop,
+            };
+            let joining = membership::join(parts);
+            Some(
+                loading::timed_stage(&metrics, "registration", joining)
+                    .await
+                    .map_err(failed)?,
+            )
+        }
+        _ => None,
+    };
+    let member_id = match &membership {
+        Some(m) => m.member_id,
+        None => {
+            let lone =
+                crate::election::discovery::member_id(&log, &config.cluster.cluster_id, &node_id);
+            loading::timed_stage(&metrics, "registration", lone)
+                .await
+                .map_err(failed)?
+        }
+    };
     let restoring = loading::load(&config.node.data_dir, &log, &metrics);
-    let (store, caught_up) = loading::timed_stage(&metrics, "backfill", restoring).await?;
+    let (store, caught_up) = loading::timed_stage(&metrics, "backfill", restoring)
+        .await
+        .map_err(failed)?;
     log_restored(&caught_up);
     // Rows beyond the bucket were never known to be acknowledged: nobody
     // reads them until a Primary adopts or discards them (preflight).
     store
         .demote_above(caught_up.durable)
-        .map_err(|e| format!("local store: {e}"))?;
+        .map_err(|e| failed(format!("local store: {e}")))?;
+    let _ = view.store.set(store.clone());
 
     let hub = Arc::new(WatchHub::new(
         store.committed_revision(),
@@ -105,47 +191,80 @@ async fn start(config: Config, role: Arc<RoleCell>) -> Result<Running, String> {
         snapshots: Some(start_snapshots(&config, &store, &log, &caught_up, &metrics)),
         metrics: metrics.clone(),
         runtime: tokio::runtime::Handle::current(),
-    })?;
+    })
+    .map_err(failed)?;
     let primary = PrimaryParts {
         gate: write_path.gate.clone(),
         store: store.clone(),
         log,
         hub: hub.clone(),
     };
-    let mut driver = RoleDriver::new(role.clone(), primary, write_path.events);
-    driver.take_primary().await?;
+    let identity = identity(&config, member_id, &advertise_client);
+    let (appointer, inputs, info) = match &mut membership {
+        Some(m) => (
+            Appointer::Cluster(m.cluster.clone()),
+            m.driver_inputs.take(),
+            m.info(),
+        ),
+        None => {
+            let me = MemberInfo {
+                id: member_id,
+                name: node_id.clone(),
+                client_urls: identity.client_urls.clone(),
+                peer_urls: identity.peer_urls.clone(),
+            };
+            let info: Arc<dyn etcd::ClusterInfo> = Arc::new(LoneMember(me));
+            (Appointer::Lone, None, info)
+        }
+    };
+    let inputs = inputs.unwrap_or_else(|| tokio::sync::mpsc::unbounded_channel().1);
+    let lone = matches!(appointer, Appointer::Lone);
+    let mut driver = RoleDriver::new(role.clone(), primary, appointer, write_path.events, inputs);
+    if lone {
+        driver.take_primary().await.map_err(failed)?;
+    }
 
     let api = Arc::new(EtcdApi {
         store: store.clone(),
         writer: write_path.writer,
         hub,
-        identity: identity(&config, member_id, &apis.advertise_client),
+        identity,
         health: role.clone(),
+        cluster: info,
         metrics: metrics.clone(),
         settings: ApiSettings::default(),
         shutdown: stop.clone(),
     });
     observe_store(&metrics, &store);
-    let peer_view = Arc::new(peer::NodeView {
-        node_id,
-        role: role.clone(),
-        store: store.clone(),
-        start_time,
+    if let Some(m) = &membership {
+        m.loaded.store(true, Ordering::Release);
+    }
+    // Loaded: healthy (a candidate for Primary), unless heartbeats have
+    // failed meanwhile.
+    let _ = role.change(|r| match r.health {
+        Health::Loading => r.set_health(Health::Healthy),
+        _ => Ok(None),
     });
-    let client_addr = apis.client_addr;
-    let routers = (etcd::router(api.clone()), peer::router(peer_view));
+    let driver = driver.spawn();
+    if let Some(m) = &membership {
+        wait_for_primary(&m.cluster, &store).await;
+    }
+    let client = apis.client;
     let cluster_id = &config.cluster.cluster_id;
-    listeners::serve_apis(
-        apis,
+    let router = etcd::router(api.clone());
+    listeners::serve_client(
+        client.listener,
         tls.as_ref(),
         cluster_id,
-        routers,
+        router,
         &metrics,
         &mut tasks,
         &stop,
-    )?;
+    )
+    .map_err(failed)?;
     log::info!(
-        "serving the etcd API on {client_addr} ({}, revision {}, member id {member_id})",
+        "serving the etcd API on {} ({}, revision {}, member id {member_id})",
+        client.addr,
         if tls.is_some() {
             "mTLS"
         } else {
@@ -153,19 +272,43 @@ async fn start(config: Config, role: Arc<RoleCell>) -> Result<Running, String> {
         },
         store.committed_revision()
     );
-    let _ = role.change(|r| r.set_health(Health::Healthy));
     Ok(Running {
         stop: stop_tx,
         tasks,
-        driver: driver.spawn(),
+        driver,
+        membership,
         api,
         commit_thread: write_path.thread,
     })
 }
 
+/// How long a cluster member waits for a Primary before it serves clients
+/// anyway (writes then answer Unavailable until one is elected).
+const PRIMARY_WAIT: Duration = Duration::from_secs(60);
+
+/// A cluster member serves clients once the cluster has a Primary and its
+/// own store holds the cluster's first record: reading a cluster nobody
+/// has started yet would only show revision 0.
+async fn wait_for_primary(cluster: &membership::Cluster, store: &Store) {
+    let deadline = tokio::time::Instant::now() + PRIMARY_WAIT;
+    let mut states = cluster.subscribe();
+    loop {
+        let primary = cluster.state().and_then(|s| s.primary).is_some();
+        if primary && store.committed_revision() >= 1 {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            log::warn!("no Primary after {PRIMARY_WAIT:?}: serving clients anyway");
+            return;
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(50), states.changed()).await;
+    }
+}
+
 impl Running {
     /// Graceful shutdown: no new connections, requests in flight finish
-    /// (up to DRAIN_TIMEOUT), the Primary drains, the write path stops.
+    /// (up to DRAIN_TIMEOUT), the Primary drains, the node leaves the
+    /// cluster, the write path stops.
     async fn stop(mut self) {
         log::info!("shutting down: no new connections, finishing requests in flight");
         failpoint::hold("draining").await;
@@ -182,7 +325,13 @@ impl Running {
                 self.tasks.abort_all();
             }
         }
+        if let Some(m) = &mut self.membership {
+            m.stop_heartbeats().await;
+        }
         self.driver.stop().await;
+        if let Some(m) = self.membership {
+            m.leave().await;
+        }
         // The commit thread ends once the last writer handle is gone.
         drop(self.api);
         let thread = self.commit_thread;

@@ -1,15 +1,21 @@
-//! The peer API this node serves (mTLS, role peer): so far the Node
-//! service's GetNodeState. (Elector, Primary and forwarded writes join it
-//! with cluster membership.)
+//! The peer API this node serves (mTLS, role peer): the Node service
+//! (GetNodeState, PushClusterState) on every node, and the Elector service,
+//! which answers only while this node holds the lock. Errors become the
+//! reference's statuses here, at the edge.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
-use crate::grpc::{unary, Router, Status};
+use crate::election::cluster_state::{ClusterState, Refused};
+use crate::election::elector::{Elector, ElectorError};
+use crate::grpc::{unary, RequestContext, Router, Status};
 use crate::pb::netsy::{
-    ElectorState as WireElector, HealthState, NodeState, PrimaryState as WirePrimary,
+    ClusterState as WireClusterState, DeregisterNodeRequest, ElectorState as WireElector,
+    GetMemberListRequest, GetMemberListResponse, HealthState, NodeState,
+    PrimaryState as WirePrimary, RegisterNodeRequest,
 };
 use crate::store::Store;
 
+use super::cluster::Cluster;
 use super::driver::RoleCell;
 use super::role::{ElectorState, Health, PrimaryState};
 
@@ -17,7 +23,8 @@ use super::role::{ElectorState, Health, PrimaryState};
 pub struct NodeView {
     pub node_id: String,
     pub role: Arc<RoleCell>,
-    pub store: Arc<Store>,
+    /// The local store once it is open (latest revision 0 before).
+    pub store: OnceLock<Arc<Store>>,
     pub start_time: i64,
 }
 
@@ -41,29 +48,188 @@ impl NodeView {
                 PrimaryState::Active => WirePrimary::PrimaryActive,
                 PrimaryState::Draining => WirePrimary::PrimaryDraining,
             } as i32,
-            latest_revision: self.store.latest_revision(),
+            latest_revision: self.store.get().map_or(0, |s| s.latest_revision()),
             start_time: self.start_time,
         }
     }
 }
 
-pub fn router(view: Arc<NodeView>) -> Router {
+/// The caller's node id, from its verified peer certificate.
+fn caller(ctx: &RequestContext) -> Option<String> {
+    ctx.identity
+        .as_deref()
+        .and_then(|uri| crate::tls::identity::parse_uri(uri).ok())
+        .map(|id| id.name)
+}
+
+fn elector_status(e: ElectorError) -> Status {
+    let text = e.to_string();
+    match e {
+        ElectorError::NotElector => Status::failed_precondition(text),
+        ElectorError::Bootstrapping => Status::unavailable(text),
+        ElectorError::InvalidArgument(_) => Status::invalid_argument(text),
+        ElectorError::WrongIdentity(_) => Status::permission_denied(text),
+        ElectorError::NotRegistered(_) => Status::not_found(text),
+        ElectorError::Internal(_) => Status::internal(text),
+    }
+}
+
+fn push_status(e: Refused) -> Status {
+    match e {
+        Refused::SplitBrain { .. } => {
+            log::error!("{e}");
+            Status::failed_precondition(e.to_string())
+        }
+        other => Status::invalid_argument(other.to_string()),
+    }
+}
+
+pub fn router(view: Arc<NodeView>, cluster: Option<Arc<Cluster>>) -> Router {
     let mut r = Router::new();
+    const NODE: &str = "netsy.Node";
     r.add(
-        "netsy.Node",
+        NODE,
         "GetNodeState",
         unary(move |_req: (), _ctx| {
             let view = view.clone();
             async move { Ok::<NodeState, Status>(view.state()) }
         }),
     );
-    r.add_unimplemented(
-        "netsy.Node",
-        &[
-            "PushClusterState",
-            "GetMinWatchRevision",
-            "SendCompactionNotice",
-        ],
+    r.add_unimplemented(NODE, &["GetMinWatchRevision", "SendCompactionNotice"]);
+    let Some(cluster) = cluster else {
+        r.add_unimplemented(NODE, &["PushClusterState"]);
+        return r;
+    };
+    let c = cluster.clone();
+    r.add(
+        NODE,
+        "PushClusterState",
+        unary(move |req: WireClusterState, _ctx| {
+            let c = c.clone();
+            async move {
+                let state = ClusterState::from_proto(&req).map_err(push_status)?;
+                c.apply(state).map_err(push_status)
+            }
+        }),
     );
+    let Ok(elector) = cluster.local_elector().cloned() else {
+        return r;
+    };
+    add_elector(&mut r, elector);
     r
+}
+
+fn add_elector(r: &mut Router, elector: Arc<Elector>) {
+    const ELECTOR: &str = "netsy.Elector";
+    let e = elector.clone();
+    r.add(
+        ELECTOR,
+        "RegisterNode",
+        unary(move |req: RegisterNodeRequest, ctx| {
+            let e = e.clone();
+            async move {
+                e.register(&req, caller(&ctx).as_deref())
+                    .await
+                    .map_err(elector_status)
+            }
+        }),
+    );
+    let e = elector.clone();
+    r.add(
+        ELECTOR,
+        "DeregisterNode",
+        unary(move |req: DeregisterNodeRequest, ctx| {
+            let e = e.clone();
+            async move {
+                e.deregister(&req.node_id, caller(&ctx).as_deref())
+                    .await
+                    .map_err(elector_status)
+            }
+        }),
+    );
+    let e = elector.clone();
+    r.add(
+        ELECTOR,
+        "GetClusterState",
+        unary(move |_req: (), _ctx| {
+            let e = e.clone();
+            async move {
+                e.cluster_state()
+                    .map(|s| s.to_proto())
+                    .map_err(elector_status)
+            }
+        }),
+    );
+    let e = elector.clone();
+    r.add(
+        ELECTOR,
+        "SendHeartbeat",
+        unary(move |req: NodeState, ctx| {
+            let e = e.clone();
+            async move {
+                e.heartbeat(&req, caller(&ctx).as_deref())
+                    .map_err(elector_status)
+            }
+        }),
+    );
+    let e = elector;
+    r.add(
+        ELECTOR,
+        "GetMemberList",
+        unary(move |_req: GetMemberListRequest, _ctx| {
+            let e = e.clone();
+            async move {
+                e.member_list()
+                    .map(|m: GetMemberListResponse| m)
+                    .map_err(elector_status)
+            }
+        }),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn elector_errors_become_the_reference_statuses() {
+        use crate::grpc::Code;
+        let cases = [
+            (
+                ElectorError::NotElector,
+                Code::FailedPrecondition,
+                "this node is not the elector",
+            ),
+            (
+                ElectorError::Bootstrapping,
+                Code::Unavailable,
+                "elector is still bootstrapping",
+            ),
+            (
+                ElectorError::NotRegistered("n".into()),
+                Code::NotFound,
+                "node n is not registered",
+            ),
+            (
+                ElectorError::InvalidArgument("node_id is required".into()),
+                Code::InvalidArgument,
+                "node_id is required",
+            ),
+        ];
+        for (e, code, text) in cases {
+            let s = elector_status(e);
+            assert_eq!((s.code, s.message.as_str()), (code, text));
+        }
+        let s = push_status(Refused::MissingElector);
+        assert_eq!(
+            (s.code, s.message.as_str()),
+            (Code::InvalidArgument, "elector info is required")
+        );
+        let s = push_status(Refused::SplitBrain {
+            from: "a".into(),
+            current: "b".into(),
+        });
+        assert_eq!(s.code, Code::FailedPrecondition);
+        assert!(s.message.starts_with("split-brain detected: "));
+    }
 }

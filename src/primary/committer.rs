@@ -7,8 +7,7 @@
 //! settles the failed batch; the node is told through [`WritePathEvent`]s
 //! and decides when writes resume.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -20,6 +19,7 @@ use crate::watch::WatchHub;
 use super::core::{Command, Evaluated, Reply, WriteCore, MAX_LEASE_TTL};
 use super::durability::Durability;
 use super::error::WriteError;
+use super::gate::{WriteGate, WRITE_PATIENCE};
 use super::recovery::{Recovery, Step};
 use super::txn::{Txn, TxnOutcome};
 use super::view::BatchView;
@@ -36,11 +36,15 @@ struct Request {
 #[derive(Clone)]
 pub struct Writer {
     tx: mpsc::Sender<Request>,
+    gate: Arc<WriteGate>,
     metrics: Arc<Metrics>,
 }
 
 impl Writer {
     async fn submit(&self, command: Command) -> Result<Reply, WriteError> {
+        // While a Primary is being chosen or is starting, wait for it a
+        // little rather than fail at once (etcd waits for a leader too).
+        self.gate.wait(WRITE_PATIENCE).await?;
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Request { command, reply })
@@ -89,64 +93,6 @@ impl Writer {
     }
 }
 
-/// Whether the write path takes writes, and if not, what callers are told.
-/// The node opens it when this node becomes the active Primary; the write
-/// path closes it itself the moment durability fails.
-pub struct WriteGate {
-    open: AtomicBool,
-    closed: Mutex<(&'static str, String)>,
-}
-
-impl Default for WriteGate {
-    fn default() -> Self {
-        WriteGate {
-            open: AtomicBool::new(false),
-            closed: Mutex::new(("replica", String::new())),
-        }
-    }
-}
-
-impl WriteGate {
-    pub fn is_open(&self) -> bool {
-        self.open.load(Ordering::Acquire)
-    }
-
-    pub fn open(&self) {
-        if let Ok(mut c) = self.closed.lock() {
-            c.1.clear();
-        }
-        self.open.store(true, Ordering::Release);
-    }
-
-    /// Refuses writes as a node in primary state `state`; the reason given
-    /// when the write path closed the gate itself is kept.
-    pub fn close(&self, state: &'static str) {
-        self.open.store(false, Ordering::Release);
-        if let Ok(mut c) = self.closed.lock() {
-            c.0 = state;
-        }
-    }
-
-    fn close_because(&self, state: &'static str, reason: String) {
-        self.open.store(false, Ordering::Release);
-        if let Ok(mut c) = self.closed.lock() {
-            *c = (state, reason);
-        }
-    }
-
-    pub fn check(&self) -> Result<(), WriteError> {
-        if self.is_open() {
-            return Ok(());
-        }
-        let (state, reason) = self
-            .closed
-            .lock()
-            .map(|c| c.clone())
-            .unwrap_or(("draining", String::new()));
-        Err(WriteError::NotAccepting { state, reason })
-    }
-}
-
 /// What the write path tells the node about itself.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WritePathEvent {
@@ -191,6 +137,7 @@ pub fn start(parts: WritePathParts) -> Result<WritePath, String> {
         .unwrap_or(0x9e37_79b9_7f4a_7c15);
     let writer = Writer {
         tx,
+        gate: gate.clone(),
         metrics: parts.metrics.clone(),
     };
     let committer = Committer {
@@ -355,7 +302,7 @@ impl Committer {
 
     fn drain(&self, reason: String) {
         log::error!("not accepting writes (draining): {reason}");
-        self.gate.close_because("draining", reason.clone());
+        self.gate.close_for("draining", reason.clone(), false);
         let _ = self.events.send(WritePathEvent::Draining { reason });
     }
 
@@ -403,6 +350,7 @@ fn encoded_size(records: &[Record]) -> u64 {
 #[cfg(test)]
 mod tests {
     use std::collections::VecDeque;
+    use std::sync::Mutex;
     use std::time::Duration;
 
     use bytes::Bytes;

@@ -8,12 +8,14 @@ pub mod committer;
 pub mod core;
 pub mod durability;
 pub mod error;
+pub mod gate;
 pub mod preflight;
 pub mod recovery;
 pub mod txn;
 pub mod view;
 
-pub use committer::{start, WriteGate, WritePath, WritePathEvent, WritePathParts, Writer};
+pub use committer::{start, WritePath, WritePathEvent, WritePathParts, Writer};
 pub use durability::{Durability, ObjectStorageDurability};
 pub use error::WriteError;
+pub use gate::WriteGate;
 pub use preflight::preflight;

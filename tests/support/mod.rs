@@ -138,6 +138,7 @@ impl Netsy {
         }
         cmd.env("NETSY_BIND_CLIENT", "127.0.0.1:0")
             .env("NETSY_BIND_PEER", "127.0.0.1:0")
+            .env("NETSY_BIND_ELECTION", "127.0.0.1:0")
             .env("NETSY_BIND_HEALTH", "127.0.0.1:0")
             .env("NETSY_DATA_DIR", data_dir)
             .env("RUST_LOG", "info")

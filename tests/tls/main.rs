@@ -823,6 +823,7 @@ fn refuses_as(
         .arg(conf)
         .env("NETSY_BIND_CLIENT", "127.0.0.1:0")
         .env("NETSY_BIND_PEER", "127.0.0.1:0")
+        .env("NETSY_BIND_ELECTION", "127.0.0.1:0")
         .env("NETSY_BIND_HEALTH", "127.0.0.1:0")
         .env("NETSY_DATA_DIR", data)
         .env("RUST_LOG", "debug")

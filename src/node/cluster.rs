@@ -1,0 +1,367 @@
+//! This node's part in the cluster: what it knows of it (the cluster state,
+//! guarded against a deposed Elector), its connections to the other nodes
+//! (one reconnecting connector per peer address, mTLS with its peer
+//! certificate), and the client side of the Elector RPCs — in-process when
+//! this node is the Elector. It is also how the local Elector reaches
+//! nodes (`Peers`).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::election::cluster_state::{ClusterState, ClusterView, NodeRef, Refused};
+use crate::election::discovery::Registration;
+use crate::election::elector::{Elector, Peers};
+use crate::election::lock::BoxFuture;
+use crate::grpc::{Connector, ConnectorSettings, Status, TlsTarget};
+use crate::pb::netsy::{
+    DeregisterNodeRequest, GetMemberListRequest, GetMemberListResponse, MemberEntry, NodeState,
+    RegisterNodeRequest, RegisterNodeResponse,
+};
+
+use super::peer::NodeView;
+
+/// Time allowed for one peer RPC (heartbeats, node states, pushes).
+pub const PEER_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Outbound connections to peers, one connector per address.
+pub struct PeerClients {
+    tls: Arc<rustls::ClientConfig>,
+    connectors: Mutex<HashMap<String, Arc<Connector>>>,
+}
+
+impl PeerClients {
+    pub fn new(tls: Arc<rustls::ClientConfig>) -> PeerClients {
+        PeerClients {
+            tls,
+            connectors: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn to(&self, addr: &str) -> Arc<Connector> {
+        let mut map = match self.connectors.lock() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        map.entry(addr.to_string())
+            .or_insert_with(|| {
+                let server_name = crate::tls::host_of(addr).unwrap_or(addr).to_string();
+                let tls = TlsTarget {
+                    config: self.tls.clone(),
+                    server_name,
+                };
+                Arc::new(Connector::new(
+                    addr,
+                    Some(tls),
+                    ConnectorSettings::default(),
+                ))
+            })
+            .clone()
+    }
+
+    async fn unary<Req: prost::Message, Resp: prost::Message + Default>(
+        &self,
+        addr: &str,
+        path: &str,
+        request: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, Status> {
+        self.to(addr).unary(path, request, timeout).await
+    }
+}
+
+/// Describes a failed peer call: the status's message, or what it was.
+fn described(e: Status) -> String {
+    format!("{} ({:?})", e.message, e.code)
+}
+
+pub struct Cluster {
+    me: Registration,
+    view: Mutex<ClusterView>,
+    changes: watch::Sender<Option<ClusterState>>,
+    /// The local Elector service (it reaches nodes through this Cluster).
+    elector: OnceLock<Arc<Elector>>,
+    peers: PeerClients,
+    node: Arc<NodeView>,
+    member_id: OnceLock<u64>,
+}
+
+impl Cluster {
+    pub fn new(me: Registration, peers: PeerClients, node: Arc<NodeView>) -> Cluster {
+        Cluster {
+            me,
+            view: Mutex::new(ClusterView::default()),
+            changes: watch::Sender::new(None),
+            elector: OnceLock::new(),
+            peers,
+            node,
+            member_id: OnceLock::new(),
+        }
+    }
+
+    /// Attaches the local Elector service (made with this Cluster as its
+    /// way to reach nodes).
+    pub fn attach(&self, elector: Arc<Elector>) {
+        let _ = self.elector.set(elector);
+    }
+
+    /// The local Elector service.
+    pub fn local_elector(&self) -> Result<&Arc<Elector>, String> {
+        self.elector
+            .get()
+            .ok_or_else(|| "the elector service is not running".to_string())
+    }
+
+    pub fn me(&self) -> &Registration {
+        &self.me
+    }
+
+    pub fn member_id(&self) -> u64 {
+        self.member_id.get().copied().unwrap_or(0)
+    }
+
+    fn view(&self) -> std::sync::MutexGuard<'_, ClusterView> {
+        match self.view.lock() {
+            Ok(v) => v,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// The cluster state as last applied.
+    pub fn state(&self) -> Option<ClusterState> {
+        self.view().state().cloned()
+    }
+
+    /// Wakes on every change of the cluster state.
+    pub fn subscribe(&self) -> watch::Receiver<Option<ClusterState>> {
+        self.changes.subscribe()
+    }
+
+    /// Applies a state from the Elector; a deposed Elector is refused.
+    pub fn apply(&self, cs: ClusterState) -> Result<(), Refused> {
+        let (changes, now) = {
+            let mut view = self.view();
+            let changes = view.apply(cs, Instant::now())?;
+            (changes, view.state().cloned())
+        };
+        if changes.elector || changes.primary {
+            if let Some(s) = &now {
+                log::info!(
+                    "cluster_state_updated: elector {}, primary {}, {} nodes",
+                    s.elector.node_id,
+                    s.primary_id().unwrap_or("(none)"),
+                    s.node_count
+                );
+            }
+            self.changes.send_replace(now);
+        }
+        Ok(())
+    }
+
+    /// The tier-1 election named the Elector (before any push did).
+    pub fn set_elector(&self, elector: NodeRef) {
+        let now = {
+            let mut view = self.view();
+            if !view.set_elector(elector, Instant::now()) {
+                return;
+            }
+            view.state().cloned()
+        };
+        if let Some(s) = &now {
+            log::info!(
+                "the elector is {} ({})",
+                s.elector.node_id,
+                s.elector.peer_addr
+            );
+        }
+        self.changes.send_replace(now);
+    }
+
+    /// The Elector to talk to: None while unknown; Some(None) when it is
+    /// this node.
+    fn elector_addr(&self) -> Option<Option<String>> {
+        let state = self.state()?;
+        if state.elector.node_id == self.me.node_id {
+            Some(None)
+        } else {
+            Some(Some(state.elector.peer_addr))
+        }
+    }
+
+    fn no_elector() -> String {
+        "no connection to elector".to_string()
+    }
+
+    /// RegisterNode: this node's member id and the cluster state, which is
+    /// applied. In-process when this node is the Elector.
+    pub async fn register(&self) -> Result<u64, String> {
+        let req = RegisterNodeRequest {
+            node_id: self.me.node_id.clone(),
+            client_advertise_address: self.me.client_advertise_address.clone(),
+            peer_advertise_address: self.me.peer_advertise_address.clone(),
+        };
+        let resp: RegisterNodeResponse = match self.elector_addr().ok_or_else(Self::no_elector)? {
+            None => self
+                .local_elector()?
+                .register(&req, None)
+                .await
+                .map_err(|e| e.to_string())?,
+            Some(addr) => self
+                .peers
+                .unary(
+                    &addr,
+                    "/netsy.Elector/RegisterNode",
+                    &req,
+                    PEER_CALL_TIMEOUT,
+                )
+                .await
+                .map_err(described)?,
+        };
+        if let Some(known) = self.member_id.get() {
+            if *known != resp.member_id {
+                return Err(format!(
+                    "the Elector gave member id {} but this node has {known}",
+                    resp.member_id
+                ));
+            }
+        }
+        let _ = self.member_id.set(resp.member_id);
+        if let Some(cs) = resp
+            .cluster_state
+            .as_ref()
+            .and_then(|p| ClusterState::from_proto(p).ok())
+        {
+            if let Err(e) = self.apply(cs) {
+                log::warn!("the cluster state from registration was refused: {e}");
+            }
+        }
+        Ok(resp.member_id)
+    }
+
+    /// SendHeartbeat to the Elector.
+    pub async fn heartbeat(&self, state: &NodeState) -> Result<(), String> {
+        match self.elector_addr().ok_or_else(Self::no_elector)? {
+            None => self
+                .local_elector()?
+                .heartbeat(state, None)
+                .map_err(|e| e.to_string()),
+            Some(addr) => self
+                .peers
+                .unary::<_, ()>(
+                    &addr,
+                    "/netsy.Elector/SendHeartbeat",
+                    state,
+                    PEER_CALL_TIMEOUT,
+                )
+                .await
+                .map_err(described),
+        }
+    }
+
+    /// DeregisterNode at a graceful stop.
+    pub async fn deregister(&self, timeout: Duration) -> Result<(), String> {
+        let id = self.me.node_id.clone();
+        match self.elector_addr().ok_or_else(Self::no_elector)? {
+            None => self
+                .local_elector()?
+                .deregister(&id, None)
+                .await
+                .map_err(|e| e.to_string()),
+            Some(addr) => {
+                let req = DeregisterNodeRequest { node_id: id };
+                self.peers
+                    .unary::<_, ()>(&addr, "/netsy.Elector/DeregisterNode", &req, timeout)
+                    .await
+                    .map_err(described)
+            }
+        }
+    }
+
+    /// The members, from the Elector.
+    pub async fn member_list(&self) -> Result<Vec<MemberEntry>, String> {
+        let resp: GetMemberListResponse = match self.elector_addr().ok_or_else(Self::no_elector)? {
+            None => self
+                .local_elector()?
+                .member_list()
+                .map_err(|e| e.to_string())?,
+            Some(addr) => self
+                .peers
+                .unary(
+                    &addr,
+                    "/netsy.Elector/GetMemberList",
+                    &GetMemberListRequest {},
+                    PEER_CALL_TIMEOUT,
+                )
+                .await
+                .map_err(described)?,
+        };
+        Ok(resp.members)
+    }
+
+    /// GetClusterState from the Elector, applied.
+    pub async fn refresh_state(&self) -> Result<(), String> {
+        let state = match self.elector_addr().ok_or_else(Self::no_elector)? {
+            None => self
+                .local_elector()?
+                .cluster_state()
+                .map_err(|e| e.to_string())?,
+            Some(addr) => {
+                let p: crate::pb::netsy::ClusterState = self
+                    .peers
+                    .unary(
+                        &addr,
+                        "/netsy.Elector/GetClusterState",
+                        &(),
+                        PEER_CALL_TIMEOUT,
+                    )
+                    .await
+                    .map_err(described)?;
+                ClusterState::from_proto(&p).map_err(|e| e.to_string())?
+            }
+        };
+        self.apply(state).map_err(|e| e.to_string())
+    }
+}
+
+impl Peers for Cluster {
+    fn node_state<'a>(&'a self, node: &'a NodeRef) -> BoxFuture<'a, Result<NodeState, String>> {
+        Box::pin(async move {
+            if node.node_id == self.me.node_id {
+                return Ok(self.node.state());
+            }
+            self.peers
+                .unary(
+                    &node.peer_addr,
+                    "/netsy.Node/GetNodeState",
+                    &(),
+                    PEER_CALL_TIMEOUT,
+                )
+                .await
+                .map_err(described)
+        })
+    }
+
+    fn push<'a>(
+        &'a self,
+        node: &'a NodeRef,
+        state: &'a ClusterState,
+    ) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            if node.node_id == self.me.node_id {
+                return self.apply(state.clone()).map_err(|e| e.to_string());
+            }
+            self.peers
+                .unary::<_, ()>(
+                    &node.peer_addr,
+                    "/netsy.Node/PushClusterState",
+                    &state.to_proto(),
+                    PEER_CALL_TIMEOUT,
+                )
+                .await
+                .map_err(described)
+        })
+    }
+}
