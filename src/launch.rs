@@ -1,6 +1,9 @@
 //! Starting servers for tools and tests (conformance runner, benchmarks):
-//! a fresh etcd, a fresh `netsy --dev` or a moto S3 server, each on free
-//! loopback ports with its own data directory, removed when dropped.
+//! a fresh etcd, a fresh `netsy --dev`, a cluster of netsy nodes
+//! (`cluster`) or a moto S3 server, each on free loopback ports with its
+//! own data directory, removed when dropped.
+
+pub mod cluster;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

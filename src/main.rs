@@ -254,7 +254,10 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let result = runtime.block_on(netsy::node::run(cfg, role, shutdown_signal()));
+    let result = runtime.block_on(async {
+        let shutdown = shutdown_signal();
+        netsy::node::run(cfg, role, shutdown).await
+    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -265,27 +268,32 @@ fn main() -> ExitCode {
     }
 }
 
-/// Resolves on the first SIGTERM or SIGINT; a second one exits at once.
-async fn shutdown_signal() {
+/// Traps SIGTERM and SIGINT at once (a signal that arrives while the node
+/// starts is then not the default "terminate"); the returned future
+/// resolves on the first one, and a second one exits at once.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
+    let trapped = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) else {
-        log::warn!("cannot install signal handlers; stop with SIGKILL");
-        std::future::pending::<()>().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => log::info!("SIGTERM received"),
-        _ = int.recv() => log::info!("SIGINT received"),
-    }
-    tokio::spawn(async move {
+    );
+    async move {
+        let (Ok(mut term), Ok(mut int)) = trapped else {
+            log::warn!("cannot install signal handlers; stop with SIGKILL");
+            std::future::pending::<()>().await;
+            return;
+        };
         tokio::select! {
-            _ = term.recv() => {},
-            _ = int.recv() => {},
+            _ = term.recv() => log::info!("SIGTERM received"),
+            _ = int.recv() => log::info!("SIGINT received"),
         }
-        log::warn!("second signal: exiting now");
-        std::process::exit(1);
-    });
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = int.recv() => {},
+            }
+            log::warn!("second signal: exiting now");
+            std::process::exit(1);
+        });
+    }
 }

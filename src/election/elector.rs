@@ -585,22 +585,14 @@ impl Elector {
         tokio::spawn(async move { me.push().await });
     }
 
-    /// The Elector's gauges exist only while it holds the role.
+    /// The Elector's metrics exist only while it holds the role.
     fn update_gauges(&self, s: &State) {
         let m = &self.metrics;
-        let gauges = [
-            &m.elector_registered_nodes,
-            &m.elector_healthy_nodes,
-            &m.elector_degraded_nodes,
-        ];
-        if !s.active {
-            gauges.iter().for_each(|g| g.clear());
-            return;
-        }
+        m.set_elector_group(s.active);
         let (registered, healthy, degraded) = s.map.counts();
-        for (g, v) in gauges.iter().zip([registered, healthy, degraded]) {
-            g.get_or_create(&Vec::new()).set(v as i64);
-        }
+        m.elector_registered_nodes.set(registered as i64);
+        m.elector_healthy_nodes.set(healthy as i64);
+        m.elector_degraded_nodes.set(degraded as i64);
     }
 
     /// This node's view of a Primary's state, for nodes that ask whether
@@ -770,6 +762,10 @@ mod tests {
         assert_eq!(pushes.len(), 3, "then everyone: {pushes:?}");
         let listed = t.elector.member_list().unwrap().members;
         assert_eq!(listed.len(), 3);
+        assert!(t
+            .metrics
+            .render()
+            .contains("\nnetsy_elector_registered_nodes 3\n"));
         t.elector.stop();
         assert_eq!(
             t.elector.member_list().unwrap_err().to_string(),
@@ -779,7 +775,7 @@ mod tests {
             .metrics
             .render()
             .lines()
-            .all(|l| !l.starts_with("netsy_elector_registered_nodes ")));
+            .all(|l| !l.starts_with("netsy_elector_")));
     }
 
     #[tokio::test(start_paused = true)]

@@ -60,6 +60,9 @@ pub struct InfoLabels {
 
 pub struct Metrics {
     registry: Registry,
+    /// The Elector's metrics, exported only while this node is the Elector.
+    elector_group: Registry,
+    elector_active: std::sync::atomic::AtomicBool,
     pub info: Family<InfoLabels, Gauge>,
     pub state_health: Gauges,
     pub state_elector: Gauges,
@@ -91,9 +94,9 @@ pub struct Metrics {
     pub primary_snapshot_age: Gauge,
     pub primary_snapshot_cleanup_runs: Count,
     pub primary_snapshot_cleanup_chunks_deleted: Counter,
-    pub elector_registered_nodes: Gauges,
-    pub elector_healthy_nodes: Gauges,
-    pub elector_degraded_nodes: Gauges,
+    pub elector_registered_nodes: Gauge,
+    pub elector_healthy_nodes: Gauge,
+    pub elector_degraded_nodes: Gauge,
     pub elector_primary_elections: Count,
     pub elector_primary_election_failures: Count,
     pub elector_primary_election_duration: Hist,
@@ -123,6 +126,14 @@ impl Metrics {
             ($name:expr, $help:expr, $metric:expr) => {{
                 let m = $metric;
                 r.register($name, $help, m.clone());
+                m
+            }};
+        }
+        let mut e = Registry::default();
+        macro_rules! reg_e {
+            ($name:expr, $help:expr, $metric:expr) => {{
+                let m = $metric;
+                e.register($name, $help, m.clone());
                 m
             }};
         }
@@ -271,42 +282,42 @@ impl Metrics {
                 "Chunk objects deleted by cleanup",
                 Counter::default()
             ),
-            elector_registered_nodes: reg!(
+            elector_registered_nodes: reg_e!(
                 "netsy_elector_registered_nodes",
-                "Nodes in the Elector's map (only on the Elector)",
-                Gauges::default()
+                "Nodes in the Elector's map",
+                Gauge::default()
             ),
-            elector_healthy_nodes: reg!(
+            elector_healthy_nodes: reg_e!(
                 "netsy_elector_healthy_nodes",
-                "Healthy nodes in the Elector's map (only on the Elector)",
-                Gauges::default()
+                "Healthy nodes in the Elector's map",
+                Gauge::default()
             ),
-            elector_degraded_nodes: reg!(
+            elector_degraded_nodes: reg_e!(
                 "netsy_elector_degraded_nodes",
-                "Degraded nodes in the Elector's map (only on the Elector)",
-                Gauges::default()
+                "Degraded nodes in the Elector's map",
+                Gauge::default()
             ),
-            elector_primary_elections: reg!(
+            elector_primary_elections: reg_e!(
                 "netsy_elector_primary_elections",
                 "Primary elections run",
                 Count::default()
             ),
-            elector_primary_election_failures: reg!(
+            elector_primary_election_failures: reg_e!(
                 "netsy_elector_primary_election_failures",
                 "Primary elections that failed",
                 Count::default()
             ),
-            elector_primary_election_duration: reg!(
+            elector_primary_election_duration: reg_e!(
                 "netsy_elector_primary_election_duration_seconds",
                 "Primary election duration",
                 hist()
             ),
-            elector_primary_election_contacts: reg!(
+            elector_primary_election_contacts: reg_e!(
                 "netsy_elector_primary_election_contacts",
                 "Nodes asked for their state during Primary elections",
                 Count::default()
             ),
-            elector_auto_deregistrations: reg!(
+            elector_auto_deregistrations: reg_e!(
                 "netsy_elector_auto_deregistrations",
                 "Nodes removed after the deregistration timeout",
                 Counter::default()
@@ -334,8 +345,14 @@ impl Metrics {
             last_snapshot_unix: AtomicI64::new(0),
             hooks: Mutex::new(Vec::new()),
             registry: Registry::default(),
+            elector_group: Registry::default(),
+            elector_active: std::sync::atomic::AtomicBool::new(false),
         };
-        Metrics { registry: r, ..m }
+        Metrics {
+            registry: r,
+            elector_group: e,
+            ..m
+        }
     }
 
     /// Adds a function run before each scrape.
@@ -361,6 +378,12 @@ impl Metrics {
             .inc();
     }
 
+    /// Shows or hides the Elector's metrics (role-scoped, as the
+    /// reference's: they exist only while this node is the Elector).
+    pub fn set_elector_group(&self, shown: bool) {
+        self.elector_active.store(shown, Ordering::Release);
+    }
+
     /// Notes that a snapshot was written at `unix_seconds`.
     pub fn snapshot_taken(&self, unix_seconds: i64) {
         self.last_snapshot_unix
@@ -383,6 +406,10 @@ impl Metrics {
         }
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode_registry(&mut out, &self.registry);
+        if self.elector_active.load(Ordering::Acquire) {
+            let _ =
+                prometheus_client::encoding::text::encode_registry(&mut out, &self.elector_group);
+        }
         out.push_str(&process_metrics());
         out.push_str("# EOF\n");
         out

@@ -259,7 +259,10 @@ impl RoleDriver {
                 log::warn!("{id} is the Primary now: stepping down");
                 self.step_down();
             }
-            (_, PrimaryState::Replica) => self.close_as_replica(),
+            (_, PrimaryState::Replica) => {
+                self.close_as_replica();
+                self.start_follower();
+            }
             _ => {}
         }
     }

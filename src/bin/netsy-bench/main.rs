@@ -5,6 +5,7 @@
 //! correctness (CI).
 
 mod check;
+mod failover;
 mod stats;
 mod watcher;
 mod workload;
@@ -22,6 +23,9 @@ use workload::{Load, Mode};
 const USAGE: &str =
     "usage: netsy-bench MODE [options]    MODE: put | range | txn-put | watch-latency | k8s
        netsy-bench --smoke
+       netsy-bench failover [--rounds N] [--moto] [--speedup N] [--json]
+                 a 3-node cluster; SIGKILL of the Primary, the Elector, a node that is
+                 both: seconds until writes are acknowledged again (N samples of each)
 
 target (default: start a fresh netsy --dev):
   --endpoint HOST:PORT    a running server
@@ -57,6 +61,9 @@ struct Options {
     etcd_endpoint: Option<String>,
     json: bool,
     smoke: bool,
+    failover: bool,
+    /// NETSY_TEST_ELECTION_SPEEDUP for failover runs.
+    speedup: Option<u32>,
 }
 
 fn defaults() -> Options {
@@ -95,6 +102,8 @@ fn defaults() -> Options {
         etcd_endpoint: None,
         json: false,
         smoke: false,
+        failover: false,
+        speedup: None,
     }
 }
 
@@ -140,6 +149,11 @@ fn parse(args: &[String]) -> Result<Options, String> {
             "--watchers" => o.load.watchers = num(a, val(a)?)? as usize,
             "--json" => o.json = true,
             "--smoke" => o.smoke = true,
+            "--speedup" => o.speedup = Some(num(a, val(a)?)? as u32),
+            "failover" if !mode_set => {
+                o.failover = true;
+                mode_set = true;
+            }
             "-h" | "--help" => return Err(String::new()),
             m if !mode_set && !m.starts_with('-') => {
                 o.load.mode = Mode::parse(m).ok_or_else(|| format!("unknown mode {m:?}"))?;
@@ -450,7 +464,17 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        if o.smoke {
+        if o.failover {
+            failover::run(&failover::FailoverOptions {
+                netsy_bin: &o.netsy_bin,
+                moto_bin: &o.moto_bin,
+                moto: o.moto,
+                rounds: o.rounds,
+                speedup: o.speedup,
+                json: o.json,
+            })
+            .await
+        } else if o.smoke {
             smoke(&o).await
         } else if o.compare {
             compare(&o).await

@@ -1,0 +1,381 @@
+//! A cluster of real netsy processes on loopback, for tests and
+//! benchmarks, started as the deployment starts them: per-node `NETSY_*`
+//! variables with every port chosen up front (client, peer, election,
+//! health), certificates from `netsy certs`, one shared JSONC config and one
+//! shared bucket. Nodes can be killed, stopped and restarted on their data
+//! directories.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::{free_port, TempDir};
+
+/// What cluster to build.
+#[derive(Clone, Debug)]
+pub struct ClusterSpec {
+    pub nodes: usize,
+    pub cluster_id: String,
+    /// The config's `storage` object.
+    pub storage_json: String,
+    /// Environment the bucket needs (AWS_* for S3).
+    pub env: Vec<(String, String)>,
+    /// replication.quorum.
+    pub quorum: i64,
+    pub heartbeat_interval: String,
+    pub deregistration_timeout: String,
+    pub primary_prior_timeout: String,
+    /// NETSY_TEST_ELECTION_SPEEDUP; None keeps the reference's timings.
+    pub speedup: Option<u32>,
+}
+
+impl ClusterSpec {
+    /// N nodes on a bucket with the deployment's example settings.
+    pub fn new(nodes: usize, storage_json: &str, env: Vec<(String, String)>) -> ClusterSpec {
+        ClusterSpec {
+            nodes,
+            cluster_id: "test-cluster".into(),
+            storage_json: storage_json.to_string(),
+            env,
+            quorum: -1,
+            heartbeat_interval: "1s".into(),
+            deregistration_timeout: "3m".into(),
+            primary_prior_timeout: "5s".into(),
+            speedup: None,
+        }
+    }
+
+    fn config(&self) -> String {
+        format!(
+            r#"{{
+  // Shared by every node of the cluster (written by the launcher).
+  "cluster_id": "{}",
+  "storage": {},
+  "heartbeat_interval": "{}",
+  "elector": {{"degradation_count": 2, "deregistration_timeout": "{}", "primary_prior_timeout": "{}"}},
+  "replication": {{"quorum": {}, "degradation_count": 2, "chunk_buffer": {{"threshold_size_mb": 4, "threshold_age_minutes": 1}}}},
+}}
+"#,
+            self.cluster_id,
+            self.storage_json,
+            self.heartbeat_interval,
+            self.deregistration_timeout,
+            self.primary_prior_timeout,
+            self.quorum
+        )
+    }
+}
+
+/// The loopback ports of one node.
+#[derive(Clone, Copy, Debug)]
+pub struct Ports {
+    pub client: u16,
+    pub peer: u16,
+    pub election: u16,
+    pub health: u16,
+}
+
+/// One node: its settings and, while it runs, its process and output.
+pub struct ClusterNode {
+    pub id: String,
+    pub ports: Ports,
+    pub data_dir: PathBuf,
+    child: Option<Child>,
+    /// Every line the current process printed.
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+impl ClusterNode {
+    pub fn client_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.ports.client)
+    }
+
+    pub fn peer_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.ports.peer)
+    }
+
+    pub fn health_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.ports.health)
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Whether the process printed a line containing `text`.
+    pub fn logged(&self, text: &str) -> bool {
+        self.log
+            .lock()
+            .map(|l| l.iter().any(|line| line.contains(text)))
+            .unwrap_or(false)
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().map(|l| l.join("\n")).unwrap_or_default()
+    }
+}
+
+impl Drop for ClusterNode {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A cluster's files and nodes.
+pub struct LaunchedCluster {
+    pub spec: ClusterSpec,
+    pub nodes: Vec<ClusterNode>,
+    pub config_path: PathBuf,
+    /// `netsy certs` output: ca.crt, {node}/server.*, {node}/peer.*,
+    /// client/{name}.*.
+    pub certs: PathBuf,
+    bin: PathBuf,
+    dir: TempDir,
+}
+
+/// The name of the client certificate `netsy certs` issues for tools.
+pub const CLIENT_NAME: &str = "tester";
+
+impl LaunchedCluster {
+    /// Chooses ports, issues certificates with `bin certs`, writes the
+    /// config. Starts nothing.
+    pub fn create(bin: &Path, spec: ClusterSpec) -> Result<LaunchedCluster, String> {
+        let dir = TempDir::new("cluster")?;
+        let certs = dir.path().join("certs");
+        let ids: Vec<String> = (1..=spec.nodes).map(|i| format!("node-{i}")).collect();
+        let mut cmd = Command::new(bin);
+        cmd.args([
+            "certs",
+            "--cluster",
+            &spec.cluster_id,
+            "--client",
+            CLIENT_NAME,
+            "--host",
+            "127.0.0.1",
+        ]);
+        for id in &ids {
+            cmd.args(["--node", id]);
+        }
+        let out = cmd
+            .arg("--out")
+            .arg(&certs)
+            .output()
+            .map_err(|e| format!("netsy certs: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "netsy certs failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        let config_path = dir.path().join("config.jsonc");
+        std::fs::write(&config_path, spec.config()).map_err(|e| e.to_string())?;
+        let mut nodes = Vec::new();
+        for id in ids {
+            let ports = Ports {
+                client: free_port()?,
+                peer: free_port()?,
+                election: free_port()?,
+                health: free_port()?,
+            };
+            nodes.push(ClusterNode {
+                data_dir: dir.path().join(format!("data-{id}")),
+                id,
+                ports,
+                child: None,
+                log: Arc::default(),
+            });
+        }
+        Ok(LaunchedCluster {
+            spec,
+            nodes,
+            config_path,
+            certs,
+            bin: bin.to_path_buf(),
+            dir,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The files of the tools' client certificate: (ca, cert, key).
+    pub fn client_tls(&self) -> (PathBuf, PathBuf, PathBuf) {
+        (
+            self.certs.join("ca.crt"),
+            self.certs.join("client").join(format!("{CLIENT_NAME}.crt")),
+            self.certs.join("client").join(format!("{CLIENT_NAME}.key")),
+        )
+    }
+
+    /// The environment node `i` runs with, as deployed.
+    pub fn env(&self, i: usize) -> Vec<(String, String)> {
+        let n = &self.nodes[i];
+        let at = |port: u16| format!("127.0.0.1:{port}");
+        let cert = |name: &str| self.certs.join(&n.id).join(name).display().to_string();
+        let mut env = vec![
+            (
+                "NETSY_CONFIG".into(),
+                self.config_path.display().to_string(),
+            ),
+            ("NETSY_NODE_ID".into(), n.id.clone()),
+            ("NETSY_BIND_CLIENT".into(), at(n.ports.client)),
+            ("NETSY_ADVERTISE_CLIENT".into(), at(n.ports.client)),
+            ("NETSY_BIND_PEER".into(), at(n.ports.peer)),
+            ("NETSY_ADVERTISE_PEER".into(), at(n.ports.peer)),
+            ("NETSY_BIND_ELECTION".into(), at(n.ports.election)),
+            ("NETSY_ADVERTISE_ELECTION".into(), at(n.ports.election)),
+            ("NETSY_BIND_HEALTH".into(), at(n.ports.health)),
+            (
+                "NETSY_TLS_CA_CERT".into(),
+                self.certs.join("ca.crt").display().to_string(),
+            ),
+            ("NETSY_TLS_SERVER_CERT".into(), cert("server.crt")),
+            ("NETSY_TLS_SERVER_KEY".into(), cert("server.key")),
+            ("NETSY_TLS_CLIENT_CERT".into(), cert("peer.crt")),
+            ("NETSY_TLS_CLIENT_KEY".into(), cert("peer.key")),
+            ("NETSY_DATA_DIR".into(), n.data_dir.display().to_string()),
+            ("RUST_LOG".into(), "info".into()),
+        ];
+        env.extend(self.spec.env.iter().cloned());
+        if let Some(s) = self.spec.speedup {
+            env.push(("NETSY_TEST_ELECTION_SPEEDUP".into(), s.to_string()));
+        }
+        env
+    }
+
+    /// Starts node `i` (again, on its data directory, if it ran before).
+    pub fn start(&mut self, i: usize) -> Result<(), String> {
+        let env = self.env(i);
+        let echo = std::env::var_os("NETSY_CLUSTER_ECHO").is_some();
+        let n = &mut self.nodes[i];
+        if let Some(mut old) = n.child.take() {
+            let _ = old.kill();
+            let _ = old.wait();
+        }
+        let mut child = Command::new(&self.bin)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(env)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("starting {}: {e}", n.id))?;
+        let stderr = child.stderr.take().ok_or("no stderr")?;
+        let log: Arc<Mutex<Vec<String>>> = Arc::default();
+        let (lines, id) = (log.clone(), n.id.clone());
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if echo {
+                    eprintln!("[{id}] {line}");
+                }
+                if let Ok(mut l) = lines.lock() {
+                    l.push(line);
+                }
+            }
+        });
+        n.log = log;
+        n.child = Some(child);
+        Ok(())
+    }
+
+    pub fn start_all(&mut self) -> Result<(), String> {
+        (0..self.nodes.len()).try_for_each(|i| self.start(i))
+    }
+
+    /// SIGKILL: the node gets no chance to do anything.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.nodes[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then waits up to `deadline` for the exit.
+    pub fn terminate(&mut self, i: usize, deadline: Duration) -> Result<ExitStatus, String> {
+        let n = &mut self.nodes[i];
+        let Some(mut child) = n.child.take() else {
+            return Err(format!("{} is not running", n.id));
+        };
+        let sent = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .map_err(|e| e.to_string())?;
+        if !sent.success() {
+            return Err("kill -TERM failed".into());
+        }
+        let until = Instant::now() + deadline;
+        loop {
+            if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+                return Ok(status);
+            }
+            if Instant::now() >= until {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "{} did not exit within {deadline:?} of SIGTERM",
+                    n.id
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Node `i`'s /metrics text.
+    pub fn metrics(&self, i: usize) -> Result<String, String> {
+        http_get(&self.nodes[i].health_addr(), "/metrics")
+    }
+
+    /// Whether node `i`'s metrics say `name{label}` is 1 (one-hot states).
+    pub fn has_state(&self, i: usize, name: &str, state: &str) -> bool {
+        let want = format!("{name}{{state=\"{state}\"}} 1");
+        self.metrics(i)
+            .map(|m| m.lines().any(|l| l == want))
+            .unwrap_or(false)
+    }
+
+    /// The running nodes whose metrics show them as Elector.
+    pub fn electors(&mut self) -> Vec<usize> {
+        self.running_with("netsy_state_elector", "leader")
+    }
+
+    /// The running nodes whose metrics show them as the active Primary.
+    pub fn primaries(&mut self) -> Vec<usize> {
+        self.running_with("netsy_state_primary", "active")
+    }
+
+    fn running_with(&mut self, name: &str, state: &str) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|i| self.nodes[*i].is_running() && self.has_state(*i, name, state))
+            .collect()
+    }
+}
+
+/// A plain HTTP GET (the health listener); the body of a 200.
+pub fn http_get(addr: &str, path: &str) -> Result<String, String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).map_err(|e| e.to_string())?;
+    let (head, body) = buf.split_once("\r\n\r\n").ok_or("incomplete answer")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(head.lines().next().unwrap_or("").to_string());
+    }
+    Ok(body.to_string())
+}
