@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use netsy::config;
-use netsy::node::driver::RoleCell;
+use netsy::node::status::RoleCell;
 
 const USAGE: &str = "usage: netsy [--dev] [--config FILE] [-v|--verbose]
        netsy --validate FILE

@@ -22,7 +22,7 @@ use crate::pb::netsy::{
     RegisterNodeRequest, RegisterNodeResponse,
 };
 
-use super::peer::NodeView;
+use super::status::NodeView;
 
 /// Time allowed for one peer RPC (heartbeats, node states, pushes).
 pub const PEER_CALL_TIMEOUT: Duration = Duration::from_secs(5);

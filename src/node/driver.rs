@@ -6,87 +6,24 @@
 //! is not one; the cluster issues put elections in that place.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::http::HealthSource;
 use crate::log::ObjectLog;
 use crate::primary::{self, WriteGate, WritePathEvent};
 use crate::store::Store;
 use crate::watch::WatchHub;
 
 use super::cluster::Cluster;
-use super::role::{Change, ElectorState, Health, Outcome, PrimaryState, Role};
+use super::role::{Change, ElectorState, Health, PrimaryState};
+use super::status::RoleCell;
 
 /// How long a failed preflight waits before the next try (the reference's
 /// value).
 pub const PREFLIGHT_RETRY: Duration = Duration::from_secs(1);
-
-/// The role as every part of the node reads it. Only the driver (and the
-/// loading sequence before it starts) changes it.
-pub struct RoleCell {
-    role: Mutex<Role>,
-    /// Tells waiters about every change.
-    changed: tokio::sync::watch::Sender<Role>,
-}
-
-impl Default for RoleCell {
-    fn default() -> Self {
-        RoleCell {
-            role: Mutex::new(Role::default()),
-            changed: tokio::sync::watch::Sender::new(Role::default()),
-        }
-    }
-}
-
-impl RoleCell {
-    pub fn get(&self) -> Role {
-        match self.role.lock() {
-            Ok(r) => *r,
-            Err(poisoned) => *poisoned.into_inner(),
-        }
-    }
-
-    /// A receiver that sees every role change.
-    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<Role> {
-        self.changed.subscribe()
-    }
-
-    /// Applies one change request and logs what happened. (The lock is not
-    /// held while logging: log lines read the role.)
-    pub fn change(&self, f: impl FnOnce(&mut Role) -> Outcome) -> Outcome {
-        let outcome = {
-            let mut role = match self.role.lock() {
-                Ok(r) => r,
-                Err(poisoned) => poisoned.into_inner(),
-            };
-            let outcome = f(&mut role);
-            if let Ok(Some(_)) = outcome {
-                self.changed.send_replace(*role);
-            }
-            outcome
-        };
-        match &outcome {
-            Ok(Some(change)) => log::info!("state_transition: {change}"),
-            Ok(None) => {}
-            Err(refused) => log::error!("{refused}"),
-        }
-        outcome
-    }
-
-    pub fn log_name(&self) -> &'static str {
-        self.get().log_name()
-    }
-}
-
-impl HealthSource for RoleCell {
-    fn health(&self) -> &'static str {
-        self.get().health.as_str()
-    }
-}
 
 /// What the Primary role needs to take and leave writes.
 pub struct PrimaryParts {
@@ -492,6 +429,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::node::role::Role;
     use crate::objstore::tests::{transient, Flaky};
     use crate::objstore::ObjectStore;
     use crate::store::{Batch, Record};

@@ -15,9 +15,10 @@ use crate::http::metrics::Metrics;
 use crate::objstore::ObjectStore;
 
 use super::cluster::Cluster;
-use super::driver::{DriverInput, RoleCell};
-use super::peer::NodeView;
+use super::driver::DriverInput;
 use super::role::Health;
+use super::status::NodeView;
+use super::status::RoleCell;
 
 pub struct HeartbeatSender {
     pub cluster: Arc<Cluster>,

@@ -18,8 +18,8 @@ use crate::objstore::ObjectStore;
 use crate::store::Timestamp;
 
 use super::cluster::Cluster;
-use super::driver::RoleCell;
 use super::role::ElectorState;
+use super::status::RoleCell;
 
 /// The lock runner's parts.
 pub struct LockRunner {

@@ -25,11 +25,13 @@ use crate::tls::TlsMaterial;
 
 pub use super::cluster::Cluster;
 use super::cluster::PeerClients;
-use super::driver::{DriverInput, RoleCell};
+use super::driver::DriverInput;
 use super::heartbeat::HeartbeatSender;
 use super::listeners::{self, Bound};
 use super::lock_runner::LockRunner;
-use super::peer::{self, NodeView};
+use super::peer;
+use super::status::NodeView;
+use super::status::RoleCell;
 
 /// How long a node keeps trying to register before it gives up.
 const REGISTRATION_DEADLINE: Duration = Duration::from_secs(60);

@@ -13,6 +13,7 @@ pub mod lock_runner;
 pub mod membership;
 pub mod peer;
 pub mod role;
+pub mod status;
 
 use std::future::Future;
 use std::sync::atomic::Ordering;
@@ -29,9 +30,10 @@ use crate::log::ObjectLog;
 use crate::primary::{ObjectStorageDurability, WritePathParts};
 use crate::store::{Store, Timestamp};
 use crate::watch::{RingLimits, WatchHub};
-use driver::{Appointer, DriverHandle, PrimaryParts, RoleCell, RoleDriver};
+use driver::{Appointer, DriverHandle, PrimaryParts, RoleDriver};
 use membership::{JoinParts, LoneMember, Membership};
 use role::{ElectorState, Health, PrimaryState};
+use status::RoleCell;
 
 /// How long in-flight requests may take to finish at shutdown.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -126,7 +128,7 @@ async fn start(config: Config, role: Arc<RoleCell>) -> Result<Running, Failed> {
     log::info!("object storage: {}", objects.describe());
     let log = Arc::new(ObjectLog::new(objects, &node_id, &config.node.data_dir).map_err(failed)?);
     failpoint::hold("loading").await;
-    let view = Arc::new(peer::NodeView {
+    let view = Arc::new(status::NodeView {
         node_id: node_id.clone(),
         role: role.clone(),
         store: OnceLock::new(),

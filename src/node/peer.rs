@@ -3,56 +3,18 @@
 //! which answers only while this node holds the lock. Errors become the
 //! reference's statuses here, at the edge.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use crate::election::cluster_state::{ClusterState, Refused};
 use crate::election::elector::{Elector, ElectorError};
 use crate::grpc::{unary, RequestContext, Router, Status};
 use crate::pb::netsy::{
-    ClusterState as WireClusterState, DeregisterNodeRequest, ElectorState as WireElector,
-    GetMemberListRequest, GetMemberListResponse, HealthState, NodeState,
-    PrimaryState as WirePrimary, RegisterNodeRequest,
+    ClusterState as WireClusterState, DeregisterNodeRequest, GetMemberListRequest,
+    GetMemberListResponse, NodeState, RegisterNodeRequest,
 };
-use crate::store::Store;
 
 use super::cluster::Cluster;
-use super::driver::RoleCell;
-use super::role::{ElectorState, Health, PrimaryState};
-
-/// What GetNodeState reports.
-pub struct NodeView {
-    pub node_id: String,
-    pub role: Arc<RoleCell>,
-    /// The local store once it is open (latest revision 0 before).
-    pub store: OnceLock<Arc<Store>>,
-    pub start_time: i64,
-}
-
-impl NodeView {
-    pub fn state(&self) -> NodeState {
-        let role = self.role.get();
-        NodeState {
-            node_id: self.node_id.clone(),
-            health_state: match role.health {
-                Health::Loading => HealthState::HealthLoading,
-                Health::Healthy => HealthState::HealthHealthy,
-                Health::Degraded => HealthState::HealthDegraded,
-            } as i32,
-            elector_state: match role.elector {
-                ElectorState::Follower => WireElector::ElectorFollower,
-                ElectorState::Leader => WireElector::ElectorLeader,
-            } as i32,
-            primary_state: match role.primary {
-                PrimaryState::Replica => WirePrimary::PrimaryReplica,
-                PrimaryState::Starting => WirePrimary::PrimaryStarting,
-                PrimaryState::Active => WirePrimary::PrimaryActive,
-                PrimaryState::Draining => WirePrimary::PrimaryDraining,
-            } as i32,
-            latest_revision: self.store.get().map_or(0, |s| s.latest_revision()),
-            start_time: self.start_time,
-        }
-    }
-}
+pub use super::status::NodeView;
 
 /// The caller's node id, from its verified peer certificate.
 fn caller(ctx: &RequestContext) -> Option<String> {

@@ -167,21 +167,20 @@ pub async fn run(o: &FailoverOptions<'_>) -> Result<bool, String> {
                 ));
             }
             let live: Vec<usize> = (0..3).filter(|i| *i != victim).collect();
-            let recovered = if kind == "elector" {
-                let another = live
+            // After the Elector alone, recovery also needs a new Elector.
+            let elector_back = kind != "elector"
+                || live
                     .iter()
                     .any(|i| c.has_state(*i, "netsy_state_elector", "leader"));
-                another && put(&c, &tls, primary, &key).await
-            } else {
-                let mut any = false;
+            let mut recovered = false;
+            if elector_back {
                 for i in &live {
                     if put(&c, &tls, *i, &key).await {
-                        any = true;
+                        recovered = true;
                         break;
                     }
                 }
-                any
-            };
+            }
             if recovered {
                 break;
             }
