@@ -119,7 +119,10 @@ pub enum Prior {
     /// It has stepped down, cannot be reached in time, or is unknown:
     /// elect, and forget it.
     Proceed,
-    /// It is still active: this round fails.
+    /// It is still active and says it is healthy (it was only slow to
+    /// report): it stays the Primary if it is still registered.
+    Keep,
+    /// It is still active and not healthy: this round fails.
     Fail(String),
     /// It is starting or draining, or unreachable: ask again at this time.
     AskAgainAt(Instant),
@@ -149,11 +152,12 @@ impl PriorCheck {
     /// Given what the previous Primary answered at `now` (None when it
     /// could not be reached).
     pub fn observe(&self, now: Instant, answer: Option<&NodeState>) -> Prior {
-        match answer.map(primary) {
-            Some(PrimaryState::PrimaryActive) => {
+        match answer.map(|a| (primary(a), health(a))) {
+            Some((PrimaryState::PrimaryActive, HealthState::HealthHealthy)) => Prior::Keep,
+            Some((PrimaryState::PrimaryActive, _)) => {
                 Prior::Fail(format!("previous primary {} is still active", self.node_id))
             }
-            Some(PrimaryState::PrimaryReplica) => Prior::Proceed,
+            Some((PrimaryState::PrimaryReplica, _)) => Prior::Proceed,
             _ if now >= self.deadline => Prior::Proceed,
             _ => Prior::AskAgainAt((now + PRIOR_POLL).min(self.deadline)),
         }
@@ -279,6 +283,11 @@ mod tests {
         assert_eq!(
             check.observe(t0, Some(&node("p", Degraded, Active, 1, 1))),
             Prior::Fail("previous primary p is still active".into())
+        );
+        assert_eq!(
+            check.observe(t0, Some(&node("p", Healthy, Active, 1, 1))),
+            Prior::Keep,
+            "reachable, healthy and active: it was only slow"
         );
         assert_eq!(
             check.observe(t0, Some(&node("p", Degraded, Draining, 1, 1))),

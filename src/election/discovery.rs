@@ -56,7 +56,7 @@ pub async fn ensure_registration(
                 Ok(())
             } else {
                 Err(format!(
-                    "discovery: node registration {key} already exists with different values (remove it if this node moved)"
+                    "discovery: node registration {key} already exists with different values"
                 ))
             }
         }

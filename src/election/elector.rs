@@ -5,7 +5,7 @@
 //! every 500 ms while there is none, and pushes the cluster state to every
 //! node: to itself first, then the Primary, then the rest in parallel.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use crate::http::metrics::{labels, Metrics};
 use crate::log::ObjectLog;
 use crate::pb::netsy::{
-    GetMemberListResponse, NodeState, RegisterNodeRequest, RegisterNodeResponse,
+    GetMemberListResponse, NodeState, PrimaryState, RegisterNodeRequest, RegisterNodeResponse,
 };
 
 use super::choose::{self, Choice, Prior, PriorCheck};
@@ -94,6 +94,18 @@ struct State {
     deregistered: HashSet<String>,
     /// Bumped at every start and stop, so loops of an earlier term end.
     term: u64,
+    /// Bumped at every change worth pushing; a node is never sent an older
+    /// state than one it already has.
+    version: u64,
+}
+
+/// The pushes to one node go one at a time, each with the newest state.
+#[derive(Default)]
+struct Lane {
+    /// The newest version this node has acknowledged.
+    delivered: u64,
+    /// When the last push to it was tried.
+    tried_at: Option<Instant>,
 }
 
 pub struct Elector {
@@ -103,6 +115,7 @@ pub struct Elector {
     peers: Arc<dyn Peers>,
     metrics: Arc<Metrics>,
     state: Mutex<State>,
+    lanes: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Lane>>>>,
 }
 
 fn registration(req: &RegisterNodeRequest) -> Result<Registration, ElectorError> {
@@ -149,6 +162,7 @@ impl Elector {
             peers,
             metrics,
             state: Mutex::new(State::default()),
+            lanes: Mutex::new(HashMap::new()),
         }
     }
 
@@ -177,16 +191,19 @@ impl Elector {
             *s = State {
                 active: true,
                 term: s.term + 1,
+                version: s.version + 1,
                 ..State::default()
             };
             s.term
         };
+        self.lanes().clear();
         if let Err(e) = self.bootstrap(term).await {
             self.stop();
             return Err(e);
         }
         log::info!("elector ready: {} nodes registered", self.lock().map.len());
-        self.push().await;
+        // In the background: the lock cycle that called this must go on.
+        self.push_later();
         let (a, b) = (self.clone(), self.clone());
         tokio::spawn(async move { a.run_every(term, |e| e.check_health()).await });
         tokio::spawn(async move { b.run_every(term, |e| e.elect()).await });
@@ -202,6 +219,7 @@ impl Elector {
         }
         *s = State {
             term: s.term + 1,
+            version: s.version + 1,
             ..State::default()
         };
         self.update_gauges(&s);
@@ -256,11 +274,25 @@ impl Elector {
         Ok(())
     }
 
-    fn ready(&self) -> Result<std::sync::MutexGuard<'_, State>, ElectorError> {
+    fn lanes(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<tokio::sync::Mutex<Lane>>>> {
+        match self.lanes.lock() {
+            Ok(l) => l,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// The state, if this node holds the role (every RPC checks this
+    /// first).
+    fn active(&self) -> Result<std::sync::MutexGuard<'_, State>, ElectorError> {
         let s = self.lock();
         if !s.active {
             return Err(ElectorError::NotElector);
         }
+        Ok(s)
+    }
+
+    fn ready(&self) -> Result<std::sync::MutexGuard<'_, State>, ElectorError> {
+        let s = self.active()?;
         if !s.ready {
             return Err(ElectorError::Bootstrapping);
         }
@@ -292,6 +324,7 @@ impl Elector {
         req: &RegisterNodeRequest,
         caller: Option<&str>,
     ) -> Result<RegisterNodeResponse, ElectorError> {
+        drop(self.active()?);
         let reg = registration(req)?;
         check_caller(caller, &reg.node_id)?;
         drop(self.ready()?);
@@ -312,6 +345,9 @@ impl Elector {
             let grew = s.map.get(&reg.node_id).is_none();
             s.map.register(reg.clone(), member_id, Instant::now());
             s.deregistered.remove(&reg.node_id);
+            if grew {
+                s.version += 1;
+            }
             self.update_gauges(&s);
             (self.state_of(&s), grew)
         };
@@ -332,17 +368,16 @@ impl Elector {
         node_id: &str,
         caller: Option<&str>,
     ) -> Result<(), ElectorError> {
+        drop(self.active()?);
         if node_id.is_empty() {
             return Err(ElectorError::InvalidArgument("node_id is required".into()));
         }
         check_caller(caller, node_id)?;
         let cleared = {
-            let mut s = self.lock();
-            if !s.active {
-                return Err(ElectorError::NotElector);
-            }
+            let mut s = self.active()?;
             s.deregistered.insert(node_id.to_string());
             s.map.remove(node_id);
+            s.version += 1;
             self.update_gauges(&s);
             clear_primary_if(&mut s, node_id)
         };
@@ -356,15 +391,15 @@ impl Elector {
     }
 
     /// SendHeartbeat: the node's report about itself.
+    /// Before the map is loaded the answer is Unavailable (bootstrapping),
+    /// not NotFound: the node is not asked to register again.
     pub fn heartbeat(&self, state: &NodeState, caller: Option<&str>) -> Result<(), ElectorError> {
+        drop(self.active()?);
         if state.node_id.is_empty() {
             return Err(ElectorError::InvalidArgument("node_id is required".into()));
         }
         check_caller(caller, &state.node_id)?;
-        let mut s = self.lock();
-        if !s.active {
-            return Err(ElectorError::NotElector);
-        }
+        let mut s = self.ready()?;
         if !s.map.heartbeat(state, Instant::now()) {
             return Err(ElectorError::NotRegistered(state.node_id.clone()));
         }
@@ -400,6 +435,9 @@ impl Elector {
                 checked.deregistered.contains(p) || s.map.get(p).is_none_or(|e| e.is_degraded())
             });
             let cleared = lost.is_some_and(|p| clear_primary_if(&mut s, &p));
+            if !checked.deregistered.is_empty() {
+                s.version += 1;
+            }
             self.update_gauges(&s);
             (checked, cleared)
         };
@@ -415,33 +453,81 @@ impl Elector {
         }
         if cleared || !checked.deregistered.is_empty() {
             self.push().await;
+        } else {
+            self.push_to_disagreeing(degrade_after);
+        }
+    }
+
+    /// Pushes again to nodes whose reports contradict the cluster state (a
+    /// push that was lost, or a Primary that stepped down by itself and
+    /// recovered): the named Primary reporting itself a replica, or another
+    /// node reporting itself starting or active. At most once per
+    /// `pause` per node.
+    fn push_to_disagreeing(self: &Arc<Self>, pause: Duration) {
+        let disagreeing: Vec<NodeRef> = {
+            let s = self.lock();
+            if !s.ready {
+                return;
+            }
+            let primary = s.primary.as_ref().map(|p| p.node_id.as_str());
+            s.map
+                .entries()
+                .filter(|e| e.reported && !e.is_degraded())
+                .filter(|e| {
+                    // A draining Primary is still settling a batch: it holds on.
+                    if primary == Some(e.registration.node_id.as_str()) {
+                        e.primary_state == PrimaryState::PrimaryReplica
+                    } else {
+                        matches!(
+                            e.primary_state,
+                            PrimaryState::PrimaryStarting | PrimaryState::PrimaryActive
+                        )
+                    }
+                })
+                .map(node_ref)
+                .collect()
+        };
+        let now = Instant::now();
+        for node in disagreeing {
+            let lane = self.lane(&node.node_id);
+            let due = lane
+                .try_lock()
+                .is_ok_and(|l| l.tried_at.is_none_or(|at| now.duration_since(at) >= pause));
+            if due {
+                log::info!(
+                    "{} disagrees with the cluster state: pushing it again",
+                    node.node_id
+                );
+                // In the background: the health loop must keep its beat.
+                let me = self.clone();
+                tokio::spawn(async move { me.deliver(&node, true).await });
+            }
         }
     }
 
     /// One election attempt while there is no Primary (reference §11).
     async fn elect(self: &Arc<Self>) {
-        let (previous, nodes) = {
+        let (previous, nodes, term) = {
             let s = self.lock();
             if !s.ready || s.primary.is_some() {
                 return;
             }
-            let nodes: Vec<(NodeRef, NodeState)> = s
-                .map
-                .entries()
-                .map(|e| {
-                    let node = NodeRef {
-                        node_id: e.registration.node_id.clone(),
-                        member_id: e.member_id,
-                        peer_addr: e.registration.peer_advertise_address.clone(),
-                    };
-                    (node, e.state())
-                })
-                .collect();
-            (s.previous_primary.clone(), nodes)
+            // Quorum 0 decides from heartbeats: wait until every node has
+            // sent one (or missed them), so an active Primary that has not
+            // reported yet is not overlooked.
+            if self.settings.quorum == 0
+                && !self.settings.heartbeat_interval.is_zero()
+                && !s.map.all_heard()
+            {
+                return;
+            }
+            let nodes: Vec<(NodeRef, NodeState)> =
+                s.map.entries().map(|e| (node_ref(e), e.state())).collect();
+            (s.previous_primary.clone(), nodes, s.term)
         };
         let started = std::time::Instant::now();
         log::debug!("election_started: {} registered nodes", nodes.len());
-        let result = self.elect_from(previous, &nodes).await;
+        let result = self.elect_from(term, previous, &nodes).await;
         let outcome = if result.is_ok() { "success" } else { "failure" };
         let m = &self.metrics;
         m.elector_primary_elections
@@ -470,12 +556,29 @@ impl Elector {
 
     async fn elect_from(
         &self,
+        term: u64,
         previous: Option<NodeRef>,
         nodes: &[(NodeRef, NodeState)],
     ) -> Result<NodeRef, String> {
         if let Some(prev) = previous {
-            self.wait_for_previous(&prev).await?;
-            self.lock().previous_primary = None;
+            let keep = self.wait_for_previous(&prev).await?;
+            let mut s = self.lock();
+            if s.term != term {
+                return Err("the elector role ended during the election".into());
+            }
+            s.previous_primary = None;
+            if keep {
+                if s.map.get(&prev.node_id).is_none() {
+                    return Err(format!(
+                        "previous primary {} is still active but no longer registered",
+                        prev.node_id
+                    ));
+                }
+                log::info!("{} is still the active Primary: it stays", prev.node_id);
+                s.primary = Some(prev.clone());
+                s.version += 1;
+                return Ok(prev);
+            }
         }
         let states = if self.settings.quorum == 0 {
             nodes.iter().map(|(_, s)| s.clone()).collect()
@@ -495,28 +598,26 @@ impl Elector {
         };
         let chosen = choose::choose(&states)?;
         let mut s = self.lock();
-        if !s.ready || s.primary.is_some() {
+        if s.term != term || !s.ready || s.primary.is_some() {
             return Err("the map changed during the election".into());
         }
         let entry = s
             .map
             .get(chosen.node_id())
             .ok_or_else(|| format!("{} left during the election", chosen.node_id()))?;
-        let node = NodeRef {
-            node_id: entry.registration.node_id.clone(),
-            member_id: entry.member_id,
-            peer_addr: entry.registration.peer_advertise_address.clone(),
-        };
+        let node = node_ref(entry);
         if let Choice::Keep(id) = &chosen {
             log::info!("{id} is already the active Primary: it stays");
         }
         s.primary = Some(node.clone());
+        s.version += 1;
         Ok(node)
     }
 
     /// Waits for the previous Primary to step down (or not to answer) before
-    /// electing another, even when it has left the map.
-    async fn wait_for_previous(&self, prev: &NodeRef) -> Result<(), String> {
+    /// electing another, even when it has left the map. True when it is
+    /// active and healthy after all and should stay.
+    async fn wait_for_previous(&self, prev: &NodeRef) -> Result<bool, String> {
         let check = PriorCheck::new(
             &prev.node_id,
             Instant::now(),
@@ -528,7 +629,8 @@ impl Elector {
                 self.metrics.count_retry("election_contact");
             }
             match check.observe(Instant::now(), answer.as_ref().ok()) {
-                Prior::Proceed => return Ok(()),
+                Prior::Proceed => return Ok(false),
+                Prior::Keep => return Ok(true),
                 Prior::Fail(e) => return Err(e),
                 Prior::AskAgainAt(at) => tokio::time::sleep_until(at).await,
             }
@@ -536,9 +638,10 @@ impl Elector {
     }
 
     /// Pushes the cluster state to every node: this one first, then the
-    /// Primary, then the rest in parallel; failures are only logged.
+    /// Primary, then the rest in parallel; failures are only logged (the
+    /// health loop pushes again to nodes that act against the state).
     pub async fn push(&self) {
-        let (state, nodes) = {
+        let (primary, nodes) = {
             let s = self.lock();
             if !s.ready {
                 return;
@@ -547,35 +650,48 @@ impl Elector {
                 .map
                 .entries()
                 .filter(|e| e.registration.node_id != self.me.node_id)
-                .map(|e| NodeRef {
-                    node_id: e.registration.node_id.clone(),
-                    member_id: e.member_id,
-                    peer_addr: e.registration.peer_advertise_address.clone(),
-                })
+                .map(node_ref)
                 .collect();
-            (self.state_of(&s), nodes)
+            (s.primary.clone(), nodes)
         };
-        let pushed = |node: NodeRef| {
-            let state = &state;
-            async move {
-                if let Err(e) = self.peers.push(&node, state).await {
-                    log::warn!("pushing the cluster state to {}: {e}", node.node_id);
-                }
-            }
-        };
-        pushed(state.elector.clone()).await;
-        let primary = state
-            .primary
-            .clone()
-            .filter(|p| p.node_id != self.me.node_id);
+        let me = self.state_of(&self.lock()).elector;
+        self.deliver(&me, false).await;
+        let primary = primary.filter(|p| p.node_id != self.me.node_id);
         if let Some(p) = &primary {
-            pushed(p.clone()).await;
+            self.deliver(p, false).await;
         }
         let rest = nodes
-            .into_iter()
+            .iter()
             .filter(|n| primary.as_ref().is_none_or(|p| p.node_id != n.node_id))
-            .map(pushed);
+            .map(|n| self.deliver(n, false));
         join_all(rest).await;
+    }
+
+    fn lane(&self, node_id: &str) -> Arc<tokio::sync::Mutex<Lane>> {
+        self.lanes().entry(node_id.to_string()).or_default().clone()
+    }
+
+    /// Sends one node the newest state, unless it already has it (or
+    /// `again`): one push at a time per node, so a slow older push never
+    /// lands after a newer one.
+    async fn deliver(&self, node: &NodeRef, again: bool) {
+        let lane = self.lane(&node.node_id);
+        let mut lane = lane.lock().await;
+        let (version, state) = {
+            let s = self.lock();
+            if !s.ready {
+                return;
+            }
+            (s.version, self.state_of(&s))
+        };
+        if lane.delivered >= version && !again {
+            return;
+        }
+        lane.tried_at = Some(Instant::now());
+        match self.peers.push(node, &state).await {
+            Ok(()) => lane.delivered = version,
+            Err(e) => log::warn!("pushing the cluster state to {}: {e}", node.node_id),
+        }
     }
 
     /// Pushes in the background after a membership change: the caller
@@ -602,11 +718,20 @@ impl Elector {
     }
 }
 
+fn node_ref(e: &super::nodemap::NodeEntry) -> NodeRef {
+    NodeRef {
+        node_id: e.registration.node_id.clone(),
+        member_id: e.member_id,
+        peer_addr: e.registration.peer_advertise_address.clone(),
+    }
+}
+
 /// Clears the Primary if it is `node_id`, remembering it as the previous
 /// one; true when it was.
 fn clear_primary_if(s: &mut State, node_id: &str) -> bool {
     if s.primary.as_ref().is_some_and(|p| p.node_id == node_id) {
         s.previous_primary = s.primary.take();
+        s.version += 1;
         log::warn!("the Primary {node_id} is gone: electing another");
         true
     } else {
@@ -737,6 +862,30 @@ mod tests {
             .unwrap();
     }
 
+    /// Lets the tasks the Elector spawned run (fake time stands still).
+    async fn settle() {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// Half-second steps of fake time in which e and b report healthy at
+    /// revision 9 and a stays silent.
+    async fn e_and_b_keep_beating(e: &Elector, steps: usize) {
+        for _ in 0..steps {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            for id in ["e", "b"] {
+                beat(
+                    e,
+                    id,
+                    HealthState::HealthHealthy,
+                    PrimaryState::PrimaryReplica,
+                    9,
+                );
+            }
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn the_first_elector_loads_the_registrations_and_pushes_at_once() {
         let t = setup(0, &["e", "a", "b"]).await;
@@ -745,6 +894,7 @@ mod tests {
             ElectorError::NotElector
         );
         t.elector.start().await.unwrap();
+        settle().await;
         let members = t.bucket.get("members.json").await.unwrap().data;
         assert_eq!(
             &members[..],
@@ -835,7 +985,12 @@ mod tests {
     async fn silent_nodes_degrade_then_are_deregistered_and_a_lost_primary_is_replaced() {
         let t = setup(0, &["e", "a", "b"]).await;
         t.elector.start().await.unwrap();
-        t.peers.take_pushes();
+        settle().await;
+        assert_eq!(
+            t.peers.take_pushes().len(),
+            3,
+            "pushed at once, no Primary yet"
+        );
         let e = &t.elector;
         beat(
             e,
@@ -877,23 +1032,7 @@ mod tests {
             PrimaryState::PrimaryReplica,
             9,
         );
-        for _ in 0..6 {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            beat(
-                e,
-                "e",
-                HealthState::HealthHealthy,
-                PrimaryState::PrimaryReplica,
-                9,
-            );
-            beat(
-                e,
-                "b",
-                HealthState::HealthHealthy,
-                PrimaryState::PrimaryReplica,
-                9,
-            );
-        }
+        e_and_b_keep_beating(e, 6).await;
         assert!(e.lock().map.get("a").unwrap().is_degraded());
         assert_ne!(
             e.primary_id().as_deref(),
@@ -903,23 +1042,7 @@ mod tests {
         assert!(e.primary_id().is_some(), "by a healthy node");
 
         // 10 s after degrading, a is removed and its registration deleted.
-        for _ in 0..22 {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            beat(
-                e,
-                "e",
-                HealthState::HealthHealthy,
-                PrimaryState::PrimaryReplica,
-                9,
-            );
-            beat(
-                e,
-                "b",
-                HealthState::HealthHealthy,
-                PrimaryState::PrimaryReplica,
-                9,
-            );
-        }
+        e_and_b_keep_beating(e, 22).await;
         assert!(e.lock().map.get("a").is_none());
         assert!(t.bucket.get("nodes/a.json").await.is_err());
         assert_eq!(t.metrics.elector_auto_deregistrations.get(), 1);
@@ -928,6 +1051,110 @@ mod tests {
             String::from_utf8_lossy(&members).contains("\"a\":1"),
             "ids stay"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn quorum_0_waits_to_hear_from_every_node_before_electing() {
+        let t = setup(0, &["e", "a", "b"]).await;
+        t.elector.start().await.unwrap();
+        let e = &t.elector;
+        e_and_b_keep_beating(e, 3).await;
+        assert_eq!(e.primary_id(), None, "a has not reported yet");
+        e_and_b_keep_beating(e, 2).await;
+        assert!(e.lock().map.get("a").unwrap().is_degraded());
+        assert!(
+            matches!(e.primary_id().as_deref(), Some("e" | "b")),
+            "a missed its heartbeats: it no longer holds the election up"
+        );
+    }
+
+    /// e, a and b report; a, the furthest ahead, is elected.
+    async fn a_elected() -> Setup {
+        let t = setup(0, &["e", "a", "b"]).await;
+        t.elector.start().await.unwrap();
+        for (id, rev) in [("e", 1), ("a", 2), ("b", 1)] {
+            beat(
+                &t.elector,
+                id,
+                HealthState::HealthHealthy,
+                PrimaryState::PrimaryReplica,
+                rev,
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert_eq!(t.elector.primary_id().as_deref(), Some("a"));
+        t
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_primary_acting_against_the_state_is_pushed_again() {
+        let t = a_elected().await;
+        let e = &t.elector;
+        t.peers.take_pushes();
+        // a never took the role (its push was lost): it keeps saying replica.
+        for _ in 0..6 {
+            for id in ["e", "a", "b"] {
+                beat(
+                    e,
+                    id,
+                    HealthState::HealthHealthy,
+                    PrimaryState::PrimaryReplica,
+                    2,
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let again: Vec<String> = t.peers.take_pushes().into_iter().map(|p| p.0).collect();
+        assert!(
+            again.iter().all(|id| id == "a") && !again.is_empty() && again.len() <= 2,
+            "a alone, at most once per 2 s: {again:?}"
+        );
+        // b says it is active though a is named: b is told again too.
+        for _ in 0..5 {
+            beat(
+                e,
+                "a",
+                HealthState::HealthHealthy,
+                PrimaryState::PrimaryActive,
+                2,
+            );
+            beat(
+                e,
+                "b",
+                HealthState::HealthHealthy,
+                PrimaryState::PrimaryActive,
+                2,
+            );
+            beat(
+                e,
+                "e",
+                HealthState::HealthHealthy,
+                PrimaryState::PrimaryReplica,
+                2,
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let again: Vec<String> = t.peers.take_pushes().into_iter().map(|p| p.0).collect();
+        assert!(
+            again.iter().all(|id| id == "b") && !again.is_empty(),
+            "{again:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_primary_that_was_only_slow_to_report_stays() {
+        let t = a_elected().await;
+        let e = &t.elector;
+        // a's heartbeats stop arriving, but asked directly it is fine.
+        t.peers.set(
+            "a",
+            HealthState::HealthHealthy,
+            PrimaryState::PrimaryActive,
+            3,
+        );
+        e_and_b_keep_beating(e, 5).await;
+        assert!(e.lock().map.get("a").unwrap().is_degraded());
+        assert_eq!(e.primary_id().as_deref(), Some("a"), "not replaced");
     }
 
     #[tokio::test(start_paused = true)]

@@ -118,6 +118,8 @@ pub struct ElectorLock {
     /// The last leader seen: (id, election address).
     known: Option<(String, String)>,
     consecutive_fails: u32,
+    /// When this node last wrote the record as leader.
+    renewed_at: Option<Timestamp>,
 }
 
 impl ElectorLock {
@@ -140,6 +142,7 @@ impl ElectorLock {
             leader: false,
             known: None,
             consecutive_fails: 0,
+            renewed_at: None,
         }
     }
 
@@ -168,7 +171,8 @@ impl ElectorLock {
             Ok(found) => found,
             Err(error) => {
                 self.consecutive_fails += 1;
-                return self.undecided(error, false);
+                let lost = self.unrenewed_too_long(now);
+                return self.undecided(error, lost);
             }
         };
         if let Some(r) = &record {
@@ -182,18 +186,15 @@ impl ElectorLock {
                     return self.undecided("own record without an etag".into(), false);
                 };
                 return match self.write(now, Condition::IfMatch(etag)).await {
-                    Ok(()) => {
-                        self.leader = true;
-                        self.consecutive_fails = 0;
-                        Outcome::Leader { newly: !was_leader }
-                    }
-                    // Renewal failed: leadership unchanged this cycle.
+                    Ok(()) => self.won(now, was_leader),
+                    // Renewal failed: leadership unchanged this cycle,
+                    // unless the record may soon be taken over.
                     Err(e) => {
                         self.consecutive_fails += 1;
-                        if was_leader {
+                        if was_leader && !self.unrenewed_too_long(now) {
                             Outcome::Leader { newly: false }
                         } else {
-                            self.undecided(e, false)
+                            self.undecided(e, was_leader)
                         }
                     }
                 };
@@ -220,10 +221,8 @@ impl ElectorLock {
         };
         match self.write(now, condition).await {
             Ok(()) => {
-                self.leader = true;
-                self.consecutive_fails = 0;
                 self.known = Some((self.me.clone(), self.my_addr.clone()));
-                Outcome::Leader { newly: !was_leader }
+                self.won(now, was_leader)
             }
             Err(e) => {
                 self.consecutive_fails += 1;
@@ -232,11 +231,31 @@ impl ElectorLock {
         }
     }
 
+    fn won(&mut self, now: Timestamp, was_leader: bool) -> Outcome {
+        self.leader = true;
+        self.consecutive_fails = 0;
+        self.renewed_at = Some(now);
+        Outcome::Leader { newly: !was_leader }
+    }
+
     fn undecided(&mut self, error: String, lost: bool) -> Outcome {
         if lost {
             self.leader = false;
         }
         Outcome::Undecided { error, lost }
+    }
+
+    /// A leader that could not renew for two thirds of the timeout gives
+    /// the role up: others may take the record once it is stale, and the
+    /// remaining third (one cycle at the reference's timings) keeps the
+    /// old leader's end before the new one's start. (The reference stays
+    /// leader until another node's write is seen.)
+    fn unrenewed_too_long(&self, now: Timestamp) -> bool {
+        self.leader
+            && self.renewed_at.is_none_or(|at| {
+                let (a, b) = (now.to_system(), at.to_system());
+                a.duration_since(b).unwrap_or(Duration::ZERO) >= self.timeout * 2 / 3
+            })
     }
 
     /// The current record and its etag: from the known leader when this
@@ -388,6 +407,34 @@ mod tests {
             }
         );
         assert!(!a.is_leader());
+    }
+
+    #[tokio::test]
+    async fn a_leader_that_cannot_renew_gives_up_before_others_may_take_over() {
+        use crate::objstore::tests::{transient, Flaky};
+        use std::sync::atomic::Ordering::SeqCst;
+        let store = Flaky::new(0, transient);
+        let mut a = ElectorLock::new(store.clone(), "a", "a:8443", LEADER_TIMEOUT, None);
+        assert_eq!(a.cycle(at(0)).await, Outcome::Leader { newly: true });
+        // Every write fails from now on.
+        store.failures.store(u32::MAX, SeqCst);
+        assert_eq!(
+            a.cycle(at(5)).await,
+            Outcome::Leader { newly: false },
+            "5 s unrenewed: still the leader"
+        );
+        assert!(matches!(
+            a.cycle(at(10)).await,
+            Outcome::Undecided { lost: true, .. }
+        ));
+        assert!(
+            !a.is_leader(),
+            "10 s unrenewed: no longer, 5 s before b may take over"
+        );
+        store.failures.store(0, SeqCst);
+        let mut b = ElectorLock::new(store.clone(), "b", "b:8443", LEADER_TIMEOUT, None);
+        assert!(matches!(b.cycle(at(14)).await, Outcome::Follower { .. }));
+        assert_eq!(b.cycle(at(15)).await, Outcome::Leader { newly: true });
     }
 
     #[tokio::test]

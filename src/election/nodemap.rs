@@ -24,6 +24,9 @@ pub struct NodeEntry {
     pub primary_state: PrimaryState,
     pub latest_revision: i64,
     pub start_time: i64,
+    /// The node has sent a heartbeat since it entered the map (until then
+    /// its health and primary state are only assumed).
+    pub reported: bool,
 }
 
 impl NodeEntry {
@@ -90,6 +93,7 @@ impl NodeMap {
                 primary_state: PrimaryState::PrimaryReplica,
                 latest_revision: 0,
                 start_time: 0,
+                reported: false,
             },
         );
     }
@@ -120,7 +124,14 @@ impl NodeMap {
         };
         e.latest_revision = state.latest_revision;
         e.start_time = state.start_time;
+        e.reported = true;
         true
+    }
+
+    /// Every node has either reported itself or been found degraded: the
+    /// map's view of who is a Primary can be trusted.
+    pub fn all_heard(&self) -> bool {
+        self.entries.values().all(|e| e.reported || e.is_degraded())
     }
 
     /// Removes a node; true when it was registered.

@@ -115,6 +115,21 @@ impl Connector {
         &self.addr
     }
 
+    /// Waits (at most `at_most`) until a connection attempt may be made,
+    /// for a retry that should really try rather than fail at once.
+    pub async fn wait_for_attempt(&self, at_most: Duration) {
+        let at = {
+            let state = self.state.lock().await;
+            if state.channel.as_ref().is_some_and(|ch| !ch.is_closed()) {
+                return;
+            }
+            state.backoff.wait_until(Instant::now())
+        };
+        if let Some(at) = at {
+            tokio::time::sleep_until(at.min(Instant::now() + at_most)).await;
+        }
+    }
+
     /// A live channel: the current one, or a new connection. While backing
     /// off after a failed attempt, fails at once with that attempt's error.
     pub async fn channel(&self) -> Result<Channel, Status> {

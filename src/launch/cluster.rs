@@ -96,6 +96,10 @@ impl ClusterNode {
         format!("127.0.0.1:{}", self.ports.peer)
     }
 
+    pub fn election_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.ports.election)
+    }
+
     pub fn health_addr(&self) -> String {
         format!("127.0.0.1:{}", self.ports.health)
     }

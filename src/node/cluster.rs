@@ -14,9 +14,9 @@ use tokio::time::Instant;
 
 use crate::election::cluster_state::{ClusterState, ClusterView, NodeRef, Refused};
 use crate::election::discovery::Registration;
-use crate::election::elector::{Elector, Peers};
+use crate::election::elector::{Elector, ElectorError, Peers};
 use crate::election::lock::BoxFuture;
-use crate::grpc::{Connector, ConnectorSettings, Status, TlsTarget};
+use crate::grpc::{Code, Connector, ConnectorSettings, Status, TlsTarget};
 use crate::pb::netsy::{
     DeregisterNodeRequest, GetMemberListRequest, GetMemberListResponse, MemberEntry, NodeState,
     RegisterNodeRequest, RegisterNodeResponse,
@@ -141,6 +141,8 @@ impl Cluster {
     }
 
     /// Applies a state from the Elector; a deposed Elector is refused.
+    /// Subscribers wake even when nothing changed: the Elector pushes the
+    /// same state again to a node that acts against it.
     pub fn apply(&self, cs: ClusterState) -> Result<(), Refused> {
         let (changes, now) = {
             let mut view = self.view();
@@ -156,8 +158,8 @@ impl Cluster {
                     s.node_count
                 );
             }
-            self.changes.send_replace(now);
         }
+        self.changes.send_replace(now);
         Ok(())
     }
 
@@ -241,23 +243,42 @@ impl Cluster {
         Ok(resp.member_id)
     }
 
-    /// SendHeartbeat to the Elector.
-    pub async fn heartbeat(&self, state: &NodeState) -> Result<(), String> {
+    /// SendHeartbeat to the Elector. An Elector still loading its map
+    /// answers "still bootstrapping": it was reached, which is what a
+    /// heartbeat proves, so that counts as sent. A `retry` first waits out
+    /// the connection's backoff (up to a second) so that it really tries.
+    pub async fn heartbeat(&self, state: &NodeState, retry: bool) -> Result<(), String> {
         match self.elector_addr().ok_or_else(Self::no_elector)? {
-            None => self
-                .local_elector()?
-                .heartbeat(state, None)
-                .map_err(|e| e.to_string()),
-            Some(addr) => self
-                .peers
-                .unary::<_, ()>(
-                    &addr,
-                    "/netsy.Elector/SendHeartbeat",
-                    state,
-                    PEER_CALL_TIMEOUT,
-                )
-                .await
-                .map_err(described),
+            None => match self.local_elector()?.heartbeat(state, None) {
+                Ok(()) | Err(ElectorError::Bootstrapping) => Ok(()),
+                Err(e) => Err(e.to_string()),
+            },
+            Some(addr) => {
+                if retry {
+                    self.peers
+                        .to(&addr)
+                        .wait_for_attempt(Duration::from_secs(1))
+                        .await;
+                }
+                let sent = self
+                    .peers
+                    .unary::<_, ()>(
+                        &addr,
+                        "/netsy.Elector/SendHeartbeat",
+                        state,
+                        PEER_CALL_TIMEOUT,
+                    )
+                    .await;
+                match sent {
+                    Err(e)
+                        if e.code == Code::Unavailable
+                            && e.message == ElectorError::Bootstrapping.to_string() =>
+                    {
+                        Ok(())
+                    }
+                    other => other.map_err(described),
+                }
+            }
         }
     }
 

@@ -184,14 +184,16 @@ impl RoleDriver {
         }
     }
 
-    /// The Elector said something: take the Primary role when named, give
-    /// it up when another node is named (no Primary named changes nothing:
-    /// a new Elector does not know it yet).
+    /// The Elector said something: take the Primary role when named (and
+    /// not degraded), give it up when another node is named (no Primary
+    /// named changes nothing: a new Elector does not know it yet).
     fn on_cluster_state(&mut self) {
         let named = self.named();
         let role = self.cell.get().primary;
         match (named, role) {
-            (Named::Me, PrimaryState::Replica) => self.apply(PrimaryState::Starting),
+            (Named::Me, PrimaryState::Replica) if self.may_lead() => {
+                self.apply(PrimaryState::Starting)
+            }
             (Named::Other(id), PrimaryState::Starting | PrimaryState::Active) => {
                 log::warn!("{id} is the Primary now: stepping down");
                 self.step_down();
@@ -213,6 +215,13 @@ impl RoleDriver {
         }
     }
 
+    /// A degraded node does not take the Primary role: it stepped down
+    /// because it lost the Elector, and the state naming it may be stale.
+    /// Once its heartbeats succeed it fetches the state afresh.
+    fn may_lead(&self) -> bool {
+        self.cell.get().health != Health::Degraded
+    }
+
     fn named(&self) -> Named {
         match &self.appointer {
             Appointer::Lone => Named::Me,
@@ -232,6 +241,11 @@ impl RoleDriver {
                 gate.close_for("replica", format!("writes go to the Primary, {id}"), false)
             }
             Named::Nobody => gate.close_for("replica", "no Primary is elected yet".into(), true),
+            Named::Me if !self.may_lead() => gate.close_for(
+                "replica",
+                "this node lost contact with the Elector".into(),
+                true,
+            ),
             // About to be appointed (again).
             Named::Me => gate.close_for("replica", String::new(), true),
         }
@@ -288,7 +302,7 @@ impl RoleDriver {
             PrimaryState::Replica => {
                 self.stop_preflight();
                 self.close_as_replica();
-                if self.named() == Named::Me {
+                if self.named() == Named::Me && self.may_lead() {
                     // Appointed still (a lone node always is): preflight
                     // catches up with the bucket and writes resume.
                     return Some(PrimaryState::Starting);
@@ -508,6 +522,104 @@ mod tests {
             .get("chunks/0001/0000000000000000001.netsy")
             .await
             .is_ok());
+    }
+
+    /// A cluster member whose Elector is elsewhere, and its driver.
+    fn member() -> (Node, Arc<Cluster>, mpsc::UnboundedSender<DriverInput>) {
+        use crate::election::discovery::Registration;
+        let mut n = node();
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+        let me = Registration {
+            node_id: "n1".into(),
+            client_advertise_address: "127.0.0.1:1".into(),
+            peer_advertise_address: "127.0.0.1:2".into(),
+        };
+        let view = Arc::new(super::super::status::NodeView {
+            node_id: "n1".into(),
+            role: n.cell.clone(),
+            store: std::sync::OnceLock::new(),
+            start_time: 0,
+        });
+        let cluster = Arc::new(Cluster::new(
+            me,
+            super::super::cluster::PeerClients::new(Arc::new(tls)),
+            view,
+        ));
+        let (inputs_tx, inputs) = mpsc::unbounded_channel();
+        let (events, write_events) = mpsc::unbounded_channel();
+        n.events = events;
+        let parts = PrimaryParts {
+            gate: n.gate.clone(),
+            store: n.store.clone(),
+            log: n.driver.primary.log.clone(),
+            hub: n.hub.clone(),
+        };
+        n.driver = RoleDriver::new(
+            n.cell.clone(),
+            parts,
+            Appointer::Cluster(cluster.clone()),
+            write_events,
+            inputs,
+        );
+        (n, cluster, inputs_tx)
+    }
+
+    fn naming(primary: &str) -> crate::election::cluster_state::ClusterState {
+        use crate::election::cluster_state::{ClusterState, NodeRef};
+        let node = |id: &str, m| NodeRef {
+            node_id: id.into(),
+            member_id: m,
+            peer_addr: format!("127.0.0.1:{m}"),
+        };
+        ClusterState {
+            elector: node("e", 9),
+            primary: Some(node(primary, 1)),
+            node_count: 2,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_degraded_primary_steps_down_and_stays_down_until_told_again() {
+        let (n, cluster, inputs) = member();
+        n.cell.change(|r| r.set_health(Health::Healthy)).unwrap();
+        let _driver = n.driver.spawn();
+        cluster.apply(naming("n1")).unwrap();
+        wait_for(&n.cell, "active", |r| r.primary == PrimaryState::Active).await;
+        assert!(n.gate.is_open());
+
+        // Heartbeats to the Elector failed: degraded, so it steps down.
+        n.cell.change(|r| r.set_health(Health::Degraded)).unwrap();
+        inputs.send(DriverInput::SelfDegraded).unwrap();
+        wait_for(&n.cell, "replica", |r| r.primary == PrimaryState::Replica).await;
+        // The state still names it, and is even pushed again: it stays down.
+        cluster.apply(naming("n1")).unwrap();
+        let mut roles = n.cell.subscribe();
+        let retook = tokio::time::timeout(
+            Duration::from_millis(300),
+            roles.wait_for(|r| r.primary != PrimaryState::Replica),
+        )
+        .await;
+        assert!(
+            retook.is_err(),
+            "a degraded node took the role: {:?}",
+            n.cell.get()
+        );
+        assert!(!n.gate.is_open());
+
+        // Heartbeats work again and the Elector (still) names it.
+        n.cell.change(|r| r.set_health(Health::Healthy)).unwrap();
+        cluster.apply(naming("n1")).unwrap();
+        wait_for(&n.cell, "active again", |r| {
+            r.primary == PrimaryState::Active
+        })
+        .await;
+        assert!(n.gate.is_open());
     }
 
     #[tokio::test(flavor = "multi_thread")]

@@ -1,8 +1,9 @@
 //! Heartbeats: every `heartbeat_interval` this node tells the Elector how it
 //! is (in-process when it is the Elector). A send that fails twice in a row
 //! degrades the node (and a Primary steps down); one that succeeds again
-//! heals it — back to healthy, or to loading while it still loads. A node
-//! the Elector no longer knows (removed while silent) registers again.
+//! heals it — back to healthy, or to loading while it still loads — and
+//! fetches the cluster state afresh. A node the Elector no longer knows
+//! (removed while silent) registers again.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -46,7 +47,7 @@ impl HeartbeatSender {
                 _ = stop.changed() => return,
             }
             match self.send().await {
-                Ok(()) => self.heal(),
+                Ok(()) => self.heal().await,
                 Err(e) => self.degrade(&e),
             }
         }
@@ -55,14 +56,14 @@ impl HeartbeatSender {
     /// One heartbeat with one immediate retry.
     async fn send(&self) -> Result<(), String> {
         let state = self.view.state();
-        let first = self.cluster.heartbeat(&state).await;
+        let first = self.cluster.heartbeat(&state, false).await;
         let Err(e) = first else { return Ok(()) };
         if e.contains("is not registered") {
             log::warn!("the Elector does not know this node any more: registering again");
             self.register_again().await?;
         }
         self.metrics.count_retry("heartbeat_send");
-        self.cluster.heartbeat(&state).await
+        self.cluster.heartbeat(&state, true).await
     }
 
     async fn register_again(&self) -> Result<(), String> {
@@ -79,7 +80,10 @@ impl HeartbeatSender {
         let _ = self.driver.send(DriverInput::SelfDegraded);
     }
 
-    fn heal(&self) {
+    /// Back to healthy (or loading), then the cluster state afresh from
+    /// the Elector: a Primary that stepped down takes the role again only
+    /// if the Elector still names it.
+    async fn heal(&self) {
         if self.role.get().health != Health::Degraded {
             return;
         }
@@ -90,5 +94,8 @@ impl HeartbeatSender {
         };
         log::info!("heartbeats reach the elector again");
         let _ = self.role.change(|r| r.set_health(to));
+        if let Err(e) = self.cluster.refresh_state().await {
+            log::info!("the cluster state is not available yet ({e}): waiting for a push");
+        }
     }
 }

@@ -75,20 +75,39 @@ pub struct Bound {
     pub advertise: String,
 }
 
+/// The address others dial: the advertise setting, or the bound address
+/// when it is unset, except in a cluster when that is every interface
+/// (0.0.0.0 or ::), which no other node can dial.
+fn advertised(
+    setting: &str,
+    addr: SocketAddr,
+    advertise_setting: &str,
+    advertise: &str,
+    cluster: bool,
+) -> Result<String, String> {
+    if !advertise.is_empty() {
+        Ok(advertise.to_string())
+    } else if cluster && addr.ip().is_unspecified() {
+        Err(format!(
+            "{advertise_setting} must be set: {setting} listens on every interface ({addr})"
+        ))
+    } else {
+        Ok(addr.to_string())
+    }
+}
+
 async fn bind_advertised(
     setting: &str,
     bind_value: &str,
+    advertise_setting: &str,
     advertise: &str,
+    cluster: bool,
 ) -> Result<Bound, String> {
     let listener = bind(setting, bind_value).await?;
     let addr = listener
         .local_addr()
         .map_err(|e| format!("{setting}: {e}"))?;
-    let advertise = if advertise.is_empty() {
-        addr.to_string()
-    } else {
-        advertise.to_string()
-    };
+    let advertise = advertised(setting, addr, advertise_setting, advertise, cluster)?;
     Ok(Bound {
         listener,
         addr,
@@ -107,13 +126,29 @@ pub struct ApiListeners {
 
 pub async fn bind_apis(config: &Config, cluster: bool) -> Result<ApiListeners, String> {
     let n = &config.node;
-    let client = bind_advertised("NETSY_BIND_CLIENT", &n.bind_client, &n.advertise_client).await?;
+    let client = bind_advertised(
+        "NETSY_BIND_CLIENT",
+        &n.bind_client,
+        "NETSY_ADVERTISE_CLIENT",
+        &n.advertise_client,
+        cluster,
+    )
+    .await?;
     let (peer, election) = if cluster {
-        let peer = bind_advertised("NETSY_BIND_PEER", &n.bind_peer, &n.advertise_peer).await?;
+        let peer = bind_advertised(
+            "NETSY_BIND_PEER",
+            &n.bind_peer,
+            "NETSY_ADVERTISE_PEER",
+            &n.advertise_peer,
+            true,
+        )
+        .await?;
         let election = bind_advertised(
             "NETSY_BIND_ELECTION",
             &n.bind_election,
+            "NETSY_ADVERTISE_ELECTION",
             &n.advertise_election,
+            true,
         )
         .await?;
         (Some(peer), Some(election))
@@ -190,4 +225,31 @@ pub fn serve_election(
         stop.clone(),
     ));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cluster_node_bound_to_every_interface_must_say_how_it_is_dialled() {
+        let any: SocketAddr = "0.0.0.0:2381".parse().unwrap();
+        let lo: SocketAddr = "127.0.0.1:2381".parse().unwrap();
+        let ask = |addr, adv: &str, cluster| {
+            advertised(
+                "NETSY_BIND_PEER",
+                addr,
+                "NETSY_ADVERTISE_PEER",
+                adv,
+                cluster,
+            )
+        };
+        assert_eq!(
+            ask(any, "", true).unwrap_err(),
+            "NETSY_ADVERTISE_PEER must be set: NETSY_BIND_PEER listens on every interface (0.0.0.0:2381)"
+        );
+        assert_eq!(ask(any, "n1:2381", true).unwrap(), "n1:2381");
+        assert_eq!(ask(lo, "", true).unwrap(), "127.0.0.1:2381");
+        assert_eq!(ask(any, "", false).unwrap(), "0.0.0.0:2381", "--dev");
+    }
 }

@@ -18,7 +18,6 @@ use crate::election::elector::{Elector, ElectorSettings};
 use crate::election::endpoint::{self, HttpsProbe, Leadership};
 use crate::election::lock::{self, ElectorLock};
 use crate::etcd::{BoxFuture, ClusterInfo, MemberInfo};
-use crate::grpc::Shutdown;
 use crate::http::metrics::{labels, Metrics};
 use crate::log::ObjectLog;
 use crate::tls::TlsMaterial;
@@ -39,6 +38,9 @@ const REGISTRATION_DEADLINE: Duration = Duration::from_secs(60);
 /// How long the first election cycles may take to name an Elector.
 const FIRST_ELECTION_DEADLINE: Duration = Duration::from_secs(60);
 
+/// How long peer requests may take to finish once the node has left.
+const PEER_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// DeregisterNode's timeout at a graceful stop.
 const DEREGISTRATION_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -47,19 +49,29 @@ const DEREGISTRATION_TIMEOUT: Duration = Duration::from_secs(10);
 pub const TEST_SPEEDUP_VAR: &str = "NETSY_TEST_ELECTION_SPEEDUP";
 
 /// The tier-1 timings, sped up only by the test setting.
-fn lock_timings() -> (Duration, Duration) {
-    let speedup = std::env::var(TEST_SPEEDUP_VAR)
-        .ok()
-        .and_then(|v| v.parse::<u32>().ok())
-        .filter(|n| (1..=100).contains(n))
-        .unwrap_or(1);
-    if speedup > 1 {
-        log::warn!("{TEST_SPEEDUP_VAR}={speedup}: election timings shortened for tests");
-    }
-    (
+fn lock_timings() -> Result<(Duration, Duration), String> {
+    let speedup = match std::env::var(TEST_SPEEDUP_VAR) {
+        Err(_) => 1,
+        Ok(v) => {
+            let n = speedup(&v)?;
+            log::warn!("{TEST_SPEEDUP_VAR}={n}: election timings shortened for tests");
+            n
+        }
+    };
+    Ok((
         lock::CYCLE_INTERVAL / speedup,
         lock::LEADER_TIMEOUT / speedup,
-    )
+    ))
+}
+
+fn speedup(value: &str) -> Result<u32, String> {
+    value
+        .parse::<u32>()
+        .ok()
+        .filter(|n| (2..=100).contains(n))
+        .ok_or_else(|| {
+            format!("{TEST_SPEEDUP_VAR} must be an integer from 2 to 100, not {value:?}")
+        })
 }
 
 /// What joining needs.
@@ -73,8 +85,6 @@ pub struct JoinParts<'a> {
     pub advertise_client: String,
     pub peer: Bound,
     pub election: Bound,
-    pub tasks: &'a mut JoinSet<()>,
-    pub stop: &'a Shutdown,
 }
 
 /// A node's membership, from joining to leaving.
@@ -91,6 +101,10 @@ pub struct Membership {
     lock_task: JoinHandle<()>,
     heartbeat_task: Option<JoinHandle<()>>,
     log: Arc<ObjectLog>,
+    /// The peer API and the election endpoint stop last, after leaving:
+    /// a stopping Elector keeps answering heartbeats until it resigns.
+    peer_stop: watch::Sender<bool>,
+    peer_tasks: JoinSet<()>,
 }
 
 /// Joins the cluster.
@@ -116,20 +130,28 @@ pub async fn join(p: JoinParts<'_>) -> Result<Membership, String> {
     cluster.attach(elector.clone());
     let cluster_id = &config.cluster.cluster_id;
     let router = peer::router(p.view.clone(), Some(cluster.clone()));
+    let (peer_stop, peer_stopped) = watch::channel(false);
+    let mut peer_tasks = JoinSet::new();
     listeners::serve_peer(
         p.peer.listener,
         p.tls,
         cluster_id,
         router,
         p.metrics,
-        p.tasks,
-        p.stop,
+        &mut peer_tasks,
+        &peer_stopped,
     )?;
     let leadership = Arc::new(Leadership::new(&me.node_id, &p.election.advertise));
     let routes = endpoint::routes(leadership.clone());
-    listeners::serve_election(p.election.listener, p.tls, routes, p.tasks, p.stop)?;
+    listeners::serve_election(
+        p.election.listener,
+        p.tls,
+        routes,
+        &mut peer_tasks,
+        &peer_stopped,
+    )?;
 
-    let (interval, timeout) = lock_timings();
+    let (interval, timeout) = lock_timings()?;
     let probe = Arc::new(HttpsProbe::new(p.tls.election_client_config()?));
     let runner = LockRunner {
         lock: ElectorLock::new(
@@ -205,6 +227,8 @@ pub async fn join(p: JoinParts<'_>) -> Result<Membership, String> {
         lock_task,
         heartbeat_task,
         log: p.log.clone(),
+        peer_stop,
+        peer_tasks,
     })
 }
 
@@ -271,7 +295,7 @@ impl Membership {
 
     /// Leaves at a graceful stop: DeregisterNode (in-process while this
     /// node is still the Elector), the registration file removed, then the
-    /// election stops and resigns the lock.
+    /// election stops and resigns the lock, and last the peer API closes.
     pub async fn leave(mut self) {
         self.stop_heartbeats().await;
         match self.cluster.deregister(DEREGISTRATION_TIMEOUT).await {
@@ -284,6 +308,15 @@ impl Membership {
         }
         let _ = self.lock_stop.send(true);
         let _ = self.lock_task.await;
+        let _ = self.peer_stop.send(true);
+        let tasks = &mut self.peer_tasks;
+        let closed = tokio::time::timeout(PEER_CLOSE_TIMEOUT, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if closed.is_err() {
+            log::warn!("peer requests still running after {PEER_CLOSE_TIMEOUT:?}; closing anyway");
+        }
     }
 }
 
@@ -327,5 +360,24 @@ impl ClusterInfo for LoneMember {
 
     fn leader(&self) -> u64 {
         self.0.id
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_test_speedup_is_2_to_100_or_refused() {
+        assert_eq!(speedup("10"), Ok(10));
+        assert_eq!(speedup("100"), Ok(100));
+        for bad in ["1", "0", "101", "fast", ""] {
+            assert_eq!(
+                speedup(bad).unwrap_err(),
+                format!(
+                    "NETSY_TEST_ELECTION_SPEEDUP must be an integer from 2 to 100, not {bad:?}"
+                )
+            );
+        }
     }
 }

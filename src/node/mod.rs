@@ -147,8 +147,6 @@ async fn start(config: Config, role: Arc<RoleCell>) -> Result<Running, Failed> {
                 advertise_client: advertise_client.clone(),
                 peer,
                 election,
-                tasks: &mut tasks,
-                stop: &stop,
             };
             let joining = membership::join(parts);
             Some(

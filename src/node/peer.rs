@@ -16,12 +16,25 @@ use crate::pb::netsy::{
 use super::cluster::Cluster;
 pub use super::status::NodeView;
 
-/// The caller's node id, from its verified peer certificate.
-fn caller(ctx: &RequestContext) -> Option<String> {
+/// The caller's node id, from its verified peer certificate (the peer
+/// listener admits only peer certificates, so a missing one is refused).
+fn caller(ctx: &RequestContext) -> Result<String, Status> {
     ctx.identity
         .as_deref()
         .and_then(|uri| crate::tls::identity::parse_uri(uri).ok())
         .map(|id| id.name)
+        .ok_or_else(|| Status::permission_denied("the peer certificate names no node"))
+}
+
+/// Only the Elector a state names may push it.
+fn check_pusher(caller: &str, state: &ClusterState) -> Result<(), Status> {
+    if caller != state.elector.node_id {
+        return Err(Status::permission_denied(format!(
+            "a cluster state naming {} as the elector was pushed by {caller}",
+            state.elector.node_id
+        )));
+    }
+    Ok(())
 }
 
 fn elector_status(e: ElectorError) -> Status {
@@ -66,10 +79,11 @@ pub fn router(view: Arc<NodeView>, cluster: Option<Arc<Cluster>>) -> Router {
     r.add(
         NODE,
         "PushClusterState",
-        unary(move |req: WireClusterState, _ctx| {
+        unary(move |req: WireClusterState, ctx| {
             let c = c.clone();
             async move {
                 let state = ClusterState::from_proto(&req).map_err(push_status)?;
+                check_pusher(&caller(&ctx)?, &state)?;
                 c.apply(state).map_err(push_status)
             }
         }),
@@ -90,7 +104,7 @@ fn add_elector(r: &mut Router, elector: Arc<Elector>) {
         unary(move |req: RegisterNodeRequest, ctx| {
             let e = e.clone();
             async move {
-                e.register(&req, caller(&ctx).as_deref())
+                e.register(&req, Some(&caller(&ctx)?))
                     .await
                     .map_err(elector_status)
             }
@@ -103,7 +117,7 @@ fn add_elector(r: &mut Router, elector: Arc<Elector>) {
         unary(move |req: DeregisterNodeRequest, ctx| {
             let e = e.clone();
             async move {
-                e.deregister(&req.node_id, caller(&ctx).as_deref())
+                e.deregister(&req.node_id, Some(&caller(&ctx)?))
                     .await
                     .map_err(elector_status)
             }
@@ -129,7 +143,7 @@ fn add_elector(r: &mut Router, elector: Arc<Elector>) {
         unary(move |req: NodeState, ctx| {
             let e = e.clone();
             async move {
-                e.heartbeat(&req, caller(&ctx).as_deref())
+                e.heartbeat(&req, Some(&caller(&ctx)?))
                     .map_err(elector_status)
             }
         }),
@@ -193,5 +207,26 @@ mod tests {
         });
         assert_eq!(s.code, Code::FailedPrecondition);
         assert!(s.message.starts_with("split-brain detected: "));
+    }
+
+    #[test]
+    fn only_the_named_elector_may_push() {
+        use crate::election::cluster_state::NodeRef;
+        let state = ClusterState {
+            elector: NodeRef {
+                node_id: "e".into(),
+                member_id: 1,
+                peer_addr: "127.0.0.1:1".into(),
+            },
+            primary: None,
+            node_count: 1,
+        };
+        assert!(check_pusher("e", &state).is_ok());
+        let refused = check_pusher("x", &state).unwrap_err();
+        assert_eq!(refused.code, crate::grpc::Code::PermissionDenied);
+        assert_eq!(
+            refused.message,
+            "a cluster state naming e as the elector was pushed by x"
+        );
     }
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use netsy::launch::cluster::{ClusterSpec, LaunchedCluster};
 
-use super::{create_bucket, start_moto, tool, Moto};
+use super::{create_bucket, start_moto, tool, Bucket, Moto};
 
 /// How long a test waits for the cluster to settle after a change.
 pub const CLUSTER_DEADLINE: Duration = Duration::from_secs(60);
@@ -68,6 +68,18 @@ impl TestCluster {
 
     pub fn len(&self) -> usize {
         self.c.nodes.len()
+    }
+
+    /// The cluster's bucket, to read its objects directly.
+    pub fn bucket(&self) -> Bucket {
+        match (&self._moto, &self._dir) {
+            (Some(moto), _) => Bucket::S3 {
+                moto: moto.clone(),
+                name: "cluster".into(),
+            },
+            (None, Some(dir)) => Bucket::Fs(dir.path().join("bucket")),
+            (None, None) => unreachable!("a test cluster has a bucket"),
+        }
     }
 
     /// Waits until node `i` serves the etcd API.

@@ -4,9 +4,9 @@
 //! both, and measures from the kill until writes are acknowledged again
 //! (for the Elector alone: until another node is Elector and the Primary
 //! still acknowledges writes). Prints the median, minimum and maximum of
-//! each kind.
+//! each kind, then reads every acknowledged put back from every node.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use netsy::grpc::Channel;
 use netsy::launch::cluster::{ClusterSpec, LaunchedCluster};
 use netsy::launch::{Moto, TempDir};
-use netsy::pb::etcdserverpb::{PutRequest, PutResponse};
+use netsy::pb::etcdserverpb::{PutRequest, PutResponse, RangeRequest, RangeResponse};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -48,30 +48,83 @@ fn client_config(c: &LaunchedCluster) -> Result<Arc<rustls::ClientConfig>, Strin
     netsy::tls::client_config(Arc::new(roots), chain, key)
 }
 
-/// One put through node `i`, within a second.
-async fn put(c: &LaunchedCluster, tls: &Arc<rustls::ClientConfig>, i: usize, key: &str) -> bool {
+/// One unary call to node `i` on a fresh connection; None unless it answers
+/// within a second (two with the handshake).
+async fn call<Req: prost::Message, Resp: prost::Message + Default>(
+    c: &LaunchedCluster,
+    tls: &Arc<rustls::ClientConfig>,
+    i: usize,
+    method: &str,
+    req: &Req,
+) -> Option<Resp> {
     let addr = c.nodes[i].client_addr();
     let attempt = async {
         let ch = Channel::connect_tls(&addr, tls.clone(), "127.0.0.1")
             .await
             .ok()?;
-        let req = PutRequest {
-            key: key.as_bytes().to_vec().into(),
-            value: b"v".to_vec().into(),
-            ..Default::default()
-        };
-        ch.unary_with_timeout::<_, PutResponse>(
-            "/etcdserverpb.KV/Put",
-            &req,
-            Some(Duration::from_secs(1)),
-        )
+        ch.unary_with_timeout(method, req, Some(Duration::from_secs(1)))
+            .await
+            .ok()
+    };
+    tokio::time::timeout(Duration::from_secs(2), attempt)
         .await
         .ok()
+        .flatten()
+}
+
+/// Whether node `i` acknowledges a put of `key`.
+async fn put(c: &LaunchedCluster, tls: &Arc<rustls::ClientConfig>, i: usize, key: &str) -> bool {
+    let req = PutRequest {
+        key: key.as_bytes().to_vec().into(),
+        value: b"v".to_vec().into(),
+        ..Default::default()
     };
-    matches!(
-        tokio::time::timeout(Duration::from_secs(2), attempt).await,
-        Ok(Some(_))
+    call::<_, PutResponse>(c, tls, i, "/etcdserverpb.KV/Put", &req)
+        .await
+        .is_some()
+}
+
+/// The keys under `/failover/` that node `i` serves, or None if it did not
+/// answer.
+async fn failover_keys(
+    c: &LaunchedCluster,
+    tls: &Arc<rustls::ClientConfig>,
+    i: usize,
+) -> Option<BTreeSet<String>> {
+    let req = RangeRequest {
+        key: b"/failover/".to_vec().into(),
+        range_end: b"/failover0".to_vec().into(),
+        keys_only: true,
+        ..Default::default()
+    };
+    let resp: RangeResponse = call(c, tls, i, "/etcdserverpb.KV/Range", &req).await?;
+    Some(
+        resp.kvs
+            .iter()
+            .map(|kv| String::from_utf8_lossy(&kv.key).into_owned())
+            .collect(),
     )
+}
+
+/// How many acknowledged keys node `i` still lacks once it has had time to
+/// catch up (replicas follow the bucket).
+async fn lost_on(
+    c: &LaunchedCluster,
+    tls: &Arc<rustls::ClientConfig>,
+    i: usize,
+    acknowledged: &BTreeSet<String>,
+) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let missing = match failover_keys(c, tls, i).await {
+            Some(held) => acknowledged.difference(&held).count(),
+            None => acknowledged.len(),
+        };
+        if missing == 0 || Instant::now() > deadline {
+            return missing;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Waits for exactly one Elector and one Primary among the running nodes.
@@ -87,6 +140,31 @@ async fn settled(c: &mut LaunchedCluster) -> Result<(usize, usize), String> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// A graceful restart of node `i` (it resigns and deregisters first).
+async fn restart(c: &mut LaunchedCluster, i: usize) -> Result<(), String> {
+    c.terminate(i, Duration::from_secs(60))?;
+    c.start(i)?;
+    serving(c, i).await
+}
+
+/// Stops every node gracefully (the Elector last, so its lock is resigned
+/// rather than left to go stale), starts the first alone — it becomes
+/// Elector and Primary — then the others, which join it.
+async fn make_one_node_both(c: &mut LaunchedCluster) -> Result<(), String> {
+    let (elector, _) = settled(c).await?;
+    for i in (0..c.nodes.len()).filter(|i| *i != elector) {
+        c.terminate(i, Duration::from_secs(60))?;
+    }
+    c.terminate(elector, Duration::from_secs(60))?;
+    c.start(0)?;
+    serving(c, 0).await?;
+    for i in 1..c.nodes.len() {
+        c.start(i)?;
+        serving(c, i).await?;
+    }
+    Ok(())
 }
 
 async fn serving(c: &mut LaunchedCluster, i: usize) -> Result<(), String> {
@@ -132,31 +210,36 @@ pub async fn run(o: &FailoverOptions<'_>) -> Result<bool, String> {
     }
     let tls = client_config(&c)?;
     let mut samples: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
-    let full =
-        |s: &BTreeMap<&'static str, Vec<f64>>, k: &str| s.get(k).map_or(0, Vec::len) >= o.rounds;
+    let mut acknowledged = BTreeSet::new();
+    let count = |s: &BTreeMap<&'static str, Vec<f64>>, k: &str| s.get(k).map_or(0, Vec::len);
     for round in 0..o.rounds * 8 {
-        if ["both", "primary", "elector"]
-            .iter()
-            .all(|k| full(&samples, k))
-        {
+        // The kind with the fewest samples so far.
+        let Some(mut kind) = ["both", "primary", "elector"]
+            .into_iter()
+            .filter(|k| count(&samples, k) < o.rounds)
+            .min_by_key(|k| count(&samples, k))
+        else {
             break;
-        }
-        let (elector, primary) = settled(&mut c).await?;
-        let kind = if elector == primary {
-            "both"
-        } else if !full(&samples, "primary")
-            && samples.get("primary").map_or(0, Vec::len)
-                <= samples.get("elector").map_or(0, Vec::len)
-        {
-            "primary"
-        } else {
-            "elector"
         };
+        let (elector, primary) = settled(&mut c).await?;
+        if elector == primary && count(&samples, "both") < o.rounds {
+            kind = "both";
+        }
+        // Arrange the roles the kind needs (not measured).
+        if kind == "both" && elector != primary {
+            make_one_node_both(&mut c).await?;
+            continue;
+        }
+        if kind != "both" && elector == primary {
+            restart(&mut c, primary).await?;
+            continue;
+        }
         let victim = if kind == "elector" { elector } else { primary };
         let marker = format!("/failover/{round}/before");
         if !put(&c, &tls, primary, &marker).await {
             return Err("the Primary did not acknowledge a write before the kill".into());
         }
+        acknowledged.insert(marker);
         let started = Instant::now();
         c.kill(victim);
         let key = format!("/failover/{round}/after");
@@ -182,14 +265,13 @@ pub async fn run(o: &FailoverOptions<'_>) -> Result<bool, String> {
                 }
             }
             if recovered {
+                acknowledged.insert(key);
                 break;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let seconds = started.elapsed().as_secs_f64();
-        if !full(&samples, kind) {
-            samples.entry(kind).or_default().push(seconds);
-        }
+        samples.entry(kind).or_default().push(seconds);
         if !o.json {
             println!(
                 "round {}: killed the {kind} ({}): {seconds:.2} s",
@@ -199,6 +281,19 @@ pub async fn run(o: &FailoverOptions<'_>) -> Result<bool, String> {
         }
         c.start(victim)?;
         serving(&mut c, victim).await?;
+    }
+    // Every acknowledged put must be on every node afterwards.
+    let mut lost = 0;
+    for i in 0..c.nodes.len() {
+        let missing = lost_on(&c, &tls, i, &acknowledged).await;
+        if missing > 0 {
+            eprintln!(
+                "{} lacks {missing} of {} acknowledged puts",
+                c.nodes[i].id,
+                acknowledged.len()
+            );
+        }
+        lost = lost.max(missing);
     }
     let mut rows = Vec::new();
     for (kind, s) in &samples {
@@ -213,17 +308,27 @@ pub async fn run(o: &FailoverOptions<'_>) -> Result<bool, String> {
                 serde_json::json!({"killed": k, "samples": n, "median_s": med, "min_s": min, "max_s": max})
             })
             .collect();
+        let report = serde_json::json!({
+            "rounds": rows,
+            "acknowledged_puts": acknowledged.len(),
+            "lost_puts": lost,
+        });
         println!(
             "{}",
-            serde_json::to_string_pretty(&rows).unwrap_or_default()
+            serde_json::to_string_pretty(&report).unwrap_or_default()
         );
     } else {
         println!("\nkilled     samples  median s  min s  max s");
         for (k, n, med, min, max) in &rows {
             println!("{k:<10} {n:>7}  {med:>8.2}  {min:>5.2}  {max:>5.2}");
         }
+        println!(
+            "acknowledged puts: {}, lost on any node: {lost}",
+            acknowledged.len()
+        );
     }
-    Ok(["both", "primary", "elector"]
-        .iter()
-        .all(|k| full(&samples, k)))
+    Ok(lost == 0
+        && ["both", "primary", "elector"]
+            .iter()
+            .all(|k| count(&samples, k) >= o.rounds))
 }
