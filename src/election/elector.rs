@@ -196,7 +196,6 @@ impl Elector {
             };
             s.term
         };
-        self.lanes().clear();
         if let Err(e) = self.bootstrap(term).await {
             self.stop();
             return Err(e);
@@ -345,9 +344,8 @@ impl Elector {
             let grew = s.map.get(&reg.node_id).is_none();
             s.map.register(reg.clone(), member_id, Instant::now());
             s.deregistered.remove(&reg.node_id);
-            if grew {
-                s.version += 1;
-            }
+            // Even for a known node: a restarted process has no state yet.
+            s.version += 1;
             self.update_gauges(&s);
             (self.state_of(&s), grew)
         };
@@ -454,54 +452,63 @@ impl Elector {
         if cleared || !checked.deregistered.is_empty() {
             self.push().await;
         } else {
-            self.push_to_disagreeing(degrade_after);
+            self.push_again(degrade_after);
         }
     }
 
-    /// Pushes again to nodes whose reports contradict the cluster state (a
-    /// push that was lost, or a Primary that stepped down by itself and
-    /// recovered): the named Primary reporting itself a replica, or another
-    /// node reporting itself starting or active. At most once per
-    /// `pause` per node.
-    fn push_to_disagreeing(self: &Arc<Self>, pause: Duration) {
-        let disagreeing: Vec<NodeRef> = {
+    /// Pushes again, at most once per `pause` per node, to nodes a push
+    /// did not reach (their last one failed) and to nodes whose reports
+    /// contradict the cluster state: the named Primary reporting itself a
+    /// replica (a lost push, or a Primary that stepped down by itself and
+    /// recovered), or another node reporting itself starting or active
+    /// while a Primary is named.
+    fn push_again(self: &Arc<Self>, pause: Duration) {
+        let (version, nodes) = {
             let s = self.lock();
             if !s.ready {
                 return;
             }
             let primary = s.primary.as_ref().map(|p| p.node_id.as_str());
-            s.map
+            let nodes: Vec<(NodeRef, bool)> = s
+                .map
                 .entries()
                 .filter(|e| e.reported && !e.is_degraded())
-                .filter(|e| {
-                    // A draining Primary is still settling a batch: it holds on.
-                    if primary == Some(e.registration.node_id.as_str()) {
-                        e.primary_state == PrimaryState::PrimaryReplica
-                    } else {
-                        matches!(
+                .map(|e| {
+                    let disagrees = match primary {
+                        // A draining Primary is still settling a batch.
+                        Some(p) if p == e.registration.node_id => {
+                            e.primary_state == PrimaryState::PrimaryReplica
+                        }
+                        Some(_) => matches!(
                             e.primary_state,
                             PrimaryState::PrimaryStarting | PrimaryState::PrimaryActive
-                        )
-                    }
+                        ),
+                        None => false,
+                    };
+                    (node_ref(e), disagrees)
                 })
-                .map(node_ref)
-                .collect()
+                .collect();
+            (s.version, nodes)
         };
         let now = Instant::now();
-        for node in disagreeing {
+        for (node, disagrees) in nodes {
             let lane = self.lane(&node.node_id);
-            let due = lane
-                .try_lock()
-                .is_ok_and(|l| l.tried_at.is_none_or(|at| now.duration_since(at) >= pause));
-            if due {
+            let due = lane.try_lock().is_ok_and(|l| {
+                (disagrees || l.delivered < version)
+                    && l.tried_at.is_none_or(|at| now.duration_since(at) >= pause)
+            });
+            if !due {
+                continue;
+            }
+            if disagrees {
                 log::info!(
                     "{} disagrees with the cluster state: pushing it again",
                     node.node_id
                 );
-                // In the background: the health loop must keep its beat.
-                let me = self.clone();
-                tokio::spawn(async move { me.deliver(&node, true).await });
             }
+            // In the background: the health loop must keep its beat.
+            let me = self.clone();
+            tokio::spawn(async move { me.deliver(&node, disagrees).await });
         }
     }
 
@@ -561,24 +568,29 @@ impl Elector {
         nodes: &[(NodeRef, NodeState)],
     ) -> Result<NodeRef, String> {
         if let Some(prev) = previous {
-            let keep = self.wait_for_previous(&prev).await?;
+            let kept = self.wait_for_previous(&prev).await?;
             let mut s = self.lock();
             if s.term != term {
                 return Err("the elector role ended during the election".into());
             }
-            s.previous_primary = None;
-            if keep {
+            if let Some(answer) = kept {
+                // Still remembered: the next round asks it again.
                 if s.map.get(&prev.node_id).is_none() {
                     return Err(format!(
                         "previous primary {} is still active but no longer registered",
                         prev.node_id
                     ));
                 }
+                // Its answer counts as a heartbeat, so the next health
+                // check does not clear it again.
+                s.map.heartbeat(&answer, Instant::now());
                 log::info!("{} is still the active Primary: it stays", prev.node_id);
+                s.previous_primary = None;
                 s.primary = Some(prev.clone());
                 s.version += 1;
                 return Ok(prev);
             }
+            s.previous_primary = None;
         }
         let states = if self.settings.quorum == 0 {
             nodes.iter().map(|(_, s)| s.clone()).collect()
@@ -615,9 +627,9 @@ impl Elector {
     }
 
     /// Waits for the previous Primary to step down (or not to answer) before
-    /// electing another, even when it has left the map. True when it is
-    /// active and healthy after all and should stay.
-    async fn wait_for_previous(&self, prev: &NodeRef) -> Result<bool, String> {
+    /// electing another, even when it has left the map. Its answer when it
+    /// is active and healthy after all and should stay.
+    async fn wait_for_previous(&self, prev: &NodeRef) -> Result<Option<NodeState>, String> {
         let check = PriorCheck::new(
             &prev.node_id,
             Instant::now(),
@@ -629,8 +641,8 @@ impl Elector {
                 self.metrics.count_retry("election_contact");
             }
             match check.observe(Instant::now(), answer.as_ref().ok()) {
-                Prior::Proceed => return Ok(false),
-                Prior::Keep => return Ok(true),
+                Prior::Proceed => return Ok(None),
+                Prior::Keep => return Ok(answer.ok()),
                 Prior::Fail(e) => return Err(e),
                 Prior::AskAgainAt(at) => tokio::time::sleep_until(at).await,
             }
@@ -753,6 +765,8 @@ mod tests {
     struct FakePeers {
         states: Mutex<HashMap<String, NodeState>>,
         pushes: Mutex<Vec<(String, ClusterState)>>,
+        /// Nodes pushes do not reach (the attempt is still recorded).
+        cut_off: Mutex<HashSet<String>>,
     }
 
     impl FakePeers {
@@ -783,7 +797,8 @@ mod tests {
                 .lock()
                 .unwrap()
                 .push((node.node_id.clone(), cs.clone()));
-            Box::pin(async { Ok(()) })
+            let reached = !self.cut_off.lock().unwrap().contains(&node.node_id);
+            Box::pin(async move { reached.then_some(()).ok_or_else(|| "cut off".to_string()) })
         }
     }
 
@@ -862,11 +877,15 @@ mod tests {
             .unwrap();
     }
 
-    /// Lets the tasks the Elector spawned run (fake time stands still).
-    async fn settle() {
-        for _ in 0..10 {
-            tokio::task::yield_now().await;
+    /// Waits (in fake time, up to a second) until `n` pushes were made.
+    async fn pushes_made(peers: &FakePeers, n: usize) {
+        for _ in 0..1000 {
+            if peers.pushes.lock().unwrap().len() >= n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
+        panic!("fewer than {n} pushes: {:?}", peers.pushes.lock().unwrap());
     }
 
     /// Half-second steps of fake time in which e and b report healthy at
@@ -894,7 +913,7 @@ mod tests {
             ElectorError::NotElector
         );
         t.elector.start().await.unwrap();
-        settle().await;
+        pushes_made(&t.peers, 3).await;
         let members = t.bucket.get("members.json").await.unwrap().data;
         assert_eq!(
             &members[..],
@@ -985,7 +1004,7 @@ mod tests {
     async fn silent_nodes_degrade_then_are_deregistered_and_a_lost_primary_is_replaced() {
         let t = setup(0, &["e", "a", "b"]).await;
         t.elector.start().await.unwrap();
-        settle().await;
+        pushes_made(&t.peers, 3).await;
         assert_eq!(
             t.peers.take_pushes().len(),
             3,
@@ -1142,6 +1161,49 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_node_a_push_missed_gets_the_state_again() {
+        let t = setup(0, &["e", "a", "b"]).await;
+        t.peers.cut_off.lock().unwrap().insert("b".into());
+        t.elector.start().await.unwrap();
+        let e = &t.elector;
+        for (id, rev) in [("e", 1), ("a", 2), ("b", 1)] {
+            beat(
+                e,
+                id,
+                HealthState::HealthHealthy,
+                PrimaryState::PrimaryReplica,
+                rev,
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert_eq!(e.primary_id().as_deref(), Some("a"));
+        t.peers.cut_off.lock().unwrap().clear();
+        t.peers.take_pushes();
+        for _ in 0..6 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            for id in ["e", "a", "b"] {
+                let primary = if id == "a" {
+                    PrimaryState::PrimaryActive
+                } else {
+                    PrimaryState::PrimaryReplica
+                };
+                beat(e, id, HealthState::HealthHealthy, primary, 2);
+            }
+        }
+        let again: Vec<(String, Option<String>)> = t
+            .peers
+            .take_pushes()
+            .into_iter()
+            .map(|(id, cs)| (id, cs.primary_id().map(str::to_string)))
+            .collect();
+        assert_eq!(
+            again,
+            vec![("b".to_string(), Some("a".to_string()))],
+            "b, once, with the newest state; the others had it"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_primary_that_was_only_slow_to_report_stays() {
         let t = a_elected().await;
         let e = &t.elector;
@@ -1153,8 +1215,12 @@ mod tests {
             3,
         );
         e_and_b_keep_beating(e, 5).await;
-        assert!(e.lock().map.get("a").unwrap().is_degraded());
         assert_eq!(e.primary_id().as_deref(), Some("a"), "not replaced");
+        let entry = e.lock().map.get("a").unwrap().clone();
+        assert!(
+            !entry.is_degraded() && entry.latest_revision == 3,
+            "its answer counts as a heartbeat: {entry:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -245,6 +245,17 @@ impl ElectorLock {
         Outcome::Undecided { error, lost }
     }
 
+    /// Gives the role up if it has gone unrenewed too long by `now` (the
+    /// runner asks after every cycle, whose own `now` was taken before its
+    /// reads and writes). True when it did.
+    pub fn give_up_if_unrenewed(&mut self, now: Timestamp) -> bool {
+        if self.unrenewed_too_long(now) {
+            self.leader = false;
+            return true;
+        }
+        false
+    }
+
     /// A leader that could not renew for two thirds of the timeout gives
     /// the role up: others may take the record once it is stale, and the
     /// remaining third (one cycle at the reference's timings) keeps the
@@ -432,9 +443,15 @@ mod tests {
             "10 s unrenewed: no longer, 5 s before b may take over"
         );
         store.failures.store(0, SeqCst);
+        // A cycle that began in time but ended late gives up as well.
+        let mut c = ElectorLock::new(store.clone(), "c", "c:8443", LEADER_TIMEOUT, None);
+        assert_eq!(c.cycle(at(20)).await, Outcome::Leader { newly: true });
+        assert!(!c.give_up_if_unrenewed(at(29)));
+        assert!(c.give_up_if_unrenewed(at(30)));
+        assert!(!c.is_leader());
         let mut b = ElectorLock::new(store.clone(), "b", "b:8443", LEADER_TIMEOUT, None);
-        assert!(matches!(b.cycle(at(14)).await, Outcome::Follower { .. }));
-        assert_eq!(b.cycle(at(15)).await, Outcome::Leader { newly: true });
+        assert!(matches!(b.cycle(at(34)).await, Outcome::Follower { .. }));
+        assert_eq!(b.cycle(at(35)).await, Outcome::Leader { newly: true });
     }
 
     #[tokio::test]

@@ -6,6 +6,7 @@
 //! nodes (`Peers`).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -81,6 +82,9 @@ fn described(e: Status) -> String {
 pub struct Cluster {
     me: Registration,
     view: Mutex<ClusterView>,
+    /// States applied so far (changed only with `view` locked): a fetched
+    /// state is dropped if another arrived while it was being fetched.
+    applied: AtomicU64,
     changes: watch::Sender<Option<ClusterState>>,
     /// The local Elector service (it reaches nodes through this Cluster).
     elector: OnceLock<Arc<Elector>>,
@@ -94,6 +98,7 @@ impl Cluster {
         Cluster {
             me,
             view: Mutex::new(ClusterView::default()),
+            applied: AtomicU64::new(0),
             changes: watch::Sender::new(None),
             elector: OnceLock::new(),
             peers,
@@ -144,9 +149,19 @@ impl Cluster {
     /// Subscribers wake even when nothing changed: the Elector pushes the
     /// same state again to a node that acts against it.
     pub fn apply(&self, cs: ClusterState) -> Result<(), Refused> {
+        self.apply_unless_newer(cs, None)
+    }
+
+    /// Applies `cs` unless `seen` is given and another state has been
+    /// applied since it was read.
+    fn apply_unless_newer(&self, cs: ClusterState, seen: Option<u64>) -> Result<(), Refused> {
         let (changes, now) = {
             let mut view = self.view();
+            if seen.is_some_and(|n| n != self.applied.load(Ordering::Acquire)) {
+                return Ok(());
+            }
             let changes = view.apply(cs, Instant::now())?;
+            self.applied.fetch_add(1, Ordering::AcqRel);
             (changes, view.state().cloned())
         };
         if changes.elector || changes.primary {
@@ -322,8 +337,10 @@ impl Cluster {
         Ok(resp.members)
     }
 
-    /// GetClusterState from the Elector, applied.
+    /// GetClusterState from the Elector, applied unless a push arrived
+    /// meanwhile (the push is the newer).
     pub async fn refresh_state(&self) -> Result<(), String> {
+        let seen = self.applied.load(Ordering::Acquire);
         let state = match self.elector_addr().ok_or_else(Self::no_elector)? {
             None => self
                 .local_elector()?
@@ -343,7 +360,8 @@ impl Cluster {
                 ClusterState::from_proto(&p).map_err(|e| e.to_string())?
             }
         };
-        self.apply(state).map_err(|e| e.to_string())
+        self.apply_unless_newer(state, Some(seen))
+            .map_err(|e| e.to_string())
     }
 }
 

@@ -60,8 +60,32 @@ impl LockRunner {
     }
 
     /// One cycle and what follows from it; true when the Elector is known.
+    /// A leader's cycle is cut off after one interval, so a hanging bucket
+    /// cannot keep a stale leader (a follower's may take longer: asking a
+    /// dead leader's endpoint alone takes a second or more).
     async fn cycle(&mut self) -> bool {
-        match self.lock.cycle(Timestamp::now()).await {
+        let now = Timestamp::now();
+        let outcome = if self.lock.is_leader() {
+            tokio::time::timeout(self.interval, self.lock.cycle(now))
+                .await
+                .unwrap_or_else(|_| Outcome::Undecided {
+                    error: format!("the lock cycle took longer than {:?}", self.interval),
+                    lost: false,
+                })
+        } else {
+            self.lock.cycle(now).await
+        };
+        let known = self.follow_outcome(outcome).await;
+        if self.lock.give_up_if_unrenewed(Timestamp::now()) {
+            log::warn!("could not renew the elector lock in time: giving up the elector role");
+            self.lose();
+            return false;
+        }
+        known
+    }
+
+    async fn follow_outcome(&mut self, outcome: Outcome) -> bool {
+        match outcome {
             Outcome::Leader { newly } => {
                 if newly {
                     log::info!("won the elector lock");

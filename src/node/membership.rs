@@ -38,7 +38,8 @@ const REGISTRATION_DEADLINE: Duration = Duration::from_secs(60);
 /// How long the first election cycles may take to name an Elector.
 const FIRST_ELECTION_DEADLINE: Duration = Duration::from_secs(60);
 
-/// How long peer requests may take to finish once the node has left.
+/// How long resigning the lock, and then the peer requests still running,
+/// may take at a graceful stop.
 const PEER_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// DeregisterNode's timeout at a graceful stop.
@@ -307,7 +308,13 @@ impl Membership {
             log::warn!("{e}");
         }
         let _ = self.lock_stop.send(true);
-        let _ = self.lock_task.await;
+        if tokio::time::timeout(PEER_CLOSE_TIMEOUT, &mut self.lock_task)
+            .await
+            .is_err()
+        {
+            log::warn!("the elector lock was not resigned within {PEER_CLOSE_TIMEOUT:?}");
+            self.lock_task.abort();
+        }
         let _ = self.peer_stop.send(true);
         let tasks = &mut self.peer_tasks;
         let closed = tokio::time::timeout(PEER_CLOSE_TIMEOUT, async {

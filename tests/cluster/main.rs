@@ -125,6 +125,7 @@ fn three_nodes_on_s3_agree_on_one_elector_and_one_primary() {
     }
     let members: serde_json::Value = serde_json::from_str(&read("members.json")).unwrap();
     assert_eq!(members["cluster_id"], "test-cluster", "{members}");
+    assert_eq!(members_ids(&members).len(), 3, "{members}");
     for (id, member_id) in &members_ids(&members) {
         assert!(
             members_contains(&agreed, id, *member_id),
@@ -195,11 +196,11 @@ fn failovers_of_the_elector_the_primary_and_both_keep_every_acknowledged_write()
         // (settled counts running nodes only.) After the Elector alone, the
         // Primary may stay or be replaced: it steps down while it cannot
         // reach an Elector, and the new Elector appoints whoever is best.
-        let (_, new_primary) = t.settled();
         // Writes are accepted again, and nothing acknowledged was lost.
         let key = format!("/after{round}");
-        let rev = t.until("a write on the new Primary", |t| {
-            block_on(put(t, new_primary, &key)).ok()
+        let (new_primary, rev) = t.until("a write on the new Primary", |t| {
+            let (_, p) = t.settled();
+            Some((p, block_on(put(t, p, &key)).ok()?))
         });
         acked.push((key, rev));
         block_on(async {

@@ -1,9 +1,9 @@
 //! `netsy-bench failover`: a three-node cluster with the reference's default
 //! timings (or the test speed-up when asked), on a moto bucket or a shared
 //! directory. Kills (SIGKILL) the Primary, the Elector, or a node that is
-//! both, and measures from the kill until writes are acknowledged again
-//! (for the Elector alone: until another node is Elector and the Primary
-//! still acknowledges writes). Prints the median, minimum and maximum of
+//! both, at a random point of the lock's renewal cycle, and measures from
+//! the kill until a surviving node acknowledges a put (for the Elector
+//! alone: once another node is Elector). Prints the median, minimum and maximum of
 //! each kind, then reads every acknowledged put back from every node.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -142,6 +142,17 @@ async fn settled(c: &mut LaunchedCluster) -> Result<(usize, usize), String> {
     }
 }
 
+/// A duration picked uniformly below `max` (every new RandomState has
+/// fresh random keys, so its empty hash is a random number).
+fn random_below(max: Duration) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let bits = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    let fraction = (bits >> 11) as f64 / (1u64 << 53) as f64;
+    max.mul_f64(fraction)
+}
+
 /// A graceful restart of node `i` (it resigns and deregisters first).
 async fn restart(c: &mut LaunchedCluster, i: usize) -> Result<(), String> {
     c.terminate(i, Duration::from_secs(60))?;
@@ -203,6 +214,7 @@ pub async fn run(o: &FailoverOptions<'_>) -> Result<bool, String> {
     };
     let mut spec = ClusterSpec::new(3, &storage, env);
     spec.speedup = o.speedup;
+    let cycle = netsy::election::lock::CYCLE_INTERVAL / o.speedup.unwrap_or(1).max(1);
     let mut c = LaunchedCluster::create(o.netsy_bin, spec)?;
     c.start_all()?;
     for i in 0..3 {
@@ -240,6 +252,9 @@ pub async fn run(o: &FailoverOptions<'_>) -> Result<bool, String> {
             return Err("the Primary did not acknowledge a write before the kill".into());
         }
         acknowledged.insert(marker);
+        // Failures come at any point of the Elector's renewal cycle, not
+        // just after the settling above: wait a random part of one.
+        tokio::time::sleep(random_below(cycle)).await;
         let started = Instant::now();
         c.kill(victim);
         let key = format!("/failover/{round}/after");
