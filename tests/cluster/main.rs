@@ -319,3 +319,33 @@ fn a_node_claiming_another_id_never_enters_the_map() {
         assert_eq!(list.members.len(), 2);
     });
 }
+
+#[test]
+fn a_node_whose_registration_changed_refuses_to_start_and_exits_after_a_pause() {
+    let _one = serial();
+    let mut t = TestCluster::on_fs(1, |_| {});
+    let id = t.c.nodes[0].id.clone();
+    // An earlier registration of this node id with other addresses.
+    let other = format!(
+        r#"{{"node_id":"{id}","client_advertise_address":"127.0.0.1:1","peer_advertise_address":"127.0.0.1:2"}}"#
+    );
+    block_on(t.bucket().store().put(
+        &format!("nodes/{id}.json"),
+        other.clone().into(),
+        netsy::objstore::Condition::None,
+    ))
+    .unwrap();
+    t.c.start(0).unwrap();
+    let log = t.until("the node to exit", |t| {
+        (!t.c.nodes[0].is_running()).then(|| t.c.nodes[0].log_text())
+    });
+    let refusal = format!(
+        "discovery: node registration nodes/{id}.json already exists with different values; exiting in "
+    );
+    assert!(log.contains(&refusal), "{log}");
+    // Nothing was changed in the bucket.
+    let kept = block_on(t.bucket().store().get(&format!("nodes/{id}.json")))
+        .unwrap()
+        .data;
+    assert_eq!(kept, other.as_bytes());
+}
