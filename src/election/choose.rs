@@ -35,7 +35,8 @@ fn health(s: &NodeState) -> HealthState {
     HealthState::try_from(s.health_state).unwrap_or(HealthState::HealthUnknown)
 }
 
-fn primary(s: &NodeState) -> PrimaryState {
+/// A node's reported primary state; anything unknown counts as replica.
+pub(super) fn primary(s: &NodeState) -> PrimaryState {
     match PrimaryState::try_from(s.primary_state) {
         Ok(
             p @ (PrimaryState::PrimaryStarting

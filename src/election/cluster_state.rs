@@ -22,6 +22,16 @@ pub struct NodeRef {
 }
 
 impl NodeRef {
+    /// The node a registration describes, with its member id (0 while
+    /// unknown).
+    pub fn of(registration: &super::discovery::Registration, member_id: u64) -> NodeRef {
+        NodeRef {
+            node_id: registration.node_id.clone(),
+            member_id,
+            peer_addr: registration.peer_advertise_address.clone(),
+        }
+    }
+
     fn to_proto(&self) -> wire::NodeInfo {
         wire::NodeInfo {
             node_id: self.node_id.clone(),

@@ -307,11 +307,7 @@ impl Elector {
     fn state_of(&self, s: &State) -> ClusterState {
         let member_id = s.map.get(&self.me.node_id).map_or(0, |e| e.member_id);
         ClusterState {
-            elector: NodeRef {
-                node_id: self.me.node_id.clone(),
-                member_id,
-                peer_addr: self.me.peer_advertise_address.clone(),
-            },
+            elector: NodeRef::of(&self.me, member_id),
             primary: s.primary.clone(),
             node_count: s.map.len() as i32,
         }
@@ -326,37 +322,49 @@ impl Elector {
         drop(self.active()?);
         let reg = registration(req)?;
         check_caller(caller, &reg.node_id)?;
-        drop(self.ready()?);
-        let ids = discovery::allocate(
-            &self.log,
-            &self.settings.cluster_id,
-            std::slice::from_ref(&reg.node_id),
-            Some(&self.metrics),
-        )
-        .await
-        .map_err(ElectorError::Internal)?;
-        let member_id = ids
-            .get(&reg.node_id)
-            .copied()
-            .ok_or_else(|| ElectorError::Internal("member id missing after allocation".into()))?;
+        // A node in the map has its id already (ids never change).
+        let known = self.ready()?.map.get(&reg.node_id).map(|e| e.member_id);
+        let member_id = match known {
+            Some(id) => id,
+            None => self.allocate(&reg.node_id).await?,
+        };
         let (state, grew) = {
             let mut s = self.ready()?;
             let grew = s.map.get(&reg.node_id).is_none();
             s.map.register(reg.clone(), member_id, Instant::now());
-            s.deregistered.remove(&reg.node_id);
-            // Even for a known node: a restarted process has no state yet.
-            s.version += 1;
+            if grew {
+                s.version += 1;
+            }
             self.update_gauges(&s);
             (self.state_of(&s), grew)
         };
         log::info!("node_registered: {} (member id {member_id})", reg.node_id);
         if grew {
             self.push_later();
+        } else {
+            // A restarted process has no state: it gets the next one again.
+            self.lane(&reg.node_id).lock().await.delivered = 0;
         }
         Ok(RegisterNodeResponse {
             member_id,
             cluster_state: Some(state.to_proto()),
         })
+    }
+
+    /// The member id of a node new to the map (from members.json, where it
+    /// is added if absent).
+    async fn allocate(&self, node_id: &str) -> Result<u64, ElectorError> {
+        let ids = discovery::allocate(
+            &self.log,
+            &self.settings.cluster_id,
+            &[node_id.to_string()],
+            Some(&self.metrics),
+        )
+        .await
+        .map_err(ElectorError::Internal)?;
+        ids.get(node_id)
+            .copied()
+            .ok_or_else(|| ElectorError::Internal("member id missing after allocation".into()))
     }
 
     /// DeregisterNode: the node leaves the map (its member id stays in
@@ -373,7 +381,9 @@ impl Elector {
         check_caller(caller, node_id)?;
         let cleared = {
             let mut s = self.active()?;
-            s.deregistered.insert(node_id.to_string());
+            if !s.ready {
+                s.deregistered.insert(node_id.to_string());
+            }
             s.map.remove(node_id);
             s.version += 1;
             self.update_gauges(&s);
@@ -450,7 +460,8 @@ impl Elector {
             }
         }
         if cleared || !checked.deregistered.is_empty() {
-            self.push().await;
+            // In the background: the health loop must keep its beat.
+            self.push_later();
         } else {
             self.push_again(degrade_after);
         }
@@ -666,7 +677,7 @@ impl Elector {
                 .collect();
             (s.primary.clone(), nodes)
         };
-        let me = self.state_of(&self.lock()).elector;
+        let me = NodeRef::of(&self.me, 0);
         self.deliver(&me, false).await;
         let primary = primary.filter(|p| p.node_id != self.me.node_id);
         if let Some(p) = &primary {
@@ -731,11 +742,7 @@ impl Elector {
 }
 
 fn node_ref(e: &super::nodemap::NodeEntry) -> NodeRef {
-    NodeRef {
-        node_id: e.registration.node_id.clone(),
-        member_id: e.member_id,
-        peer_addr: e.registration.peer_advertise_address.clone(),
-    }
+    NodeRef::of(&e.registration, e.member_id)
 }
 
 /// Clears the Primary if it is `node_id`, remembering it as the previous

@@ -90,15 +90,10 @@ impl HttpsProbe {
     async fn once(&self, addr: &str) -> Result<Option<LockRecord>, String> {
         let attempt = async {
             let host = crate::tls::host_of(addr).ok_or_else(|| format!("{addr}: no host"))?;
-            let name = rustls::pki_types::ServerName::try_from(host.to_string())
-                .map_err(|e| format!("{addr}: {e}"))?;
             let tcp = TcpStream::connect(addr)
                 .await
                 .map_err(|e| format!("connect to {addr}: {e}"))?;
-            let mut tls = tokio_rustls::TlsConnector::from(self.config.clone())
-                .connect(name, tcp)
-                .await
-                .map_err(|e| format!("TLS handshake with {addr}: {e}"))?;
+            let mut tls = crate::tls::connect(tcp, self.config.clone(), host, addr).await?;
             let request =
                 format!("GET {PATH} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
             tls.write_all(request.as_bytes())

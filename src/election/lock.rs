@@ -61,9 +61,15 @@ impl LockRecord {
 
     /// How old the record is at `now` (negative ages count as fresh).
     fn age(&self, now: Timestamp) -> Duration {
-        let (a, b) = (now.to_system(), self.last_updated.to_system());
-        a.duration_since(b).unwrap_or(Duration::ZERO)
+        elapsed(self.last_updated, now)
     }
+}
+
+/// Time from `then` to `now`; zero when `now` is earlier.
+fn elapsed(then: Timestamp, now: Timestamp) -> Duration {
+    now.to_system()
+        .duration_since(then.to_system())
+        .unwrap_or(Duration::ZERO)
 }
 
 mod rfc3339 {
@@ -263,10 +269,9 @@ impl ElectorLock {
     /// leader until another node's write is seen.)
     fn unrenewed_too_long(&self, now: Timestamp) -> bool {
         self.leader
-            && self.renewed_at.is_none_or(|at| {
-                let (a, b) = (now.to_system(), at.to_system());
-                a.duration_since(b).unwrap_or(Duration::ZERO) >= self.timeout * 2 / 3
-            })
+            && self
+                .renewed_at
+                .is_none_or(|at| elapsed(at, now) >= self.timeout * 2 / 3)
     }
 
     /// The current record and its etag: from the known leader when this

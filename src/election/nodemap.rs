@@ -114,14 +114,7 @@ impl NodeMap {
             (true, None) => Some(now),
             (false, _) => None,
         };
-        e.primary_state = match PrimaryState::try_from(state.primary_state) {
-            Ok(
-                s @ (PrimaryState::PrimaryStarting
-                | PrimaryState::PrimaryActive
-                | PrimaryState::PrimaryDraining),
-            ) => s,
-            _ => PrimaryState::PrimaryReplica,
-        };
+        e.primary_state = super::choose::primary(state);
         e.latest_revision = state.latest_revision;
         e.start_time = state.start_time;
         e.reported = true;

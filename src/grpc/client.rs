@@ -474,12 +474,9 @@ pub(crate) async fn handshake(
     server_name: &str,
     addr: &str,
 ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, Status> {
-    let name = rustls::pki_types::ServerName::try_from(server_name.to_string())
-        .map_err(|e| Status::unavailable(format!("invalid server name {server_name:?}: {e}")))?;
-    tokio_rustls::TlsConnector::from(config)
-        .connect(name, tcp)
+    crate::tls::connect(tcp, config, server_name, addr)
         .await
-        .map_err(|e| Status::unavailable(format!("TLS handshake with {addr}: {e}")))
+        .map_err(Status::unavailable)
 }
 
 /// Pings every `interval` and returns once a ping goes unanswered for

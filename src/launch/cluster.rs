@@ -125,12 +125,19 @@ impl ClusterNode {
     }
 }
 
-impl Drop for ClusterNode {
-    fn drop(&mut self) {
+impl ClusterNode {
+    /// SIGKILL and reap, if running.
+    fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+impl Drop for ClusterNode {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 
@@ -262,10 +269,7 @@ impl LaunchedCluster {
         let env = self.env(i);
         let echo = std::env::var_os("NETSY_CLUSTER_ECHO").is_some();
         let n = &mut self.nodes[i];
-        if let Some(mut old) = n.child.take() {
-            let _ = old.kill();
-            let _ = old.wait();
-        }
+        n.kill();
         let mut child = Command::new(&self.bin)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -299,10 +303,7 @@ impl LaunchedCluster {
 
     /// SIGKILL: the node gets no chance to do anything.
     pub fn kill(&mut self, i: usize) {
-        if let Some(mut c) = self.nodes[i].child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.nodes[i].kill();
     }
 
     /// SIGTERM, then waits up to `deadline` for the exit.

@@ -246,14 +246,16 @@ impl Cluster {
             }
         }
         let _ = self.member_id.set(resp.member_id);
-        if let Some(cs) = resp
-            .cluster_state
-            .as_ref()
-            .and_then(|p| ClusterState::from_proto(p).ok())
-        {
-            if let Err(e) = self.apply(cs) {
-                log::warn!("the cluster state from registration was refused: {e}");
-            }
+        // The state comes with the answer; an Elector that left it out is
+        // asked for it.
+        let applied = match resp.cluster_state.as_ref() {
+            Some(p) => ClusterState::from_proto(p)
+                .map_err(|e| e.to_string())
+                .and_then(|cs| self.apply(cs).map_err(|e| e.to_string())),
+            None => self.refresh_state().await,
+        };
+        if let Err(e) = applied {
+            log::warn!("the cluster state at registration: {e}");
         }
         Ok(resp.member_id)
     }

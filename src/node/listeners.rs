@@ -162,10 +162,11 @@ pub async fn bind_apis(config: &Config, cluster: bool) -> Result<ApiListeners, S
     })
 }
 
-/// Serves the client API (mTLS outside --dev).
-pub fn serve_client(
+/// Serves a gRPC API: with TLS, only certificates of `role` (of this
+/// cluster) are admitted; without (the client API in --dev), plain TCP.
+pub fn serve_grpc(
     listener: TcpListener,
-    tls: Option<&TlsMaterial>,
+    tls: Option<(&TlsMaterial, Role)>,
     cluster_id: &str,
     router: Router,
     metrics: &Arc<Metrics>,
@@ -178,31 +179,11 @@ pub fn serve_client(
         None => {
             tasks.spawn(async move { server.serve_tcp(listener, stop).await });
         }
-        Some(material) => {
-            let client_tls = material.server_config(Role::Client, cluster_id)?;
-            tasks.spawn(async move { server.serve_tls(listener, client_tls, stop).await });
+        Some((material, role)) => {
+            let config = material.server_config(role, cluster_id)?;
+            tasks.spawn(async move { server.serve_tls(listener, config, stop).await });
         }
     }
-    Ok(())
-}
-
-/// Serves the peer API (mTLS, role peer).
-pub fn serve_peer(
-    listener: TcpListener,
-    tls: &TlsMaterial,
-    cluster_id: &str,
-    router: Router,
-    metrics: &Arc<Metrics>,
-    tasks: &mut JoinSet<()>,
-    stop: &Shutdown,
-) -> Result<(), String> {
-    let peer_tls = tls.server_config(Role::Peer, cluster_id)?;
-    if let Ok(addr) = listener.local_addr() {
-        log::info!("serving the peer API on {addr}");
-    }
-    let server = Server::new(router, ServerConfig::default()).with_metrics(metrics.clone());
-    let stop = stop.clone();
-    tasks.spawn(async move { server.serve_tls(listener, peer_tls, stop).await });
     Ok(())
 }
 

@@ -1,34 +1,13 @@
-//! Loading: register with the cluster's coordination files, then bring the
-//! local store level with object storage (setting aside and rebuilding a
+//! Loading: bring the local store level with object storage (setting aside and rebuilding a
 //! store that disagrees with the bucket, once). Each stage is timed.
 
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::config::Config;
-use crate::election::discovery::{self, Registration};
 use crate::http::metrics::{labels, Metrics};
 use crate::log::restore::{self, CaughtUp};
 use crate::log::{LogError, ObjectLog};
 use crate::store::{Store, StoreError, Timestamp};
-
-/// Registers this node (outside --dev) and returns its member id.
-pub async fn register(
-    config: &Config,
-    log: &ObjectLog,
-    client_advertise: &str,
-) -> Result<u64, String> {
-    let node_id = &config.node.node_id;
-    if !config.dev {
-        let reg = Registration {
-            node_id: node_id.clone(),
-            client_advertise_address: client_advertise.to_string(),
-            peer_advertise_address: config.node.advertise_peer.clone(),
-        };
-        discovery::ensure_registration(&*log.store, &reg).await?;
-    }
-    discovery::member_id(log, &config.cluster.cluster_id, node_id).await
-}
 
 async fn open_store(data_dir: &Path) -> Result<Arc<Store>, String> {
     let dir = data_dir.to_path_buf();

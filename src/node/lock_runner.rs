@@ -126,12 +126,8 @@ impl LockRunner {
     async fn acquire(&mut self) -> bool {
         let _ = self.role.change(|r| r.set_elector(ElectorState::Leader));
         self.leadership.set(true);
-        let me = self.cluster.me().clone();
-        self.cluster.set_elector(NodeRef {
-            node_id: me.node_id.clone(),
-            member_id: self.cluster.member_id(),
-            peer_addr: me.peer_advertise_address.clone(),
-        });
+        self.cluster
+            .set_elector(NodeRef::of(self.cluster.me(), self.cluster.member_id()));
         match self.elector.start().await {
             Ok(()) => true,
             Err(e) => {
@@ -162,11 +158,7 @@ impl LockRunner {
         }
         match discovery::read_registration(&*self.bucket, leader_id).await {
             Ok(Some(reg)) => {
-                self.cluster.set_elector(NodeRef {
-                    node_id: leader_id.to_string(),
-                    member_id: 0,
-                    peer_addr: reg.peer_advertise_address,
-                });
+                self.cluster.set_elector(NodeRef::of(&reg, 0));
                 true
             }
             Ok(None) => {

@@ -130,12 +130,15 @@ pub async fn join(p: JoinParts<'_>) -> Result<Membership, String> {
     ));
     cluster.attach(elector.clone());
     let cluster_id = &config.cluster.cluster_id;
-    let router = peer::router(p.view.clone(), Some(cluster.clone()));
+    let router = peer::router(p.view.clone(), cluster.clone());
     let (peer_stop, peer_stopped) = watch::channel(false);
     let mut peer_tasks = JoinSet::new();
-    listeners::serve_peer(
+    if let Ok(addr) = p.peer.listener.local_addr() {
+        log::info!("serving the peer API on {addr}");
+    }
+    listeners::serve_grpc(
         p.peer.listener,
-        p.tls,
+        Some((p.tls, crate::tls::Role::Peer)),
         cluster_id,
         router,
         p.metrics,
@@ -200,9 +203,6 @@ pub async fn join(p: JoinParts<'_>) -> Result<Membership, String> {
             return Err(e);
         }
     };
-    if let Err(e) = cluster.refresh_state().await {
-        log::warn!("reading the cluster state: {e}");
-    }
 
     let (driver_tx, driver_rx) = mpsc::unbounded_channel();
     let loaded = Arc::new(AtomicBool::new(false));

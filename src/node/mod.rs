@@ -252,9 +252,9 @@ async fn start(config: Config, role: Arc<RoleCell>) -> Result<Running, Failed> {
     let client = apis.client;
     let cluster_id = &config.cluster.cluster_id;
     let router = etcd::router(api.clone());
-    listeners::serve_client(
+    listeners::serve_grpc(
         client.listener,
-        tls.as_ref(),
+        tls.as_ref().map(|t| (t, crate::tls::Role::Client)),
         cluster_id,
         router,
         &metrics,

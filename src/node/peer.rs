@@ -9,12 +9,12 @@ use crate::election::cluster_state::{ClusterState, Refused};
 use crate::election::elector::{Elector, ElectorError};
 use crate::grpc::{unary, RequestContext, Router, Status};
 use crate::pb::netsy::{
-    ClusterState as WireClusterState, DeregisterNodeRequest, GetMemberListRequest,
-    GetMemberListResponse, NodeState, RegisterNodeRequest,
+    ClusterState as WireClusterState, DeregisterNodeRequest, GetMemberListRequest, NodeState,
+    RegisterNodeRequest,
 };
 
 use super::cluster::Cluster;
-pub use super::status::NodeView;
+use super::status::NodeView;
 
 /// The caller's node id, from its verified peer certificate (the peer
 /// listener admits only peer certificates, so a missing one is refused).
@@ -59,7 +59,7 @@ fn push_status(e: Refused) -> Status {
     }
 }
 
-pub fn router(view: Arc<NodeView>, cluster: Option<Arc<Cluster>>) -> Router {
+pub fn router(view: Arc<NodeView>, cluster: Arc<Cluster>) -> Router {
     let mut r = Router::new();
     const NODE: &str = "netsy.Node";
     r.add(
@@ -71,10 +71,6 @@ pub fn router(view: Arc<NodeView>, cluster: Option<Arc<Cluster>>) -> Router {
         }),
     );
     r.add_unimplemented(NODE, &["GetMinWatchRevision", "SendCompactionNotice"]);
-    let Some(cluster) = cluster else {
-        r.add_unimplemented(NODE, &["PushClusterState"]);
-        return r;
-    };
     let c = cluster.clone();
     r.add(
         NODE,
@@ -95,71 +91,59 @@ pub fn router(view: Arc<NodeView>, cluster: Option<Arc<Cluster>>) -> Router {
     r
 }
 
+/// Adds one Elector method: `call` gets the Elector, the request and the
+/// context; its error becomes the reference's status.
+fn elector_route<Req, Resp, F, Fut>(r: &mut Router, method: &str, e: &Arc<Elector>, call: F)
+where
+    Req: prost::Message + Default + Send + 'static,
+    Resp: prost::Message + Send + 'static,
+    F: Fn(Arc<Elector>, Req, RequestContext) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<Resp, Status>> + Send + 'static,
+{
+    let e = e.clone();
+    r.add(
+        "netsy.Elector",
+        method,
+        unary(move |req: Req, ctx| call(e.clone(), req, ctx)),
+    );
+}
+
 fn add_elector(r: &mut Router, elector: Arc<Elector>) {
-    const ELECTOR: &str = "netsy.Elector";
-    let e = elector.clone();
-    r.add(
-        ELECTOR,
+    let e = &elector;
+    elector_route(
+        r,
         "RegisterNode",
-        unary(move |req: RegisterNodeRequest, ctx| {
-            let e = e.clone();
-            async move {
-                e.register(&req, Some(&caller(&ctx)?))
-                    .await
-                    .map_err(elector_status)
-            }
-        }),
+        e,
+        |e, req: RegisterNodeRequest, ctx| async move {
+            let who = caller(&ctx)?;
+            e.register(&req, Some(&who)).await.map_err(elector_status)
+        },
     );
-    let e = elector.clone();
-    r.add(
-        ELECTOR,
+    elector_route(
+        r,
         "DeregisterNode",
-        unary(move |req: DeregisterNodeRequest, ctx| {
-            let e = e.clone();
-            async move {
-                e.deregister(&req.node_id, Some(&caller(&ctx)?))
-                    .await
-                    .map_err(elector_status)
-            }
-        }),
+        e,
+        |e, req: DeregisterNodeRequest, ctx| async move {
+            let who = caller(&ctx)?;
+            e.deregister(&req.node_id, Some(&who))
+                .await
+                .map_err(elector_status)
+        },
     );
-    let e = elector.clone();
-    r.add(
-        ELECTOR,
-        "GetClusterState",
-        unary(move |_req: (), _ctx| {
-            let e = e.clone();
-            async move {
-                e.cluster_state()
-                    .map(|s| s.to_proto())
-                    .map_err(elector_status)
-            }
-        }),
-    );
-    let e = elector.clone();
-    r.add(
-        ELECTOR,
-        "SendHeartbeat",
-        unary(move |req: NodeState, ctx| {
-            let e = e.clone();
-            async move {
-                e.heartbeat(&req, Some(&caller(&ctx)?))
-                    .map_err(elector_status)
-            }
-        }),
-    );
-    let e = elector;
-    r.add(
-        ELECTOR,
+    elector_route(r, "GetClusterState", e, |e, _req: (), _ctx| async move {
+        e.cluster_state()
+            .map(|s| s.to_proto())
+            .map_err(elector_status)
+    });
+    elector_route(r, "SendHeartbeat", e, |e, req: NodeState, ctx| async move {
+        let who = caller(&ctx)?;
+        e.heartbeat(&req, Some(&who)).map_err(elector_status)
+    });
+    elector_route(
+        r,
         "GetMemberList",
-        unary(move |_req: GetMemberListRequest, _ctx| {
-            let e = e.clone();
-            async move {
-                e.member_list()
-                    .map(|m: GetMemberListResponse| m)
-                    .map_err(elector_status)
-            }
-        }),
+        e,
+        |e, _req: GetMemberListRequest, _ctx| async move { e.member_list().map_err(elector_status) },
     );
 }
 

@@ -282,6 +282,41 @@ pub fn client_config(
     Ok(Arc::new(config))
 }
 
+/// A client configuration from PEM files: the CA to verify servers with,
+/// and the certificate chain and key to present.
+pub fn client_config_from_files(
+    ca: &Path,
+    cert: &Path,
+    key: &Path,
+) -> Result<Arc<ClientConfig>, String> {
+    let text = |p: &Path| p.display().to_string();
+    let mut roots = RootCertStore::empty();
+    for der in read_certs("CA certificate", &text(ca))? {
+        roots
+            .add(der)
+            .map_err(|e| format!("CA certificate ({}): {e}", text(ca)))?;
+    }
+    let chain = read_certs("certificate", &text(cert))?;
+    let key = read_key("private key", &text(key))?;
+    client_config(Arc::new(roots), chain, key)
+}
+
+/// The client side of a TLS handshake on `tcp` (dialled at `addr`), the
+/// server verified as `server_name`.
+pub async fn connect(
+    tcp: tokio::net::TcpStream,
+    config: Arc<ClientConfig>,
+    server_name: &str,
+    addr: &str,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
+    let name = ServerName::try_from(server_name.to_string())
+        .map_err(|e| format!("invalid server name {server_name:?}: {e}"))?;
+    tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("TLS handshake with {addr}: {e}"))
+}
+
 /// The host part of `host:port` or `[v6]:port`.
 pub fn host_of(address: &str) -> Option<&str> {
     let host = if let Some(rest) = address.strip_prefix('[') {

@@ -60,8 +60,12 @@ async fn put(t: &TestCluster, i: usize, key: &str) -> Result<i64, String> {
         .map_err(|e| e.to_string())
 }
 
+/// Runs `f` on one runtime shared by the tests (made once).
 fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
-    tokio::runtime::Runtime::new().unwrap().block_on(f)
+    static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    RUNTIME
+        .get_or_init(|| tokio::runtime::Runtime::new().unwrap())
+        .block_on(f)
 }
 
 #[test]
@@ -199,7 +203,9 @@ fn failovers_of_the_elector_the_primary_and_both_keep_every_acknowledged_write()
         // Writes are accepted again, and nothing acknowledged was lost.
         let key = format!("/after{round}");
         let (new_primary, rev) = t.until("a write on the new Primary", |t| {
-            let (_, p) = t.settled();
+            let [p] = t.c.primaries()[..] else {
+                return None;
+            };
             Some((p, block_on(put(t, p, &key)).ok()?))
         });
         acked.push((key, rev));
@@ -280,20 +286,12 @@ fn a_node_claiming_another_id_never_enters_the_map() {
     let peer_addr = t.c.nodes[elector].peer_addr();
     let other = t.c.nodes[1 - elector].id.clone();
     block_on(async {
-        let read = |p: &str| std::fs::read(certs.join(p)).unwrap();
-        let mut roots = rustls::RootCertStore::empty();
-        for c in rustls::pki_types::CertificateDer::pem_slice_iter(&read("ca.crt")) {
-            roots.add(c.unwrap()).unwrap();
-        }
-        use rustls::pki_types::pem::PemObject;
-        let chain: Vec<_> =
-            rustls::pki_types::CertificateDer::pem_slice_iter(&read(&format!("{other}/peer.crt")))
-                .map(|c| c.unwrap())
-                .collect();
-        let key =
-            rustls::pki_types::PrivateKeyDer::from_pem_slice(&read(&format!("{other}/peer.key")))
-                .unwrap();
-        let config = netsy::tls::client_config(std::sync::Arc::new(roots), chain, key).unwrap();
+        let config = netsy::tls::client_config_from_files(
+            &certs.join("ca.crt"),
+            &certs.join(format!("{other}/peer.crt")),
+            &certs.join(format!("{other}/peer.key")),
+        )
+        .unwrap();
         let ch = Channel::connect_tls(&peer_addr, config, "127.0.0.1")
             .await
             .unwrap();

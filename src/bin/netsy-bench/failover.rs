@@ -15,8 +15,6 @@ use netsy::grpc::Channel;
 use netsy::launch::cluster::{ClusterSpec, LaunchedCluster};
 use netsy::launch::{Moto, TempDir};
 use netsy::pb::etcdserverpb::{PutRequest, PutResponse, RangeRequest, RangeResponse};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::stats::median;
 
@@ -34,18 +32,7 @@ pub struct FailoverOptions<'a> {
 
 fn client_config(c: &LaunchedCluster) -> Result<Arc<rustls::ClientConfig>, String> {
     let (ca, cert, key) = c.client_tls();
-    let mut roots = rustls::RootCertStore::empty();
-    for der in CertificateDer::pem_file_iter(&ca).map_err(|e| e.to_string())? {
-        roots
-            .add(der.map_err(|e| e.to_string())?)
-            .map_err(|e| e.to_string())?;
-    }
-    let chain = CertificateDer::pem_file_iter(&cert)
-        .map_err(|e| e.to_string())?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| e.to_string())?;
-    let key = PrivateKeyDer::from_pem_file(&key).map_err(|e| e.to_string())?;
-    netsy::tls::client_config(Arc::new(roots), chain, key)
+    netsy::tls::client_config_from_files(&ca, &cert, &key)
 }
 
 /// One unary call to node `i` on a fresh connection; None unless it answers
