@@ -74,34 +74,7 @@ pub async fn catch_up(store: &Arc<Store>, log: &ObjectLog) -> Result<CaughtUp, L
         if !pending.is_empty() {
             log::info!("importing {} chunks after revision {base}", pending.len());
         }
-        // Chunks are downloaded one at a time inside the transaction (the
-        // blocking thread waits on each download), so none is held in
-        // memory or on disk beyond its own import.
-        let (s, objects, runtime) = (
-            store.clone(),
-            log.store.clone(),
-            tokio::runtime::Handle::current(),
-        );
-        let snapshot = snapshot_file.clone();
-        let imported = blocking(move || {
-            s.import_all(|importer| {
-                if let Some((path, key)) = &snapshot {
-                    import_snapshot_file(importer, path, key)?;
-                }
-                let count = pending.len();
-                for (i, key) in pending.into_iter().enumerate() {
-                    let records = runtime.block_on(super::read_chunk(&*objects, &key))?;
-                    importer
-                        .add(&records)
-                        .map_err(|error| LogError::Import { key, error })?;
-                    if (i + 1) % 1000 == 0 {
-                        log::info!("imported {} of {count} chunks", i + 1);
-                    }
-                }
-                Ok(())
-            })
-        })
-        .await;
+        let imported = import(store, log, snapshot_file.clone(), pending).await;
         remove_snapshot_file(&snapshot_file);
         imported?;
     }
@@ -116,20 +89,30 @@ pub async fn catch_up(store: &Arc<Store>, log: &ObjectLog) -> Result<CaughtUp, L
     Ok(report)
 }
 
-/// Imports the chunks beyond the local store's latest revision, as a
-/// replica does to follow the bucket: no snapshot, no integrity scan (the
-/// import itself refuses gaps and conflicts). Returns how many chunks.
-pub async fn import_new_chunks(store: &Arc<Store>, log: &ObjectLog) -> Result<usize, LogError> {
-    let pending: Vec<String> = log
-        .chunks_after(store.latest_revision())
-        .await?
-        .into_iter()
-        .map(|(_, key)| key)
-        .collect();
-    if pending.is_empty() {
-        return Ok(0);
+/// Imports these chunks (in order, each beyond the last), as a replica
+/// does to follow the bucket: no snapshot, no integrity scan (the import
+/// itself refuses gaps and conflicts).
+pub async fn import_chunks(
+    store: &Arc<Store>,
+    log: &ObjectLog,
+    keys: Vec<String>,
+) -> Result<(), LogError> {
+    if keys.is_empty() {
+        return Ok(());
     }
-    let count = pending.len();
+    import(store, log, None, keys).await
+}
+
+/// One import transaction: the snapshot file if any, then the chunks.
+/// Chunks are downloaded one at a time inside the transaction (the
+/// blocking thread waits on each download), so none is held in memory or
+/// on disk beyond its own import.
+async fn import(
+    store: &Arc<Store>,
+    log: &ObjectLog,
+    snapshot: Option<(PathBuf, String)>,
+    keys: Vec<String>,
+) -> Result<(), LogError> {
     let (s, objects, runtime) = (
         store.clone(),
         log.store.clone(),
@@ -137,17 +120,23 @@ pub async fn import_new_chunks(store: &Arc<Store>, log: &ObjectLog) -> Result<us
     );
     blocking(move || {
         s.import_all(|importer| {
-            for key in pending {
+            if let Some((path, key)) = &snapshot {
+                import_snapshot_file(importer, path, key)?;
+            }
+            let count = keys.len();
+            for (i, key) in keys.into_iter().enumerate() {
                 let records = runtime.block_on(super::read_chunk(&*objects, &key))?;
                 importer
                     .add(&records)
                     .map_err(|error| LogError::Import { key, error })?;
+                if (i + 1) % 1000 == 0 {
+                    log::info!("imported {} of {count} chunks", i + 1);
+                }
             }
             Ok(())
         })
     })
-    .await?;
-    Ok(count)
+    .await
 }
 
 fn remove_snapshot_file(file: &Option<(PathBuf, String)>) {

@@ -401,14 +401,23 @@ fn respond(named: Named, role: PrimaryState, may_lead: bool) -> Response {
 /// has moved past them.
 async fn follow_bucket(p: &PrimaryParts) -> Result<(), String> {
     let before = p.store.committed_revision();
-    let durable = p.log.durable_revision().await.map_err(|e| e.to_string())?;
-    if durable <= before {
-        return Ok(());
-    }
-    primary::preflight::settle_tentative(&p.store, &p.log)
+    // One LIST a tick: the chunks beyond what this node has committed.
+    let new = p
+        .log
+        .chunks_after(before)
         .await
         .map_err(|e| e.to_string())?;
-    crate::log::restore::import_new_chunks(&p.store, &p.log)
+    let Some((durable, _)) = new.last() else {
+        return Ok(());
+    };
+    primary::preflight::settle_tentative_against(&p.store, *durable).map_err(|e| e.to_string())?;
+    let latest = p.store.latest_revision();
+    let keys = new
+        .into_iter()
+        .filter(|(r, _)| *r > latest)
+        .map(|(_, key)| key)
+        .collect();
+    crate::log::restore::import_chunks(&p.store, &p.log, keys)
         .await
         .map_err(|e| e.to_string())?;
     p.hub

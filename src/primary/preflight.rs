@@ -30,12 +30,20 @@ pub async fn preflight(
 /// to be acknowledged) are adopted when the bucket holds nothing newer
 /// than the committed revision; when it does, another Primary has written
 /// those revisions and the bucket is the truth: they are discarded.
-pub async fn settle_tentative(store: &Arc<Store>, log: &ObjectLog) -> Result<(), LogError> {
+async fn settle_tentative(store: &Arc<Store>, log: &ObjectLog) -> Result<(), LogError> {
+    if store.latest_revision() == store.committed_revision() {
+        return Ok(());
+    }
+    settle_tentative_against(store, log.durable_revision().await?)
+}
+
+/// `settle_tentative` given the bucket's highest revision.
+pub fn settle_tentative_against(store: &Store, durable: i64) -> Result<(), LogError> {
     let (committed, latest) = (store.committed_revision(), store.latest_revision());
     if latest == committed {
         return Ok(());
     }
-    if log.durable_revision().await? > committed {
+    if durable > committed {
         log::warn!(
             "discarding local revisions {}..={latest}: the bucket has newer records",
             committed + 1
