@@ -238,7 +238,7 @@ pub async fn upload_local(
             records: vec![Record::internal(&log.leader_id)],
             ..Default::default()
         };
-        store.append_committed(&batch)?;
+        store.append_committed(batch)?;
     }
     let latest = store.latest_revision();
     if latest > durable {

@@ -690,7 +690,7 @@ mod tests {
             records: vec![record],
             ..Batch::default()
         };
-        n.store.append(&batch).unwrap();
+        n.store.append(batch).unwrap();
         n.store.commit(2);
         n.bucket
             .failures

@@ -202,11 +202,11 @@ impl Committer {
             self.core.evaluate(commands, &mut view, Timestamp::now())
         };
         if !batch.is_empty() {
-            match self.make_durable(&batch) {
+            match self.make_durable(batch) {
                 // Nothing was committed: every answer of this batch may have
                 // read the failed writes, so all fail.
                 Err(e) => replies.iter_mut().for_each(|r| r.fail(&e)),
-                Ok(()) => self.publish(&batch, events),
+                Ok(records) => self.publish(&records, events),
             }
         }
         // A caller that gave up (client went away) no longer listens.
@@ -217,17 +217,16 @@ impl Committer {
 
     /// Commits an appended, durable batch and tells watchers and the
     /// snapshot worker.
-    fn publish(&self, batch: &Batch, events: Vec<crate::watch::Event>) {
+    fn publish(&self, records: &[Record], events: Vec<crate::watch::Event>) {
         let p = &self.parts;
-        let upto = batch
-            .records
+        let upto = records
             .last()
             .map_or(p.store.latest_revision(), |r| r.revision);
         let discarded = p.store.commit(upto);
         let committed = p.store.committed_revision();
         p.hub.publish(events, committed);
-        if let (Some(snapshots), false) = (&p.snapshots, batch.records.is_empty()) {
-            snapshots.request(committed, encoded_size(&batch.records));
+        if let (Some(snapshots), false) = (&p.snapshots, records.is_empty()) {
+            snapshots.request(committed, encoded_size(records));
         }
         if !discarded.is_empty() {
             let started = std::time::Instant::now();
@@ -248,8 +247,9 @@ impl Committer {
 
     /// Appends the batch to SQLite while its records are made durable
     /// elsewhere; both must succeed. On failure the appended batch is
-    /// discarded, the gate closes and recovery starts.
-    fn make_durable(&mut self, batch: &Batch) -> Result<(), WriteError> {
+    /// discarded, the gate closes and recovery starts. The store keeps the
+    /// batch; the records come back, shared with the durable write.
+    fn make_durable(&mut self, batch: Batch) -> Result<Arc<[Record]>, WriteError> {
         let p = &self.parts;
         let records: Arc<[Record]> = batch.records.clone().into();
         let durable =
@@ -264,7 +264,7 @@ impl Committer {
             None => Ok(()),
         };
         let (appended, durable) = match (appended, durable) {
-            (Ok(()), Ok(())) => return Ok(()),
+            (Ok(()), Ok(())) => return Ok(records),
             other => other,
         };
         let first = records.first().map_or(0, |r| r.revision);
@@ -401,7 +401,7 @@ mod tests {
             records: vec![Record::internal("n1")],
             ..Batch::default()
         };
-        store.append_committed(&first).unwrap();
+        store.append_committed(first).unwrap();
         let path = start(WritePathParts {
             store: store.clone(),
             hub: Arc::new(WatchHub::new(1, RingLimits::default())),

@@ -215,9 +215,9 @@ mod tests {
             records: vec![Record::internal("n1")],
             ..Batch::default()
         };
-        store.append_committed(&first).unwrap();
+        store.append_committed(first).unwrap();
         let a = evaluate(&mut core, &store, vec![put("a", "1")]);
-        store.append_committed(&a.batch).unwrap();
+        store.append_committed(a.batch).unwrap();
         (dir, store)
     }
 

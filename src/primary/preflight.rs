@@ -89,7 +89,7 @@ mod tests {
             records: vec![internal, record(2, "mine", "n1"), record(3, "mine", "n1")],
             ..Batch::default()
         };
-        store.append_committed(&batch).unwrap();
+        store.append_committed(batch).unwrap();
         store.demote_above(1).unwrap();
         let hub = WatchHub::new(1, RingLimits::default());
         (dir, store, log, hub)

@@ -424,7 +424,7 @@ impl Store {
     /// latest revision advances, but nothing becomes visible to reads,
     /// counts, watches or the key index until [`Store::commit`] reaches it.
     /// Records must continue the latest revision.
-    pub fn append(&self, batch: &Batch) -> Result<(), StoreError> {
+    pub fn append(&self, batch: Batch) -> Result<(), StoreError> {
         let mut conn = self.writer();
         let latest = self.latest_revision();
         for (expected, r) in (latest + 1..).zip(&batch.records) {
@@ -437,10 +437,7 @@ impl Store {
         }
         sqlite::commit_batch(&mut conn, &batch.records, &batch.leases, batch.compaction)?;
         let upto = batch.records.last().map_or(latest, |r| r.revision);
-        self.pending_batches().push_back(Pending {
-            upto,
-            batch: batch.clone(),
-        });
+        self.pending_batches().push_back(Pending { upto, batch });
         self.latest.store(upto, Ordering::Release);
         Ok(())
     }
@@ -470,7 +467,7 @@ impl Store {
     /// Appends and commits in one step (what has no one else to wait for,
     /// such as a new cluster's first record). Returns what a compaction
     /// discarded, as [`Store::commit`] does.
-    pub fn append_committed(&self, batch: &Batch) -> Result<Vec<i64>, StoreError> {
+    pub fn append_committed(&self, batch: Batch) -> Result<Vec<i64>, StoreError> {
         self.append(batch)?;
         Ok(self.commit(self.latest_revision()))
     }
@@ -756,7 +753,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         store
-            .append(&batch(vec![Record::internal("n"), put(2)]))
+            .append(batch(vec![Record::internal("n"), put(2)]))
             .unwrap();
         assert_eq!(store.latest_revision(), 2);
         assert_eq!(store.committed_revision(), 0);
@@ -780,12 +777,12 @@ mod tests {
             leases: vec![LeaseChange::Grant { id: 7, ttl: 10 }],
             ..batch(vec![put(3)])
         };
-        store.append(&grant).unwrap();
+        store.append(grant).unwrap();
         assert!(
             !store.lease_exists(7),
             "a tentative grant is not a lease yet"
         );
-        let gap = store.append(&batch(vec![put(5)])).unwrap_err();
+        let gap = store.append(batch(vec![put(5)])).unwrap_err();
         assert!(
             matches!(
                 gap,
@@ -808,17 +805,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         store
-            .append(&batch(vec![Record::internal("n"), put(2), put(3)]))
+            .append(batch(vec![Record::internal("n"), put(2), put(3)]))
             .unwrap();
         store.commit(3);
         store
-            .append(&Batch {
+            .append(Batch {
                 leases: vec![LeaseChange::Grant { id: 9, ttl: 10 }],
                 ..batch(vec![put(4)])
             })
             .unwrap();
         store
-            .append(&Batch {
+            .append(Batch {
                 compaction: Some(3),
                 ..batch(vec![put(5)])
             })
@@ -844,7 +841,7 @@ mod tests {
         assert_eq!(store.latest_revision(), 3);
         assert!(store.records_between(4, 5, 10).unwrap().is_empty());
         // The same revisions can be written again (a retried batch).
-        store.append(&batch(vec![put(4)])).unwrap();
+        store.append(batch(vec![put(4)])).unwrap();
         store.commit(4);
         assert_eq!(visible(&store, 4), Some(4));
         assert!(!store.lease_exists(9));
@@ -869,14 +866,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         store
-            .append_committed(&batch(vec![Record::internal("n")]))
+            .append_committed(batch(vec![Record::internal("n")]))
             .unwrap();
         let with_lease = |records| Batch {
             leases: vec![LeaseChange::Grant { id: 5, ttl: 10 }],
             ..batch(records)
         };
         store
-            .append(&with_lease(vec![put(2), put(3), put(4)]))
+            .append(with_lease(vec![put(2), put(3), put(4)]))
             .unwrap();
         store.commit(3);
         assert_eq!(store.committed_revision(), 3);
@@ -890,7 +887,7 @@ mod tests {
         assert!(!store.lease_exists(5), "undone with the rest of its batch");
 
         store
-            .append(&with_lease(vec![put(4), put(5), put(6)]))
+            .append(with_lease(vec![put(4), put(5), put(6)]))
             .unwrap();
         let refused: Result<(), StoreError> = store.import_all(|_| Ok(()));
         assert!(
@@ -916,7 +913,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         store
-            .append_committed(&batch(vec![Record::internal("n"), put(2), put(3), put(4)]))
+            .append_committed(batch(vec![Record::internal("n"), put(2), put(3), put(4)]))
             .unwrap();
         store.demote_above(2).unwrap();
         assert_eq!(
