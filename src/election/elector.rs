@@ -22,8 +22,8 @@ use crate::pb::netsy::{
 use super::choose::{self, Choice, Prior, PriorCheck};
 use super::cluster_state::{ClusterState, NodeRef};
 use super::discovery::{self, Registration};
-use super::lock::BoxFuture;
 use super::nodemap::NodeMap;
+use futures_util::future::BoxFuture;
 
 /// How often heartbeats are checked and, without a Primary, how often an
 /// election is tried.

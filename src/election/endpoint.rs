@@ -14,7 +14,9 @@ use tokio::net::TcpStream;
 use crate::http::{Response, Routes};
 use crate::store::Timestamp;
 
-use super::lock::{BoxFuture, LeaderProbe, LockRecord};
+use futures_util::future::BoxFuture;
+
+use super::lock::{LeaderProbe, LockRecord};
 
 /// The endpoint's path.
 pub const PATH: &str = "/health/leadership";

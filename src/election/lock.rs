@@ -7,12 +7,11 @@
 //! need not wait for the record to go stale. The cycle is told the time;
 //! the runner around it keeps the beat and runs the hooks.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
 use crate::objstore::{Condition, ObjError, ObjectStore};
@@ -87,8 +86,6 @@ mod rfc3339 {
             .ok_or_else(|| serde::de::Error::custom(format!("invalid time {text:?}")))
     }
 }
-
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Asks a node directly whether it holds the lock (peer mode): its record
 /// when it does, None when it says it does not.

@@ -40,7 +40,7 @@ pub struct Identity {
     pub peer_urls: Vec<String>,
 }
 
-pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+pub use futures_util::future::BoxFuture;
 
 /// A member as MemberList shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]

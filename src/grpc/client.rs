@@ -45,32 +45,26 @@ pub struct Channel {
     closed: Arc<AtomicBool>,
 }
 
-/// The context deadline error, as grpc-go words it.
-fn deadline_exceeded() -> Status {
-    Status::deadline_exceeded("context deadline exceeded")
-}
+use super::router::with_deadline as until;
 
-/// Runs `work`, failing with DeadlineExceeded once `deadline` passes.
-async fn until<T>(
-    deadline: Option<Instant>,
-    work: impl std::future::Future<Output = Result<T, Status>>,
-) -> Result<T, Status> {
-    match deadline {
-        Some(at) => tokio::time::timeout_at(at, work)
+/// Dials `addr` (within `timeout`, if given), without Nagle's delay.
+pub(crate) async fn dial(addr: &str, timeout: Option<Duration>) -> Result<TcpStream, Status> {
+    let connecting = TcpStream::connect(addr);
+    let connected = match timeout {
+        Some(limit) => tokio::time::timeout(limit, connecting)
             .await
-            .unwrap_or_else(|_| Err(deadline_exceeded())),
-        None => work.await,
-    }
+            .map_err(|_| Status::unavailable(format!("connect to {addr}: timed out")))?,
+        None => connecting.await,
+    };
+    let tcp = connected.map_err(|e| Status::unavailable(format!("connect to {addr}: {e}")))?;
+    let _ = tcp.set_nodelay(true);
+    Ok(tcp)
 }
 
 impl Channel {
     /// Connects with plain TCP (h2c, prior knowledge) to `host:port`.
     pub async fn connect(addr: &str) -> Result<Channel, Status> {
-        let tcp = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(addr))
-            .await
-            .map_err(|_| Status::unavailable(format!("connect to {addr}: timed out")))?
-            .map_err(|e| Status::unavailable(format!("connect to {addr}: {e}")))?;
-        let _ = tcp.set_nodelay(true);
+        let tcp = dial(addr, Some(Duration::from_secs(10))).await?;
         Channel::over(tcp, addr, "http").await
     }
 
@@ -81,11 +75,7 @@ impl Channel {
         config: std::sync::Arc<rustls::ClientConfig>,
         server_name: &str,
     ) -> Result<Channel, Status> {
-        let tcp = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(addr))
-            .await
-            .map_err(|_| Status::unavailable(format!("connect to {addr}: timed out")))?
-            .map_err(|e| Status::unavailable(format!("connect to {addr}: {e}")))?;
-        let _ = tcp.set_nodelay(true);
+        let tcp = dial(addr, Some(Duration::from_secs(10))).await?;
         let tls = handshake(tcp, config, server_name, addr).await?;
         Channel::over(tls, addr, "https").await
     }

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prost::Message;
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::client::{Channel, ClientCall, Keepalive};
@@ -172,10 +171,8 @@ impl Connector {
         let keepalive = Some(self.settings.keepalive);
         let addr = &self.addr;
         let attempt = async {
-            let tcp = TcpStream::connect(addr)
-                .await
-                .map_err(|e| Status::unavailable(format!("connect to {addr}: {e}")))?;
-            let _ = tcp.set_nodelay(true);
+            // The whole attempt is bounded by connect_timeout below.
+            let tcp = super::client::dial(addr, None).await?;
             match &self.tls {
                 None => Channel::over_with(tcp, addr, "http", keepalive).await,
                 Some(t) => {

@@ -16,12 +16,12 @@ use tokio::time::Instant;
 use crate::election::cluster_state::{ClusterState, ClusterView, NodeRef, Refused};
 use crate::election::discovery::Registration;
 use crate::election::elector::{Elector, ElectorError, Peers};
-use crate::election::lock::BoxFuture;
 use crate::grpc::{Code, Connector, ConnectorSettings, Status, TlsTarget};
 use crate::pb::netsy::{
     DeregisterNodeRequest, GetMemberListRequest, GetMemberListResponse, MemberEntry, NodeState,
     RegisterNodeRequest, RegisterNodeResponse,
 };
+use futures_util::future::BoxFuture;
 
 use super::status::NodeView;
 

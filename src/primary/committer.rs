@@ -356,9 +356,9 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
-    use crate::primary::durability::BoxFuture;
     use crate::primary::txn::Put;
     use crate::watch::RingLimits;
+    use futures_util::future::BoxFuture;
 
     /// Durability whose outcomes the test scripts; remembers when each
     /// settle attempt came.
@@ -370,12 +370,12 @@ mod tests {
     }
 
     impl Durability for Scripted {
-        fn persist(&self, _records: Arc<[Record]>) -> BoxFuture<Result<(), String>> {
+        fn persist(&self, _records: Arc<[Record]>) -> BoxFuture<'static, Result<(), String>> {
             let next = self.persists.lock().unwrap().pop_front().unwrap_or(Ok(()));
             Box::pin(async move { next })
         }
 
-        fn settle(&self, _records: Arc<[Record]>) -> BoxFuture<Result<(), String>> {
+        fn settle(&self, _records: Arc<[Record]>) -> BoxFuture<'static, Result<(), String>> {
             self.settled_at
                 .lock()
                 .unwrap()

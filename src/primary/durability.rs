@@ -5,8 +5,6 @@
 //! storage (one chunk per batch); the quorum path of a cluster plugs in
 //! beside it as another implementation, without touching evaluation.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,19 +13,19 @@ use crate::log::{EncodedChunk, LogError, ObjectLog};
 use crate::objstore::ObjError;
 use crate::store::Record;
 
-pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+use futures_util::future::BoxFuture;
 
 pub trait Durability: Send + Sync + 'static {
     /// Makes consecutive records durable; resolves once they are, or with
     /// why they are not. Called on the committer thread, so it must only
     /// build the future: the work runs on the runtime.
-    fn persist(&self, records: Arc<[Record]>) -> BoxFuture<Result<(), String>>;
+    fn persist(&self, records: Arc<[Record]>) -> BoxFuture<'static, Result<(), String>>;
 
     /// After a failed persist: one attempt to settle the records' fate, so
     /// an earlier attempt whose outcome is unknown resolves one way. Ok
     /// when the records are durable now, or when the revisions are already
     /// held by other records (which are then the truth to catch up with).
-    fn settle(&self, records: Arc<[Record]>) -> BoxFuture<Result<(), String>>;
+    fn settle(&self, records: Arc<[Record]>) -> BoxFuture<'static, Result<(), String>>;
 }
 
 /// How long one chunk write may take before it counts as failed.
@@ -53,7 +51,7 @@ impl ObjectStorageDurability {
 }
 
 impl Durability for ObjectStorageDurability {
-    fn persist(&self, records: Arc<[Record]>) -> BoxFuture<Result<(), String>> {
+    fn persist(&self, records: Arc<[Record]>) -> BoxFuture<'static, Result<(), String>> {
         let (log, metrics, timeout) = (self.log.clone(), self.metrics.clone(), self.timeout);
         Box::pin(async move {
             let Some(chunk) = log.encode_chunk(&records).map_err(|e| e.to_string())? else {
@@ -76,7 +74,7 @@ impl Durability for ObjectStorageDurability {
         })
     }
 
-    fn settle(&self, records: Arc<[Record]>) -> BoxFuture<Result<(), String>> {
+    fn settle(&self, records: Arc<[Record]>) -> BoxFuture<'static, Result<(), String>> {
         let (log, timeout) = (self.log.clone(), self.timeout);
         Box::pin(async move {
             match tokio::time::timeout(timeout, log.write_chunk(&records)).await {
