@@ -74,6 +74,23 @@ impl PeerClients {
     }
 }
 
+/// Why a heartbeat did not reach the Elector's map.
+#[derive(Debug)]
+pub enum HeartbeatError {
+    /// The Elector does not know this node (NotFound).
+    NotRegistered,
+    Failed(String),
+}
+
+impl std::fmt::Display for HeartbeatError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HeartbeatError::NotRegistered => write!(f, "this node is not registered"),
+            HeartbeatError::Failed(e) => write!(f, "{e}"),
+        }
+    }
+}
+
 /// Describes a failed peer call: the status's message, or what it was.
 fn described(e: Status) -> String {
     format!("{} ({:?})", e.message, e.code)
@@ -264,12 +281,19 @@ impl Cluster {
     /// answers "still bootstrapping": it was reached, which is what a
     /// heartbeat proves, so that counts as sent. A `retry` first waits out
     /// the connection's backoff (up to a second) so that it really tries.
-    pub async fn heartbeat(&self, state: &NodeState, retry: bool) -> Result<(), String> {
-        match self.elector_addr().ok_or_else(Self::no_elector)? {
-            None => match self.local_elector()?.heartbeat(state, None) {
-                Ok(()) | Err(ElectorError::Bootstrapping) => Ok(()),
-                Err(e) => Err(e.to_string()),
-            },
+    pub async fn heartbeat(&self, state: &NodeState, retry: bool) -> Result<(), HeartbeatError> {
+        let elector = self
+            .elector_addr()
+            .ok_or_else(|| HeartbeatError::Failed(Self::no_elector()))?;
+        match elector {
+            None => {
+                let local = self.local_elector().map_err(HeartbeatError::Failed)?;
+                match local.heartbeat(state, None) {
+                    Ok(()) | Err(ElectorError::Bootstrapping) => Ok(()),
+                    Err(ElectorError::NotRegistered(_)) => Err(HeartbeatError::NotRegistered),
+                    Err(e) => Err(HeartbeatError::Failed(e.to_string())),
+                }
+            }
             Some(addr) => {
                 if retry {
                     self.peers
@@ -287,13 +311,15 @@ impl Cluster {
                     )
                     .await;
                 match sent {
+                    Ok(()) => Ok(()),
                     Err(e)
                         if e.code == Code::Unavailable
                             && e.message == ElectorError::Bootstrapping.to_string() =>
                     {
                         Ok(())
                     }
-                    other => other.map_err(described),
+                    Err(e) if e.code == Code::NotFound => Err(HeartbeatError::NotRegistered),
+                    Err(e) => Err(HeartbeatError::Failed(described(e))),
                 }
             }
         }

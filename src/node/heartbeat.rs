@@ -15,7 +15,7 @@ use crate::election::discovery;
 use crate::http::metrics::Metrics;
 use crate::objstore::ObjectStore;
 
-use super::cluster::Cluster;
+use super::cluster::{Cluster, HeartbeatError};
 use super::driver::DriverInput;
 use super::role::Health;
 use super::status::NodeView;
@@ -58,12 +58,15 @@ impl HeartbeatSender {
         let state = self.view.state();
         let first = self.cluster.heartbeat(&state, false).await;
         let Err(e) = first else { return Ok(()) };
-        if e.contains("is not registered") {
+        if matches!(e, HeartbeatError::NotRegistered) {
             log::warn!("the Elector does not know this node any more: registering again");
             self.register_again().await?;
         }
         self.metrics.count_retry("heartbeat_send");
-        self.cluster.heartbeat(&state, true).await
+        self.cluster
+            .heartbeat(&state, true)
+            .await
+            .map_err(|e| e.to_string())
     }
 
     async fn register_again(&self) -> Result<(), String> {
