@@ -133,10 +133,7 @@ fn branch(ops: &[crate::pb::etcdserverpb::RequestOp]) -> Result<Vec<Op>, Status>
     for op in ops {
         out.push(match &op.request {
             None => return Err(errors::key_not_found()),
-            Some(Request::RequestRange(r)) => {
-                range::validate(r)?;
-                Op::Range(range::query(r))
-            }
+            Some(Request::RequestRange(r)) => Op::Range(range::query(r)?),
             Some(Request::RequestPut(p)) => {
                 writes += 1;
                 Op::Put(put(p)?)

@@ -29,8 +29,7 @@ fn check_size<M: Message>(req: &M) -> Result<(), Status> {
 }
 
 pub async fn range(api: Arc<EtcdApi>, req: RangeRequest) -> Result<RangeResponse, Status> {
-    range::validate(&req)?;
-    let q = range::query(&req);
+    let q = range::query(&req)?;
     let store = &api.store;
     let (selection, committed) = {
         let index = store.index();

@@ -7,35 +7,34 @@ use crate::store::{KeyRange, RangeQuery, SortOrder, SortTarget};
 
 use super::errors;
 
-/// Checks a Range request the way etcd does before executing it.
-pub fn validate(req: &RangeRequest) -> Result<(), Status> {
+/// The store query of a Range request, checked the way etcd does before
+/// executing it.
+pub fn query(req: &RangeRequest) -> Result<RangeQuery, Status> {
     if req.key.is_empty() {
         return Err(errors::empty_key());
     }
-    if PbOrder::try_from(req.sort_order).is_err() || PbTarget::try_from(req.sort_target).is_err() {
+    let (Ok(order), Ok(target)) = (
+        PbOrder::try_from(req.sort_order),
+        PbTarget::try_from(req.sort_target),
+    ) else {
         return Err(errors::invalid_sort_option());
-    }
+    };
     if req.limit < 0 {
         return Err(errors::negative_limit());
     }
-    Ok(())
-}
-
-/// The store query of a validated request.
-pub fn query(req: &RangeRequest) -> RangeQuery {
-    let sort_order = match PbOrder::try_from(req.sort_order) {
-        Ok(PbOrder::Ascend) => SortOrder::Ascend,
-        Ok(PbOrder::Descend) => SortOrder::Descend,
-        Ok(PbOrder::None) | Err(_) => SortOrder::None,
+    let sort_order = match order {
+        PbOrder::Ascend => SortOrder::Ascend,
+        PbOrder::Descend => SortOrder::Descend,
+        PbOrder::None => SortOrder::None,
     };
-    let sort_target = match PbTarget::try_from(req.sort_target) {
-        Ok(PbTarget::Version) => SortTarget::Version,
-        Ok(PbTarget::Create) => SortTarget::Create,
-        Ok(PbTarget::Mod) => SortTarget::Mod,
-        Ok(PbTarget::Value) => SortTarget::Value,
-        Ok(PbTarget::Key) | Err(_) => SortTarget::Key,
+    let sort_target = match target {
+        PbTarget::Version => SortTarget::Version,
+        PbTarget::Create => SortTarget::Create,
+        PbTarget::Mod => SortTarget::Mod,
+        PbTarget::Value => SortTarget::Value,
+        PbTarget::Key => SortTarget::Key,
     };
-    RangeQuery {
+    Ok(RangeQuery {
         range: KeyRange::new(&req.key, &req.range_end),
         revision: req.revision,
         limit: req.limit,
@@ -47,7 +46,7 @@ pub fn query(req: &RangeRequest) -> RangeQuery {
         max_mod_revision: req.max_mod_revision,
         min_create_revision: req.min_create_revision,
         max_create_revision: req.max_create_revision,
-    }
+    })
 }
 
 #[cfg(test)]
@@ -57,7 +56,7 @@ mod tests {
     #[test]
     fn validation_texts() {
         assert_eq!(
-            validate(&RangeRequest::default()).unwrap_err().message,
+            query(&RangeRequest::default()).unwrap_err().message,
             "etcdserver: key is not provided"
         );
         let neg = RangeRequest {
@@ -66,7 +65,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            validate(&neg).unwrap_err().message,
+            query(&neg).unwrap_err().message,
             "limit must be non-negative"
         );
         let bad = RangeRequest {
@@ -75,7 +74,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            validate(&bad).unwrap_err().message,
+            query(&bad).unwrap_err().message,
             "etcdserver: invalid sort option"
         );
     }
@@ -97,7 +96,7 @@ mod tests {
             max_create_revision: 4,
             ..Default::default()
         };
-        let q = query(&req);
+        let q = query(&req).unwrap();
         assert_eq!(
             q,
             RangeQuery {

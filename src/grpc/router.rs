@@ -85,9 +85,9 @@ where
     Fut: Future<Output = Result<Resp, Status>> + Send + 'static,
 {
     let f = Arc::new(f);
-    Arc::new(move |call: Call| {
+    handler(move |call: Call| {
         let f = f.clone();
-        Box::pin(async move {
+        async move {
             let Call {
                 ctx,
                 mut inbound,
@@ -108,8 +108,17 @@ where
                 Err(status) => Err(status),
             };
             outbound.finish(result)
-        })
+        }
     })
+}
+
+/// A handler from an async function of the whole call.
+pub(crate) fn handler<F, Fut>(f: F) -> Handler
+where
+    F: Fn(Call) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Finished> + Send + 'static,
+{
+    Arc::new(move |call: Call| Box::pin(f(call)))
 }
 
 /// Runs `work` until `deadline`, answering DeadlineExceeded when it passes.

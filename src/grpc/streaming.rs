@@ -12,7 +12,7 @@ use prost::Message;
 use tokio::sync::mpsc;
 
 use super::call::{Finished, Inbound, Outbound, RequestContext};
-use super::router::{with_deadline, Call, Handler};
+use super::router::{handler, with_deadline, Call, Handler};
 use super::status::Status;
 
 /// Responses waiting for the wire before the handler is slowed down.
@@ -58,9 +58,9 @@ where
     Fut: Future<Output = Result<(), Status>> + Send + 'static,
 {
     let f = Arc::new(f);
-    Arc::new(move |call: Call| {
+    handler(move |call: Call| {
         let f = f.clone();
-        Box::pin(async move {
+        async move {
             let Call {
                 ctx,
                 mut inbound,
@@ -71,7 +71,7 @@ where
                 Err(status) => return outbound.finish(Err(status)),
             };
             respond(ctx, outbound, |ctx, out| f(request, ctx, out)).await
-        })
+        }
     })
 }
 
@@ -85,9 +85,9 @@ where
     Fut: Future<Output = Result<(), Status>> + Send + 'static,
 {
     let f = Arc::new(f);
-    Arc::new(move |call: Call| {
+    handler(move |call: Call| {
         let f = f.clone();
-        Box::pin(async move {
+        async move {
             let Call {
                 ctx,
                 inbound,
@@ -98,7 +98,7 @@ where
                 _messages: PhantomData,
             };
             respond(ctx, outbound, |ctx, out| f(requests, ctx, out)).await
-        })
+        }
     })
 }
 
