@@ -200,7 +200,6 @@ impl Importer<'_> {
 }
 
 /// A batch appended but not yet committed.
-#[derive(Clone)]
 struct Pending {
     /// The revision the batch ends at (the latest revision when it holds
     /// no records).
@@ -233,12 +232,11 @@ fn take_upto(pending: &mut VecDeque<Pending>, revision: i64) -> Vec<Batch> {
     ready
 }
 
-/// Takes from the pending batches everything above `revision`: whole
+/// Drops from the pending batches everything above `revision`: whole
 /// batches, and the last records of a batch that `revision` cuts, together
 /// with that batch's lease and compaction changes (the batch is no longer
 /// whole).
-fn split_above(pending: &mut VecDeque<Pending>, revision: i64) -> Vec<Batch> {
-    let mut dropped = Vec::new();
+fn drop_above(pending: &mut VecDeque<Pending>, revision: i64) {
     while let Some(last) = pending.back_mut() {
         if last.upto <= revision {
             break;
@@ -248,18 +246,15 @@ fn split_above(pending: &mut VecDeque<Pending>, revision: i64) -> Vec<Batch> {
             .records
             .partition_point(|r| r.revision <= revision);
         if cut == 0 {
-            dropped.extend(pending.pop_back().map(|p| p.batch));
+            pending.pop_back();
             continue;
         }
-        dropped.push(Batch {
-            records: last.batch.records.split_off(cut),
-            leases: std::mem::take(&mut last.batch.leases),
-            compaction: last.batch.compaction.take(),
-        });
+        last.batch.records.truncate(cut);
+        last.batch.leases.clear();
+        last.batch.compaction = None;
         last.upto = revision;
         break;
     }
-    dropped
 }
 
 pub struct Store {
@@ -528,23 +523,24 @@ impl Store {
                 committed,
             });
         }
-        let mut kept = pending.clone();
         let mut undo = sqlite::Undo {
             records_from: revision + 1,
             ..Default::default()
         };
-        for batch in split_above(&mut kept, revision) {
-            for change in &batch.leases {
+        // The batches `drop_above` takes from: their lease and compaction
+        // changes go with them, whole or cut.
+        for p in pending.iter().filter(|p| p.upto > revision) {
+            for change in &p.batch.leases {
                 match change {
                     LeaseChange::Grant { id, .. } => undo.granted.push(*id),
                     LeaseChange::Revoke { id } => undo.revoked.extend(self.lease(*id)),
                 }
             }
-            undo.compactions.extend(batch.compaction);
+            undo.compactions.extend(p.batch.compaction);
         }
         // Nothing changes unless SQLite did.
         sqlite::undo(&mut conn, &undo)?;
-        *pending = kept;
+        drop_above(&mut pending, revision);
         self.latest
             .store(revision.min(self.latest_revision()), Ordering::Release);
         Ok(())
