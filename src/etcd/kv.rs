@@ -16,7 +16,10 @@ use crate::store::{query, KvEntry};
 
 use super::convert::{self, key_value};
 use super::errors::{self, from_store, from_write};
+use super::forward::{self, forward};
 use super::{range, EtcdApi, MAX_REQUEST_BYTES};
+
+const KV: &str = "/etcdserverpb.KV/";
 
 /// Refuses writes etcd would refuse for size (its limit applies to the
 /// request as proposed, a few bytes more than the request itself).
@@ -30,6 +33,13 @@ fn check_size<M: Message>(req: &M) -> Result<(), Status> {
 
 pub async fn range(api: Arc<EtcdApi>, req: RangeRequest) -> Result<RangeResponse, Status> {
     let q = range::query(&req)?;
+    if let (false, Some(primary)) = (req.serializable, api.primary()) {
+        let index = api
+            .read_index
+            .primary_committed(primary, api.metrics.clone())
+            .await?;
+        forward::applied(api.hub.subscribe(), index).await?;
+    }
     let store = &api.store;
     let (selection, committed) = {
         let index = store.index();
@@ -61,14 +71,22 @@ async fn commit(api: &EtcdApi, txn: Txn) -> Result<TxnResponse, Status> {
 
 pub async fn txn(api: Arc<EtcdApi>, req: TxnRequest) -> Result<TxnResponse, Status> {
     check_size(&req)?;
-    let mut resp = commit(&api, convert::txn(&req)?).await?;
+    let txn = convert::txn(&req)?;
+    if let Some(primary) = api.primary() {
+        return forward(&api.metrics, &primary, "txn", &format!("{KV}Txn"), &req).await;
+    }
+    let mut resp = commit(&api, txn).await?;
     api.fill(&mut resp.header);
     Ok(resp)
 }
 
 pub async fn put(api: Arc<EtcdApi>, req: PutRequest) -> Result<PutResponse, Status> {
     check_size(&req)?;
-    let resp = commit(&api, Txn::put(convert::put(&req)?)).await?;
+    let put = convert::put(&req)?;
+    if let Some(primary) = api.primary() {
+        return forward(&api.metrics, &primary, "put", &format!("{KV}Put"), &req).await;
+    }
+    let resp = commit(&api, Txn::put(put)).await?;
     match resp.responses.into_iter().next().and_then(|r| r.response) {
         Some(Response::ResponsePut(mut put)) => {
             api.fill(&mut put.header);
@@ -87,6 +105,10 @@ pub async fn delete_range(
         success: vec![convert::delete(&req)?],
         ..Txn::default()
     };
+    if let Some(primary) = api.primary() {
+        let path = format!("{KV}DeleteRange");
+        return forward(&api.metrics, &primary, "delete", &path, &req).await;
+    }
     let resp = commit(&api, txn).await?;
     match resp.responses.into_iter().next().and_then(|r| r.response) {
         Some(Response::ResponseDeleteRange(mut del)) => {
@@ -101,6 +123,10 @@ pub async fn compact(
     api: Arc<EtcdApi>,
     req: CompactionRequest,
 ) -> Result<CompactionResponse, Status> {
+    if let Some(primary) = api.primary() {
+        let path = format!("{KV}Compact");
+        return forward(&api.metrics, &primary, "compaction", &path, &req).await;
+    }
     api.writer.compact(req.revision).await.map_err(from_write)?;
     Ok(CompactionResponse {
         header: Some(api.header(api.store.committed_revision())),

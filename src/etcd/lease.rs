@@ -11,6 +11,10 @@ pub async fn grant(
     api: Arc<EtcdApi>,
     req: LeaseGrantRequest,
 ) -> Result<LeaseGrantResponse, Status> {
+    if let Some(primary) = api.primary() {
+        let path = "/etcdserverpb.Lease/LeaseGrant";
+        return super::forward::forward(&api.metrics, &primary, "lease", path, &req).await;
+    }
     let (id, ttl) = api
         .writer
         .lease_grant(req.id, req.ttl)

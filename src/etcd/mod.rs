@@ -5,6 +5,7 @@
 pub mod cluster;
 pub mod convert;
 pub mod errors;
+pub mod forward;
 pub mod kv;
 pub mod lease;
 pub mod maintenance;
@@ -85,9 +86,38 @@ pub struct EtcdApi {
     pub settings: ApiSettings,
     /// Becomes true when the node stops: long-lived streams end then.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// Where writes go on a cluster member (None: always here, as for a
+    /// lone node or requests a replica forwarded).
+    pub forwarding: Option<Arc<dyn forward::Forwarding>>,
+    pub read_index: Arc<forward::ReadIndex>,
 }
 
 impl EtcdApi {
+    /// The same API serving every request here (what a replica forwarded).
+    pub fn clone_local(&self) -> EtcdApi {
+        EtcdApi {
+            store: self.store.clone(),
+            writer: self.writer.clone(),
+            hub: self.hub.clone(),
+            identity: self.identity.clone(),
+            health: self.health.clone(),
+            cluster: self.cluster.clone(),
+            metrics: self.metrics.clone(),
+            settings: self.settings.clone(),
+            shutdown: self.shutdown.clone(),
+            forwarding: None,
+            read_index: Arc::default(),
+        }
+    }
+
+    /// The Primary to forward writes to, when it is another node.
+    pub fn primary(&self) -> Option<Arc<crate::grpc::Connector>> {
+        match self.forwarding.as_ref().map(|f| f.route()) {
+            Some(forward::WriteRoute::Primary(p)) => Some(p),
+            _ => None,
+        }
+    }
+
     /// A full response header at `revision`.
     pub fn header(&self, revision: i64) -> ResponseHeader {
         ResponseHeader {

@@ -135,6 +135,14 @@ impl Status {
         Status::new(Code::FailedPrecondition, message)
     }
 
+    pub fn aborted(message: impl Into<String>) -> Status {
+        Status::new(Code::Aborted, message)
+    }
+
+    pub fn unauthenticated(message: impl Into<String>) -> Status {
+        Status::new(Code::Unauthenticated, message)
+    }
+
     pub fn permission_denied(message: impl Into<String>) -> Status {
         Status::new(Code::PermissionDenied, message)
     }

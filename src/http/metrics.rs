@@ -89,6 +89,20 @@ pub struct Metrics {
     pub primary_write_transactions: Count,
     pub primary_write_duration: Hist,
     pub primary_object_storage_revision: Gauge,
+    pub primary_quorum_rollbacks: Count,
+    /// Quorum batches: one replication round each (not in the reference).
+    pub primary_replication_rounds: Counter,
+    pub primary_required_receipts: Gauge,
+    pub primary_healthy_replicas: Gauge,
+    pub primary_replication_streams: Gauge,
+    pub primary_chunk_buffer_records: Gauge,
+    pub primary_chunk_buffer_bytes: Gauge,
+    pub primary_chunk_buffer_flushes: Count,
+    pub replica_proxy_requests: Count,
+    pub replica_proxy_request_duration: Hist,
+    /// Peer calls linearizable reads on a replica made (not in the
+    /// reference): one serves every read waiting when it starts.
+    pub replica_read_index_calls: Counter,
     pub primary_snapshot_creations: Count,
     pub primary_snapshot_creation_duration: Hist,
     pub primary_snapshot_age: Gauge,
@@ -256,6 +270,61 @@ impl Metrics {
                 "netsy_primary_object_storage_revision",
                 "Highest revision durable in object storage",
                 Gauge::default()
+            ),
+            primary_quorum_rollbacks: reg!(
+                "netsy_primary_quorum_rollbacks",
+                "Quorum writes rolled back",
+                Count::default()
+            ),
+            primary_replication_rounds: reg!(
+                "netsy_primary_replication_rounds",
+                "Batches made durable by replica receipts",
+                Counter::default()
+            ),
+            primary_required_receipts: reg!(
+                "netsy_primary_required_receipts",
+                "Replica receipts a quorum write needs",
+                Gauge::default()
+            ),
+            primary_healthy_replicas: reg!(
+                "netsy_primary_healthy_replicas",
+                "Replicas eligible to count towards a quorum",
+                Gauge::default()
+            ),
+            primary_replication_streams: reg!(
+                "netsy_primary_replication_streams",
+                "Open Follow streams",
+                Gauge::default()
+            ),
+            primary_chunk_buffer_records: reg!(
+                "netsy_primary_chunk_buffer_records",
+                "Quorum-committed records waiting for the bucket",
+                Gauge::default()
+            ),
+            primary_chunk_buffer_bytes: reg!(
+                "netsy_primary_chunk_buffer_bytes",
+                "Encoded size of the buffered records",
+                Gauge::default()
+            ),
+            primary_chunk_buffer_flushes: reg!(
+                "netsy_primary_chunk_buffer_flushes",
+                "Chunk buffer flushes",
+                Count::default()
+            ),
+            replica_proxy_requests: reg!(
+                "netsy_replica_proxy_requests",
+                "Writes a replica forwarded to the Primary",
+                Count::default()
+            ),
+            replica_proxy_request_duration: reg!(
+                "netsy_replica_proxy_request_duration_seconds",
+                "Duration of forwarded writes",
+                hist()
+            ),
+            replica_read_index_calls: reg!(
+                "netsy_replica_read_index_calls",
+                "Calls for the Primary's committed revision made for linearizable reads",
+                Counter::default()
             ),
             primary_snapshot_creations: reg!(
                 "netsy_primary_snapshot_creations",

@@ -1,15 +1,13 @@
 //! The chunk buffer of the quorum write path: records committed by a quorum
 //! of nodes wait here and are uploaded as one chunk when the buffer is big
 //! enough, old enough, or the Primary drains. The policy is pure (driven by
-//! `now`); `flush` does the upload.
+//! `now`); the write path does the upload.
 
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use crate::store::Record;
-
-use super::{LogError, ObjectLog};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Trigger {
@@ -59,6 +57,10 @@ impl ChunkBuffer {
         self.records.is_empty()
     }
 
+    pub fn records(&self) -> &[Record] {
+        &self.records
+    }
+
     pub fn bytes(&self) -> usize {
         self.bytes
     }
@@ -71,6 +73,14 @@ impl ChunkBuffer {
         self.bytes += encoded_size(&record);
         self.records.push(record);
         self.over_size()
+    }
+
+    /// Forgets every record (a new Primary's preflight uploads what the
+    /// bucket lacks).
+    pub fn clear(&mut self) {
+        self.records.clear();
+        self.bytes = 0;
+        self.oldest_at = None;
     }
 
     pub fn over_size(&self) -> bool {
@@ -120,39 +130,11 @@ impl ChunkBuffer {
     }
 }
 
-/// Uploads the buffer's records as one chunk.
-pub async fn flush(
-    buffer: &std::sync::Mutex<ChunkBuffer>,
-    log: &ObjectLog,
-    trigger: Trigger,
-) -> Result<usize, LogError> {
-    let records = match buffer.lock() {
-        Ok(mut b) => b.begin_flush(),
-        Err(_) => None,
-    };
-    let Some(records) = records else { return Ok(0) };
-    let result = log.write_chunk(&records).await;
-    if let Ok(mut b) = buffer.lock() {
-        b.end_flush(records.len(), result.is_ok(), Instant::now());
-    }
-    match &result {
-        Ok(()) => log::debug!(
-            "chunk buffer flush ({trigger:?}): revisions {}..={}",
-            records.first().map_or(0, |r| r.revision),
-            records.last().map_or(0, |r| r.revision)
-        ),
-        Err(e) => log::warn!("chunk buffer flush ({trigger:?}) failed: {e}"),
-    }
-    result.map(|_| records.len())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::objstore::memory::MemoryStore;
     use crate::store::Timestamp;
     use bytes::Bytes;
-    use std::sync::Arc;
 
     fn rec(revision: i64, size: usize) -> Record {
         Record {
@@ -215,26 +197,5 @@ mod tests {
         let taken = b.begin_flush().unwrap();
         b.end_flush(taken.len(), false, t0);
         assert_eq!(b.len(), 1, "a failed flush keeps everything");
-    }
-
-    #[tokio::test]
-    async fn flush_writes_one_chunk_keyed_by_the_last_revision() {
-        let store = Arc::new(MemoryStore::new());
-        let dir = tempfile::tempdir().unwrap();
-        let log = ObjectLog::new(store.clone(), "n", dir.path()).unwrap();
-        let buffer = std::sync::Mutex::new(ChunkBuffer::new(0, 1));
-        for r in 2..=9 {
-            buffer.lock().unwrap().append(rec(r, 1000), Instant::now());
-        }
-        assert_eq!(flush(&buffer, &log, Trigger::Manual).await.unwrap(), 8);
-        let chunks = log.chunks_after(0).await.unwrap();
-        assert_eq!(chunks.len(), 1);
-        assert_eq!(chunks[0].0, 9);
-        let records = log.read_chunk(&chunks[0].1).await.unwrap();
-        assert_eq!(
-            records.iter().map(|r| r.revision).collect::<Vec<_>>(),
-            (2..=9).collect::<Vec<_>>()
-        );
-        assert!(buffer.lock().unwrap().is_empty());
     }
 }

@@ -153,6 +153,11 @@ impl Cluster {
     }
 
     /// The cluster state as last applied.
+    /// The connection to a peer address (shared, reconnecting).
+    pub fn peer(&self, addr: &str) -> Arc<crate::grpc::Connector> {
+        self.peers.to(addr)
+    }
+
     pub fn state(&self) -> Option<ClusterState> {
         self.view().state().cloned()
     }

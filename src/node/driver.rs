@@ -1,9 +1,9 @@
 //! Drives the role machine: what happens to the node (its write path
-//! failing or recovering, preflight finishing, shutdown) becomes a role
-//! change, and each change starts or stops the services of that role. For
-//! now the only services are the write route (the gate) and preflight, and
-//! a lone node is its own Elector and appoints itself Primary whenever it
-//! is not one; the cluster issues put elections in that place.
+//! failing or recovering, preflight finishing, the cluster state naming a
+//! Primary, shutdown) becomes a role change, and each change starts or
+//! stops the services of that role: the write gate, preflight, the chunk
+//! buffer's drain, and a replica's follower of the Primary's stream. A lone
+//! node is its own Elector and appoints itself Primary.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -12,8 +12,11 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use crate::log::buffer::Trigger;
 use crate::log::ObjectLog;
-use crate::primary::{self, WriteGate, WritePathEvent};
+use crate::primary::buffer::Buffer;
+use crate::primary::{self, Replicas, WriteGate, WritePathEvent};
+use crate::replication::FollowerParts;
 use crate::store::Store;
 use crate::watch::WatchHub;
 
@@ -31,7 +34,17 @@ pub struct PrimaryParts {
     pub store: Arc<Store>,
     pub log: Arc<ObjectLog>,
     pub hub: Arc<WatchHub>,
+    /// The replicas a cluster's Primary sends to.
+    pub replicas: Option<Arc<dyn Replicas>>,
+    /// Quorum-committed records on their way to the bucket.
+    pub buffer: Option<Arc<Buffer>>,
+    /// What a cluster member's follower needs.
+    pub follower: Option<Arc<FollowerParts>>,
 }
+
+/// How long a stepping-down or stopping Primary may take to flush its
+/// chunk buffer (the reference's drain timeout).
+pub const DRAIN_FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Who appoints the Primary.
 pub enum Appointer {
@@ -48,10 +61,6 @@ pub enum DriverInput {
     SelfDegraded,
 }
 
-/// How often a replica reads the bucket for what the Primary wrote (until
-/// replicas follow the Primary's stream).
-pub const BUCKET_FOLLOW_INTERVAL: Duration = Duration::from_secs(1);
-
 pub struct RoleDriver {
     cell: Arc<RoleCell>,
     primary: Arc<PrimaryParts>,
@@ -63,8 +72,8 @@ pub struct RoleDriver {
     preflight_retry: Option<tokio::time::Instant>,
     /// The write path is settling a failed batch (draining until then).
     recovering: bool,
-    /// A replica's reading of the bucket.
-    follower: Option<JoinHandle<()>>,
+    /// A replica's follower, and the Primary it follows.
+    follower: Option<(String, JoinHandle<()>)>,
 }
 
 /// Asks a running driver to stop; resolves once the node has stopped
@@ -145,7 +154,7 @@ impl RoleDriver {
                         self.start_preflight();
                     }
                     done = &mut stopped => {
-                        self.shut_down();
+                        self.shut_down().await;
                         if let Ok(done) = done {
                             let _ = done.send(());
                         }
@@ -287,16 +296,22 @@ impl RoleDriver {
             PrimaryState::Starting => {
                 gate.close_for(to.as_str(), String::new(), true);
                 self.stop_follower();
+                // Preflight uploads whatever the bucket lacks.
+                self.clear_buffer();
                 self.start_preflight();
                 None
             }
             PrimaryState::Draining => {
                 gate.close(to.as_str());
                 self.stop_preflight();
+                if let Some(buffer) = self.primary.buffer.clone() {
+                    tokio::spawn(async move { flush_buffer(&buffer).await });
+                }
                 None
             }
             PrimaryState::Replica => {
                 self.stop_preflight();
+                self.clear_buffer();
                 self.close_as_replica();
                 if self.named() == Named::Me && self.may_lead() {
                     // Appointed still (a lone node always is): preflight
@@ -322,44 +337,61 @@ impl RoleDriver {
         }
     }
 
-    /// A replica reads what the Primary wrote from the bucket.
+    /// A replica follows the Primary the cluster state names (a change of
+    /// Primary restarts it; with none named it keeps following the last).
     fn start_follower(&mut self) {
-        if self.follower.is_some() || matches!(self.appointer, Appointer::Lone) {
+        let (Appointer::Cluster(cluster), Some(parts)) = (&self.appointer, &self.primary.follower)
+        else {
+            return;
+        };
+        let (cluster, parts) = (cluster.clone(), parts.clone());
+        let Some(primary) = cluster.state().and_then(|s| s.primary) else {
+            return;
+        };
+        if primary.node_id == cluster.me().node_id {
             return;
         }
-        let p = self.primary.clone();
-        self.follower = Some(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(BUCKET_FOLLOW_INTERVAL);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut failing = false;
-            loop {
-                tick.tick().await;
-                match follow_bucket(&p).await {
-                    Ok(()) => failing = false,
-                    Err(e) if !failing => {
-                        log::warn!("reading the bucket as a replica: {e}");
-                        failing = true;
-                    }
-                    Err(_) => {}
-                }
-            }
-        }));
+        if self
+            .follower
+            .as_ref()
+            .is_some_and(|(id, _)| *id == primary.node_id)
+        {
+            return;
+        }
+        self.stop_follower();
+        let connector = cluster.peer(&primary.peer_addr);
+        let task = tokio::spawn(crate::replication::follow(
+            connector,
+            primary.node_id.clone(),
+            parts.clone(),
+        ));
+        self.follower = Some((primary.node_id, task));
     }
 
     fn stop_follower(&mut self) {
-        if let Some(task) = self.follower.take() {
+        if let Some((_, task)) = self.follower.take() {
             task.abort();
         }
     }
 
-    fn shut_down(&mut self) {
+    fn clear_buffer(&self) {
+        if let Some(buffer) = &self.primary.buffer {
+            buffer.clear();
+        }
+    }
+
+    async fn shut_down(&mut self) {
         self.stop_preflight();
         self.stop_follower();
         if matches!(
             self.cell.get().primary,
             PrimaryState::Active | PrimaryState::Starting
         ) {
+            // Draining starts the buffer's flush; a graceful stop waits for it.
             self.apply(PrimaryState::Draining);
+            if let Some(buffer) = &self.primary.buffer {
+                flush_buffer(buffer).await;
+            }
         }
         let _ = self.cell.change(|r| r.set_health(Health::Degraded));
     }
@@ -396,33 +428,16 @@ fn respond(named: Named, role: PrimaryState, may_lead: bool) -> Response {
     }
 }
 
-/// Imports what the bucket holds beyond the committed revision and tells
-/// watchers; rows this node held beyond it are replaced when the bucket
-/// has moved past them.
-async fn follow_bucket(p: &PrimaryParts) -> Result<(), String> {
-    let before = p.store.committed_revision();
-    // One LIST a tick: the chunks beyond what this node has committed.
-    let new = p
-        .log
-        .chunks_after(before)
-        .await
-        .map_err(|e| e.to_string())?;
-    let Some((durable, _)) = new.last() else {
-        return Ok(());
-    };
-    primary::preflight::settle_tentative_against(&p.store, *durable).map_err(|e| e.to_string())?;
-    let latest = p.store.latest_revision();
-    let keys = new
-        .into_iter()
-        .filter(|(r, _)| *r > latest)
-        .map(|(_, key)| key)
-        .collect();
-    crate::log::restore::import_chunks(&p.store, &p.log, keys)
-        .await
-        .map_err(|e| e.to_string())?;
-    p.hub
-        .publish_from_store(&p.store, before)
-        .map_err(|e| e.to_string())
+/// Uploads what the chunk buffer holds, within [`DRAIN_FLUSH_TIMEOUT`].
+async fn flush_buffer(buffer: &Buffer) {
+    if buffer.is_empty() {
+        return;
+    }
+    match tokio::time::timeout(DRAIN_FLUSH_TIMEOUT, buffer.flush(Trigger::Draining)).await {
+        Ok(Ok(())) => log::info!("chunk buffer flushed"),
+        Ok(Err(e)) => log::warn!("draining the chunk buffer failed: {e}"),
+        Err(_) => log::warn!("draining the chunk buffer took longer than {DRAIN_FLUSH_TIMEOUT:?}"),
+    }
 }
 
 /// The next change of an optional watch channel; pending without one.
@@ -436,9 +451,20 @@ async fn changed<T>(
 }
 
 async fn preflight(p: &PrimaryParts) -> Result<(), String> {
+    let before = p.store.committed_revision();
     let report = primary::preflight(&p.store, &p.log, &p.hub)
         .await
         .map_err(|e| e.to_string())?;
+    // What preflight adopted or imported goes to the replicas already
+    // following (later ones are replayed it).
+    if let Some(replicas) = &p.replicas {
+        let records = p
+            .store
+            .records_between(before + 1, p.store.latest_revision(), usize::MAX)
+            .map_err(|e| e.to_string())?;
+        replicas.send_records(&records);
+        replicas.send_commit(p.store.committed_revision());
+    }
     log::info!(
         "preflight done: revision {} ({} chunks imported)",
         p.store.committed_revision(),
@@ -504,6 +530,9 @@ mod tests {
             store: store.clone(),
             log,
             hub: hub.clone(),
+            replicas: None,
+            buffer: None,
+            follower: None,
         };
         Node {
             _dir: dir,
@@ -587,6 +616,9 @@ mod tests {
             store: n.store.clone(),
             log: n.driver.primary.log.clone(),
             hub: n.hub.clone(),
+            replicas: None,
+            buffer: None,
+            follower: None,
         };
         n.driver = RoleDriver::new(
             n.cell.clone(),

@@ -94,6 +94,8 @@ pub struct Membership {
     pub member_id: u64,
     /// Set once loading is done.
     pub loaded: Arc<AtomicBool>,
+    /// What the peer API serves once the node has loaded.
+    pub late: Arc<peer::LateServices>,
     /// What the role driver hears from the membership (heartbeats).
     pub driver_inputs: Option<mpsc::UnboundedReceiver<DriverInput>>,
     /// Stops the heartbeats; then the election (which resigns the lock).
@@ -130,7 +132,8 @@ pub async fn join(p: JoinParts<'_>) -> Result<Membership, String> {
     ));
     cluster.attach(elector.clone());
     let cluster_id = &config.cluster.cluster_id;
-    let router = peer::router(p.view.clone(), cluster.clone());
+    let late = Arc::new(peer::LateServices::default());
+    let router = peer::router(p.view.clone(), cluster.clone(), late.clone());
     let (peer_stop, peer_stopped) = watch::channel(false);
     let mut peer_tasks = JoinSet::new();
     if let Ok(addr) = p.peer.listener.local_addr() {
@@ -222,6 +225,7 @@ pub async fn join(p: JoinParts<'_>) -> Result<Membership, String> {
         cluster,
         member_id,
         loaded,
+        late,
         driver_inputs: Some(driver_rx),
         heartbeat_stop,
         lock_stop,

@@ -5,7 +5,6 @@
 
 pub mod cluster;
 pub mod driver;
-pub mod failpoint;
 pub mod heartbeat;
 pub mod listeners;
 pub mod loading;
@@ -23,11 +22,13 @@ use std::time::Duration;
 use crate::config::Config;
 use crate::etcd::{self, ApiSettings, EtcdApi, Identity, MemberInfo};
 use crate::http::metrics::{InfoLabels, Metrics};
+use crate::log::buffer::ChunkBuffer;
 use crate::log::cleanup::{self, CleanupSettings};
 use crate::log::restore::CaughtUp;
 use crate::log::snapshot::{self, SnapshotClock, SnapshotPolicy, SnapshotRequests};
 use crate::log::ObjectLog;
-use crate::primary::{ObjectStorageDurability, WritePathParts};
+use crate::primary::{ObjectStorageDurability, Replicas, WritePathParts};
+use crate::replication::{FollowerParts, PrimaryService, ReplicaSet};
 use crate::store::{Store, Timestamp};
 use crate::watch::{RingLimits, WatchHub};
 use driver::{Appointer, DriverHandle, PrimaryParts, RoleDriver};
@@ -127,7 +128,7 @@ async fn start(config: Config, role: Arc<RoleCell>) -> Result<Running, Failed> {
         crate::objstore::from_config(&config.cluster.storage, &env, &metrics).map_err(failed)?;
     log::info!("object storage: {}", objects.describe());
     let log = Arc::new(ObjectLog::new(objects, &node_id, &config.node.data_dir).map_err(failed)?);
-    failpoint::hold("loading").await;
+    crate::failpoint::hold("loading").await;
     let view = Arc::new(status::NodeView {
         node_id: node_id.clone(),
         role: role.clone(),
@@ -183,6 +184,18 @@ async fn start(config: Config, role: Arc<RoleCell>) -> Result<Running, Failed> {
         store.committed_revision(),
         RingLimits::default(),
     ));
+    let replication = &config.cluster.replication;
+    let heartbeat_interval = config
+        .cluster
+        .heartbeat_interval
+        .unwrap_or(Duration::from_secs(1));
+    let replica_set = membership.as_ref().map(|m| {
+        let silence = heartbeat_interval * replication.degradation_count.clamp(1, 1000) as u32;
+        let set = ReplicaSet::new(replication.quorum, silence, metrics.clone());
+        follow_node_count(&m.cluster, &set);
+        set
+    });
+    let replicas = replica_set.clone().map(|s| s as Arc<dyn Replicas>);
     let write_path = crate::primary::start(WritePathParts {
         store: store.clone(),
         hub: hub.clone(),
@@ -191,13 +204,30 @@ async fn start(config: Config, role: Arc<RoleCell>) -> Result<Running, Failed> {
         snapshots: Some(start_snapshots(&config, &store, &log, &caught_up, &metrics)),
         metrics: metrics.clone(),
         runtime: tokio::runtime::Handle::current(),
+        replicas: replicas.clone(),
+        buffer: ChunkBuffer::new(
+            replication.chunk_buffer.threshold_size_mb,
+            replication.chunk_buffer.threshold_age_minutes,
+        ),
     })
     .map_err(failed)?;
+    let follower = membership.as_ref().map(|_| {
+        let view = view.clone();
+        Arc::new(FollowerParts {
+            store: store.clone(),
+            hub: hub.clone(),
+            state: Arc::new(move || view.state()),
+            heartbeat_interval,
+        })
+    });
     let primary = PrimaryParts {
         gate: write_path.gate.clone(),
         store: store.clone(),
         log,
         hub: hub.clone(),
+        replicas,
+        buffer: Some(write_path.buffer.clone()),
+        follower,
     };
     let identity = identity(&config, member_id, &advertise_client);
     let (appointer, inputs, info) = match &mut membership {
@@ -224,9 +254,12 @@ async fn start(config: Config, role: Arc<RoleCell>) -> Result<Running, Failed> {
         driver.take_primary().await.map_err(failed)?;
     }
 
-    let api = Arc::new(EtcdApi {
+    let forwarding = membership.as_ref().map(|m| {
+        Arc::new(ClusterForwarding(m.cluster.clone())) as Arc<dyn etcd::forward::Forwarding>
+    });
+    let api = EtcdApi {
         store: store.clone(),
-        writer: write_path.writer,
+        writer: write_path.writer.clone(),
         hub,
         identity,
         health: role.clone(),
@@ -234,7 +267,25 @@ async fn start(config: Config, role: Arc<RoleCell>) -> Result<Running, Failed> {
         metrics: metrics.clone(),
         settings: ApiSettings::default(),
         shutdown: stop.clone(),
-    });
+        forwarding: None,
+        read_index: Arc::default(),
+    };
+    if let (Some(m), Some(set)) = (&membership, replica_set) {
+        // What replicas forward is served here and never forwarded again.
+        let _ = m.late.etcd.set(etcd::router(Arc::new(api.clone_local())));
+        let serving_role = role.clone();
+        let service = PrimaryService {
+            set,
+            store: store.clone(),
+            writer: write_path.writer.clone(),
+            serving: Box::new(move || match serving_role.get().primary {
+                PrimaryState::Replica => Err(PrimaryState::Replica.as_str()),
+                _ => Ok(()),
+            }),
+        };
+        let _ = m.late.primary.set(Arc::new(service));
+    }
+    let api = Arc::new(EtcdApi { forwarding, ..api });
     observe_store(&metrics, &store);
     if let Some(m) = &membership {
         m.loaded.store(true, Ordering::Release);
@@ -282,6 +333,42 @@ async fn start(config: Config, role: Arc<RoleCell>) -> Result<Running, Failed> {
     })
 }
 
+/// Writes go to the Primary the cluster state names, unless it is this
+/// node (or none is named: the write then waits here for one).
+struct ClusterForwarding(Arc<membership::Cluster>);
+
+impl etcd::forward::Forwarding for ClusterForwarding {
+    fn route(&self) -> etcd::forward::WriteRoute {
+        let cluster = &self.0;
+        match cluster.state().and_then(|s| s.primary) {
+            Some(p) if p.node_id != cluster.me().node_id => {
+                etcd::forward::WriteRoute::Primary(cluster.peer(&p.peer_addr))
+            }
+            _ => etcd::forward::WriteRoute::Local,
+        }
+    }
+}
+
+/// The replica set's node count follows the cluster state (majority
+/// quorums are counted from it).
+fn follow_node_count(cluster: &Arc<membership::Cluster>, set: &Arc<ReplicaSet>) {
+    let mut states = cluster.subscribe();
+    let set = Arc::downgrade(set);
+    tokio::spawn(async move {
+        loop {
+            let count = states.borrow_and_update().as_ref().map(|s| s.node_count);
+            let Some(set) = set.upgrade() else { return };
+            if let Some(n) = count {
+                set.set_node_count(n as i64);
+            }
+            drop(set);
+            if states.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+}
+
 /// How long a cluster member waits for a Primary before it serves clients
 /// anyway (writes then answer Unavailable until one is elected).
 const PRIMARY_WAIT: Duration = Duration::from_secs(60);
@@ -311,7 +398,7 @@ impl Running {
     /// cluster, the write path stops.
     async fn stop(mut self) {
         log::info!("shutting down: no new connections, finishing requests in flight");
-        failpoint::hold("draining").await;
+        crate::failpoint::hold("draining").await;
         let _ = self.stop.send(true);
         let tasks = &mut self.tasks;
         let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
@@ -419,9 +506,6 @@ fn observe_node(metrics: &Metrics, config: &Config, role: &Arc<RoleCell>, start_
         Metrics::one_hot(&m.state_health, "state", &health, r.health.as_str());
         Metrics::one_hot(&m.state_elector, "state", &elector, r.elector.as_str());
         Metrics::one_hot(&m.state_primary, "state", &primary, r.primary.as_str());
-        // Every write is a synchronous object-storage write until the
-        // quorum path exists.
-        Metrics::one_hot(&m.primary_write_path, "path", &["sync", "quorum"], "sync");
     });
 }
 

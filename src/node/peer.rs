@@ -1,17 +1,20 @@
 //! The peer API this node serves (mTLS, role peer): the Node service
-//! (GetNodeState, PushClusterState) on every node, and the Elector service,
-//! which answers only while this node holds the lock. Errors become the
+//! (GetNodeState, PushClusterState) on every node, the Elector service,
+//! which answers only while this node holds the lock, the Primary service
+//! (Follow, SendHeartbeat) and the etcd write and read methods replicas
+//! forward, both bound once the node has loaded. Errors become the
 //! reference's statuses here, at the edge.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use crate::election::cluster_state::{ClusterState, Refused};
 use crate::election::elector::{Elector, ElectorError};
-use crate::grpc::{unary, RequestContext, Router, Status};
+use crate::grpc::{bidi_streaming, unary, Call, Handler, RequestContext, Router, Status};
 use crate::pb::netsy::{
     ClusterState as WireClusterState, DeregisterNodeRequest, GetMemberListRequest, NodeState,
-    RegisterNodeRequest,
+    PrimaryMessage, RegisterNodeRequest, ReplicaMessage,
 };
+use crate::replication::PrimaryService;
 
 use super::cluster::Cluster;
 use super::status::NodeView;
@@ -59,8 +62,88 @@ fn push_status(e: Refused) -> Status {
     }
 }
 
-pub fn router(view: Arc<NodeView>, cluster: Arc<Cluster>) -> Router {
+/// What the peer API serves once the node has loaded.
+#[derive(Default)]
+pub struct LateServices {
+    pub primary: OnceLock<Arc<PrimaryService>>,
+    /// The etcd methods a replica forwards to the Primary (served without
+    /// forwarding again).
+    pub etcd: OnceLock<Router>,
+}
+
+/// The etcd methods served on the peer API.
+const FORWARDED: [(&str, &str); 6] = [
+    ("etcdserverpb.KV", "Range"),
+    ("etcdserverpb.KV", "Put"),
+    ("etcdserverpb.KV", "DeleteRange"),
+    ("etcdserverpb.KV", "Txn"),
+    ("etcdserverpb.KV", "Compact"),
+    ("etcdserverpb.Lease", "LeaseGrant"),
+];
+
+fn still_loading() -> Status {
+    Status::unavailable("this node is still loading")
+}
+
+/// A handler that hands the call to the late-bound etcd router.
+fn forwarded(late: Arc<LateServices>, path: String) -> Handler {
+    Arc::new(move |call: Call| {
+        let late = late.clone();
+        let path = path.clone();
+        Box::pin(async move {
+            match late.etcd.get().map(|r| r.lookup(&path)) {
+                Some(Ok(handler)) => handler(call).await,
+                Some(Err(status)) => call.outbound.finish(Err(status)),
+                None => call.outbound.finish(Err(still_loading())),
+            }
+        })
+    })
+}
+
+fn add_primary(r: &mut Router, late: &Arc<LateServices>) {
+    const PRIMARY: &str = "netsy.Primary";
+    let l = late.clone();
+    r.add(
+        PRIMARY,
+        "Follow",
+        bidi_streaming(
+            move |requests: crate::grpc::Requests<ReplicaMessage>,
+                  ctx: RequestContext,
+                  out: crate::grpc::Responses<PrimaryMessage>| {
+                let l = l.clone();
+                async move {
+                    let node = caller(&ctx).map_err(|e| {
+                        Status::unauthenticated(format!("failed to identify peer: {}", e.message))
+                    })?;
+                    let Some(service) = l.primary.get().cloned() else {
+                        return Err(still_loading());
+                    };
+                    service.follow(node, requests, out).await
+                }
+            },
+        ),
+    );
+    let l = late.clone();
+    r.add(
+        PRIMARY,
+        "SendHeartbeat",
+        unary(move |req: NodeState, _ctx| {
+            let l = l.clone();
+            async move {
+                let service = l.primary.get().ok_or_else(still_loading)?;
+                service.heartbeat(&req)
+            }
+        }),
+    );
+}
+
+pub fn router(view: Arc<NodeView>, cluster: Arc<Cluster>, late: Arc<LateServices>) -> Router {
     let mut r = Router::new();
+    add_primary(&mut r, &late);
+    for (service, method) in FORWARDED {
+        let handler = forwarded(late.clone(), format!("/{service}/{method}"));
+        r.add(service, method, handler);
+    }
     const NODE: &str = "netsy.Node";
     r.add(
         NODE,

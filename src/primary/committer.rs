@@ -1,35 +1,53 @@
 //! Group commit, the driver around [`WriteCore`]: one thread takes every
 //! write waiting in its queue, has the core evaluate them as one batch,
-//! appends the batch to SQLite while the [`Durability`] makes it durable
-//! elsewhere, then commits it, publishes it to watchers and answers every
-//! caller together. If durability fails, the batch is discarded, callers
-//! get an error, the gate closes (draining) and a background recovery
-//! settles the failed batch; the node is told through [`WritePathEvent`]s
-//! and decides when writes resume.
+//! makes the batch durable on one of two routes, then commits it, publishes
+//! it to watchers and replicas and answers every caller together.
+//!
+//! * Sync: the batch is appended to SQLite while the [`Durability`] writes
+//!   it to the bucket (after anything still buffered there).
+//! * Quorum: the batch goes to the replicas while it is appended locally;
+//!   once enough replicas receipted it, it is committed and buffered for
+//!   the bucket. Without the receipts in time it is rolled back and the
+//!   same batch takes the sync route, so the caller only waits longer.
+//!
+//! If durability fails, the batch is discarded, callers get an error, the
+//! gate closes (draining) and a background recovery settles what failed;
+//! the node is told through [`WritePathEvent`]s and decides when writes
+//! resume.
 
 use std::sync::Arc;
 
+use futures_util::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::http::metrics::{labels, Metrics};
+use crate::log::buffer::{ChunkBuffer, Trigger};
 use crate::log::snapshot::SnapshotRequests;
 use crate::store::{Batch, Record, Store, Timestamp};
 use crate::watch::WatchHub;
 
+use super::buffer::Buffer;
 use super::core::{Command, Evaluated, Reply, WriteCore, MAX_LEASE_TTL};
 use super::durability::Durability;
 use super::error::WriteError;
 use super::gate::{WriteGate, WRITE_PATIENCE};
 use super::recovery::{Recovery, Step};
+use super::replicas::{Replicas, Route, QUORUM_RECEIPT_TIMEOUT};
 use super::txn::{Txn, TxnOutcome};
 use super::view::BatchView;
 
 /// Largest number of commands folded into one commit.
 const MAX_BATCH: usize = 1024;
 
-struct Request {
-    command: Command,
-    reply: oneshot::Sender<Reply>,
+/// Work for the commit thread.
+enum Request {
+    Write {
+        command: Command,
+        /// The answer, and the route its batch took.
+        reply: oneshot::Sender<(Reply, Route)>,
+    },
+    /// Runs between two batches, when nothing is in flight.
+    Between(Box<dyn FnOnce() + Send>),
 }
 
 /// The handle the API layer writes through; cheap to clone.
@@ -41,29 +59,39 @@ pub struct Writer {
 }
 
 impl Writer {
-    async fn submit(&self, command: Command) -> Result<Reply, WriteError> {
+    async fn submit(&self, command: Command) -> Result<(Reply, Route), WriteError> {
         // While a Primary is being chosen or is starting, wait for it a
         // little rather than fail at once (etcd waits for a leader too).
         self.gate.wait(WRITE_PATIENCE).await?;
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Request { command, reply })
+            .send(Request::Write { command, reply })
             .await
             .map_err(|_| WriteError::Stopped)?;
         rx.await.map_err(|_| WriteError::Stopped)
+    }
+
+    /// Runs `f` on the commit thread between two batches: it sees the
+    /// store with no batch half made durable (a replica attaches to the
+    /// stream of records there).
+    pub async fn between(&self, f: Box<dyn FnOnce() + Send>) -> Result<(), WriteError> {
+        self.tx
+            .send(Request::Between(f))
+            .await
+            .map_err(|_| WriteError::Stopped)
     }
 
     /// Evaluates and commits a txn (Put and DeleteRange come as one-op
     /// txns).
     pub async fn txn(&self, txn: Txn) -> Result<TxnOutcome, WriteError> {
         let started = std::time::Instant::now();
-        let result = match self.submit(Command::Txn(txn)).await? {
-            Reply::Txn(r) => r,
-            _ => Err(WriteError::Stopped),
+        let (result, route) = match self.submit(Command::Txn(txn)).await? {
+            (Reply::Txn(r), route) => (r, route),
+            _ => (Err(WriteError::Stopped), Route::Sync),
         };
         let m = &self.metrics;
         let l = labels(&[
-            ("path", "sync"),
+            ("path", route.as_str()),
             ("result", if result.is_ok() { "success" } else { "error" }),
         ]);
         m.primary_write_transactions.get_or_create(&l).inc();
@@ -78,7 +106,7 @@ impl Writer {
         if ttl > MAX_LEASE_TTL {
             return Err(WriteError::LeaseTtlTooLarge);
         }
-        match self.submit(Command::LeaseGrant { id, ttl }).await? {
+        match self.submit(Command::LeaseGrant { id, ttl }).await?.0 {
             Reply::LeaseGrant(r) => r,
             _ => Err(WriteError::Stopped),
         }
@@ -86,7 +114,7 @@ impl Writer {
 
     /// Compacts history up to `revision` (inclusive of nothing newer).
     pub async fn compact(&self, revision: i64) -> Result<(), WriteError> {
-        match self.submit(Command::Compact { revision }).await? {
+        match self.submit(Command::Compact { revision }).await?.0 {
             Reply::Compact(r) => r,
             _ => Err(WriteError::Stopped),
         }
@@ -115,6 +143,10 @@ pub struct WritePathParts {
     pub metrics: Arc<Metrics>,
     /// Where durability work and recovery run.
     pub runtime: tokio::runtime::Handle,
+    /// The replicas that follow, when this node is in a cluster.
+    pub replicas: Option<Arc<dyn Replicas>>,
+    /// The chunk buffer's thresholds (quorum writes only).
+    pub buffer: ChunkBuffer,
 }
 
 /// A running write path.
@@ -122,12 +154,14 @@ pub struct WritePath {
     pub writer: Writer,
     pub gate: Arc<WriteGate>,
     pub events: mpsc::UnboundedReceiver<WritePathEvent>,
+    /// Quorum-committed records on their way to the bucket.
+    pub buffer: Arc<Buffer>,
     /// The commit thread; it ends when every [`Writer`] is dropped.
     pub thread: std::thread::JoinHandle<()>,
 }
 
 /// Starts the commit thread with the gate closed.
-pub fn start(parts: WritePathParts) -> Result<WritePath, String> {
+pub fn start(mut parts: WritePathParts) -> Result<WritePath, String> {
     let (tx, rx) = mpsc::channel(4096);
     let (events_tx, events) = mpsc::unbounded_channel();
     let gate = Arc::new(WriteGate::default());
@@ -140,12 +174,29 @@ pub fn start(parts: WritePathParts) -> Result<WritePath, String> {
         gate: gate.clone(),
         metrics: parts.metrics.clone(),
     };
+    let policy = std::mem::replace(&mut parts.buffer, ChunkBuffer::new(0, 0));
+    let buffer = Arc::new(Buffer::new(
+        policy,
+        parts.durability.clone(),
+        parts.metrics.clone(),
+    ));
+    // Only quorum writes are buffered.
+    if parts.replicas.is_some() {
+        super::buffer::spawn_age_loop(&buffer, &parts.runtime);
+    }
+    parts
+        .metrics
+        .primary_write_path
+        .get_or_create(&labels(&[("path", "sync")]))
+        .set(1);
     let committer = Committer {
         core: WriteCore::new(&parts.leader_id, seed),
         parts,
         rx,
         gate: gate.clone(),
         events: events_tx,
+        buffer: buffer.clone(),
+        route: Route::Sync,
     };
     let thread = std::thread::Builder::new()
         .name("netsy-committer".into())
@@ -155,6 +206,7 @@ pub fn start(parts: WritePathParts) -> Result<WritePath, String> {
         writer,
         gate,
         events,
+        buffer,
         thread,
     })
 }
@@ -165,29 +217,42 @@ struct Committer {
     rx: mpsc::Receiver<Request>,
     gate: Arc<WriteGate>,
     events: mpsc::UnboundedSender<WritePathEvent>,
+    buffer: Arc<Buffer>,
+    /// The route of the last batch (switches are logged).
+    route: Route,
 }
 
 impl Committer {
     fn run(mut self) {
         while let Some(first) = self.rx.blocking_recv() {
-            let mut requests = vec![first];
-            while requests.len() < MAX_BATCH {
-                match self.rx.try_recv() {
-                    Ok(r) => requests.push(r),
-                    Err(_) => break,
+            let mut writes = Vec::new();
+            let mut next = Some(first);
+            while let Some(request) = next.take() {
+                match request {
+                    Request::Write { command, reply } => writes.push((command, reply)),
+                    // Whatever came before it is committed first.
+                    Request::Between(f) => {
+                        self.commit(std::mem::take(&mut writes));
+                        f();
+                    }
+                }
+                if writes.len() < MAX_BATCH {
+                    next = self.rx.try_recv().ok();
                 }
             }
-            self.commit(requests);
+            self.commit(writes);
         }
         log::debug!("commit thread stopped");
     }
 
-    fn commit(&mut self, requests: Vec<Request>) {
-        let (commands, senders): (Vec<Command>, Vec<_>) =
-            requests.into_iter().map(|r| (r.command, r.reply)).unzip();
+    fn commit(&mut self, writes: Vec<(Command, oneshot::Sender<(Reply, Route)>)>) {
+        if writes.is_empty() {
+            return;
+        }
+        let (commands, senders): (Vec<Command>, Vec<_>) = writes.into_iter().unzip();
         if let Err(e) = self.gate.check() {
             for (command, reply) in commands.iter().zip(senders) {
-                let _ = reply.send(refused(command, &e));
+                let _ = reply.send((refused(command, &e), Route::Sync));
             }
             return;
         }
@@ -201,17 +266,142 @@ impl Committer {
             let mut view = BatchView::new(&index, &store);
             self.core.evaluate(commands, &mut view, Timestamp::now())
         };
+        let mut route = Route::Sync;
         if !batch.is_empty() {
-            match self.make_durable(batch) {
+            route = self.choose_route();
+            let result = match route {
+                Route::Quorum { required } => self.quorum(batch, required),
+                Route::Sync => self.sync(batch),
+            };
+            match result {
                 // Nothing was committed: every answer of this batch may have
                 // read the failed writes, so all fail.
                 Err(e) => replies.iter_mut().for_each(|r| r.fail(&e)),
-                Ok(records) => self.publish(&records, events),
+                Ok((records, taken)) => {
+                    route = taken;
+                    self.publish(&records, events);
+                    if route != Route::Sync {
+                        self.buffer_records(&records);
+                    }
+                }
             }
         }
         // A caller that gave up (client went away) no longer listens.
         for (reply, tx) in replies.into_iter().zip(senders) {
-            let _ = tx.send(reply);
+            let _ = tx.send((reply, route));
+        }
+    }
+
+    /// The route for the next batch; switches are logged and shown in
+    /// `netsy_primary_write_path`.
+    fn choose_route(&mut self) -> Route {
+        let route = self
+            .parts
+            .replicas
+            .as_ref()
+            .map_or(Route::Sync, |r| r.route());
+        if route.as_str() != self.route.as_str() {
+            log::info!(
+                "write_path_switched: from {} to {} ({route:?})",
+                self.route.as_str(),
+                route.as_str()
+            );
+            let paths = self.parts.metrics.primary_write_path.clone();
+            for path in ["sync", "quorum"] {
+                let on = (path == route.as_str()) as i64;
+                paths.get_or_create(&labels(&[("path", path)])).set(on);
+            }
+        }
+        self.route = route;
+        route
+    }
+
+    /// The quorum route: the batch goes to the replicas while it is
+    /// appended here; committed once `required` of them receipted its last
+    /// revision. On a timeout it is rolled back and takes the sync route.
+    fn quorum(&mut self, batch: Batch, required: usize) -> Durable {
+        let Some(replicas) = self.parts.replicas.clone() else {
+            return self.sync(batch);
+        };
+        let p = &self.parts;
+        let records: Arc<[Record]> = batch.records.clone().into();
+        let last = records.last().map_or(0, |r| r.revision);
+        replicas.send_records(&records);
+        let receipts =
+            p.runtime
+                .spawn(replicas.wait_receipts(last, required, QUORUM_RECEIPT_TIMEOUT));
+        let before = p.store.latest_revision();
+        if let Err(e) = p.store.append(batch.clone()) {
+            receipts.abort();
+            let message = format!("local database commit failed: {e}");
+            self.drain(message);
+            return Err(WriteError::from(e));
+        }
+        if p.runtime.block_on(receipts).unwrap_or(false) {
+            p.metrics.primary_replication_rounds.inc();
+            return Ok((records, Route::Quorum { required }));
+        }
+        // Replicas keep their tentative copies; the sync route's records
+        // replace them.
+        if let Err(e) = p.store.discard_above(before) {
+            let message = format!("undoing revisions above {before} failed: {e}; restart the node");
+            self.drain(message.clone());
+            return Err(WriteError::NotDurable(message));
+        }
+        replicas.missed(last);
+        p.metrics
+            .primary_quorum_rollbacks
+            .get_or_create(&labels(&[("reason", "receipt_timeout")]))
+            .inc();
+        log::warn!(
+            "quorum not met: insufficient replica receipts within {QUORUM_RECEIPT_TIMEOUT:?} \
+             for revisions {}..={last}; writing them to object storage instead",
+            before + 1
+        );
+        self.route = Route::Sync;
+        self.sync(batch)
+    }
+
+    /// The sync route: anything buffered reaches the bucket first (the
+    /// bucket never has a gap), then the batch is one chunk.
+    fn sync(&mut self, batch: Batch) -> Durable {
+        if !self.buffer.is_empty() {
+            let flushed = self
+                .parts
+                .runtime
+                .block_on(self.buffer.flush(Trigger::Rollback));
+            if let Err(e) = flushed {
+                let message =
+                    format!("flushing the chunk buffer before a synchronous write failed: {e}");
+                self.drain(message.clone());
+                self.recover_buffer();
+                return Err(WriteError::NotDurable(message));
+            }
+        }
+        let records = self.make_durable(batch)?;
+        if let Some(replicas) = &self.parts.replicas {
+            replicas.send_records(&records);
+        }
+        Ok((records, Route::Sync))
+    }
+
+    /// Buffers quorum-committed records; a full buffer is flushed at once,
+    /// and one that stays full after a failed flush stops writes.
+    fn buffer_records(&mut self, records: &[Record]) {
+        if !self.buffer.append(records, tokio::time::Instant::now()) {
+            return;
+        }
+        let flushed = self
+            .parts
+            .runtime
+            .block_on(self.buffer.flush(Trigger::Size));
+        if let Err(e) = flushed {
+            if self.buffer.over_size() {
+                self.drain(format!(
+                    "the chunk buffer is full and cannot be flushed: {e}"
+                ));
+                self.recover_buffer();
+            }
         }
     }
 
@@ -225,6 +415,9 @@ impl Committer {
         let discarded = p.store.commit(upto);
         let committed = p.store.committed_revision();
         p.hub.publish(events, committed);
+        if let Some(replicas) = &p.replicas {
+            replicas.send_commit(committed);
+        }
         if let (Some(snapshots), false) = (&p.snapshots, records.is_empty()) {
             snapshots.request(committed, encoded_size(records));
         }
@@ -310,12 +503,30 @@ impl Committer {
     /// tells the node.
     fn recover(&self, records: Arc<[Record]>) {
         let durability = self.parts.durability.clone();
+        self.recover_with(move || durability.settle(records.clone()));
+    }
+
+    /// Keeps flushing the buffer (see [`Recovery`]) until it is empty.
+    fn recover_buffer(&self) {
+        let buffer = self.buffer.clone();
+        self.recover_with(move || {
+            let buffer = buffer.clone();
+            Box::pin(async move { buffer.flush(Trigger::Draining).await })
+        });
+    }
+
+    /// Runs `attempt` with the recovery backoff until it succeeds, then
+    /// tells the node the failure is settled.
+    fn recover_with(
+        &self,
+        attempt: impl Fn() -> BoxFuture<'static, Result<(), String>> + Send + 'static,
+    ) {
         let events = self.events.clone();
         self.parts.runtime.spawn(async move {
             let mut recovery = Recovery::new(tokio::time::Instant::now());
             while let Step::AttemptAt(at) = recovery.step() {
                 tokio::time::sleep_until(at).await;
-                let result = durability.settle(records.clone()).await;
+                let result = attempt().await;
                 let now = tokio::time::Instant::now();
                 match (&result, recovery.attempted(now, result.is_ok())) {
                     (Err(e), Step::AttemptAt(next)) => log::warn!(
@@ -329,6 +540,9 @@ impl Committer {
         });
     }
 }
+
+/// A batch made durable: its records, and the route that did it.
+type Durable = Result<(Arc<[Record]>, Route), WriteError>;
 
 /// The answer to a command the gate refused.
 fn refused(command: &Command, e: &WriteError) -> Reply {
@@ -358,7 +572,6 @@ mod tests {
     use super::*;
     use crate::primary::txn::Put;
     use crate::watch::RingLimits;
-    use futures_util::future::BoxFuture;
 
     /// Durability whose outcomes the test scripts; remembers when each
     /// settle attempt came.
@@ -410,6 +623,8 @@ mod tests {
             snapshots: None,
             metrics: Arc::new(Metrics::new()),
             runtime: tokio::runtime::Handle::current(),
+            replicas: None,
+            buffer: ChunkBuffer::new(0, 0),
         })
         .unwrap();
         (dir, store, path)

@@ -1,9 +1,11 @@
 //! The write path: txn evaluation (a pure core), group commit into the
-//! local database and a durable store behind the [`Durability`] seam,
+//! local database and a durable store behind the [`Durability`] seam (the
+//! bucket, or a quorum of replicas behind the [`Replicas`] seam),
 //! publication to readers and watchers, recovery when durability fails, and
 //! preflight before a Primary takes writes. Knows nothing of the etcd wire
 //! or of gRPC: callers get [`WriteError`]s.
 
+pub mod buffer;
 pub mod committer;
 pub mod core;
 pub mod durability;
@@ -11,6 +13,7 @@ pub mod error;
 pub mod gate;
 pub mod preflight;
 pub mod recovery;
+pub mod replicas;
 pub mod txn;
 pub mod view;
 
@@ -19,3 +22,4 @@ pub use durability::{Durability, ObjectStorageDurability};
 pub use error::WriteError;
 pub use gate::WriteGate;
 pub use preflight::preflight;
+pub use replicas::{Replicas, Route};

@@ -437,6 +437,46 @@ impl Store {
         Ok(())
     }
 
+    /// Takes records another node ordered (a Primary's stream), tentatively:
+    /// revisions at or below the committed one are already final and are
+    /// skipped; a tentative revision holding the same write is kept; one
+    /// holding a different write is discarded with everything above it
+    /// (the Primary's history replaces it); the rest is appended in one
+    /// SQLite commit. Records must be consecutive. Returns the highest
+    /// revision now known to match the sender's history.
+    pub fn replicate(&self, records: &[Record]) -> Result<i64, StoreError> {
+        let Some(last) = records.last().map(|r| r.revision) else {
+            return Ok(self.committed_revision());
+        };
+        let committed = self.committed_revision();
+        let mut from = records.partition_point(|r| r.revision <= committed);
+        let latest = self.latest_revision();
+        while let Some(r) = records.get(from).filter(|r| r.revision <= latest) {
+            match self.record_at(r.revision)? {
+                Some(mine) if mine.same_write(r) => from += 1,
+                _ => {
+                    self.discard_above(r.revision - 1)?;
+                    break;
+                }
+            }
+        }
+        let rest: Vec<Record> = records[from..].to_vec();
+        if let Some(first) = rest.first() {
+            let expected = self.latest_revision() + 1;
+            if first.revision != expected {
+                return Err(StoreError::Gap {
+                    expected,
+                    found: first.revision,
+                });
+            }
+            self.append(Batch {
+                records: rest,
+                ..Batch::default()
+            })?;
+        }
+        Ok(last)
+    }
+
     /// Makes everything appended up to `revision` (at most the latest)
     /// visible: the key index, the lease table and the compaction revision
     /// take it in, then the committed revision moves, all under the index
@@ -742,6 +782,49 @@ mod tests {
 
     fn visible(store: &Store, at: i64) -> Option<i64> {
         store.index().get(b"k", at).map(|e| e.rev.revision)
+    }
+
+    #[test]
+    fn replicated_records_keep_matching_tentative_rows_and_replace_different_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .append_committed(batch(vec![Record::internal("n"), put(2)]))
+            .unwrap();
+        // Tentative 3 and 4 from an earlier stream.
+        store.append(batch(vec![put(3), put(4)])).unwrap();
+        let other = |revision: i64| Record {
+            value: Some(Bytes::from_static(b"other")),
+            ..put(revision)
+        };
+        // A replay from 2: 2 is final and skipped, 3 matches and stays,
+        // 4 differs: it and everything above go, the stream's 4 and 5 come.
+        let upto = store
+            .replicate(&[put(2), put(3), other(4), other(5)])
+            .unwrap();
+        assert_eq!(upto, 5);
+        assert_eq!(
+            (store.committed_revision(), store.latest_revision()),
+            (2, 5)
+        );
+        let four = store.record_at(4).unwrap().unwrap();
+        assert_eq!(four.value.as_deref(), Some(&b"other"[..]));
+        store.commit(5);
+        assert_eq!(visible(&store, 5), Some(5));
+        // Duplicates of committed revisions change nothing; a gap is refused.
+        assert_eq!(store.replicate(&[put(5)]).unwrap(), 5);
+        let gap = store.replicate(&[put(7)]).unwrap_err();
+        assert!(
+            matches!(
+                gap,
+                StoreError::Gap {
+                    expected: 6,
+                    found: 7
+                }
+            ),
+            "{gap}"
+        );
+        assert_eq!(store.latest_revision(), 5);
     }
 
     #[test]

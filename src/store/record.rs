@@ -55,6 +55,26 @@ impl Record {
         }
     }
 
+    /// The same write as `other`: everything the Primary decided, leaving
+    /// out local stamps (replicated_at, compaction).
+    pub fn same_write(&self, other: &Record) -> bool {
+        let value = |r: &Record| r.value.clone().unwrap_or_default();
+        self.revision == other.revision
+            && self.key == other.key
+            && self.created == other.created
+            && self.deleted == other.deleted
+            && self.create_revision == other.create_revision
+            && self.prev_revision == other.prev_revision
+            && self.version == other.version
+            && self.lease == other.lease
+            && self.dek == other.dek
+            && self.leader_id == other.leader_id
+            && self.created_at == other.created_at
+            && (self.compacted_at.is_some()
+                || other.compacted_at.is_some()
+                || value(self) == value(other))
+    }
+
     /// True for revision 1, which clients never see.
     pub fn is_internal(&self) -> bool {
         self.revision == 1
