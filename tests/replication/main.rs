@@ -425,19 +425,35 @@ fn a_static_quorum_falls_back_to_the_bucket_without_its_replicas_and_returns() {
         (path(t, "sync") == 1.0 && path(t, "quorum") == 0.0).then_some(rev)
     });
     let synced = block_on(put(&t, primary, "/q/b", "2")).unwrap();
-    // It is in the bucket already: a new node restores it from there.
-    let listed = block_on(t.bucket().store().list("chunks/")).unwrap();
-    assert!(
-        listed
-            .iter()
-            .any(|o| o.key.ends_with(&format!("{synced:019}.netsy"))),
-        "revision {synced} is a chunk of its own"
+    // It is in the bucket already, after every quorum write before it: the
+    // buffer was flushed first, so the chunks cover every revision.
+    let revisions = bucket_revisions(&t);
+    assert_eq!(revisions.last(), Some(&synced));
+    let first = revisions[0];
+    assert_eq!(
+        revisions,
+        (first..=synced).collect::<Vec<_>>(),
+        "the bucket's chunks have no gap"
     );
     t.start(replica);
     t.until("writes on the quorum path again", |t| {
         block_on(put(t, primary, "/q/c", "3")).ok()?;
         (path(t, "quorum") == 1.0).then_some(())
     });
+}
+
+/// Every revision the bucket's chunks hold, ascending.
+fn bucket_revisions(t: &TestCluster) -> Vec<i64> {
+    block_on(async {
+        let store = t.bucket().store();
+        let mut revisions = Vec::new();
+        for o in store.list("chunks/").await.unwrap() {
+            let records = netsy::log::read_chunk(&*store, &o.key).await.unwrap();
+            revisions.extend(records.iter().map(|r| r.revision));
+        }
+        revisions.sort();
+        revisions
+    })
 }
 
 #[test]
