@@ -26,30 +26,23 @@ pub async fn preflight(
     Ok(report)
 }
 
-/// Rows above the committed revision (written before a crash, never known
-/// to be acknowledged) are adopted when the bucket holds nothing newer
-/// than the committed revision; when it does, another Primary has written
-/// those revisions and the bucket is the truth: they are discarded.
+/// Rows above the committed revision (written before a crash, or received
+/// from a Primary that died before saying they were committed) are
+/// adopted, except where the bucket holds other writes at those revisions:
+/// another Primary wrote them, and from the first difference on the
+/// bucket is the truth. Rows the bucket agrees with, and rows beyond it,
+/// stay: a quorum may have acknowledged them.
 async fn settle_tentative(store: &Arc<Store>, log: &ObjectLog) -> Result<(), LogError> {
-    if store.latest_revision() == store.committed_revision() {
+    let committed = store.committed_revision();
+    if store.latest_revision() == committed {
         return Ok(());
     }
-    settle_tentative_against(store, log.durable_revision().await?)
-}
-
-/// `settle_tentative` given the bucket's highest revision.
-pub fn settle_tentative_against(store: &Store, durable: i64) -> Result<(), LogError> {
-    let (committed, latest) = (store.committed_revision(), store.latest_revision());
-    if latest == committed {
-        return Ok(());
+    for (_, key) in log.chunks_after(committed).await? {
+        let records = log.read_chunk(&key).await?;
+        store.replicate(&records)?;
     }
-    if durable > committed {
-        log::warn!(
-            "discarding local revisions {}..={latest}: the bucket has newer records",
-            committed + 1
-        );
-        store.discard_above(committed)?;
-    } else {
+    let latest = store.latest_revision();
+    if latest > committed {
         log::info!("adopting local revisions {}..={latest}", committed + 1);
         store.commit(latest);
     }
@@ -125,5 +118,22 @@ mod tests {
             2,
             "ours were not uploaded"
         );
+    }
+
+    #[tokio::test]
+    async fn rows_the_bucket_agrees_with_and_rows_beyond_it_are_kept() {
+        let (_dir, store, log, hub) = node().await;
+        // The old Primary flushed revision 2 (the same write this node
+        // has) and died before this node heard 2 and 3 were committed.
+        let two = store.record_at(2).unwrap().unwrap();
+        log.write_chunk(&[two]).await.unwrap();
+        preflight(&store, &log, &hub).await.unwrap();
+        assert_eq!(
+            (store.committed_revision(), store.latest_revision()),
+            (3, 3),
+            "an acknowledged write beyond the bucket survives"
+        );
+        assert_eq!(log.durable_revision().await.unwrap(), 3);
+        assert_eq!(hub.committed(), 3);
     }
 }
