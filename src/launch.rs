@@ -125,6 +125,52 @@ pub async fn start_etcd(bin: &Path) -> Result<Server, String> {
     })
 }
 
+/// An etcd cluster of `n` members on loopback (plain HTTP), each with its
+/// own data directory; the members' client addresses in member order.
+pub async fn start_etcd_cluster(bin: &Path, n: usize) -> Result<Vec<Server>, String> {
+    let ports: Vec<(u16, u16)> = (0..n)
+        .map(|_| Ok((free_port()?, free_port()?)))
+        .collect::<Result<_, String>>()?;
+    let initial: Vec<String> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
+        .collect();
+    let initial = initial.join(",");
+    let mut started = Vec::new();
+    for (i, (client, peer)) in ports.iter().enumerate() {
+        let dir = TempDir::new("etcd")?;
+        let addr = format!("127.0.0.1:{client}");
+        let child = Command::new(bin)
+            .arg(format!("--name=m{i}"))
+            .arg(format!("--data-dir={}", dir.path().join("data").display()))
+            .arg(format!("--listen-client-urls=http://{addr}"))
+            .arg(format!("--advertise-client-urls=http://{addr}"))
+            .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer}"))
+            .arg(format!(
+                "--initial-advertise-peer-urls=http://127.0.0.1:{peer}"
+            ))
+            .arg(format!("--initial-cluster={initial}"))
+            .arg("--initial-cluster-state=new")
+            .arg("--log-level=error")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start etcd ({}): {e}", bin.display()))?;
+        started.push(Server {
+            child,
+            addr,
+            _dir: dir,
+        });
+    }
+    for server in &mut started {
+        let addr = server.addr.clone();
+        wait_ready(&addr, &mut server.child, "etcd").await?;
+    }
+    Ok(started)
+}
+
 /// Extra settings for a launched netsy.
 #[derive(Clone, Debug, Default)]
 pub struct NetsyLaunch {

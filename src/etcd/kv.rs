@@ -73,7 +73,11 @@ pub async fn txn(api: Arc<EtcdApi>, req: TxnRequest) -> Result<TxnResponse, Stat
     check_size(&req)?;
     let txn = convert::txn(&req)?;
     if let Some(primary) = api.primary() {
-        return forward(&api.metrics, &primary, "txn", &format!("{KV}Txn"), &req).await;
+        let resp = forward(&api.metrics, &primary, "txn", &format!("{KV}Txn"), &req).await;
+        return resp.map(|mut r: TxnResponse| {
+            api.fill(&mut r.header);
+            r
+        });
     }
     let mut resp = commit(&api, txn).await?;
     api.fill(&mut resp.header);
@@ -84,7 +88,11 @@ pub async fn put(api: Arc<EtcdApi>, req: PutRequest) -> Result<PutResponse, Stat
     check_size(&req)?;
     let put = convert::put(&req)?;
     if let Some(primary) = api.primary() {
-        return forward(&api.metrics, &primary, "put", &format!("{KV}Put"), &req).await;
+        let resp = forward(&api.metrics, &primary, "put", &format!("{KV}Put"), &req).await;
+        return resp.map(|mut r: PutResponse| {
+            api.fill(&mut r.header);
+            r
+        });
     }
     let resp = commit(&api, Txn::put(put)).await?;
     match resp.responses.into_iter().next().and_then(|r| r.response) {
@@ -107,7 +115,11 @@ pub async fn delete_range(
     };
     if let Some(primary) = api.primary() {
         let path = format!("{KV}DeleteRange");
-        return forward(&api.metrics, &primary, "delete", &path, &req).await;
+        let resp = forward(&api.metrics, &primary, "delete", &path, &req).await;
+        return resp.map(|mut r: DeleteRangeResponse| {
+            api.fill(&mut r.header);
+            r
+        });
     }
     let resp = commit(&api, txn).await?;
     match resp.responses.into_iter().next().and_then(|r| r.response) {
@@ -125,7 +137,11 @@ pub async fn compact(
 ) -> Result<CompactionResponse, Status> {
     if let Some(primary) = api.primary() {
         let path = format!("{KV}Compact");
-        return forward(&api.metrics, &primary, "compaction", &path, &req).await;
+        let resp = forward(&api.metrics, &primary, "compaction", &path, &req).await;
+        return resp.map(|mut r: CompactionResponse| {
+            api.fill(&mut r.header);
+            r
+        });
     }
     api.writer.compact(req.revision).await.map_err(from_write)?;
     Ok(CompactionResponse {

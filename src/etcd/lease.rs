@@ -13,7 +13,11 @@ pub async fn grant(
 ) -> Result<LeaseGrantResponse, Status> {
     if let Some(primary) = api.primary() {
         let path = "/etcdserverpb.Lease/LeaseGrant";
-        return super::forward::forward(&api.metrics, &primary, "lease", path, &req).await;
+        let resp = super::forward::forward(&api.metrics, &primary, "lease", path, &req).await;
+        return resp.map(|mut r: LeaseGrantResponse| {
+            api.fill(&mut r.header);
+            r
+        });
     }
     let (id, ttl) = api
         .writer

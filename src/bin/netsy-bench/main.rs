@@ -5,6 +5,7 @@
 //! correctness (CI).
 
 mod check;
+mod cluster;
 mod failover;
 mod stats;
 mod watcher;
@@ -36,6 +37,9 @@ target (default: start a fresh netsy --dev):
   --moto                  start netsy on a fresh bucket of a local moto S3 server
                           (quorum 0: every write is a synchronous S3 put)
   --moto-bin PATH         moto_server to start (default: .tools/bin/moto_server)
+  --cluster N             with --compare: N netsy nodes (quorum -1; a shared directory,
+                          or moto with --moto) against an N-member etcd; load on the
+                          Primary and on etcd's leader
   --etcd-bin PATH         etcd to start (default: .tools/bin/etcd)
   --netsy-endpoint, --etcd-endpoint HOST:PORT   compare against running servers
 load:
@@ -64,6 +68,8 @@ struct Options {
     failover: bool,
     /// NETSY_TEST_ELECTION_SPEEDUP for failover runs.
     speedup: Option<u32>,
+    /// Cluster size for `--compare` (0: single nodes).
+    cluster: usize,
 }
 
 fn defaults() -> Options {
@@ -89,6 +95,7 @@ fn defaults() -> Options {
             watchers: 100,
             prefix: "/bench/".into(),
             check: false,
+            tls: None,
         },
         endpoint: None,
         compare: false,
@@ -104,6 +111,7 @@ fn defaults() -> Options {
         smoke: false,
         failover: false,
         speedup: None,
+        cluster: 0,
     }
 }
 
@@ -150,6 +158,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
             "--json" => o.json = true,
             "--smoke" => o.smoke = true,
             "--speedup" => o.speedup = Some(num(a, val(a)?)? as u32),
+            "--cluster" => o.cluster = num(a, val(a)?)? as usize,
             "failover" if !mode_set => {
                 o.failover = true;
                 mode_set = true;
@@ -164,6 +173,9 @@ fn parse(args: &[String]) -> Result<Options, String> {
     }
     if !mode_set && !o.smoke {
         return Err("a mode is required".into());
+    }
+    if o.cluster > 0 && !o.compare {
+        return Err("--cluster needs --compare".into());
     }
     if o.moto && o.netsy_config.is_some() {
         return Err("--moto and --netsy-config exclude each other".into());
@@ -256,6 +268,12 @@ async fn single(o: &Options) -> Result<bool, String> {
 }
 
 async fn compare(o: &Options) -> Result<bool, String> {
+    if o.cluster > 0 {
+        let netsy = cluster::start_netsy(&o.netsy_bin, &o.moto_bin, o.moto, o.cluster).await?;
+        let (_etcd, etcd_addr) = cluster::start_etcd(&o.etcd_bin, o.cluster).await?;
+        let tls = Some(netsy.tls.clone());
+        return compare_rounds(o, &netsy.primary_addr, tls, &etcd_addr).await;
+    }
     let target = netsy_target(o)?;
     let (_netsy, netsy_addr) = match &o.netsy_endpoint {
         Some(e) => (None, e.clone()),
@@ -273,17 +291,32 @@ async fn compare(o: &Options) -> Result<bool, String> {
             (Some(s), a)
         }
     };
+    compare_rounds(o, &netsy_addr, None, &etcd_addr).await
+}
+
+/// Alternating netsy and etcd runs; prints each and the medians.
+async fn compare_rounds(
+    o: &Options,
+    netsy_addr: &str,
+    netsy_tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    etcd_addr: &str,
+) -> Result<bool, String> {
     let mut reports = Vec::new();
     for round in 0..o.rounds.max(1) {
         // A/B/A/B, swapping who goes first each round.
         let order = if round % 2 == 0 {
-            [("netsy", &netsy_addr), ("etcd", &etcd_addr)]
+            [("netsy", netsy_addr), ("etcd", etcd_addr)]
         } else {
-            [("etcd", &etcd_addr), ("netsy", &netsy_addr)]
+            [("etcd", etcd_addr), ("netsy", netsy_addr)]
         };
         for (name, addr) in order {
             let mut load = o.load.clone();
             load.prefix = format!("/bench/r{round}/");
+            load.tls = if name == "netsy" {
+                netsy_tls.clone()
+            } else {
+                None
+            };
             let r = workload::run(&load, addr, name).await?;
             if !o.json {
                 println!("round {}: {}", round + 1, r.line());

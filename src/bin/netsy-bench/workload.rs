@@ -81,6 +81,8 @@ pub struct Load {
     /// Keep what the run wrote and read, and check it after the timed
     /// phase (smoke). Assumes the prefix starts empty.
     pub check: bool,
+    /// mTLS for endpoints that need it (a netsy cluster).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 const KV_RANGE: &str = "/etcdserverpb.KV/Range";
@@ -131,10 +133,18 @@ fn key(prefix: &str, i: u64, size: usize) -> Bytes {
     Bytes::from(k)
 }
 
-pub async fn connect(endpoint: &str, conns: usize) -> Result<Vec<Channel>, String> {
+pub async fn connect(
+    endpoint: &str,
+    conns: usize,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+) -> Result<Vec<Channel>, String> {
     let mut out = Vec::new();
     for _ in 0..conns.max(1) {
-        out.push(Channel::connect(endpoint).await.map_err(err)?);
+        let channel = match tls {
+            Some(tls) => Channel::connect_tls(endpoint, tls.clone(), "127.0.0.1").await,
+            None => Channel::connect(endpoint).await,
+        };
+        out.push(channel.map_err(err)?);
     }
     Ok(out)
 }
@@ -230,7 +240,7 @@ impl Outcome {
 }
 
 pub async fn run(load: &Load, endpoint: &str, target: &str) -> Result<Report, String> {
-    let channels = Arc::new(connect(endpoint, load.conns).await?);
+    let channels = Arc::new(connect(endpoint, load.conns, load.tls.as_ref()).await?);
     let out = match load.mode {
         Mode::Put => put(load, channels).await?,
         Mode::Range => range(load, channels).await?,

@@ -1,0 +1,133 @@
+//! `--cluster N`: N netsy nodes (quorum −1, on a shared directory or, with
+//! `--moto`, a moto bucket) beside an N-member etcd, all on loopback; the
+//! load goes to netsy's Primary and to etcd's leader, alternately, as the
+//! single-node comparison does.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use netsy::grpc::Channel;
+use netsy::launch::cluster::{ClusterSpec, LaunchedCluster};
+use netsy::launch::{self, Moto, Server, TempDir};
+use netsy::pb::etcdserverpb::{PutRequest, PutResponse, StatusRequest, StatusResponse};
+
+/// How long the clusters may take to be ready.
+const PATIENCE: Duration = Duration::from_secs(120);
+
+/// A running netsy cluster and what must live as long as it.
+pub struct NetsyCluster {
+    /// Runs as long as this value lives.
+    _cluster: LaunchedCluster,
+    pub primary_addr: String,
+    pub tls: Arc<rustls::ClientConfig>,
+    _moto: Option<Moto>,
+    _dir: Option<TempDir>,
+}
+
+/// Starts `n` nodes and waits until the Primary writes on the quorum path.
+pub async fn start_netsy(
+    bin: &Path,
+    moto_bin: &Path,
+    moto: bool,
+    n: usize,
+) -> Result<NetsyCluster, String> {
+    let (moto, dir, storage, env) = if moto {
+        let moto = Moto::start(moto_bin)?;
+        moto.create_bucket("bench")?;
+        let env = moto.env();
+        let storage = r#"{"provider": "s3", "bucket_name": "bench"}"#.to_string();
+        (Some(moto), None, storage, env)
+    } else {
+        let dir = TempDir::new("bench-bucket")?;
+        let storage = format!(
+            r#"{{"provider": "fs", "path": {:?}}}"#,
+            dir.path().display().to_string()
+        );
+        (None, Some(dir), storage, vec![])
+    };
+    let mut spec = ClusterSpec::new(n, &storage, env);
+    spec.quorum = -1;
+    // Only the first election is sped up; writes run at deployed settings.
+    spec.speedup = Some(10);
+    let mut cluster = LaunchedCluster::create(bin, spec)?;
+    cluster.start_all()?;
+    let (ca, cert, key) = cluster.client_tls();
+    let tls = netsy::tls::client_config_from_files(&ca, &cert, &key)?;
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let [p] = cluster.primaries()[..] {
+            let addr = cluster.nodes[p].client_addr();
+            let quorum = cluster
+                .metrics(p)
+                .is_ok_and(|m| m.contains("netsy_primary_write_path{path=\"quorum\"} 1"));
+            if put(&addr, &tls).await && quorum {
+                return Ok(NetsyCluster {
+                    _cluster: cluster,
+                    primary_addr: addr,
+                    tls,
+                    _moto: moto,
+                    _dir: dir,
+                });
+            }
+        }
+        if Instant::now() > deadline {
+            return Err("the netsy cluster did not settle on a quorum-writing Primary".into());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn put(addr: &str, tls: &Arc<rustls::ClientConfig>) -> bool {
+    let attempt = async {
+        let ch = Channel::connect_tls(addr, tls.clone(), "127.0.0.1")
+            .await
+            .ok()?;
+        let req = PutRequest {
+            key: b"/bench-ready".to_vec().into(),
+            value: b"v".to_vec().into(),
+            ..Default::default()
+        };
+        let r: PutResponse = ch
+            .unary_with_timeout("/etcdserverpb.KV/Put", &req, Some(Duration::from_secs(2)))
+            .await
+            .ok()?;
+        Some(r)
+    };
+    tokio::time::timeout(Duration::from_secs(3), attempt)
+        .await
+        .ok()
+        .flatten()
+        .is_some()
+}
+
+/// An `n`-member etcd and its leader's client address.
+pub async fn start_etcd(bin: &Path, n: usize) -> Result<(Vec<Server>, String), String> {
+    let members = launch::start_etcd_cluster(bin, n).await?;
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        for m in &members {
+            let Ok(ch) = Channel::connect(&m.addr).await else {
+                continue;
+            };
+            let status: Result<StatusResponse, _> = ch
+                .unary_with_timeout(
+                    "/etcdserverpb.Maintenance/Status",
+                    &StatusRequest {},
+                    Some(Duration::from_secs(2)),
+                )
+                .await;
+            if let Ok(s) = status {
+                let me = s.header.map_or(0, |h| h.member_id);
+                if s.leader != 0 && s.leader == me {
+                    let addr = m.addr.clone();
+                    return Ok((members, addr));
+                }
+            }
+        }
+        if Instant::now() > deadline {
+            return Err("the etcd cluster elected no leader".into());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
