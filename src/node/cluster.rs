@@ -242,6 +242,8 @@ impl Cluster {
             client_advertise_address: self.me.client_advertise_address.clone(),
             peer_advertise_address: self.me.peer_advertise_address.clone(),
         };
+        // A push that arrives while this call runs is newer than its answer.
+        let seen = self.applied.load(Ordering::Acquire);
         let resp: RegisterNodeResponse = match self.elector_addr().ok_or_else(Self::no_elector)? {
             None => self
                 .local_elector()?
@@ -268,12 +270,15 @@ impl Cluster {
             }
         }
         let _ = self.member_id.set(resp.member_id);
-        // The state comes with the answer; an Elector that left it out is
-        // asked for it.
+        // The state comes with the answer (unless a push came meanwhile);
+        // an Elector that left it out is asked for it.
         let applied = match resp.cluster_state.as_ref() {
             Some(p) => ClusterState::from_proto(p)
                 .map_err(|e| e.to_string())
-                .and_then(|cs| self.apply(cs).map_err(|e| e.to_string())),
+                .and_then(|cs| {
+                    self.apply_unless_newer(cs, Some(seen))
+                        .map_err(|e| e.to_string())
+                }),
             None => self.refresh_state().await,
         };
         if let Err(e) = applied {

@@ -268,7 +268,11 @@ impl Committer {
         };
         let mut route = Route::Sync;
         if !batch.is_empty() {
-            route = self.choose_route();
+            // Lease and compaction changes alone have no records to
+            // replicate or upload: they commit here.
+            if !batch.records.is_empty() {
+                route = self.choose_route();
+            }
             let result = match route {
                 Route::Quorum { required } => self.quorum(batch, required),
                 Route::Sync => self.sync(batch),
