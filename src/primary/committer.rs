@@ -584,10 +584,14 @@ mod tests {
         persists: Mutex<VecDeque<Result<(), String>>>,
         settles: Mutex<VecDeque<Result<(), String>>>,
         settled_at: Mutex<Vec<tokio::time::Instant>>,
+        /// The revisions of every persist, in order.
+        persisted: Mutex<Vec<Vec<i64>>>,
     }
 
     impl Durability for Scripted {
-        fn persist(&self, _records: Arc<[Record]>) -> BoxFuture<'static, Result<(), String>> {
+        fn persist(&self, records: Arc<[Record]>) -> BoxFuture<'static, Result<(), String>> {
+            let revisions = records.iter().map(|r| r.revision).collect();
+            self.persisted.lock().unwrap().push(revisions);
             let next = self.persists.lock().unwrap().pop_front().unwrap_or(Ok(()));
             Box::pin(async move { next })
         }
@@ -610,8 +614,59 @@ mod tests {
         })
     }
 
+    /// Replicas whose answers the test scripts; remembers what was sent.
+    #[derive(Default)]
+    struct FakeReplicas {
+        route: Mutex<Option<Route>>,
+        receipts: Mutex<VecDeque<bool>>,
+        sent: Mutex<Vec<i64>>,
+        commits: Mutex<Vec<i64>>,
+        missed: Mutex<Vec<i64>>,
+    }
+
+    impl Replicas for FakeReplicas {
+        fn route(&self) -> Route {
+            self.route.lock().unwrap().unwrap_or(Route::Sync)
+        }
+
+        fn send_records(&self, records: &[Record]) {
+            let mut sent = self.sent.lock().unwrap();
+            sent.extend(records.iter().map(|r| r.revision));
+        }
+
+        fn send_commit(&self, revision: i64) {
+            self.commits.lock().unwrap().push(revision);
+        }
+
+        fn wait_receipts(
+            &self,
+            _revision: i64,
+            _required: usize,
+            timeout: Duration,
+        ) -> BoxFuture<'static, bool> {
+            let answer = self.receipts.lock().unwrap().pop_front().unwrap_or(false);
+            Box::pin(async move {
+                if !answer {
+                    tokio::time::sleep(timeout).await;
+                }
+                answer
+            })
+        }
+
+        fn missed(&self, revision: i64) {
+            self.missed.lock().unwrap().push(revision);
+        }
+    }
+
     /// The write path on a fresh store holding only the internal record.
     fn write_path(durability: Arc<dyn Durability>) -> (tempfile::TempDir, Arc<Store>, WritePath) {
+        write_path_with(durability, None)
+    }
+
+    fn write_path_with(
+        durability: Arc<dyn Durability>,
+        replicas: Option<Arc<dyn Replicas>>,
+    ) -> (tempfile::TempDir, Arc<Store>, WritePath) {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(dir.path()).unwrap());
         let first = Batch {
@@ -627,11 +682,88 @@ mod tests {
             snapshots: None,
             metrics: Arc::new(Metrics::new()),
             runtime: tokio::runtime::Handle::current(),
-            replicas: None,
+            replicas,
             buffer: ChunkBuffer::new(0, 0),
         })
         .unwrap();
         (dir, store, path)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn quorum_batches_wait_for_receipts_and_a_timeout_takes_the_sync_route() {
+        let durability = Arc::new(Scripted::default());
+        let replicas = Arc::new(FakeReplicas::default());
+        *replicas.route.lock().unwrap() = Some(Route::Quorum { required: 1 });
+        let (_dir, store, path) = write_path_with(durability.clone(), Some(replicas.clone()));
+        path.gate.open();
+
+        // Receipts in time: committed, announced, buffered; no bucket write.
+        replicas.receipts.lock().unwrap().push_back(true);
+        assert_eq!(path.writer.txn(put("a")).await.unwrap().revision, 2);
+        assert!(durability.persisted.lock().unwrap().is_empty());
+        assert_eq!(*replicas.sent.lock().unwrap(), [2]);
+        assert_eq!(*replicas.commits.lock().unwrap(), [2]);
+        assert!(!path.buffer.is_empty(), "on its way to the bucket");
+
+        // No receipts: rolled back after the timeout, then the same write
+        // at the same revision on the sync route, after the buffer.
+        let started = tokio::time::Instant::now();
+        replicas.receipts.lock().unwrap().push_back(false);
+        assert_eq!(path.writer.txn(put("b")).await.unwrap().revision, 3);
+        assert!(started.elapsed() >= QUORUM_RECEIPT_TIMEOUT);
+        assert_eq!(*replicas.missed.lock().unwrap(), [3]);
+        assert_eq!(
+            *durability.persisted.lock().unwrap(),
+            [vec![2], vec![3]],
+            "the buffered revision reached the bucket before the sync chunk"
+        );
+        assert!(path.buffer.is_empty());
+        assert_eq!(
+            *replicas.sent.lock().unwrap(),
+            [2, 3, 3],
+            "sent again after the rollback"
+        );
+        assert_eq!(*replicas.commits.lock().unwrap(), [2, 3]);
+        assert_eq!(
+            (store.latest_revision(), store.committed_revision()),
+            (3, 3)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_flush_before_a_sync_batch_fails_it_and_drains() {
+        let durability = Arc::new(Scripted::default());
+        let replicas = Arc::new(FakeReplicas::default());
+        *replicas.route.lock().unwrap() = Some(Route::Quorum { required: 1 });
+        let (_dir, store, mut path) = write_path_with(durability.clone(), Some(replicas.clone()));
+        path.gate.open();
+        replicas.receipts.lock().unwrap().push_back(true);
+        path.writer.txn(put("a")).await.unwrap();
+
+        *replicas.route.lock().unwrap() = Some(Route::Sync);
+        durability
+            .persists
+            .lock()
+            .unwrap()
+            .push_back(Err("bucket gone".into()));
+        let err = path.writer.txn(put("b")).await.unwrap_err();
+        assert!(
+            matches!(&err, WriteError::NotDurable(m) if m.contains("flushing the chunk buffer")),
+            "{err:?}"
+        );
+        assert_eq!(
+            *durability.persisted.lock().unwrap(),
+            [vec![2]],
+            "no sync chunk above a gap"
+        );
+        assert_eq!(store.latest_revision(), 2);
+        assert!(matches!(
+            path.events.recv().await,
+            Some(WritePathEvent::Draining { .. })
+        ));
+        // Recovery keeps flushing; once it succeeds the node is told.
+        assert_eq!(path.events.recv().await, Some(WritePathEvent::Settled));
+        assert!(path.buffer.is_empty());
     }
 
     #[tokio::test(start_paused = true)]
