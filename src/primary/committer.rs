@@ -751,10 +751,11 @@ mod tests {
             matches!(&err, WriteError::NotDurable(m) if m.contains("flushing the chunk buffer")),
             "{err:?}"
         );
-        assert_eq!(
-            *durability.persisted.lock().unwrap(),
-            [vec![2]],
-            "no sync chunk above a gap"
+        // (Recovery may already be flushing the buffer again.)
+        let persisted = durability.persisted.lock().unwrap().clone();
+        assert!(
+            persisted.iter().all(|p| *p == [2]),
+            "no sync chunk above a gap: {persisted:?}"
         );
         assert_eq!(store.latest_revision(), 2);
         assert!(matches!(
