@@ -63,7 +63,23 @@ fn unique() -> u64 {
     N.fetch_add(1, Ordering::Relaxed)
 }
 
+/// A loopback port free now, for a server started later. Taken below the
+/// kernel's ephemeral range (Linux: 32768 and up), where outgoing
+/// connections never take it in the meantime; a random one of the
+/// ephemeral range only when none is found there.
 fn free_port() -> Result<u16, String> {
+    use std::hash::{BuildHasher, Hasher};
+    const LOW: u16 = 20_000;
+    const HIGH: u16 = 32_000;
+    for _ in 0..100 {
+        let random = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        let port = LOW + (random % u64::from(HIGH - LOW)) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
     let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
     l.local_addr().map(|a| a.port()).map_err(|e| e.to_string())
 }

@@ -152,12 +152,12 @@ impl Cluster {
         }
     }
 
-    /// The cluster state as last applied.
     /// The connection to a peer address (shared, reconnecting).
     pub fn peer(&self, addr: &str) -> Arc<crate::grpc::Connector> {
         self.peers.to(addr)
     }
 
+    /// The cluster state as last applied.
     pub fn state(&self) -> Option<ClusterState> {
         self.view().state().cloned()
     }

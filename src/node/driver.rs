@@ -305,13 +305,19 @@ impl RoleDriver {
                 gate.close(to.as_str());
                 self.stop_preflight();
                 if let Some(buffer) = self.primary.buffer.clone() {
-                    tokio::spawn(async move { flush_buffer(&buffer).await });
+                    // Whoever leads next uploads what this flush could not.
+                    let generation = buffer.generation();
+                    tokio::spawn(async move {
+                        flush_buffer(&buffer).await;
+                        buffer.forget_unless_cleared(generation);
+                    });
                 }
                 None
             }
             PrimaryState::Replica => {
+                // The buffer is left to the drain's flush; preflight clears
+                // it if this node leads again.
                 self.stop_preflight();
-                self.clear_buffer();
                 self.close_as_replica();
                 if self.named() == Named::Me && self.may_lead() {
                     // Appointed still (a lone node always is): preflight

@@ -25,6 +25,9 @@ pub struct Buffer {
     /// One upload at a time; a flush that must empty the buffer waits for
     /// the running one, then uploads what is left.
     flight: tokio::sync::Mutex<()>,
+    /// Moves on every clear: an upload that began before a clear must not
+    /// remove records added after it.
+    generation: std::sync::atomic::AtomicU64,
     metrics: Arc<Metrics>,
 }
 
@@ -38,6 +41,7 @@ impl Buffer {
             state: Mutex::new(policy),
             durability,
             flight: tokio::sync::Mutex::new(()),
+            generation: std::sync::atomic::AtomicU64::new(0),
             metrics,
         }
     }
@@ -68,8 +72,24 @@ impl Buffer {
     /// whoever leads next uploads what the bucket lacks in its preflight.
     pub fn clear(&self) {
         let mut state = self.state();
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         state.clear();
         self.observe(&state);
+    }
+
+    /// Which clear the buffer is at (see [`Buffer::forget_unless_cleared`]).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Clears the buffer unless it was cleared since `generation` was
+    /// read: a step-down's flush, done or failed, leaves nothing for a
+    /// replica to retry, without touching what a new term buffered.
+    pub fn forget_unless_cleared(&self, generation: u64) {
+        if self.generation() == generation {
+            self.clear();
+        }
     }
 
     pub fn over_size(&self) -> bool {
@@ -86,8 +106,13 @@ impl Buffer {
     /// which keeps the records for the next try.
     pub async fn flush(&self, trigger: Trigger) -> Result<(), String> {
         let _flight = self.flight.lock().await;
+        use std::sync::atomic::Ordering;
         loop {
-            let Some(records) = self.state().begin_flush() else {
+            let (records, generation) = {
+                let mut state = self.state();
+                (state.begin_flush(), self.generation.load(Ordering::Acquire))
+            };
+            let Some(records) = records else {
                 return Ok(());
             };
             let count = records.len();
@@ -102,7 +127,9 @@ impl Buffer {
                 .inc();
             {
                 let mut state = self.state();
-                state.end_flush(count, result.is_ok(), Instant::now());
+                // Cleared meanwhile: what is buffered now was not uploaded.
+                let current = generation == self.generation.load(Ordering::Acquire);
+                state.end_flush(count, result.is_ok() && current, Instant::now());
                 self.observe(&state);
             }
             if let Err(e) = result {
@@ -193,5 +220,56 @@ mod tests {
         let listed = bucket.list("chunks/").await.unwrap();
         let keys: Vec<&str> = listed.iter().map(|o| o.key.as_str()).collect();
         assert_eq!(keys, ["chunks/0003/0000000000000000003.netsy"]);
+    }
+
+    /// Clears the buffer and buffers revision 9 during the first upload.
+    #[derive(Default)]
+    struct ClearingDuring {
+        buffer: std::sync::OnceLock<Arc<Buffer>>,
+        done: std::sync::atomic::AtomicBool,
+        persisted: Mutex<Vec<Vec<i64>>>,
+    }
+
+    impl Durability for ClearingDuring {
+        fn persist(
+            &self,
+            records: Arc<[Record]>,
+        ) -> futures_util::future::BoxFuture<'static, Result<(), String>> {
+            let revisions = records.iter().map(|r| r.revision).collect();
+            self.persisted.lock().unwrap().push(revisions);
+            if !self.done.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                let buffer = self.buffer.get().unwrap();
+                buffer.clear();
+                buffer.append(&[record(9)], Instant::now());
+            }
+            Box::pin(async { Ok(()) })
+        }
+
+        fn settle(
+            &self,
+            _records: Arc<[Record]>,
+        ) -> futures_util::future::BoxFuture<'static, Result<(), String>> {
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    #[tokio::test]
+    async fn an_upload_that_began_before_a_clear_leaves_later_records_buffered() {
+        let durability = Arc::new(ClearingDuring::default());
+        let metrics = Arc::new(Metrics::new());
+        let buffer = Arc::new(Buffer::new(
+            ChunkBuffer::new(0, 1),
+            durability.clone(),
+            metrics,
+        ));
+        let _ = durability.buffer.set(buffer.clone());
+        buffer.append(&[record(2), record(3)], Instant::now());
+        buffer.flush(Trigger::Manual).await.unwrap();
+        assert_eq!(
+            *durability.persisted.lock().unwrap(),
+            [vec![2, 3], vec![9]],
+            "revision 9 came after the clear: it was uploaded, not dropped"
+        );
+        assert!(buffer.is_empty());
     }
 }
