@@ -94,7 +94,7 @@ async fn failover_keys(
 }
 
 /// How many acknowledged keys node `i` still lacks once it has had time to
-/// catch up (replicas follow the bucket).
+/// catch up (replicas follow the Primary's stream).
 async fn lost_on(
     c: &LaunchedCluster,
     tls: &Arc<rustls::ClientConfig>,
