@@ -154,7 +154,8 @@ async fn follow_once(
     }
 }
 
-/// One send, retried once (the reference's `receipt_send` rule).
+/// One send within [`CALL_TIMEOUT`]; a failure ends the stream (the
+/// replica reconnects and is replayed).
 async fn send(
     sender: &mut crate::grpc::client::CallSender,
     message: &ReplicaMessage,

@@ -3,7 +3,7 @@
 //! the write path sees through [`Replicas`].
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -31,7 +31,8 @@ pub const DEGRADATION_TICK: Duration = Duration::from_millis(100);
 pub struct Queue {
     messages: Mutex<VecDeque<PrimaryMessage>>,
     ready: Notify,
-    closed: AtomicBool,
+    /// Why the queue closed, once it has (see [`Closed`]).
+    closed: Mutex<Option<Closed>>,
 }
 
 /// Why a queue gives nothing more.
@@ -48,7 +49,7 @@ impl Queue {
         Queue {
             messages: Mutex::new(VecDeque::new()),
             ready: Notify::new(),
-            closed: AtomicBool::new(false),
+            closed: Mutex::new(None),
         }
     }
 
@@ -59,50 +60,51 @@ impl Queue {
         }
     }
 
+    fn closed(&self) -> MutexGuard<'_, Option<Closed>> {
+        match self.closed.lock() {
+            Ok(c) => c,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// Closes the queue (the first reason stays) and drops what it held.
+    fn close(&self, why: Closed) {
+        self.closed().get_or_insert(why);
+        self.lock().clear();
+        self.ready.notify_one();
+    }
+
     /// Adds messages; a queue over its limit closes instead.
     pub fn push(&self, messages: impl IntoIterator<Item = PrimaryMessage>) {
-        if self.closed.load(Ordering::Acquire) {
+        if self.closed().is_some() {
             return;
         }
         let mut queue = self.lock();
         queue.extend(messages);
-        if queue.len() > QUEUE_LIMIT {
-            queue.clear();
-            self.closed.store(true, Ordering::Release);
-        }
+        let over = queue.len() > QUEUE_LIMIT;
         drop(queue);
-        self.ready.notify_one();
-    }
-
-    fn replace(&self) {
-        self.lock().clear();
-        self.closed.store(true, Ordering::Release);
-        self.ready.notify_one();
+        if over {
+            self.close(Closed::Overflowed);
+        } else {
+            self.ready.notify_one();
+        }
     }
 
     /// Everything queued, waiting while there is nothing.
     pub async fn take(&self) -> Result<Vec<PrimaryMessage>, Closed> {
         loop {
             let ready = self.ready.notified();
+            if let Some(why) = *self.closed() {
+                return Err(why);
+            }
             {
                 let mut queue = self.lock();
-                if self.closed.load(Ordering::Acquire) {
-                    return Err(if queue.is_empty() {
-                        Closed::Replaced
-                    } else {
-                        Closed::Overflowed
-                    });
-                }
                 if !queue.is_empty() {
                     return Ok(queue.drain(..).collect());
                 }
             }
             ready.await;
         }
-    }
-
-    fn overflowed(&self) -> bool {
-        self.closed.load(Ordering::Acquire)
     }
 }
 
@@ -158,7 +160,7 @@ impl ReplicaSet {
     pub fn attach(&self, node: &str) -> u64 {
         let mut inner = self.lock();
         if let Some((_, old)) = inner.queues.remove(node) {
-            old.replace();
+            old.close(Closed::Replaced);
         }
         let stream = inner.tracker.attach(node, Instant::now());
         self.metrics
@@ -230,14 +232,6 @@ impl ReplicaSet {
         for (_, queue) in inner.queues.values() {
             queue.push(messages.iter().cloned());
         }
-    }
-
-    /// Streams whose queue overflowed: the handler ends them.
-    pub fn overflowed(&self, node: &str, stream: u64) -> bool {
-        self.lock()
-            .queues
-            .get(node)
-            .is_some_and(|(s, q)| *s == stream && q.overflowed())
     }
 }
 
@@ -322,5 +316,61 @@ impl Replicas for ReplicaSet {
                 marked.join(", ")
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replication::tracker::ReplicaHealth;
+
+    const HEALTHY: Report = Report {
+        health: ReplicaHealth::Healthy,
+        latest: 0,
+    };
+
+    fn commits(n: usize) -> Vec<PrimaryMessage> {
+        (0..n).map(|i| commit_message(i as i64)).collect()
+    }
+
+    #[tokio::test]
+    async fn a_queue_that_falls_too_far_behind_closes_instead_of_dropping() {
+        let q = Queue::new();
+        q.push(commits(3));
+        assert_eq!(q.take().await.unwrap().len(), 3);
+        q.push(commits(QUEUE_LIMIT + 1));
+        assert_eq!(q.take().await, Err(Closed::Overflowed));
+        q.push(commits(1));
+        assert_eq!(q.take().await, Err(Closed::Overflowed), "stays closed");
+
+        let set = ReplicaSet::new(-1, Duration::from_secs(2), Arc::new(Metrics::new()));
+        let s1 = set.attach("a");
+        let first = set.listen("a", s1, Vec::new).unwrap();
+        set.attach("a");
+        assert_eq!(first.take().await, Err(Closed::Replaced));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn receipt_waits_end_at_the_required_count_or_the_timeout() {
+        let set = ReplicaSet::new(-1, Duration::from_secs(60), Arc::new(Metrics::new()));
+        set.set_node_count(3);
+        let a = set.attach("a");
+        let b = set.attach("b");
+        assert_eq!(set.route(), Route::Sync, "no receipts yet");
+        set.heard("a", Some(a), HEALTHY, Some(1));
+        assert_eq!(set.route(), Route::Quorum { required: 1 });
+
+        let wait = set.wait_receipts(5, 2, Duration::from_secs(1));
+        let waiter = tokio::spawn(wait);
+        tokio::task::yield_now().await;
+        set.heard("a", Some(a), HEALTHY, Some(5));
+        set.heard("b", Some(b), HEALTHY, Some(6));
+        assert!(waiter.await.unwrap(), "two distinct replicas covered 5");
+
+        let started = Instant::now();
+        assert!(!set.wait_receipts(7, 1, Duration::from_secs(1)).await);
+        assert_eq!(started.elapsed(), Duration::from_secs(1));
+        set.missed(7);
+        assert_eq!(set.route(), Route::Sync, "both missed revision 7");
     }
 }
