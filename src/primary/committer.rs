@@ -267,6 +267,7 @@ impl Committer {
             self.core.evaluate(commands, &mut view, Timestamp::now())
         };
         let mut route = Route::Sync;
+        let compaction = batch.compaction;
         if !batch.is_empty() {
             // Lease and compaction changes alone have no records to
             // replicate or upload: they commit here.
@@ -284,6 +285,9 @@ impl Committer {
                 Ok((records, taken)) => {
                     route = taken;
                     self.publish(&records, events);
+                    if let (Some(c), Some(replicas)) = (compaction, &self.parts.replicas) {
+                        replicas.send_compact(c);
+                    }
                     if route != Route::Sync {
                         self.buffer_records(&records);
                     }
@@ -637,6 +641,8 @@ mod tests {
         fn send_commit(&self, revision: i64) {
             self.commits.lock().unwrap().push(revision);
         }
+
+        fn send_compact(&self, _revision: i64) {}
 
         fn wait_receipts(
             &self,

@@ -43,6 +43,10 @@ pub trait Replicas: Send + Sync + 'static {
     /// Queues a newly committed revision for every following replica.
     fn send_commit(&self, revision: i64);
 
+    /// Queues a newly committed compaction revision for every following
+    /// replica.
+    fn send_compact(&self, revision: i64);
+
     /// Resolves true once `required` distinct replicas have receipted
     /// `revision`, false when `timeout` passes first.
     fn wait_receipts(

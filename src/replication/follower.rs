@@ -84,17 +84,17 @@ async fn follow_once(
         })
         .await
         .map_err(text)?;
-    match call.receiver.next::<PrimaryMessage>().await.map_err(text)? {
+    let compaction = match call.receiver.next::<PrimaryMessage>().await.map_err(text)? {
         Some(PrimaryMessage {
-            payload: Some(Payload::Initial(_)),
-        }) => {}
+            payload: Some(Payload::Initial(initial)),
+        }) => initial.compaction_revision,
         Some(_) => {
             return Err(format!(
                 "{primary_id} did not start the stream with Initial"
             ))
         }
         None => return Ok(()),
-    }
+    };
     log::info!("following the Primary {primary_id}");
 
     // A reader task keeps the stream moving while the applier writes.
@@ -119,7 +119,9 @@ async fn follow_once(
         hub: &parts.hub,
         primary_committed: 0,
         confirmed: store.committed_revision(),
+        compaction,
     };
+    apply.compact().map_err(|e| e.to_string())?;
     let mut sender = call.sender;
     let mut last_sent = Instant::now();
     let mut tick = tokio::time::interval(parts.heartbeat_interval);
@@ -178,6 +180,8 @@ struct Applier<'a> {
     /// Highest local revision known to match the Primary's history: the
     /// committed one at the start, then whatever this stream sent.
     confirmed: i64,
+    /// The Primary's compaction revision, applied once committed here.
+    compaction: i64,
 }
 
 impl Applier<'_> {
@@ -197,9 +201,13 @@ impl Applier<'_> {
                     self.primary_committed = self.primary_committed.max(c);
                     self.commit()?;
                 }
-                // Initial comes once, first; compaction across the cluster
-                // is not replicated yet.
-                Some(Payload::Initial(_)) | Some(Payload::Compact(_)) | None => {}
+                Some(Payload::Compact(c)) => {
+                    receipt = self.records(&mut records)?.or(receipt);
+                    self.compaction = self.compaction.max(c);
+                    self.compact()?;
+                }
+                // Initial comes once, first.
+                Some(Payload::Initial(_)) | None => {}
             }
         }
         receipt = self.records(&mut records)?.or(receipt);
@@ -232,7 +240,14 @@ impl Applier<'_> {
         }
         self.store.commit(upto);
         self.hub
-            .publish_from_store(self.store, self.hub.committed())
+            .publish_from_store(self.store, self.hub.committed())?;
+        self.compact()
+    }
+
+    /// Compacts as the Primary did, as far as this node has committed.
+    fn compact(&mut self) -> Result<(), crate::store::StoreError> {
+        let upto = self.compaction.min(self.store.committed_revision());
+        self.store.compact(upto)
     }
 }
 

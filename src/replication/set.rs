@@ -284,6 +284,12 @@ impl Replicas for ReplicaSet {
         self.broadcast(&[commit_message(revision)]);
     }
 
+    fn send_compact(&self, revision: i64) {
+        self.broadcast(&[PrimaryMessage {
+            payload: Some(Payload::Compact(revision)),
+        }]);
+    }
+
     fn wait_receipts(
         &self,
         revision: i64,

@@ -697,6 +697,27 @@ impl Store {
         Ok(())
     }
 
+    /// Compacts at `revision` outside any batch (a replica told of its
+    /// Primary's compaction): recorded in SQLite, then the index is trimmed
+    /// and the discarded values are nulled. Idempotent; `revision` must be
+    /// committed here.
+    pub fn compact(&self, revision: i64) -> Result<(), StoreError> {
+        if revision <= self.compacted_revision() {
+            return Ok(());
+        }
+        if revision > self.committed_revision() {
+            return Err(StoreError::FutureRevision);
+        }
+        sqlite::persist_compaction(&self.writer(), revision)?;
+        let discarded = {
+            let mut index = self.index_mut();
+            let discarded = index.compact(revision);
+            self.compacted.fetch_max(revision, Ordering::AcqRel);
+            discarded
+        };
+        self.discard_values(&discarded)
+    }
+
     /// Sets the compaction revision after a restore: the recorded one, or
     /// the one the rows imply, recorded from then on. Trims the index.
     pub fn seed_compaction(&self) -> Result<i64, StoreError> {
@@ -782,6 +803,26 @@ mod tests {
 
     fn visible(store: &Store, at: i64) -> Option<i64> {
         store.index().get(b"k", at).map(|e| e.rev.revision)
+    }
+
+    #[test]
+    fn a_compaction_outside_a_batch_is_recorded_and_trims_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .append_committed(batch(vec![Record::internal("n"), put(2), put(3)]))
+            .unwrap();
+        store.append(batch(vec![put(4)])).unwrap();
+        assert!(matches!(store.compact(4), Err(StoreError::FutureRevision)));
+        store.compact(3).unwrap();
+        assert_eq!(store.compacted_revision(), 3);
+        assert_eq!(visible(&store, 2), None, "history below 3 is gone");
+        assert_eq!(store.record_at(2).unwrap().unwrap().value, None);
+        store.compact(2).unwrap();
+        assert_eq!(store.compacted_revision(), 3, "never moves back");
+        drop(store);
+        let reopened = Store::open(dir.path()).unwrap();
+        assert_eq!(reopened.compacted_revision(), 3, "recorded in SQLite");
     }
 
     #[test]

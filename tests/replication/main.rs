@@ -442,6 +442,38 @@ fn a_static_quorum_falls_back_to_the_bucket_without_its_replicas_and_returns() {
     });
 }
 
+#[test]
+fn a_compaction_through_a_replica_compacts_every_node() {
+    let _one = serial();
+    let mut t = TestCluster::on_fs(3, |_| {});
+    t.start_all();
+    let primary = quorum_ready(&mut t);
+    let replica = (primary + 1) % 3;
+    let old = block_on(put(&t, primary, "/c/k", "old")).unwrap();
+    let new = block_on(put(&t, primary, "/c/k", "new")).unwrap();
+    block_on(async {
+        let mut c = t.client(replica).await;
+        c.compact(new, None).await.unwrap();
+    });
+    for i in 0..3 {
+        t.until(&format!("node {i} compacted at {new}"), |t| {
+            block_on(async {
+                let mut c = t.client(i).await;
+                let options = GetOptions::new().with_revision(old).with_serializable();
+                let err = c.get("/c/k", Some(options)).await.err()?;
+                err.to_string()
+                    .contains("mvcc: required revision has been compacted")
+                    .then_some(())
+            })
+        });
+        assert_eq!(
+            block_on(get(&t, i, "/c/k", false)).unwrap(),
+            Some(("new".to_string(), new)),
+            "the newest value stays on node {i}"
+        );
+    }
+}
+
 /// Every revision the bucket's chunks hold, ascending.
 fn bucket_revisions(t: &TestCluster) -> Vec<i64> {
     block_on(async {
