@@ -4,6 +4,7 @@
 //! graceful shutdown.
 
 pub mod cluster;
+pub mod data_dir;
 pub mod driver;
 pub mod heartbeat;
 pub mod listeners;
@@ -83,6 +84,8 @@ struct Running {
     membership: Option<Membership>,
     api: Arc<EtcdApi>,
     commit_thread: std::thread::JoinHandle<()>,
+    /// Held until the process ends.
+    _data_dir_lock: data_dir::DataDirLock,
 }
 
 /// Brings the node up: health first (it reports loading meanwhile), the
@@ -100,6 +103,8 @@ async fn start(config: Config, role: Arc<RoleCell>) -> Result<Running, Failed> {
     for line in config.describe() {
         log::info!("setting {line}");
     }
+    // Before anything is written: one process per data directory.
+    let data_dir_lock = data_dir::lock(&config.node.data_dir).map_err(early)?;
     let tls = listeners::check_tls(&config).map_err(early)?;
     let metrics = Arc::new(Metrics::new());
     observe_node(&metrics, &config, &role, start_time);
@@ -330,6 +335,7 @@ async fn start(config: Config, role: Arc<RoleCell>) -> Result<Running, Failed> {
         membership,
         api,
         commit_thread: write_path.thread,
+        _data_dir_lock: data_dir_lock,
     })
 }
 

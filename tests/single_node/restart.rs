@@ -168,3 +168,57 @@ async fn sigkill_with_writes_in_flight_keeps_every_acknowledged_write() {
     let next = c.put("after", "restart", None).await.unwrap();
     assert_eq!(next.header().unwrap().revision(), head + 1);
 }
+
+/// Every file under `dir` with its length, sorted.
+fn tree(dir: &std::path::Path) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let meta = e.metadata().unwrap();
+            if meta.is_dir() {
+                todo.push(e.path());
+            } else {
+                let name = e.path().strip_prefix(dir).unwrap().display().to_string();
+                out.push((name, meta.len()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_process_on_a_data_directory_in_use_is_refused_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Netsy::start_dev(dir.path());
+    let mut c = first.client().await;
+    let rev = c.put("/kept", "v", None).await.unwrap();
+    let before = tree(dir.path());
+
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_netsy"));
+    cmd.arg("--dev")
+        .env("NETSY_BIND_CLIENT", "127.0.0.1:0")
+        .env("NETSY_BIND_HEALTH", "")
+        .env("NETSY_DATA_DIR", dir.path());
+    let (status, stderr) = crate::support::run_refusing(cmd).unwrap();
+    assert!(!status.success());
+    let expected = format!(
+        "NETSY_DATA_DIR {} is in use by another netsy process (pid {})",
+        dir.path().display(),
+        first.child.id()
+    );
+    assert!(stderr.contains(&expected), "{stderr}");
+    assert_eq!(
+        tree(dir.path()),
+        before,
+        "the refused process wrote nothing"
+    );
+    let got = c.get("/kept", None).await.unwrap();
+    assert_eq!(
+        got.kvs()[0].mod_revision(),
+        rev.header().unwrap().revision(),
+        "the first process still serves"
+    );
+}
