@@ -103,9 +103,9 @@ async fn start(config: Config, role: Arc<RoleCell>) -> Result<Running, Failed> {
     for line in config.describe() {
         log::info!("setting {line}");
     }
-    // Before anything is written: one process per data directory.
-    let data_dir_lock = data_dir::lock(&config.node.data_dir).map_err(early)?;
     let tls = listeners::check_tls(&config).map_err(early)?;
+    // Before anything is written or bound: one process per data directory.
+    let data_dir_lock = data_dir::lock(&config.node.data_dir).map_err(early)?;
     let metrics = Arc::new(Metrics::new());
     observe_node(&metrics, &config, &role, start_time);
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
