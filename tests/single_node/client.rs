@@ -235,7 +235,8 @@ async fn maintenance_cluster_and_lease_services() {
         "cluster_id is FNV-1a 64 of the cluster id"
     );
     assert_eq!(header.revision(), 2, "the committed revision");
-    // netsy has no raft: every raft field is 0 (protocol-spec/etcd-api.md).
+    // netsy has no raft: terms are 0, and both indexes are the committed
+    // revision (protocol-spec/etcd-api.md).
     assert_eq!(
         (
             header.raft_term(),
@@ -243,7 +244,7 @@ async fn maintenance_cluster_and_lease_services() {
             status.raft_index(),
             status.raft_applied_index()
         ),
-        (0, 0, 0, 0)
+        (0, 0, 2, 2)
     );
     assert_eq!(status.version(), "3.5.21");
     assert!(status.db_size() > 0);
