@@ -112,33 +112,10 @@ async fn wait_ready(addr: &str, child: &mut Child, what: &str) -> Result<(), Str
 
 /// A single-member etcd with default settings on loopback.
 pub async fn start_etcd(bin: &Path) -> Result<Server, String> {
-    let dir = TempDir::new("etcd")?;
-    let (client, peer) = (free_port()?, free_port()?);
-    let addr = format!("127.0.0.1:{client}");
-    let mut child = Command::new(bin)
-        .arg("--name=conformance")
-        .arg(format!("--data-dir={}", dir.path().join("data").display()))
-        .arg(format!("--listen-client-urls=http://{addr}"))
-        .arg(format!("--advertise-client-urls=http://{addr}"))
-        .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer}"))
-        .arg(format!(
-            "--initial-advertise-peer-urls=http://127.0.0.1:{peer}"
-        ))
-        .arg(format!(
-            "--initial-cluster=conformance=http://127.0.0.1:{peer}"
-        ))
-        .arg("--log-level=error")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("cannot start etcd ({}): {e}", bin.display()))?;
-    wait_ready(&addr, &mut child, "etcd").await?;
-    Ok(Server {
-        child,
-        addr,
-        _dir: dir,
-    })
+    start_etcd_cluster(bin, 1)
+        .await?
+        .pop()
+        .ok_or_else(|| "etcd did not start".to_string())
 }
 
 /// An etcd cluster of `n` members on loopback (plain HTTP), each with its

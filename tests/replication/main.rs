@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use etcd_client::{EventType, GetOptions, WatchOptions};
-use support::cluster::TestCluster;
+use support::cluster::{connect, TestCluster};
 
 /// Clusters are heavy on two cores: one test at a time.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -198,24 +198,11 @@ fn writes_through_every_node_are_read_and_watched_on_every_node() {
 
 /// A default read through a fresh client.
 async fn default_read(
-    (ca, cert, key): (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf),
+    tls: (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf),
     addr: String,
     k: &str,
 ) -> Option<(String, i64)> {
-    let tls = etcd_client::TlsOptions::new()
-        .ca_certificate(etcd_client::Certificate::from_pem(
-            std::fs::read(ca).unwrap(),
-        ))
-        .identity(etcd_client::Identity::from_pem(
-            std::fs::read(cert).unwrap(),
-            std::fs::read(key).unwrap(),
-        ));
-    let options = etcd_client::ConnectOptions::new()
-        .with_tls(tls)
-        .with_timeout(Duration::from_secs(10));
-    let mut c = etcd_client::Client::connect([format!("https://{addr}")], Some(options))
-        .await
-        .unwrap();
+    let mut c = connect(&tls, &addr, Duration::from_secs(10)).await.unwrap();
     let r = c.get(k, None).await.unwrap();
     r.kvs()
         .first()
@@ -245,31 +232,14 @@ impl Load {
                     .build()
                     .unwrap();
                 rt.block_on(async {
-                    let (ca, cert, key) = client_tls;
-                    let tls = etcd_client::TlsOptions::new()
-                        .ca_certificate(etcd_client::Certificate::from_pem(
-                            std::fs::read(ca).unwrap(),
-                        ))
-                        .identity(etcd_client::Identity::from_pem(
-                            std::fs::read(cert).unwrap(),
-                            std::fs::read(key).unwrap(),
-                        ));
-                    let options = etcd_client::ConnectOptions::new()
-                        .with_tls(tls)
-                        .with_connect_timeout(Duration::from_secs(2))
-                        .with_timeout(Duration::from_secs(5));
                     let mut client = None;
                     for i in 0.. {
                         if stop.load(std::sync::atomic::Ordering::Relaxed) {
                             return;
                         }
                         if client.is_none() {
-                            client = etcd_client::Client::connect(
-                                [format!("https://{addr}")],
-                                Some(options.clone()),
-                            )
-                            .await
-                            .ok();
+                            let timeout = Duration::from_secs(5);
+                            client = connect(&client_tls, &addr, timeout).await.ok();
                         }
                         let Some(c) = client.as_mut() else {
                             tokio::time::sleep(Duration::from_millis(100)).await;

@@ -147,7 +147,7 @@ impl TestCluster {
         })
     }
 
-    fn client_tls(&self) -> (PathBuf, PathBuf, PathBuf) {
+    pub fn client_tls(&self) -> (PathBuf, PathBuf, PathBuf) {
         self.c.client_tls()
     }
 
@@ -202,24 +202,33 @@ impl TestCluster {
 
     /// An etcd-client over mTLS to node `i`.
     pub async fn client(&self, i: usize) -> etcd_client::Client {
-        let (ca, cert, key) = self.client_tls();
-        let tls = etcd_client::TlsOptions::new()
-            .ca_certificate(etcd_client::Certificate::from_pem(
-                std::fs::read(ca).unwrap(),
-            ))
-            .identity(etcd_client::Identity::from_pem(
-                std::fs::read(cert).unwrap(),
-                std::fs::read(key).unwrap(),
-            ));
-        let options = etcd_client::ConnectOptions::new()
-            .with_tls(tls)
-            .with_connect_timeout(Duration::from_secs(5))
-            .with_timeout(Duration::from_secs(10));
-        let url = format!("https://{}", self.c.nodes[i].client_addr());
-        etcd_client::Client::connect([url], Some(options))
+        let addr = self.c.nodes[i].client_addr();
+        connect(&self.client_tls(), &addr, Duration::from_secs(10))
             .await
             .unwrap()
     }
+}
+
+/// An etcd-client over mTLS to `addr` with the client certificate `tls`
+/// (CA, certificate, key), each call bounded by `timeout`.
+pub async fn connect(
+    (ca, cert, key): &(PathBuf, PathBuf, PathBuf),
+    addr: &str,
+    timeout: Duration,
+) -> Result<etcd_client::Client, etcd_client::Error> {
+    let tls = etcd_client::TlsOptions::new()
+        .ca_certificate(etcd_client::Certificate::from_pem(
+            std::fs::read(ca).unwrap(),
+        ))
+        .identity(etcd_client::Identity::from_pem(
+            std::fs::read(cert).unwrap(),
+            std::fs::read(key).unwrap(),
+        ));
+    let options = etcd_client::ConnectOptions::new()
+        .with_tls(tls)
+        .with_connect_timeout(Duration::from_secs(5))
+        .with_timeout(timeout);
+    etcd_client::Client::connect([format!("https://{addr}")], Some(options)).await
 }
 
 fn bin() -> PathBuf {

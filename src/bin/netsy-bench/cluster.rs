@@ -25,6 +25,42 @@ pub struct NetsyCluster {
     _dir: Option<TempDir>,
 }
 
+/// A cluster's bucket: a moto bucket, or a shared directory (fs).
+pub struct Bucket {
+    pub moto: Option<Moto>,
+    pub dir: Option<TempDir>,
+    /// The config's `storage` object.
+    pub storage: String,
+    /// What the nodes need in their environment for it.
+    pub env: Vec<(String, String)>,
+}
+
+/// A fresh bucket `name` on a new moto server, or a fresh directory.
+pub fn bucket(moto_bin: &Path, moto: bool, name: &str) -> Result<Bucket, String> {
+    if moto {
+        let moto = Moto::start(moto_bin)?;
+        moto.create_bucket(name)?;
+        let env = moto.env();
+        return Ok(Bucket {
+            moto: Some(moto),
+            dir: None,
+            storage: format!(r#"{{"provider": "s3", "bucket_name": "{name}"}}"#),
+            env,
+        });
+    }
+    let dir = TempDir::new(&format!("{name}-bucket"))?;
+    let storage = format!(
+        r#"{{"provider": "fs", "path": {:?}}}"#,
+        dir.path().display().to_string()
+    );
+    Ok(Bucket {
+        moto: None,
+        dir: Some(dir),
+        storage,
+        env: vec![],
+    })
+}
+
 /// Starts `n` nodes and waits until the Primary writes on the quorum path.
 pub async fn start_netsy(
     bin: &Path,
@@ -32,20 +68,12 @@ pub async fn start_netsy(
     moto: bool,
     n: usize,
 ) -> Result<NetsyCluster, String> {
-    let (moto, dir, storage, env) = if moto {
-        let moto = Moto::start(moto_bin)?;
-        moto.create_bucket("bench")?;
-        let env = moto.env();
-        let storage = r#"{"provider": "s3", "bucket_name": "bench"}"#.to_string();
-        (Some(moto), None, storage, env)
-    } else {
-        let dir = TempDir::new("bench-bucket")?;
-        let storage = format!(
-            r#"{{"provider": "fs", "path": {:?}}}"#,
-            dir.path().display().to_string()
-        );
-        (None, Some(dir), storage, vec![])
-    };
+    let Bucket {
+        moto,
+        dir,
+        storage,
+        env,
+    } = bucket(moto_bin, moto, "bench")?;
     let mut spec = ClusterSpec::new(n, &storage, env);
     spec.quorum = -1;
     // Only the first election is sped up; writes run at deployed settings.

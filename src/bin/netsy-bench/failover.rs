@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use netsy::grpc::Channel;
 use netsy::launch::cluster::{ClusterSpec, LaunchedCluster};
-use netsy::launch::{Moto, TempDir};
 use netsy::pb::etcdserverpb::{PutRequest, PutResponse, RangeRequest, RangeResponse};
 
 use crate::stats::median;
@@ -181,24 +180,12 @@ async fn serving(c: &mut LaunchedCluster, i: usize) -> Result<(), String> {
 }
 
 pub async fn run(o: &FailoverOptions<'_>) -> Result<bool, String> {
-    let (_moto, _dir, storage, env) = if o.moto {
-        let moto = Moto::start(o.moto_bin)?;
-        moto.create_bucket("failover")?;
-        let env = moto.env();
-        (
-            Some(moto),
-            None,
-            r#"{"provider": "s3", "bucket_name": "failover"}"#.to_string(),
-            env,
-        )
-    } else {
-        let dir = TempDir::new("failover-bucket")?;
-        let storage = format!(
-            r#"{{"provider": "fs", "path": {:?}}}"#,
-            dir.path().display().to_string()
-        );
-        (None, Some(dir), storage, vec![])
-    };
+    let crate::cluster::Bucket {
+        moto: _moto,
+        dir: _dir,
+        storage,
+        env,
+    } = crate::cluster::bucket(o.moto_bin, o.moto, "failover")?;
     let mut spec = ClusterSpec::new(3, &storage, env);
     spec.speedup = o.speedup;
     let cycle = netsy::election::lock::CYCLE_INTERVAL / o.speedup.unwrap_or(1).max(1);
