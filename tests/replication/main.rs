@@ -487,4 +487,16 @@ fn concurrent_writers_share_replication_rounds() {
         used * 4.0 <= writes,
         "{writes} writes took {used} replication rounds"
     );
+    // A graceful stop drains: the Primary uploads what it buffered before
+    // it leaves, so the bucket holds every revision up to its last write.
+    let last = block_on(put(&t, primary, "/g/last", "v")).unwrap();
+    t.c.terminate(primary, Duration::from_secs(60)).unwrap();
+    assert!(t.c.nodes[primary].logged("chunk buffer flushed"));
+    let revisions = bucket_revisions(&t);
+    let upto: Vec<i64> = revisions.into_iter().take_while(|r| *r <= last).collect();
+    assert_eq!(
+        upto,
+        (1..=last).collect::<Vec<_>>(),
+        "every revision up to {last} in the bucket"
+    );
 }
