@@ -15,11 +15,11 @@ pub mod watch;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::grpc::{unary, Call, Router};
+use crate::grpc::{bidi_streaming, unary, Call, Router};
 use crate::http::metrics::{labels, Metrics};
 use crate::http::HealthSource;
 use crate::pb::etcdserverpb::ResponseHeader;
-use crate::primary::Writer;
+use crate::primary::{Leases, Writer};
 use crate::store::Store;
 use crate::watch::WatchHub;
 
@@ -78,6 +78,8 @@ impl Default for ApiSettings {
 pub struct EtcdApi {
     pub store: Arc<Store>,
     pub writer: Writer,
+    /// Leases, answered by the Primary.
+    pub leases: Arc<Leases>,
     pub hub: Arc<WatchHub>,
     pub identity: Identity,
     pub health: Arc<dyn HealthSource>,
@@ -98,6 +100,7 @@ impl EtcdApi {
         EtcdApi {
             store: self.store.clone(),
             writer: self.writer.clone(),
+            leases: self.leases.clone(),
             hub: self.hub.clone(),
             identity: self.identity.clone(),
             health: self.health.clone(),
@@ -221,14 +224,37 @@ pub fn router(api: Arc<EtcdApi>) -> Router {
         "LeaseGrant",
         unary(move |req, _| timed(a.metrics.clone(), "lease", lease::grant(a.clone(), req))),
     );
-    r.add_unimplemented(
+    let a = api.clone();
+    r.add(
         LEASE,
-        &[
-            "LeaseRevoke",
-            "LeaseKeepAlive",
-            "LeaseTimeToLive",
-            "LeaseLeases",
-        ],
+        "LeaseRevoke",
+        unary(move |req, _| timed(a.metrics.clone(), "lease", lease::revoke(a.clone(), req))),
+    );
+    let a = api.clone();
+    r.add(
+        LEASE,
+        "LeaseTimeToLive",
+        unary(move |req, _| {
+            timed(
+                a.metrics.clone(),
+                "lease",
+                lease::time_to_live(a.clone(), req),
+            )
+        }),
+    );
+    let a = api.clone();
+    r.add(
+        LEASE,
+        "LeaseLeases",
+        unary(move |req, _| timed(a.metrics.clone(), "lease", lease::leases(a.clone(), req))),
+    );
+    let a = api.clone();
+    r.add(
+        LEASE,
+        "LeaseKeepAlive",
+        bidi_streaming(move |requests, ctx, responses| {
+            lease::keep_alive(a.clone(), requests, ctx, responses)
+        }),
     );
 
     const CLUSTER: &str = "etcdserverpb.Cluster";

@@ -8,6 +8,7 @@ pub mod bootstrap;
 pub mod buffer;
 pub mod cleanup;
 pub mod keys;
+pub mod leases;
 pub mod restore;
 pub mod snapshot;
 

@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 use crate::log::buffer::Trigger;
 use crate::log::ObjectLog;
 use crate::primary::buffer::Buffer;
-use crate::primary::{self, Replicas, WriteGate, WritePathEvent};
+use crate::primary::{self, Leases, Replicas, WriteGate, WritePathEvent};
 use crate::replication::FollowerParts;
 use crate::store::Store;
 use crate::watch::WatchHub;
@@ -33,6 +33,8 @@ pub struct PrimaryParts {
     pub gate: Arc<WriteGate>,
     pub store: Arc<Store>,
     pub log: Arc<ObjectLog>,
+    /// Lease deadlines are held while this node leads.
+    pub leases: Option<Arc<Leases>>,
     pub hub: Arc<WatchHub>,
     /// The replicas a cluster's Primary sends to.
     pub replicas: Option<Arc<dyn Replicas>>,
@@ -289,12 +291,15 @@ impl RoleDriver {
         let gate = &self.primary.gate;
         match to {
             PrimaryState::Active => {
+                // Deadlines first: a lease call waits for the gate.
+                self.primary.leases.iter().for_each(|l| l.take_over());
                 gate.open();
                 log::info!("accepting writes");
                 None
             }
             PrimaryState::Starting => {
                 gate.close_for(to.as_str(), String::new(), true);
+                self.primary.leases.iter().for_each(|l| l.step_down());
                 self.stop_follower();
                 // Preflight uploads whatever the bucket lacks.
                 self.clear_buffer();
@@ -303,6 +308,7 @@ impl RoleDriver {
             }
             PrimaryState::Draining => {
                 gate.close(to.as_str());
+                self.primary.leases.iter().for_each(|l| l.step_down());
                 self.stop_preflight();
                 if let Some(buffer) = self.primary.buffer.clone() {
                     // Whoever leads next uploads what this flush could not.
@@ -318,6 +324,7 @@ impl RoleDriver {
                 // The buffer is left to the drain's flush; preflight clears
                 // it if this node leads again.
                 self.stop_preflight();
+                self.primary.leases.iter().for_each(|l| l.step_down());
                 self.close_as_replica();
                 if self.named() == Named::Me && self.may_lead() {
                     // Appointed still (a lone node always is): preflight
@@ -536,6 +543,7 @@ mod tests {
             store: store.clone(),
             log,
             hub: hub.clone(),
+            leases: None,
             replicas: None,
             buffer: None,
             follower: None,
@@ -622,6 +630,7 @@ mod tests {
             store: n.store.clone(),
             log: n.driver.primary.log.clone(),
             hub: n.hub.clone(),
+            leases: None,
             replicas: None,
             buffer: None,
             follower: None,

@@ -28,7 +28,7 @@ use crate::log::cleanup::{self, CleanupSettings};
 use crate::log::restore::CaughtUp;
 use crate::log::snapshot::{self, SnapshotClock, SnapshotPolicy, SnapshotRequests};
 use crate::log::ObjectLog;
-use crate::primary::{ObjectStorageDurability, Replicas, WritePathParts};
+use crate::primary::{Leases, ObjectStorageDurability, Replicas, WritePathParts};
 use crate::replication::{FollowerParts, PrimaryService, ReplicaSet};
 use crate::store::{Store, Timestamp};
 use crate::watch::{RingLimits, WatchHub};
@@ -225,10 +225,17 @@ async fn start(config: Config, role: Arc<RoleCell>) -> Result<Running, Failed> {
             heartbeat_interval,
         })
     });
+    let leases = Arc::new(Leases::new(
+        log.store.clone(),
+        write_path.writer.clone(),
+        store.clone(),
+    ));
+    tokio::spawn(leases.clone().expire(stop.clone()));
     let primary = PrimaryParts {
         gate: write_path.gate.clone(),
         store: store.clone(),
         log,
+        leases: Some(leases.clone()),
         hub: hub.clone(),
         replicas,
         buffer: Some(write_path.buffer.clone()),
@@ -265,6 +272,7 @@ async fn start(config: Config, role: Arc<RoleCell>) -> Result<Running, Failed> {
     let api = EtcdApi {
         store: store.clone(),
         writer: write_path.writer.clone(),
+        leases,
         hub,
         identity,
         health: role.clone(),

@@ -72,13 +72,17 @@ pub struct LateServices {
 }
 
 /// The etcd methods served on the peer API.
-const FORWARDED: [(&str, &str); 6] = [
+const FORWARDED: [(&str, &str); 10] = [
     ("etcdserverpb.KV", "Range"),
     ("etcdserverpb.KV", "Put"),
     ("etcdserverpb.KV", "DeleteRange"),
     ("etcdserverpb.KV", "Txn"),
     ("etcdserverpb.KV", "Compact"),
     ("etcdserverpb.Lease", "LeaseGrant"),
+    ("etcdserverpb.Lease", "LeaseRevoke"),
+    ("etcdserverpb.Lease", "LeaseKeepAlive"),
+    ("etcdserverpb.Lease", "LeaseTimeToLive"),
+    ("etcdserverpb.Lease", "LeaseLeases"),
 ];
 
 fn still_loading() -> Status {

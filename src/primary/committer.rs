@@ -101,7 +101,8 @@ impl Writer {
         result
     }
 
-    /// Creates a lease; `id` 0 asks for a fresh id. Returns (id, granted TTL).
+    /// Records lease `id` (already stored in the bucket). Returns (id,
+    /// granted TTL).
     pub async fn lease_grant(&self, id: i64, ttl: i64) -> Result<(i64, i64), WriteError> {
         if ttl > MAX_LEASE_TTL {
             return Err(WriteError::LeaseTtlTooLarge);
@@ -110,6 +111,20 @@ impl Writer {
             Reply::LeaseGrant(r) => r,
             _ => Err(WriteError::Stopped),
         }
+    }
+
+    /// Deletes the keys attached to lease `id` and the lease; returns the
+    /// revision after the deletes.
+    pub async fn lease_revoke(&self, id: i64) -> Result<i64, WriteError> {
+        match self.submit(Command::LeaseRevoke { id }).await?.0 {
+            Reply::LeaseRevoke(r) => r,
+            _ => Err(WriteError::Stopped),
+        }
+    }
+
+    /// Waits (a little) until this node takes writes.
+    pub async fn writable(&self) -> Result<(), WriteError> {
+        self.gate.wait(WRITE_PATIENCE).await
     }
 
     /// Compacts history up to `revision` (inclusive of nothing newer).
@@ -165,10 +180,6 @@ pub fn start(mut parts: WritePathParts) -> Result<WritePath, String> {
     let (tx, rx) = mpsc::channel(4096);
     let (events_tx, events) = mpsc::unbounded_channel();
     let gate = Arc::new(WriteGate::default());
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0x9e37_79b9_7f4a_7c15);
     let writer = Writer {
         tx,
         gate: gate.clone(),
@@ -190,7 +201,7 @@ pub fn start(mut parts: WritePathParts) -> Result<WritePath, String> {
         .get_or_create(&labels(&[("path", "sync")]))
         .set(1);
     let committer = Committer {
-        core: WriteCore::new(&parts.leader_id, seed),
+        core: WriteCore::new(&parts.leader_id),
         parts,
         rx,
         gate: gate.clone(),
@@ -557,6 +568,7 @@ fn refused(command: &Command, e: &WriteError) -> Reply {
     match command {
         Command::Txn(_) => Reply::Txn(Err(e.clone())),
         Command::LeaseGrant { .. } => Reply::LeaseGrant(Err(e.clone())),
+        Command::LeaseRevoke { .. } => Reply::LeaseRevoke(Err(e.clone())),
         Command::Compact { .. } => Reply::Compact(Err(e.clone())),
     }
 }

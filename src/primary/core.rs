@@ -21,10 +21,15 @@ pub const MIN_LEASE_TTL: i64 = 2;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
     Txn(Txn),
-    /// Creates a lease; id 0 asks for a fresh id.
+    /// Records a lease (its id is chosen and stored in the bucket before).
     LeaseGrant {
         id: i64,
         ttl: i64,
+    },
+    /// Deletes every key attached to a lease (one delete record each),
+    /// then the lease.
+    LeaseRevoke {
+        id: i64,
     },
     /// Compacts history up to a revision.
     Compact {
@@ -38,6 +43,8 @@ pub enum Reply {
     Txn(Result<TxnOutcome, WriteError>),
     /// (id, granted TTL).
     LeaseGrant(Result<(i64, i64), WriteError>),
+    /// The revision after the deletes.
+    LeaseRevoke(Result<i64, WriteError>),
     Compact(Result<(), WriteError>),
 }
 
@@ -47,6 +54,7 @@ impl Reply {
         match self {
             Reply::Txn(r @ Ok(_)) => *r = Err(error.clone()),
             Reply::LeaseGrant(r @ Ok(_)) => *r = Err(error.clone()),
+            Reply::LeaseRevoke(r @ Ok(_)) => *r = Err(error.clone()),
             Reply::Compact(r @ Ok(_)) => *r = Err(error.clone()),
             _ => {}
         }
@@ -56,6 +64,7 @@ impl Reply {
         match self {
             Reply::Txn(r) => r.is_ok(),
             Reply::LeaseGrant(r) => r.is_ok(),
+            Reply::LeaseRevoke(r) => r.is_ok(),
             Reply::Compact(r) => r.is_ok(),
         }
     }
@@ -70,19 +79,15 @@ pub struct Evaluated {
     pub replies: Vec<Reply>,
 }
 
-/// The evaluator: who writes (stamped into records) and where fresh lease
-/// ids come from.
+/// The evaluator; `leader_id` is stamped into every record.
 pub struct WriteCore {
     leader_id: String,
-    ids: LeaseIds,
 }
 
 impl WriteCore {
-    /// `seed` makes lease ids unpredictable (and repeatable in tests).
-    pub fn new(leader_id: &str, seed: u64) -> WriteCore {
+    pub fn new(leader_id: &str) -> WriteCore {
         WriteCore {
             leader_id: leader_id.to_string(),
-            ids: LeaseIds::new(seed),
         }
     }
 
@@ -113,19 +118,17 @@ impl WriteCore {
                     }))
                 }
                 Command::LeaseGrant { id, ttl } => {
-                    Reply::LeaseGrant(if id != 0 && view.lease_exists(id) {
+                    Reply::LeaseGrant(if id == 0 || view.lease_exists(id) {
                         Err(WriteError::LeaseExists)
                     } else {
-                        let id = if id != 0 {
-                            id
-                        } else {
-                            self.ids.fresh(|c| view.lease_exists(c))
-                        };
                         let ttl = ttl.max(MIN_LEASE_TTL);
-                        view.granted_leases.insert(id);
+                        view.grant_lease(id);
                         out.batch.leases.push(LeaseChange::Grant { id, ttl });
                         Ok((id, ttl))
                     })
+                }
+                Command::LeaseRevoke { id } => {
+                    Reply::LeaseRevoke(revoke(id, view, stamp, &mut out))
                 }
                 Command::Compact { revision } => {
                     Reply::Compact(if revision <= view.compacted_revision() {
@@ -145,28 +148,35 @@ impl WriteCore {
     }
 }
 
-/// Lease ids: positive, unique, not guessable from the TTL.
-struct LeaseIds {
-    state: u64,
-}
-
-impl LeaseIds {
-    fn new(seed: u64) -> LeaseIds {
-        LeaseIds { state: seed | 1 }
+/// Deletes the keys attached to lease `id` as of the view, one delete
+/// record each, then the lease.
+fn revoke(
+    id: i64,
+    view: &mut BatchView<'_>,
+    stamp: Stamp<'_>,
+    out: &mut Evaluated,
+) -> Result<i64, WriteError> {
+    if !view.lease_exists(id) {
+        return Err(WriteError::LeaseNotFound);
     }
-
-    fn fresh(&mut self, taken: impl Fn(i64) -> bool) -> i64 {
-        loop {
-            // xorshift64*
-            self.state ^= self.state >> 12;
-            self.state ^= self.state << 25;
-            self.state ^= self.state >> 27;
-            let id = (self.state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 1) as i64;
-            if id > 0 && !taken(id) {
-                return id;
-            }
+    for key in view.leased_keys(id) {
+        let delete = Txn {
+            success: vec![txn::Op::Delete {
+                key,
+                prev_kv: false,
+            }],
+            ..Txn::default()
+        };
+        let evaluated = txn::evaluate(&delete, view, stamp);
+        view.accept();
+        if let Some(w) = evaluated?.write {
+            out.events.push(Event::from_record(&w.record, w.prev));
+            out.batch.records.push(w.record);
         }
     }
+    view.revoke_lease(id);
+    out.batch.leases.push(LeaseChange::Revoke { id });
+    Ok(view.current_revision())
 }
 
 #[cfg(test)]
@@ -210,7 +220,7 @@ mod tests {
     fn store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let mut core = WriteCore::new("n1", 7);
+        let mut core = WriteCore::new("n1");
         let first = Batch {
             records: vec![Record::internal("n1")],
             ..Batch::default()
@@ -255,7 +265,7 @@ mod tests {
     #[test]
     fn a_failed_compare_in_the_middle_affects_only_its_own_txn() {
         let (_dir, store) = store();
-        let mut core = WriteCore::new("n1", 7);
+        let mut core = WriteCore::new("n1");
         let out = evaluate(
             &mut core,
             &store,
@@ -312,7 +322,7 @@ mod tests {
     #[test]
     fn refused_commands_write_nothing_and_the_rest_go_on() {
         let (_dir, store) = store();
-        let mut core = WriteCore::new("n1", 7);
+        let mut core = WriteCore::new("n1");
         let with_lease = Command::Txn(Txn::put(Put {
             key: key("x"),
             lease: 42,
@@ -356,25 +366,71 @@ mod tests {
     }
 
     #[test]
-    fn fresh_lease_ids_are_positive_unique_and_follow_the_seed() {
+    fn revoke_deletes_each_attached_key_committed_or_staged_then_the_lease() {
         let (_dir, store) = store();
-        let ids = |seed| {
-            let mut core = WriteCore::new("n1", seed);
-            let grants = (0..50).map(|_| Command::LeaseGrant { id: 0, ttl: 5 });
-            evaluate(&mut core, &store, grants.collect())
-                .replies
-                .into_iter()
-                .map(|r| match r {
-                    Reply::LeaseGrant(Ok((id, _))) => id,
-                    other => panic!("{other:?}"),
-                })
-                .collect::<Vec<i64>>()
+        let mut core = WriteCore::new("n1");
+        let put_leased = |k: &str, lease| {
+            Command::Txn(Txn::put(Put {
+                key: key(k),
+                value: key("v"),
+                lease,
+                ..Put::default()
+            }))
         };
-        let a = ids(7);
-        assert!(a.iter().all(|id| *id > 0));
-        let unique: std::collections::HashSet<_> = a.iter().collect();
-        assert_eq!(unique.len(), a.len());
-        assert_eq!(a, ids(7));
-        assert_ne!(a, ids(8));
+        let first = evaluate(
+            &mut core,
+            &store,
+            vec![
+                Command::LeaseGrant { id: 42, ttl: 60 },
+                put_leased("b", 42),
+                put_leased("c", 42),
+            ],
+        );
+        store.append_committed(first.batch).unwrap();
+        // Committed b and c (revisions 3, 4); this batch attaches d,
+        // detaches c, then revokes.
+        let out = evaluate(
+            &mut core,
+            &store,
+            vec![
+                put_leased("d", 42),
+                put("c", "no lease"),
+                Command::LeaseRevoke { id: 42 },
+                put_leased("e", 42),
+                Command::LeaseRevoke { id: 42 },
+                Command::LeaseRevoke { id: 7 },
+            ],
+        );
+        assert_eq!(out.replies[2], Reply::LeaseRevoke(Ok(8)));
+        for i in [3, 4, 5] {
+            assert!(
+                matches!(
+                    &out.replies[i],
+                    Reply::Txn(Err(WriteError::LeaseNotFound))
+                        | Reply::LeaseRevoke(Err(WriteError::LeaseNotFound))
+                ),
+                "after the revoke the lease is gone: {:?}",
+                out.replies[i]
+            );
+        }
+        let deleted: Vec<(i64, Bytes, Option<i64>)> = out
+            .events
+            .iter()
+            .filter(|e| e.is_delete())
+            .map(|e| {
+                (
+                    e.revision(),
+                    e.kv.key.clone(),
+                    e.prev.as_ref().map(|p| p.rev.revision),
+                )
+            })
+            .collect();
+        assert_eq!(
+            deleted,
+            [(7, key("b"), Some(3)), (8, key("d"), Some(5))],
+            "one delete record per attached key, with the previous version"
+        );
+        assert_eq!(out.batch.records.len(), 4);
+        assert_eq!(out.batch.leases, [LeaseChange::Revoke { id: 42 }]);
     }
 }

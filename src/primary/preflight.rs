@@ -2,8 +2,9 @@
 //! its committed revision are settled (adopted, or discarded when the
 //! bucket has moved past them), its store catches up with the bucket,
 //! records only this node has are made durable, and watchers see
-//! everything that became committed. Run at every starting → active step,
-//! including after a recovery.
+//! everything that became committed, and the lease table becomes what the
+//! bucket holds. Run at every starting → active step, including after a
+//! recovery.
 
 use std::sync::Arc;
 
@@ -21,9 +22,31 @@ pub async fn preflight(
     settle_tentative(store, log).await?;
     let report = restore::catch_up(store, log).await?;
     restore::upload_local(store, log, report.durable).await?;
+    load_leases(store, log).await?;
     // Imported and adopted records, and a new cluster's first record.
     hub.publish_from_store(store, before)?;
     Ok(report)
+}
+
+/// The bucket's leases replace the local table: a lease granted by an
+/// earlier Primary is known here, one revoked is gone.
+async fn load_leases(store: &Store, log: &ObjectLog) -> Result<(), LogError> {
+    let granted_at = crate::store::Timestamp::now();
+    let rows = crate::log::leases::list(&*log.store)
+        .await?
+        .into_iter()
+        .map(|l| crate::store::LeaseRow {
+            id: l.id,
+            ttl: l.ttl,
+            granted_at,
+        })
+        .collect::<Vec<_>>();
+    let count = rows.len();
+    store.replace_leases(rows)?;
+    if count > 0 {
+        log::info!("{count} leases loaded from object storage");
+    }
+    Ok(())
 }
 
 /// Rows above the committed revision (written before a crash, or received

@@ -1,7 +1,7 @@
 //! The state a batch of txns is evaluated against: the committed index with
 //! the batch's earlier writes laid over it.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use bytes::Bytes;
 
@@ -19,7 +19,9 @@ pub struct BatchView<'a> {
     compacted: i64,
     /// Keys written in this batch: Some = live, None = deleted.
     pending: BTreeMap<Bytes, Option<KvEntry>>,
-    pub(crate) granted_leases: HashSet<i64>,
+    /// Leases granted and revoked earlier in this batch.
+    granted_leases: HashSet<i64>,
+    revoked_leases: HashSet<i64>,
     undo: Option<Undo>,
 }
 
@@ -40,6 +42,7 @@ impl<'a> BatchView<'a> {
             compacted: store.compacted_revision(),
             pending: BTreeMap::new(),
             granted_leases: HashSet::new(),
+            revoked_leases: HashSet::new(),
             undo: None,
         }
     }
@@ -47,6 +50,39 @@ impl<'a> BatchView<'a> {
     /// Forgets the undo slot once a txn's write is final.
     pub fn accept(&mut self) {
         self.undo = None;
+    }
+
+    pub fn grant_lease(&mut self, id: i64) {
+        self.revoked_leases.remove(&id);
+        self.granted_leases.insert(id);
+    }
+
+    pub fn revoke_lease(&mut self, id: i64) {
+        self.granted_leases.remove(&id);
+        self.revoked_leases.insert(id);
+    }
+
+    /// Live keys attached to `lease`, the batch's writes included,
+    /// ascending.
+    pub fn leased_keys(&self, lease: i64) -> Vec<Bytes> {
+        let staged = self
+            .pending
+            .iter()
+            .filter(|(_, e)| e.as_ref().is_some_and(|e| e.rev.lease == lease))
+            .map(|(k, _)| k.clone());
+        let candidates: BTreeSet<Bytes> = self
+            .index
+            .attached(lease)
+            .into_iter()
+            .chain(staged)
+            .collect();
+        candidates
+            .into_iter()
+            .filter(|k| match self.pending.get(k) {
+                Some(entry) => entry.as_ref().is_some_and(|e| e.rev.lease == lease),
+                None => true,
+            })
+            .collect()
     }
 
     pub fn raise_compaction(&mut self, revision: i64) {
@@ -120,7 +156,8 @@ impl KvView for BatchView<'_> {
     }
 
     fn lease_exists(&self, id: i64) -> bool {
-        self.granted_leases.contains(&id) || self.store.lease_exists(id)
+        !self.revoked_leases.contains(&id)
+            && (self.granted_leases.contains(&id) || self.store.lease_exists(id))
     }
 
     fn stage(&mut self, key: Bytes, entry: Option<KvEntry>, revision: i64) {

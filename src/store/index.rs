@@ -3,7 +3,7 @@
 //! Reads at the latest revision never touch SQLite; older reads learn which
 //! revision to fetch without scanning history.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use bytes::Bytes;
 
@@ -49,6 +49,9 @@ pub struct Entry<'a> {
 #[derive(Debug, Default)]
 pub struct KeyIndex {
     keys: BTreeMap<Bytes, History>,
+    /// For each lease, the keys whose latest revision is live and attached
+    /// to it (what a revoke deletes), kept as records arrive.
+    leased: HashMap<i64, BTreeSet<Bytes>>,
 }
 
 impl KeyIndex {
@@ -73,6 +76,13 @@ impl KeyIndex {
             return;
         }
         let history = self.keys.entry(record.key.clone()).or_default();
+        if let Some(last) = history.revs.last() {
+            detach(&mut self.leased, &record.key, last);
+        }
+        if !record.deleted && record.lease != 0 {
+            let keys = self.leased.entry(record.lease).or_default();
+            keys.insert(record.key.clone());
+        }
         history.revs.push(Rev {
             revision: record.revision,
             create_revision: record.create_revision,
@@ -127,10 +137,14 @@ impl KeyIndex {
     /// one and need their value attached ([`KeyIndex::set_latest_value`]).
     pub fn remove_above(&mut self, revision: i64) -> Vec<(Bytes, i64)> {
         let mut need_values = Vec::new();
+        let leased = &mut self.leased;
         self.keys.retain(|key, h| {
             let keep = h.revs.partition_point(|r| r.revision <= revision);
             if keep == h.revs.len() {
                 return true;
+            }
+            if let Some(last) = h.revs.last() {
+                detach(leased, key, last);
             }
             h.revs.truncate(keep);
             h.value = None;
@@ -139,12 +153,24 @@ impl KeyIndex {
                 Some(last) => {
                     if !last.deleted {
                         need_values.push((key.clone(), last.revision));
+                        if last.lease != 0 {
+                            leased.entry(last.lease).or_default().insert(key.clone());
+                        }
                     }
                     true
                 }
             }
         });
         need_values
+    }
+
+    /// Keys whose latest revision is live and attached to `lease`,
+    /// ascending.
+    pub fn attached(&self, lease: i64) -> Vec<Bytes> {
+        self.leased
+            .get(&lease)
+            .map(|keys| keys.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Discards history that compaction at `at` makes unreadable: for each
@@ -162,6 +188,20 @@ impl KeyIndex {
         });
         discarded.sort_unstable();
         discarded
+    }
+}
+
+/// Forgets that `key` is attached through its revision `rev` (it is no
+/// longer the key's latest).
+fn detach(leased: &mut HashMap<i64, BTreeSet<Bytes>>, key: &Bytes, rev: &Rev) {
+    if rev.deleted || rev.lease == 0 {
+        return;
+    }
+    if let Some(keys) = leased.get_mut(&rev.lease) {
+        keys.remove(key);
+        if keys.is_empty() {
+            leased.remove(&rev.lease);
+        }
     }
 }
 
@@ -289,6 +329,42 @@ mod tests {
             "the delete is gone"
         );
         assert!(ix.remove_above(3).is_empty(), "nothing above any more");
+    }
+
+    #[test]
+    fn keys_attached_to_a_lease_follow_each_key_latest_revision() {
+        let leased = |revision, key: &str, lease| Record {
+            lease,
+            ..rec(revision, key, false, "v")
+        };
+        let names = |keys: Vec<Bytes>| -> Vec<String> {
+            keys.iter()
+                .map(|k| String::from_utf8_lossy(k).into_owned())
+                .collect()
+        };
+        let mut ix = KeyIndex::new();
+        ix.apply(&leased(2, "b", 7));
+        ix.apply(&leased(3, "a", 7));
+        ix.apply(&leased(4, "c", 8));
+        ix.apply(&leased(5, "c", 7));
+        assert_eq!(names(ix.attached(7)), ["a", "b", "c"]);
+        assert!(ix.attached(8).is_empty(), "c moved to lease 7");
+        ix.apply(&rec(6, "a", false, "no lease"));
+        ix.apply(&rec(7, "b", true, ""));
+        assert_eq!(
+            names(ix.attached(7)),
+            ["c"],
+            "overwritten and deleted keys leave"
+        );
+        ix.remove_above(4);
+        assert_eq!(
+            names(ix.attached(7)),
+            ["a", "b"],
+            "undone writes restore them"
+        );
+        assert_eq!(names(ix.attached(8)), ["c"]);
+        ix.compact(4);
+        assert_eq!(names(ix.attached(7)), ["a", "b"], "compaction keeps latest");
     }
 
     #[test]

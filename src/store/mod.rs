@@ -414,6 +414,29 @@ impl Store {
             .unwrap_or_default()
     }
 
+    /// Every lease, ascending by id.
+    pub fn leases(&self) -> Vec<LeaseRow> {
+        self.leases
+            .read()
+            .map(|l| l.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Committed keys attached to `lease`, ascending.
+    pub fn attached_keys(&self, lease: i64) -> Vec<Bytes> {
+        self.index().attached(lease)
+    }
+
+    /// Makes the lease table exactly `rows` (what the bucket holds when a
+    /// node takes the Primary role): call it with no batch in flight.
+    pub fn replace_leases(&self, rows: Vec<LeaseRow>) -> Result<(), StoreError> {
+        sqlite::replace_leases(&mut self.writer(), &rows)?;
+        if let Ok(mut leases) = self.leases.write() {
+            *leases = rows.into_iter().map(|r| (r.id, r)).collect();
+        }
+        Ok(())
+    }
+
     /// Appends a batch durably but tentatively: its records, lease changes
     /// and compaction are committed to SQLite (fsynced on return) and the
     /// latest revision advances, but nothing becomes visible to reads,

@@ -418,6 +418,21 @@ pub fn compaction_revision(conn: &Connection) -> Result<i64, StoreError> {
     )?)
 }
 
+/// Replaces the whole lease table in one transaction.
+pub fn replace_leases(conn: &mut Connection, rows: &[LeaseRow]) -> Result<(), StoreError> {
+    let tx = conn.transaction()?;
+    tx.execute("DELETE FROM leases", [])?;
+    {
+        let mut insert =
+            tx.prepare_cached("INSERT INTO leases (id, ttl, granted_at) VALUES (?1, ?2, ?3)")?;
+        for r in rows {
+            insert.execute(params![r.id, r.ttl, r.granted_at.to_rfc3339()])?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
 /// Every lease row.
 pub fn leases(conn: &Connection) -> Result<Vec<LeaseRow>, StoreError> {
     let mut stmt = conn.prepare("SELECT id, ttl, granted_at FROM leases ORDER BY id")?;
