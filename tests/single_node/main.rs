@@ -8,6 +8,7 @@ mod bad_input;
 mod client;
 mod etcdctl;
 mod kubernetes;
+mod leases;
 mod operations;
 mod python;
 mod restart;
