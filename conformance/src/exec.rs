@@ -7,12 +7,13 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use netsy::grpc::client::CallSender;
+use netsy::grpc::client::{CallSender, ClientCall};
 use netsy::grpc::{Channel, Status};
 use netsy::pb::etcdserverpb::{
-    AlarmResponse, CompactionResponse, DeleteRangeResponse, LeaseGrantResponse, MemberListRequest,
-    MemberListResponse, PutResponse, RangeResponse, StatusRequest, StatusResponse, TxnResponse,
-    WatchResponse,
+    AlarmResponse, CompactionResponse, DeleteRangeResponse, LeaseGrantResponse,
+    LeaseKeepAliveResponse, LeaseLeasesResponse, LeaseRevokeResponse, LeaseTimeToLiveResponse,
+    MemberListRequest, MemberListResponse, PutResponse, RangeResponse, StatusRequest,
+    StatusResponse, TxnResponse, WatchResponse,
 };
 
 use crate::json::{obj, only, string};
@@ -48,6 +49,9 @@ impl prost::Message for Ignored {
 /// How long a watch expectation waits for its items.
 const WATCH_WAIT: Duration = Duration::from_secs(5);
 
+/// How long a keep-alive step waits for its answer.
+const KEEP_ALIVE_WAIT: Duration = Duration::from_secs(5);
+
 struct WatchStream {
     sender: CallSender,
     responses: mpsc::UnboundedReceiver<Result<Option<WatchResponse>, Status>>,
@@ -66,6 +70,8 @@ pub struct Target {
     leases: Leases,
     lease_names: LeaseNames,
     streams: HashMap<String, WatchStream>,
+    /// Open LeaseKeepAlive streams by name.
+    keep_alives: HashMap<String, ClientCall>,
 }
 
 impl Target {
@@ -76,6 +82,7 @@ impl Target {
             leases: Leases::new(),
             lease_names: LeaseNames::new(),
             streams: HashMap::new(),
+            keep_alives: HashMap::new(),
         })
     }
 
@@ -140,6 +147,25 @@ impl Target {
                 let names = &self.lease_names;
                 resp.map(|x| normalize::lease_grant(&x, names))
             }
+            "lease_revoke" => {
+                let r = requests::lease_revoke(body, &self.leases)?;
+                self.unary::<_, LeaseRevokeResponse>("Lease/LeaseRevoke", &r)
+                    .await
+                    .map(|x| normalize::lease_revoke(&x))
+            }
+            "lease_time_to_live" => {
+                let r = requests::lease_time_to_live(body, &self.leases)?;
+                self.unary::<_, LeaseTimeToLiveResponse>("Lease/LeaseTimeToLive", &r)
+                    .await
+                    .map(|x| normalize::lease_time_to_live(&x, names))
+            }
+            "lease_leases" => {
+                let r = requests::lease_leases(body)?;
+                self.unary::<_, LeaseLeasesResponse>("Lease/LeaseLeases", &r)
+                    .await
+                    .map(|x| normalize::lease_leases(&x, names))
+            }
+            "lease_keep_alive" => return self.lease_keep_alive(body).await,
             "status" => self
                 .unary::<_, StatusResponse>("Maintenance/Status", &StatusRequest {})
                 .await
@@ -174,6 +200,46 @@ impl Target {
             other => return Err(format!("unknown step {other:?}")),
         };
         Ok(out.unwrap_or_else(|s| normalize::error(&s)))
+    }
+
+    /// One keep-alive on a named LeaseKeepAlive stream (opened on first
+    /// use): sends the request and reads one answer. A stream that ended
+    /// (error, close, or no answer in time) is dropped, so the next step
+    /// naming it opens a new one.
+    async fn lease_keep_alive(&mut self, body: &Value) -> Result<Value, String> {
+        let request = requests::lease_keep_alive(body, &self.leases)?;
+        let name =
+            string(obj(body, "lease_keep_alive")?, "stream")?.unwrap_or_else(|| "default".into());
+        if !self.keep_alives.contains_key(&name) {
+            match self
+                .channel
+                .start("/etcdserverpb.Lease/LeaseKeepAlive", None)
+                .await
+            {
+                Ok(call) => self.keep_alives.insert(name.clone(), call),
+                Err(e) => return Ok(normalize::error(&e)),
+            };
+        }
+        let call = self
+            .keep_alives
+            .get_mut(&name)
+            .ok_or("keep-alive stream vanished")?;
+        let answer = match call.sender.send(&request).await {
+            // The server may have ended the stream with a status (e.g.
+            // Unimplemented) before reading the request: prefer it.
+            Err(send_error) => match next_keep_alive(call).await {
+                Ok(Err(status)) => normalize::error(&status),
+                _ => normalize::error(&send_error),
+            },
+            Ok(()) => match next_keep_alive(call).await {
+                Ok(Ok(Some(r))) => return Ok(normalize::lease_keep_alive(&r, &self.lease_names)),
+                Ok(Ok(None)) => json!({"stream_closed": true}),
+                Ok(Err(status)) => normalize::error(&status),
+                Err(_) => json!({"timeout": true}),
+            },
+        };
+        self.keep_alives.remove(&name);
+        Ok(answer)
     }
 
     async fn watch(&mut self, body: &Value) -> Result<Value, String> {
@@ -302,6 +368,13 @@ impl Target {
         }
         Value::Object(out)
     }
+}
+
+/// The next answer on a keep-alive stream, if one comes in time.
+async fn next_keep_alive(
+    call: &mut ClientCall,
+) -> Result<Result<Option<LeaseKeepAliveResponse>, Status>, tokio::time::error::Elapsed> {
+    tokio::time::timeout(KEEP_ALIVE_WAIT, call.receiver.next()).await
 }
 
 /// An answer to a progress request, as `normalize::watch_items` writes it.

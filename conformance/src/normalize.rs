@@ -1,7 +1,10 @@
 //! Responses → JSON with what legitimately differs between etcd and netsy
 //! taken out: cluster and member ids, raft fields, database sizes, the
 //! version string, timing-driven progress notifications. Lease ids, random
-//! on both sides, become the names the scenario gave them.
+//! on both sides, become the names the scenario gave them. A lease's
+//! remaining TTL depends on the clock and becomes a band (`remaining_ttl`);
+//! lists whose order the server does not fix (a lease's keys, the leases)
+//! are sorted.
 
 use std::collections::HashMap;
 
@@ -10,6 +13,7 @@ use serde_json::{json, Value};
 use netsy::grpc::Status;
 use netsy::pb::etcdserverpb::{
     response_op, AlarmResponse, CompactionResponse, DeleteRangeResponse, LeaseGrantResponse,
+    LeaseKeepAliveResponse, LeaseLeasesResponse, LeaseRevokeResponse, LeaseTimeToLiveResponse,
     MemberListResponse, PutResponse, RangeResponse, ResponseHeader, StatusResponse, TxnResponse,
     WatchResponse,
 };
@@ -92,6 +96,54 @@ pub fn lease_grant(r: &LeaseGrantResponse, names: &LeaseNames) -> Value {
     json!({"header": header(&r.header), "id": lease(r.id, names), "ttl": r.ttl, "error": r.error})
 }
 
+pub fn lease_revoke(r: &LeaseRevokeResponse) -> Value {
+    json!({"header": header(&r.header)})
+}
+
+/// The TTL a keep-alive answers is the granted TTL (0 for an unknown
+/// lease): exact.
+pub fn lease_keep_alive(r: &LeaseKeepAliveResponse, names: &LeaseNames) -> Value {
+    json!({"header": header(&r.header), "id": lease(r.id, names), "ttl": r.ttl})
+}
+
+/// What a remaining TTL within `[granted - 3, granted]` and above 0
+/// becomes: the seconds left depend on when the request arrived.
+pub const TTL_BAND: &str = "in [granted-3, granted], > 0";
+
+/// A lease's remaining TTL: -1 (no such lease) as is, a value in the band
+/// as `TTL_BAND`, anything else as is (so it differs).
+pub fn remaining_ttl(ttl: i64, granted: i64) -> Value {
+    if ttl > 0 && ttl <= granted && ttl >= granted - 3 {
+        json!(TTL_BAND)
+    } else {
+        json!(ttl)
+    }
+}
+
+/// The attached keys sorted: etcd lists them in Go map order.
+pub fn lease_time_to_live(r: &LeaseTimeToLiveResponse, names: &LeaseNames) -> Value {
+    let mut keys: Vec<&bytes::Bytes> = r.keys.iter().collect();
+    keys.sort();
+    json!({
+        "header": header(&r.header),
+        "id": lease(r.id, names),
+        "ttl": remaining_ttl(r.ttl, r.granted_ttl),
+        "granted_ttl": r.granted_ttl,
+        "keys": keys.iter().map(|k| show(k)).collect::<Vec<_>>(),
+    })
+}
+
+/// The leases sorted: named ones (`"$L1"`) by name, then unnamed ids by
+/// value (etcd lists them in expiry order).
+pub fn lease_leases(r: &LeaseLeasesResponse, names: &LeaseNames) -> Value {
+    let mut leases: Vec<Value> = r.leases.iter().map(|l| lease(l.id, names)).collect();
+    leases.sort_by_key(|l| match l {
+        Value::String(name) => (0, name.clone(), 0),
+        other => (1, String::new(), other.as_i64().unwrap_or(0)),
+    });
+    json!({"header": header(&r.header), "leases": leases})
+}
+
 pub fn status(r: &StatusResponse) -> Value {
     // Version, sizes, leader and raft fields differ by design.
     json!({"header": header(&r.header), "errors": r.errors, "is_learner": r.is_learner, "has_leader": r.leader != 0})
@@ -155,4 +207,45 @@ pub fn watch_items(r: &WatchResponse, names: &LeaseNames) -> Vec<Value> {
         .iter()
         .map(|e| event(r.watch_id, e, names))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use netsy::pb::etcdserverpb::LeaseStatus;
+
+    #[test]
+    fn remaining_ttl_is_a_band() {
+        assert_eq!(remaining_ttl(60, 60), json!(TTL_BAND));
+        assert_eq!(remaining_ttl(57, 60), json!(TTL_BAND));
+        assert_eq!(remaining_ttl(56, 60), json!(56));
+        assert_eq!(remaining_ttl(61, 60), json!(61));
+        assert_eq!(remaining_ttl(-1, 0), json!(-1));
+        assert_eq!(remaining_ttl(0, 2), json!(0));
+        assert_eq!(remaining_ttl(1, 2), json!(TTL_BAND));
+    }
+
+    #[test]
+    fn lease_lists_and_keys_are_sorted() {
+        let names: LeaseNames = [(7, "L2".to_string()), (9, "L1".to_string())].into();
+        let r = LeaseLeasesResponse {
+            header: None,
+            leases: [12345, 7, 9, 5].map(|id| LeaseStatus { id }).to_vec(),
+        };
+        assert_eq!(
+            lease_leases(&r, &names)["leases"],
+            json!(["$L1", "$L2", 5, 12345])
+        );
+        let r = LeaseTimeToLiveResponse {
+            id: 9,
+            ttl: 59,
+            granted_ttl: 60,
+            keys: vec!["b".into(), "a".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            lease_time_to_live(&r, &names),
+            json!({"header": {"revision": 0}, "id": "$L1", "ttl": TTL_BAND, "granted_ttl": 60, "keys": ["a", "b"]})
+        );
+    }
 }

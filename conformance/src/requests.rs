@@ -9,8 +9,9 @@ use serde_json::Value;
 
 use netsy::pb::etcdserverpb::{
     compare, request_op, watch_create_request, watch_request, AlarmRequest, CompactionRequest,
-    Compare, DeleteRangeRequest, LeaseGrantRequest, PutRequest, RangeRequest, RequestOp,
-    TxnRequest, WatchCancelRequest, WatchCreateRequest, WatchProgressRequest, WatchRequest,
+    Compare, DeleteRangeRequest, LeaseGrantRequest, LeaseKeepAliveRequest, LeaseLeasesRequest,
+    LeaseRevokeRequest, LeaseTimeToLiveRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
+    WatchCancelRequest, WatchCreateRequest, WatchProgressRequest, WatchRequest,
 };
 use netsy::store::keyrange::prefix_end;
 
@@ -285,6 +286,40 @@ pub fn lease_grant(v: &Value) -> Result<(LeaseGrantRequest, Option<String>), Str
         },
         string(o, "as")?,
     ))
+}
+
+/// `{"id": "$L1"}` or a literal id (`{"id": 12345}`); a missing id is 0.
+pub fn lease_revoke(v: &Value, leases: &Leases) -> Result<LeaseRevokeRequest, String> {
+    let o = obj(v, "lease_revoke")?;
+    only(o, &["id"], "lease_revoke")?;
+    Ok(LeaseRevokeRequest {
+        id: lease(o, "id", leases)?,
+    })
+}
+
+pub fn lease_time_to_live(v: &Value, leases: &Leases) -> Result<LeaseTimeToLiveRequest, String> {
+    let o = obj(v, "lease_time_to_live")?;
+    only(o, &["id", "keys"], "lease_time_to_live")?;
+    Ok(LeaseTimeToLiveRequest {
+        id: lease(o, "id", leases)?,
+        keys: flag(o, "keys")?,
+    })
+}
+
+pub fn lease_leases(v: &Value) -> Result<LeaseLeasesRequest, String> {
+    only(obj(v, "lease_leases")?, &[], "lease_leases")?;
+    Ok(LeaseLeasesRequest {})
+}
+
+/// One message on a LeaseKeepAlive stream: `{"id": "$L1"}`, optionally
+/// with `"stream": "name"` (the stream it goes on, default `default`).
+pub fn lease_keep_alive(v: &Value, leases: &Leases) -> Result<LeaseKeepAliveRequest, String> {
+    let o = obj(v, "lease_keep_alive")?;
+    only(o, &["id", "stream"], "lease_keep_alive")?;
+    string(o, "stream")?;
+    Ok(LeaseKeepAliveRequest {
+        id: lease(o, "id", leases)?,
+    })
 }
 
 pub fn alarm(v: &Value) -> Result<AlarmRequest, String> {

@@ -1,7 +1,8 @@
 //! Scenario files: JSON lines, one step per line; `#` lines are comments.
 //! A step is an object with one operation key (range, put, delete, txn,
-//! compact, lease_grant, status, alarm, member_list, call, watch,
-//! watch_expect) whose value is the request.
+//! compact, lease_grant, lease_revoke, lease_time_to_live, lease_leases,
+//! lease_keep_alive, status, alarm, member_list, call, watch, watch_expect)
+//! whose value is the request.
 
 use std::path::{Path, PathBuf};
 
@@ -38,6 +39,10 @@ const OPS: &[&str] = &[
     "txn",
     "compact",
     "lease_grant",
+    "lease_revoke",
+    "lease_time_to_live",
+    "lease_leases",
+    "lease_keep_alive",
     "status",
     "alarm",
     "member_list",
@@ -126,6 +131,10 @@ fn check(op: &str, body: &Value) -> Result<(), String> {
         "txn" => requests::txn(body, &leases).map(drop),
         "compact" => requests::compact(body).map(drop),
         "lease_grant" => requests::lease_grant(body).map(drop),
+        "lease_revoke" => requests::lease_revoke(body, &leases).map(drop),
+        "lease_time_to_live" => requests::lease_time_to_live(body, &leases).map(drop),
+        "lease_leases" => requests::lease_leases(body).map(drop),
+        "lease_keep_alive" => requests::lease_keep_alive(body, &leases).map(drop),
         "alarm" => requests::alarm(body).map(drop),
         _ => Ok(()),
     }
