@@ -8,6 +8,8 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod leases;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
