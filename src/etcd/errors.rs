@@ -54,11 +54,6 @@ pub fn lease_ttl_too_large() -> Status {
     Status::out_of_range("etcdserver: too large lease TTL")
 }
 
-/// Ours (SPEC §5): negative limits are refused rather than read as "no limit".
-pub fn negative_limit() -> Status {
-    Status::invalid_argument("limit must be non-negative")
-}
-
 /// Ours (SPEC §5): a delete covers one key, because every write is one record.
 pub fn multi_key_delete() -> Status {
     Status::invalid_argument("multi-key delete is not supported")

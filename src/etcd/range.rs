@@ -19,9 +19,6 @@ pub fn query(req: &RangeRequest) -> Result<RangeQuery, Status> {
     ) else {
         return Err(errors::invalid_sort_option());
     };
-    if req.limit < 0 {
-        return Err(errors::negative_limit());
-    }
     let sort_order = match order {
         PbOrder::Ascend => SortOrder::Ascend,
         PbOrder::Descend => SortOrder::Descend,
@@ -37,7 +34,8 @@ pub fn query(req: &RangeRequest) -> Result<RangeQuery, Status> {
     Ok(RangeQuery {
         range: KeyRange::new(&req.key, &req.range_end),
         revision: req.revision,
-        limit: req.limit,
+        // etcd reads a negative limit as no limit.
+        limit: req.limit.max(0),
         count_only: req.count_only,
         keys_only: req.keys_only,
         sort_order,
@@ -64,10 +62,7 @@ mod tests {
             limit: -1,
             ..Default::default()
         };
-        assert_eq!(
-            query(&neg).unwrap_err().message,
-            "limit must be non-negative"
-        );
+        assert_eq!(query(&neg).unwrap().limit, 0, "no limit, as etcd");
         let bad = RangeRequest {
             key: "a".into(),
             sort_order: 9,

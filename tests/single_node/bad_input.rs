@@ -86,19 +86,6 @@ async fn invalid_requests_get_etcd_statuses_and_change_nothing() {
         Code::InvalidArgument,
         "etcdserver: key is not provided",
     );
-    expect(
-        ch.unary::<_, RangeResponse>(
-            RANGE,
-            &RangeRequest {
-                key: "k".into(),
-                limit: -1,
-                ..Default::default()
-            },
-        )
-        .await,
-        Code::InvalidArgument,
-        "limit must be non-negative",
-    );
     let two_writes = TxnRequest {
         success: vec![put_op("a"), put_op("b")],
         ..Default::default()
