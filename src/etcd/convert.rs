@@ -1,7 +1,8 @@
 //! Between the etcd wire and netsy's own types: requests become the write
-//! path's [`Txn`] (validated as etcd validates them, plus netsy's
-//! one-write rule), and store entries, watch events and txn outcomes
+//! path's [`Txn`] (validated as etcd validates them), and store entries, watch events and txn outcomes
 //! become mvccpb and etcdserverpb messages. The only place that knows both.
+
+use std::collections::HashSet;
 
 use bytes::Bytes;
 
@@ -10,7 +11,7 @@ use crate::pb::etcdserverpb::compare::{self, TargetUnion};
 use crate::pb::etcdserverpb::request_op::Request;
 use crate::pb::etcdserverpb::response_op::Response;
 use crate::pb::etcdserverpb::{
-    DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeResponse,
+    DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeResponse, RequestOp,
     ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
 };
 use crate::pb::mvccpb::{event::EventType, Event as PbEvent, KeyValue};
@@ -94,6 +95,11 @@ pub fn txn_response(outcome: TxnOutcome) -> TxnResponse {
                     deleted,
                     prev_kvs: prev.iter().map(key_value).collect(),
                 }),
+                // etcd leaves a nested txn's header empty.
+                OpResult::Txn(nested) => Response::ResponseTxn(TxnResponse {
+                    header: Some(ResponseHeader::default()),
+                    ..txn_response(nested)
+                }),
             }),
         })
         .collect();
@@ -104,22 +110,30 @@ pub fn txn_response(outcome: TxnOutcome) -> TxnResponse {
     }
 }
 
-/// Checks a txn the way etcd does, plus netsy's one-write rule, and turns
-/// it into the write path's form.
+/// Checks a txn the way etcd does and turns it into the write path's form.
 pub fn txn(req: &TxnRequest) -> Result<Txn, Status> {
+    let txn = checked_txn(req, MAX_TXN_OPS)?;
+    check_duplicates(&req.success)?;
+    check_duplicates(&req.failure)?;
+    Ok(txn)
+}
+
+/// etcd's op-count and empty-key checks; a nested txn gets what its
+/// parent left of the op budget.
+fn checked_txn(req: &TxnRequest, budget: usize) -> Result<Txn, Status> {
     let ops = req
         .compare
         .len()
         .max(req.success.len())
         .max(req.failure.len());
-    if ops > MAX_TXN_OPS {
+    if ops > budget {
         return Err(errors::too_many_ops());
     }
     if req.compare.iter().any(|c| c.key.is_empty()) {
         return Err(errors::empty_key());
     }
-    let success = branch(&req.success)?;
-    let failure = branch(&req.failure)?;
+    let success = branch(&req.success, budget - ops)?;
+    let failure = branch(&req.failure, budget - ops)?;
     Ok(Txn {
         compare: req.compare.iter().map(compare).collect(),
         success,
@@ -127,28 +141,79 @@ pub fn txn(req: &TxnRequest) -> Result<Txn, Status> {
     })
 }
 
-fn branch(ops: &[crate::pb::etcdserverpb::RequestOp]) -> Result<Vec<Op>, Status> {
-    let mut out = Vec::with_capacity(ops.len());
-    let mut writes = 0;
+fn branch(ops: &[RequestOp], budget: usize) -> Result<Vec<Op>, Status> {
+    ops.iter()
+        .map(|op| match &op.request {
+            None => Err(errors::key_not_found()),
+            Some(Request::RequestRange(r)) => Ok(Op::Range(range::query(r)?)),
+            Some(Request::RequestPut(p)) => Ok(Op::Put(put(p)?)),
+            Some(Request::RequestDeleteRange(d)) => delete(d),
+            Some(Request::RequestTxn(t)) => Ok(Op::Txn(checked_txn(t, budget)?)),
+        })
+        .collect()
+}
+
+/// etcd's rule against writing a key twice in one txn: no two puts of a
+/// key, and no put inside a range the same branch deletes; the two
+/// branches of a nested txn exclude each other, so they may share keys.
+fn check_duplicates(ops: &[RequestOp]) -> Result<(), Status> {
+    put_keys_and_deletes(ops).map(|_| ())
+}
+
+/// A deleted range as etcd's interval check sees it: `[key, end)`, a
+/// single key when `end` is empty (so a delete to `"\0"` covers nothing
+/// here, exactly as in etcd).
+type Deleted = (Bytes, Bytes);
+
+fn covers(d: &Deleted, k: &[u8]) -> bool {
+    if d.1.is_empty() {
+        d.0 == k
+    } else {
+        d.0.as_ref() <= k && k < d.1.as_ref()
+    }
+}
+
+fn put_keys_and_deletes(ops: &[RequestOp]) -> Result<(HashSet<Bytes>, Vec<Deleted>), Status> {
+    let mut deletes: Vec<Deleted> = ops
+        .iter()
+        .filter_map(|op| match &op.request {
+            Some(Request::RequestDeleteRange(d)) => Some((d.key.clone(), d.range_end.clone())),
+            _ => None,
+        })
+        .collect();
+    let deleted = |deletes: &[Deleted], k: &[u8]| deletes.iter().any(|d| covers(d, k));
+    let mut puts = HashSet::new();
     for op in ops {
-        out.push(match &op.request {
-            None => return Err(errors::key_not_found()),
-            Some(Request::RequestRange(r)) => Op::Range(range::query(r)?),
-            Some(Request::RequestPut(p)) => {
-                writes += 1;
-                Op::Put(put(p)?)
+        let Some(Request::RequestTxn(t)) = &op.request else {
+            continue;
+        };
+        let (puts_then, deletes_then) = put_keys_and_deletes(&t.success)?;
+        let (puts_else, deletes_else) = put_keys_and_deletes(&t.failure)?;
+        for k in &puts_then {
+            if puts.contains(k) || deleted(&deletes, k) {
+                return Err(errors::duplicate_key());
             }
-            Some(Request::RequestDeleteRange(d)) => {
-                writes += 1;
-                delete(d)?
+            puts.insert(k.clone());
+        }
+        for k in puts_else {
+            if (puts.contains(&k) && !puts_then.contains(&k)) || deleted(&deletes, &k) {
+                return Err(errors::duplicate_key());
             }
-            Some(Request::RequestTxn(_)) => return Err(errors::nested_txn()),
-        });
+            puts.insert(k);
+        }
+        deletes.extend(deletes_then);
+        deletes.extend(deletes_else);
     }
-    if writes > 1 {
-        return Err(errors::multi_key_txn());
+    for op in ops {
+        let Some(Request::RequestPut(p)) = &op.request else {
+            continue;
+        };
+        if puts.contains(&p.key) || deleted(&deletes, &p.key) {
+            return Err(errors::duplicate_key());
+        }
+        puts.insert(p.key.clone());
     }
-    Ok(out)
+    Ok((puts, deletes))
 }
 
 /// A compare reads the union member that matches its target; any other
@@ -205,16 +270,13 @@ pub fn put(p: &PutRequest) -> Result<Put, Status> {
     })
 }
 
-/// A DeleteRange, checked as etcd checks it, covering one key.
+/// A DeleteRange, checked as etcd checks it.
 pub fn delete(d: &DeleteRangeRequest) -> Result<Op, Status> {
     if d.key.is_empty() {
         return Err(errors::empty_key());
     }
-    if !KeyRange::new(&d.key, &d.range_end).is_single_key() {
-        return Err(errors::multi_key_delete());
-    }
     Ok(Op::Delete {
-        key: d.key.clone(),
+        range: KeyRange::new(&d.key, &d.range_end),
         prev_kv: d.prev_kv,
     })
 }
@@ -318,18 +380,70 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(txn(&empty_compare).unwrap_err(), errors::empty_key());
-        let two_writes = TxnRequest {
-            success: vec![put("a"), put("b")],
+        let empty_put = TxnRequest {
+            success: vec![put("a"), put("a")],
             failure: vec![put("")],
             ..Default::default()
         };
-        assert_eq!(txn(&two_writes).unwrap_err(), errors::multi_key_txn());
+        assert_eq!(txn(&empty_put).unwrap_err(), errors::empty_key());
         let ok = txn(&TxnRequest {
-            success: vec![put("a")],
+            success: vec![put("a"), put("b")],
             failure: vec![put("b")],
             ..Default::default()
         })
         .unwrap();
-        assert_eq!((ok.success.len(), ok.failure.len()), (1, 1));
+        assert_eq!((ok.success.len(), ok.failure.len()), (2, 1));
+    }
+
+    #[test]
+    fn a_key_written_twice_in_one_branch_is_refused_as_etcd_refuses_it() {
+        let put = |key: &'static str| RequestOp {
+            request: Some(Request::RequestPut(PutRequest {
+                key: key.into(),
+                ..Default::default()
+            })),
+        };
+        let delete = |key: &'static str, end: &'static str| RequestOp {
+            request: Some(Request::RequestDeleteRange(DeleteRangeRequest {
+                key: key.into(),
+                range_end: end.into(),
+                ..Default::default()
+            })),
+        };
+        let nested = |success, failure| RequestOp {
+            request: Some(Request::RequestTxn(TxnRequest {
+                success,
+                failure,
+                ..Default::default()
+            })),
+        };
+        let check = |success: Vec<RequestOp>| {
+            txn(&TxnRequest {
+                success,
+                ..Default::default()
+            })
+            .map(|_| ())
+        };
+        let dup = Err(errors::duplicate_key());
+        assert_eq!(check(vec![put("a"), put("a")]), dup);
+        assert_eq!(check(vec![delete("a", "c"), put("b")]), dup);
+        assert_eq!(check(vec![put("a"), delete("a", "")]), dup);
+        assert_eq!(check(vec![put("a"), nested(vec![put("a")], vec![])]), dup);
+        assert_eq!(
+            check(vec![nested(vec![], vec![put("a")]), delete("a", "")]),
+            dup
+        );
+        assert_eq!(check(vec![put("a"), put("b"), delete("c", "d")]), Ok(()));
+        assert_eq!(check(vec![delete("a", "c"), delete("b", "")]), Ok(()));
+        assert_eq!(
+            check(vec![nested(vec![put("a")], vec![put("a")])]),
+            Ok(()),
+            "the branches of a nested txn exclude each other"
+        );
+        assert_eq!(
+            check(vec![delete("a", "\0"), put("b")]),
+            Ok(()),
+            "etcd's interval check does not see a delete to \\0"
+        );
     }
 }

@@ -54,21 +54,9 @@ pub fn lease_ttl_too_large() -> Status {
     Status::out_of_range("etcdserver: too large lease TTL")
 }
 
-/// Ours (SPEC §5): a delete covers one key, because every write is one record.
-pub fn multi_key_delete() -> Status {
-    Status::invalid_argument("multi-key delete is not supported")
-}
-
-/// Ours: a txn branch may write at most one key (one record per revision).
-pub fn multi_key_txn() -> Status {
-    Status::invalid_argument(
-        "multi-key txn is not supported: each txn branch may write at most one key",
-    )
-}
-
-/// Ours: nested txn operations would need several writes per revision.
-pub fn nested_txn() -> Status {
-    Status::invalid_argument("nested txn operations are not supported")
+/// etcd's answer to a txn that writes a key twice.
+pub fn duplicate_key() -> Status {
+    Status::invalid_argument("etcdserver: duplicate key given in txn request")
 }
 
 /// The status etcd would send for a write the write path refused.

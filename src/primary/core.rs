@@ -4,7 +4,7 @@
 //! events it will publish, and one reply per command. No I/O and no clock
 //! of its own: the committer drives it.
 
-use crate::store::{Batch, LeaseChange, Timestamp};
+use crate::store::{Batch, KeyRange, LeaseChange, Timestamp};
 use crate::watch::Event;
 
 use super::error::WriteError;
@@ -79,6 +79,16 @@ pub struct Evaluated {
     pub replies: Vec<Reply>,
 }
 
+impl Evaluated {
+    /// Takes a txn's writes into the batch, with their watch events.
+    fn add(&mut self, writes: Vec<txn::Write>) {
+        for w in writes {
+            self.events.push(Event::from_record(&w.record, w.prev));
+            self.batch.records.push(w.record);
+        }
+    }
+}
+
 /// The evaluator; `leader_id` is stamped into every record.
 pub struct WriteCore {
     leader_id: String,
@@ -110,10 +120,7 @@ impl WriteCore {
                     let result = txn::evaluate(&t, view, stamp);
                     view.accept();
                     Reply::Txn(result.map(|evaluated| {
-                        if let Some(w) = evaluated.write {
-                            out.events.push(Event::from_record(&w.record, w.prev));
-                            out.batch.records.push(w.record);
-                        }
+                        out.add(evaluated.writes);
                         evaluated.outcome
                     }))
                 }
@@ -159,21 +166,17 @@ fn revoke(
     if !view.lease_exists(id) {
         return Err(WriteError::LeaseNotFound);
     }
-    for key in view.leased_keys(id) {
-        let delete = Txn {
-            success: vec![txn::Op::Delete {
-                key,
-                prev_kv: false,
-            }],
-            ..Txn::default()
-        };
-        let evaluated = txn::evaluate(&delete, view, stamp);
-        view.accept();
-        if let Some(w) = evaluated?.write {
-            out.events.push(Event::from_record(&w.record, w.prev));
-            out.batch.records.push(w.record);
-        }
-    }
+    let deletes = view.leased_keys(id).into_iter().map(|key| txn::Op::Delete {
+        range: KeyRange::Single(key),
+        prev_kv: false,
+    });
+    let delete = Txn {
+        success: deletes.collect(),
+        ..Txn::default()
+    };
+    let evaluated = txn::evaluate(&delete, view, stamp)?;
+    view.accept();
+    out.add(evaluated.writes);
     view.revoke_lease(id);
     out.batch.leases.push(LeaseChange::Revoke { id });
     Ok(view.current_revision())
@@ -185,7 +188,7 @@ mod tests {
 
     use super::*;
     use crate::primary::txn::{Compare, CompareResult, Op, OpResult, Put, Target};
-    use crate::store::{KeyRange, RangeQuery, Record, Store};
+    use crate::store::{KeyRange, KvEntry, RangeQuery, Record, Store};
 
     fn key(k: &str) -> Bytes {
         Bytes::copy_from_slice(k.as_bytes())
@@ -363,6 +366,126 @@ mod tests {
                 ttl: MIN_LEASE_TTL
             }]
         );
+    }
+
+    #[test]
+    fn a_txn_writing_several_keys_takes_one_revision_per_write_in_one_batch() {
+        let (_dir, store) = store();
+        let mut core = WriteCore::new("n1");
+        let setup = evaluate(&mut core, &store, vec![put("b", "1"), put("c", "1")]);
+        store.append_committed(setup.batch).unwrap();
+        // a=1 (2), b=1 (3), c=1 (4).
+        let multi = Command::Txn(Txn {
+            compare: vec![Compare {
+                range: KeyRange::Single(key("a")),
+                target: Target::Mod(2),
+                result: CompareResult::Equal,
+            }],
+            success: vec![
+                Op::Put(Put {
+                    key: key("x"),
+                    value: key("1"),
+                    ..Put::default()
+                }),
+                Op::Delete {
+                    range: KeyRange::new(&key("a"), &key("c")),
+                    prev_kv: true,
+                },
+                Op::Range(RangeQuery::new(KeyRange::new(&key("a"), &key("z")))),
+                Op::Txn(Txn {
+                    compare: vec![Compare {
+                        // Decided before the outer txn's writes: b exists.
+                        range: KeyRange::Single(key("b")),
+                        target: Target::Version(1),
+                        result: CompareResult::Equal,
+                    }],
+                    success: vec![Op::Put(Put {
+                        key: key("y"),
+                        value: key("nested"),
+                        ..Put::default()
+                    })],
+                    failure: vec![],
+                }),
+            ],
+            failure: vec![],
+        });
+        let out = evaluate(&mut core, &store, vec![multi, put("z", "after")]);
+        let Reply::Txn(Ok(outcome)) = &out.replies[0] else {
+            panic!("{:?}", out.replies[0]);
+        };
+        assert!(outcome.succeeded);
+        assert_eq!(outcome.revision, 8, "x=5, a deleted 6, b deleted 7, y=8");
+        let OpResult::Delete {
+            revision,
+            deleted,
+            prev,
+        } = &outcome.responses[1]
+        else {
+            panic!("{:?}", outcome.responses[1]);
+        };
+        assert_eq!((*revision, *deleted), (7, 2));
+        assert_eq!(
+            prev.iter().map(|e| e.key.clone()).collect::<Vec<_>>(),
+            [key("a"), key("b")]
+        );
+        let OpResult::Range { revision, result } = &outcome.responses[2] else {
+            panic!("{:?}", outcome.responses[2]);
+        };
+        let seen: Vec<(Bytes, i64)> = result
+            .entries
+            .iter()
+            .map(|e| (e.key.clone(), e.rev.revision))
+            .collect();
+        assert_eq!(*revision, 7);
+        assert_eq!(
+            seen,
+            [(key("c"), 4), (key("x"), 5)],
+            "reads see the txn's earlier writes"
+        );
+        assert!(matches!(&outcome.responses[3], OpResult::Txn(t) if t.succeeded));
+        let revisions: Vec<i64> = out.batch.records.iter().map(|r| r.revision).collect();
+        assert_eq!(revisions, [5, 6, 7, 8, 9], "consecutive, then the next txn");
+        let events: Vec<(i64, bool)> = out
+            .events
+            .iter()
+            .map(|e| (e.revision(), e.is_delete()))
+            .collect();
+        assert_eq!(
+            events,
+            [(5, false), (6, true), (7, true), (8, false), (9, false)]
+        );
+    }
+
+    #[test]
+    fn a_failed_txn_leaves_none_of_its_writes_in_the_view() {
+        let (_dir, store) = store();
+        let index = store.index();
+        let mut view = BatchView::new(&index, &store);
+        let entry = |k: &str, revision| KvEntry {
+            key: key(k),
+            rev: crate::store::Rev {
+                revision,
+                create_revision: revision,
+                version: 1,
+                lease: 0,
+                deleted: false,
+            },
+            value: Some(key("v")),
+        };
+        view.stage(key("x"), Some(entry("x", 3)), 3);
+        view.accept();
+        view.stage(key("y"), Some(entry("y", 4)), 4);
+        view.stage(key("a"), None, 5);
+        view.unstage();
+        assert_eq!(view.current_revision(), 3);
+        let all = KeyRange::new(&key("a"), &key("z"));
+        let keys: Vec<Bytes> = view
+            .scan(&all, 3)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.key)
+            .collect();
+        assert_eq!(keys, [key("a"), key("x")], "a is back, y is gone, x stays");
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! One etcd Txn as the write path sees it (already validated by the API
 //! layer) and its evaluation against a view of the current state: pure, no
-//! I/O of its own. Put and DeleteRange arrive as one-op txns. A txn may
-//! write at most one key, because each revision is one record.
+//! I/O of its own. Put and DeleteRange arrive as one-op txns. Every write is
+//! one record at its own revision: a txn writing n keys (or a range delete
+//! of n keys) takes n consecutive revisions, all in one batch, so they
+//! become visible together.
 
 use bytes::Bytes;
 
@@ -22,7 +24,7 @@ pub trait KvView {
     fn lease_exists(&self, id: i64) -> bool;
     /// Makes a write at `revision` visible to later reads of the view.
     fn stage(&mut self, key: Bytes, entry: Option<KvEntry>, revision: i64);
-    /// Forgets the last staged write (its txn failed after staging).
+    /// Forgets every write staged by the txn being evaluated (it failed).
     fn unstage(&mut self);
 }
 
@@ -68,11 +70,14 @@ pub enum CompareResult {
 pub enum Op {
     Range(RangeQuery),
     Put(Put),
-    /// Deletes one key (the only kind of delete one record can express).
+    /// Deletes every live key in the range, one record each.
     Delete {
-        key: Bytes,
+        range: KeyRange,
         prev_kv: bool,
     },
+    /// A nested txn: its compares are decided with the outer ones, against
+    /// the state before the outer txn (as etcd decides them).
+    Txn(Txn),
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -107,7 +112,10 @@ pub struct TxnOutcome {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum OpResult {
     /// A read at `revision` (the state as of this op).
-    Range { revision: i64, result: RangeResult },
+    Range {
+        revision: i64,
+        result: RangeResult,
+    },
     /// `prev` only when the put asked for it.
     Put {
         revision: i64,
@@ -119,20 +127,21 @@ pub enum OpResult {
         deleted: i64,
         prev: Vec<KvEntry>,
     },
+    Txn(TxnOutcome),
 }
 
-/// The single write a txn made, with the key's state before it.
+/// One write a txn made, with the key's state before it.
 #[derive(Debug)]
 pub struct Write {
     pub record: Record,
     pub prev: Option<KvEntry>,
 }
 
-/// A txn's answer and its write, if any.
+/// A txn's answer and its writes, in revision order.
 #[derive(Debug)]
 pub struct Evaluated {
     pub outcome: TxnOutcome,
-    pub write: Option<Write>,
+    pub writes: Vec<Write>,
 }
 
 /// Who writes and when: stamped into every record a txn makes.
@@ -142,62 +151,94 @@ pub struct Stamp<'a> {
     pub now: Timestamp,
 }
 
-/// Evaluates a validated txn against `view`.
+/// Which branch each txn takes: decided for the whole txn, nested ones
+/// included, before any op runs.
+struct Path {
+    succeeded: bool,
+    /// One per nested txn of the chosen branch, in order.
+    nested: Vec<Path>,
+}
+
+/// Evaluates a validated txn against `view`; on an error nothing it staged
+/// stays in the view.
 pub fn evaluate(
     txn: &Txn,
     view: &mut dyn KvView,
     stamp: Stamp<'_>,
 ) -> Result<Evaluated, WriteError> {
     let begin = view.current_revision();
+    let path = choose(txn, &*view, begin)?;
+    check_ops(txn, &path, &*view, begin)?;
+    let mut writes = Vec::new();
+    match run(txn, &path, view, stamp, &mut writes) {
+        Ok(outcome) => Ok(Evaluated { outcome, writes }),
+        Err(e) => {
+            view.unstage();
+            Err(e)
+        }
+    }
+}
+
+fn choose(txn: &Txn, view: &dyn KvView, at: i64) -> Result<Path, WriteError> {
     let mut succeeded = true;
     for c in &txn.compare {
-        if !compare(c, &*view, begin)? {
+        if !compare(c, view, at)? {
             succeeded = false;
             break;
         }
     }
-    let ops = if succeeded {
+    let nested = branch(txn, succeeded)
+        .iter()
+        .filter_map(|op| match op {
+            Op::Txn(t) => Some(choose(t, view, at)),
+            _ => None,
+        })
+        .collect::<Result<Vec<Path>, WriteError>>()?;
+    Ok(Path { succeeded, nested })
+}
+
+fn branch(txn: &Txn, succeeded: bool) -> &[Op] {
+    if succeeded {
         &txn.success
     } else {
         &txn.failure
-    };
-    check_ops(ops, &*view, begin)?;
+    }
+}
 
-    let mut write: Option<Write> = None;
+/// Runs the chosen branch: each op sees the writes before it; each write
+/// takes the next revision.
+fn run(
+    txn: &Txn,
+    path: &Path,
+    view: &mut dyn KvView,
+    stamp: Stamp<'_>,
+    writes: &mut Vec<Write>,
+) -> Result<TxnOutcome, WriteError> {
+    let ops = branch(txn, path.succeeded);
+    let mut nested = path.nested.iter();
     let mut responses = Vec::with_capacity(ops.len());
     for op in ops {
-        let current = if write.is_some() { begin + 1 } else { begin };
-        let result = match op {
-            Op::Range(q) => read_range(q, &*view, current),
-            Op::Put(p) => put(p, view, begin + 1, stamp).map(|(result, w)| {
-                write = Some(w);
+        let current = view.current_revision();
+        responses.push(match op {
+            Op::Range(q) => read_range(q, &*view, current)?,
+            Op::Put(p) => {
+                let (result, write) = put(p, view, current + 1, stamp)?;
+                writes.push(write);
                 result
-            }),
-            Op::Delete { key, prev_kv } => {
-                delete(key, *prev_kv, view, begin, stamp).map(|(result, w)| {
-                    write = w;
-                    result
-                })
             }
-        };
-        match result {
-            Ok(r) => responses.push(r),
-            Err(e) => {
-                if write.is_some() {
-                    view.unstage();
-                }
-                return Err(e);
+            Op::Delete { range, prev_kv } => delete(range, *prev_kv, view, stamp, writes)?,
+            Op::Txn(t) => {
+                let path = nested
+                    .next()
+                    .ok_or_else(|| WriteError::Store("a nested txn without its path".into()))?;
+                OpResult::Txn(run(t, path, view, stamp, writes)?)
             }
-        }
+        });
     }
-    let revision = if write.is_some() { begin + 1 } else { begin };
-    Ok(Evaluated {
-        outcome: TxnOutcome {
-            succeeded,
-            revision,
-            responses,
-        },
-        write,
+    Ok(TxnOutcome {
+        succeeded: path.succeeded,
+        revision: view.current_revision(),
+        responses,
     })
 }
 
@@ -241,10 +282,12 @@ fn compare_one(c: &Compare, e: Option<&KvEntry>) -> bool {
     }
 }
 
-/// etcd's pre-execution checks of the chosen branch: read revisions, leases
-/// and the keys that ignore_value/ignore_lease need.
-fn check_ops(ops: &[Op], view: &dyn KvView, begin: i64) -> Result<(), WriteError> {
-    for op in ops {
+/// etcd's pre-execution checks of the chosen branches: read revisions,
+/// leases and the keys that ignore_value/ignore_lease need, all against the
+/// state before the txn.
+fn check_ops(txn: &Txn, path: &Path, view: &dyn KvView, begin: i64) -> Result<(), WriteError> {
+    let mut nested = path.nested.iter();
+    for op in branch(txn, path.succeeded) {
         match op {
             Op::Range(q) => {
                 query::read_revision(q.revision, begin, view.compacted_revision())?;
@@ -258,6 +301,11 @@ fn check_ops(ops: &[Op], view: &dyn KvView, begin: i64) -> Result<(), WriteError
                 }
             }
             Op::Delete { .. } => {}
+            Op::Txn(t) => {
+                if let Some(path) = nested.next() {
+                    check_ops(t, path, view, begin)?;
+                }
+            }
         }
     }
     Ok(())
@@ -352,49 +400,44 @@ fn put(
     Ok((result, Write { record, prev }))
 }
 
+/// Deletes every live key in `range`, each at the next revision.
 fn delete(
-    key: &Bytes,
+    range: &KeyRange,
     prev_kv: bool,
     view: &mut dyn KvView,
-    begin: i64,
     stamp: Stamp<'_>,
-) -> Result<(OpResult, Option<Write>), WriteError> {
-    let Some(prev) = latest(&*view, key, begin)? else {
-        let result = OpResult::Delete {
-            revision: begin,
-            deleted: 0,
-            prev: vec![],
+    writes: &mut Vec<Write>,
+) -> Result<OpResult, WriteError> {
+    let mut doomed = view.scan(range, view.current_revision())?;
+    // Watchers get each deleted key's previous value.
+    view.load_values(&mut doomed)?;
+    for prev in &doomed {
+        let revision = view.current_revision() + 1;
+        let record = Record {
+            revision,
+            key: prev.key.clone(),
+            created: false,
+            deleted: true,
+            create_revision: prev.rev.create_revision,
+            prev_revision: prev.rev.revision,
+            version: 0,
+            lease: 0,
+            dek: 0,
+            value: None,
+            created_at: stamp.now,
+            compacted_at: None,
+            leader_id: stamp.leader_id.to_string(),
+            replicated_at: None,
         };
-        return Ok((result, None));
-    };
-    let revision = begin + 1;
-    let record = Record {
-        revision,
-        key: prev.key.clone(),
-        created: false,
-        deleted: true,
-        create_revision: prev.rev.create_revision,
-        prev_revision: prev.rev.revision,
-        version: 0,
-        lease: 0,
-        dek: 0,
-        value: None,
-        created_at: stamp.now,
-        compacted_at: None,
-        leader_id: stamp.leader_id.to_string(),
-        replicated_at: None,
-    };
-    view.stage(prev.key.clone(), None, revision);
-    let result = OpResult::Delete {
-        revision,
-        deleted: 1,
-        prev: if prev_kv { vec![prev.clone()] } else { vec![] },
-    };
-    Ok((
-        result,
-        Some(Write {
+        view.stage(prev.key.clone(), None, revision);
+        writes.push(Write {
             record,
-            prev: Some(prev),
-        }),
-    ))
+            prev: Some(prev.clone()),
+        });
+    }
+    Ok(OpResult::Delete {
+        revision: view.current_revision(),
+        deleted: doomed.len() as i64,
+        prev: if prev_kv { doomed } else { vec![] },
+    })
 }

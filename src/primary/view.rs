@@ -22,7 +22,8 @@ pub struct BatchView<'a> {
     /// Leases granted and revoked earlier in this batch.
     granted_leases: HashSet<i64>,
     revoked_leases: HashSet<i64>,
-    undo: Option<Undo>,
+    /// The writes of the txn being evaluated, newest last, until accepted.
+    undo: Vec<Undo>,
 }
 
 struct Undo {
@@ -43,13 +44,13 @@ impl<'a> BatchView<'a> {
             pending: BTreeMap::new(),
             granted_leases: HashSet::new(),
             revoked_leases: HashSet::new(),
-            undo: None,
+            undo: Vec::new(),
         }
     }
 
-    /// Forgets the undo slot once a txn's write is final.
+    /// Makes the writes of the txn just evaluated final.
     pub fn accept(&mut self) {
-        self.undo = None;
+        self.undo.clear();
     }
 
     pub fn grant_lease(&mut self, id: i64) {
@@ -162,7 +163,7 @@ impl KvView for BatchView<'_> {
 
     fn stage(&mut self, key: Bytes, entry: Option<KvEntry>, revision: i64) {
         let previous = self.pending.insert(key.clone(), entry);
-        self.undo = Some(Undo {
+        self.undo.push(Undo {
             key,
             previous,
             current: self.current,
@@ -171,7 +172,7 @@ impl KvView for BatchView<'_> {
     }
 
     fn unstage(&mut self) {
-        if let Some(undo) = self.undo.take() {
+        while let Some(undo) = self.undo.pop() {
             match undo.previous {
                 Some(prev) => {
                     self.pending.insert(undo.key, prev);

@@ -6,7 +6,7 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 use netsy::grpc::{codec, Channel, Code, Status};
 use netsy::pb::etcdserverpb::request_op::Request;
 use netsy::pb::etcdserverpb::{
-    DeleteRangeRequest, PutRequest, RangeRequest, RangeResponse, RequestOp, TxnRequest, TxnResponse,
+    PutRequest, RangeRequest, RangeResponse, RequestOp, TxnRequest, TxnResponse,
 };
 
 use crate::support::Netsy;
@@ -14,7 +14,6 @@ use crate::support::Netsy;
 const RANGE: &str = "/etcdserverpb.KV/Range";
 const PUT: &str = "/etcdserverpb.KV/Put";
 const TXN: &str = "/etcdserverpb.KV/Txn";
-const DELETE: &str = "/etcdserverpb.KV/DeleteRange";
 
 async fn revision(ch: &Channel) -> i64 {
     let r: RangeResponse = ch
@@ -86,25 +85,31 @@ async fn invalid_requests_get_etcd_statuses_and_change_nothing() {
         Code::InvalidArgument,
         "etcdserver: key is not provided",
     );
-    let two_writes = TxnRequest {
-        success: vec![put_op("a"), put_op("b")],
+    let same_key_twice = TxnRequest {
+        success: vec![put_op("a"), put_op("a")],
         ..Default::default()
     };
     expect(
-        ch.unary::<_, TxnResponse>(TXN, &two_writes).await,
+        ch.unary::<_, TxnResponse>(TXN, &same_key_twice).await,
         Code::InvalidArgument,
-        "multi-key txn is not supported",
+        "etcdserver: duplicate key given in txn request",
     );
-    let nested = TxnRequest {
-        success: vec![RequestOp {
-            request: Some(Request::RequestTxn(TxnRequest::default())),
-        }],
+    let nested_duplicate = TxnRequest {
+        success: vec![
+            put_op("a"),
+            RequestOp {
+                request: Some(Request::RequestTxn(TxnRequest {
+                    success: vec![put_op("a")],
+                    ..Default::default()
+                })),
+            },
+        ],
         ..Default::default()
     };
     expect(
-        ch.unary::<_, TxnResponse>(TXN, &nested).await,
+        ch.unary::<_, TxnResponse>(TXN, &nested_duplicate).await,
         Code::InvalidArgument,
-        "nested txn",
+        "etcdserver: duplicate key given in txn request",
     );
     let empty_op = TxnRequest {
         success: vec![RequestOp { request: None }],
@@ -114,19 +119,6 @@ async fn invalid_requests_get_etcd_statuses_and_change_nothing() {
         ch.unary::<_, TxnResponse>(TXN, &empty_op).await,
         Code::InvalidArgument,
         "etcdserver: key not found",
-    );
-    expect(
-        ch.unary::<_, netsy::pb::etcdserverpb::DeleteRangeResponse>(
-            DELETE,
-            &DeleteRangeRequest {
-                key: "a".into(),
-                range_end: "z".into(),
-                ..Default::default()
-            },
-        )
-        .await,
-        Code::InvalidArgument,
-        "multi-key delete is not supported",
     );
     expect(
         ch.unary::<_, netsy::pb::etcdserverpb::PutResponse>(

@@ -254,3 +254,50 @@ fn lease_grant_returns_a_real_unique_lease() {
     let bad = n.etcdctl(&["put", "--lease", "1234", "leased", "v"]);
     assert!(String::from_utf8_lossy(&bad.stderr).contains("requested lease not found"));
 }
+
+#[test]
+fn del_prefix_and_multi_write_txns_take_one_revision_per_key_all_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = Netsy::start_dev(dir.path());
+    for i in 0..50 {
+        n.ctl(&["put", &format!("/many/{i:02}"), "v"]);
+    }
+    n.ctl(&["put", "/other", "stays"]);
+    let before = json(&n.ctl(&["get", "/other", "-w", "json"]))["header"]["revision"]
+        .as_i64()
+        .unwrap();
+    assert_eq!(n.ctl(&["del", "--prefix", "/many/"]), "50\n");
+    let after = json(&n.ctl(&["get", "/other", "-w", "json"]));
+    assert_eq!(
+        after["header"]["revision"],
+        before + 50,
+        "one revision per key"
+    );
+    assert_eq!(n.ctl(&["get", "--prefix", "/many/"]), "");
+    assert_eq!(n.ctl(&["get", "/other"]), "/other\nstays\n");
+    // Every delete is in history, each at its own revision.
+    assert_eq!(
+        n.ctl(&["get", "/many/49", &format!("--rev={}", before + 49)]),
+        "/many/49\nv\n"
+    );
+    assert_eq!(
+        n.ctl(&["get", "/many/49", &format!("--rev={}", before + 50)]),
+        ""
+    );
+
+    // Two puts and a delete in one txn.
+    let out = n.etcdctl_stdin(&["txn"], "\nput /t/a 1\nput /t/b 2\ndel /other\n\n\n");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "SUCCESS\n\nOK\n\nOK\n\n1\n"
+    );
+    assert_eq!(n.ctl(&["get", "--prefix", "/t/"]), "/t/a\n1\n/t/b\n2\n");
+    assert_eq!(n.ctl(&["get", "/other"]), "");
+    let dup = n.etcdctl_stdin(&["txn"], "\nput /t/a 1\nput /t/a 2\n\n\n");
+    assert!(String::from_utf8_lossy(&dup.stderr).contains("duplicate key given in txn request"));
+}
