@@ -288,7 +288,7 @@ impl Metrics {
             ),
             primary_compactions: reg!(
                 "netsy_primary_compactions",
-                "Cluster compaction cycles that reached the notice phase",
+                "Cluster compaction cycles that were not skipped",
                 Count::default()
             ),
             primary_compaction_coordination_duration: reg!(
