@@ -1,11 +1,10 @@
 //! The peer API this node serves (mTLS, role peer): the Node service
 //! (GetNodeState, PushClusterState, and once loaded the compaction
 //! protocol's GetMinWatchRevision and SendCompactionNotice) on every node,
-//! the Elector service,
-//! which answers only while this node holds the lock, the Primary service
-//! (Follow, SendHeartbeat) and the etcd write and read methods replicas
-//! forward, both bound once the node has loaded. Errors become the
-//! reference's statuses here, at the edge.
+//! the Elector service, which answers only while this node holds the lock,
+//! the Primary service (Follow, SendHeartbeat) and the etcd write and read
+//! methods replicas forward, both bound once the node has loaded. Errors
+//! become the reference's statuses here, at the edge.
 
 use std::sync::{Arc, OnceLock};
 
