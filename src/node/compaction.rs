@@ -73,7 +73,11 @@ impl CompactionScheduler {
             }
             tokio::select! {
                 _ = ticker.tick() => {}
-                _ = stop.changed() => continue,
+                changed = stop.changed() => match changed {
+                    Ok(()) => continue,
+                    // The node is gone.
+                    Err(_) => return,
+                },
             }
             tokio::select! {
                 _ = self.cycle() => {}
