@@ -4,6 +4,10 @@
 //! from the store) and sends them in revision order. History is replayed
 //! from start_revision; nothing is skipped; a watch that falls behind the
 //! compaction revision is cancelled with compact_revision, as etcd does.
+//! Every watch is registered in the hub's [`crate::watch::WatchRegistry`]
+//! with the next revision it owes, which is what the compaction protocol
+//! asks about; a watch starting below the registry's admission floor is
+//! refused at creation.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -16,7 +20,7 @@ use crate::pb::etcdserverpb::watch_create_request::FilterType;
 use crate::pb::etcdserverpb::watch_request::RequestUnion;
 use crate::pb::etcdserverpb::{WatchCreateRequest, WatchRequest, WatchResponse};
 use crate::store::KeyRange;
-use crate::watch::{events_from_store, Event};
+use crate::watch::{events_from_store, BelowFloor, Event, RegisteredWatch, WatchRegistry};
 
 use super::convert;
 use super::errors::from_store;
@@ -55,6 +59,8 @@ struct Watching {
     range: KeyRange,
     /// First revision not yet delivered.
     next_rev: i64,
+    /// The same, as the node's registry knows it (removed on drop).
+    registered: RegisteredWatch,
     prev_kv: bool,
     progress_notify: bool,
     no_put: bool,
@@ -173,14 +179,28 @@ impl WatchStream {
         } else {
             create.key.clone()
         };
+        let start = create.start_revision;
+        let next_rev = if start > 0 { start } else { committed + 1 };
+        let compacted = self.api.store.compacted_revision();
+        let registered = match admit(self.api.hub.watches(), start, next_rev, compacted) {
+            Admission::Admitted(r) => r,
+            Admission::Compacted(at) => {
+                // As etcd: created, then cancelled with the compaction revision.
+                out.send(&self.created(id, committed)).await?;
+                return out.send(&self.compacted(id, at, String::new())).await;
+            }
+            Admission::BelowFloor(refused) => {
+                // A compaction up to the floor is under way (or done).
+                out.send(&self.created(id, committed)).await?;
+                let resp = self.compacted(id, refused.floor, refused.to_string());
+                return out.send(&resp).await;
+            }
+        };
         let filters = &create.filters;
         let watch = Watching {
             range: KeyRange::new(&key, &create.range_end),
-            next_rev: if create.start_revision > 0 {
-                create.start_revision
-            } else {
-                committed + 1
-            },
+            next_rev,
+            registered,
             prev_kv: create.prev_kv,
             progress_notify: create.progress_notify,
             no_put: filters.contains(&(FilterType::Noput as i32)),
@@ -188,37 +208,34 @@ impl WatchStream {
         };
         self.watches.insert(id, watch);
         self.api.metrics.watches.inc();
-        let resp = WatchResponse {
+        out.send(&self.created(id, committed)).await
+    }
+
+    fn created(&self, id: i64, committed: i64) -> WatchResponse {
+        WatchResponse {
             header: Some(self.api.header(committed)),
             watch_id: id,
             created: true,
             ..Default::default()
-        };
-        out.send(&resp).await
+        }
+    }
+
+    /// A watch cancelled because history it needs is (being) compacted.
+    fn compacted(&self, id: i64, compact_revision: i64, reason: String) -> WatchResponse {
+        // etcd answers a compacted watch with header revision 0.
+        WatchResponse {
+            header: Some(self.api.header(0)),
+            watch_id: id,
+            canceled: true,
+            compact_revision,
+            cancel_reason: reason,
+            ..Default::default()
+        }
     }
 
     /// Delivers every event up to `committed` that a watch still owes.
     async fn sync(&mut self, committed: i64, out: &mut Outbound) -> Result<(), Status> {
-        let compacted = self.api.store.compacted_revision();
-        let behind: Vec<i64> = self
-            .watches
-            .iter()
-            .filter(|(_, w)| w.next_rev <= committed && w.next_rev < compacted)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in behind {
-            self.watches.remove(&id);
-            self.api.metrics.watches.dec();
-            // etcd answers a compacted watch with header revision 0.
-            let resp = WatchResponse {
-                header: Some(self.api.header(0)),
-                watch_id: id,
-                canceled: true,
-                compact_revision: compacted,
-                ..Default::default()
-            };
-            out.send(&resp).await?;
-        }
+        self.cancel_compacted(committed, out).await?;
         let Some(from) = self
             .watches
             .values()
@@ -231,6 +248,9 @@ impl WatchStream {
         let mut after = from - 1;
         while after < committed {
             let (events, upto) = self.fetch(after, committed)?;
+            // A compaction applied meanwhile may have discarded values the
+            // fetch read: the watches that needed them are cancelled instead.
+            self.cancel_compacted(committed, out).await?;
             for (id, w) in self.watches.iter_mut() {
                 if w.next_rev > upto {
                     continue;
@@ -251,8 +271,28 @@ impl WatchStream {
                     send_events(&self.api, *id, committed, batch, out).await?;
                 }
                 w.next_rev = upto + 1;
+                w.registered.advance(w.next_rev);
             }
             after = upto;
+        }
+        Ok(())
+    }
+
+    /// Cancels, with compact_revision, every watch that still owes a
+    /// revision below the compaction revision (as etcd does).
+    async fn cancel_compacted(&mut self, committed: i64, out: &mut Outbound) -> Result<(), Status> {
+        let compacted = self.api.store.compacted_revision();
+        let behind: Vec<i64> = self
+            .watches
+            .iter()
+            .filter(|(_, w)| w.next_rev <= committed && w.next_rev < compacted)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in behind {
+            self.watches.remove(&id);
+            self.api.metrics.watches.dec();
+            out.send(&self.compacted(id, compacted, String::new()))
+                .await?;
         }
         Ok(())
     }
@@ -300,6 +340,27 @@ impl WatchStream {
     }
 }
 
+/// How a new watch is answered.
+enum Admission {
+    Admitted(RegisteredWatch),
+    /// It starts below the compaction revision (etcd's answer).
+    Compacted(i64),
+    /// It starts below the admission floor a compaction notice raised.
+    BelowFloor(BelowFloor),
+}
+
+/// Admits a watch asked to start at `start` (0: from now on), whose first
+/// undelivered revision is `next`, on a node compacted at `compacted`.
+fn admit(registry: &Arc<WatchRegistry>, start: i64, next: i64, compacted: i64) -> Admission {
+    if start > 0 && start < compacted {
+        return Admission::Compacted(compacted);
+    }
+    match registry.admit(start, next) {
+        Ok(registered) => Admission::Admitted(registered),
+        Err(refused) => Admission::BelowFloor(refused),
+    }
+}
+
 async fn send_events(
     api: &EtcdApi,
     watch_id: i64,
@@ -314,4 +375,38 @@ async fn send_events(
         ..Default::default()
     };
     out.send(&resp).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_watch_below_the_compaction_or_the_floor_is_refused() {
+        let registry = Arc::new(WatchRegistry::default());
+        registry.set_floor(20).unwrap();
+        let answer =
+            |start: i64| match admit(&registry, start, if start > 0 { start } else { 31 }, 10) {
+                Admission::Admitted(registered) => Ok(registered),
+                Admission::Compacted(at) => Err(format!("compacted at {at}")),
+                Admission::BelowFloor(refused) => Err(refused.to_string()),
+            };
+        assert_eq!(
+            answer(9).err().unwrap(),
+            "compacted at 10",
+            "etcd's answer first"
+        );
+        let refused = "required revision 10 has been compacted; compaction revision is 20";
+        assert_eq!(answer(10).err().unwrap(), refused);
+        assert!(answer(19).is_err());
+        let at_floor = answer(20).ok().unwrap();
+        let from_now = answer(0).ok().unwrap();
+        assert_eq!(
+            registry.min_next(),
+            Some(20),
+            "admitted watches are registered"
+        );
+        drop((at_floor, from_now));
+        assert_eq!(registry.min_next(), None);
+    }
 }

@@ -78,6 +78,8 @@ pub struct Metrics {
     pub client_request_duration: Hist,
     pub watchers: Gauge,
     pub watches: Gauge,
+    /// What this node answers GetMinWatchRevision.
+    pub watch_min_revision: Gauge,
     pub object_storage_writes: Count,
     pub object_storage_write_duration: Hist,
     pub object_storage_write_bytes: Hist,
@@ -90,6 +92,9 @@ pub struct Metrics {
     pub primary_write_duration: Hist,
     pub primary_object_storage_revision: Gauge,
     pub primary_quorum_rollbacks: Count,
+    pub primary_compactions: Count,
+    pub primary_compaction_coordination_duration: Hist,
+    pub primary_compaction_confirmation_failures: Count,
     /// Quorum batches: one replication round each (not in the reference).
     pub primary_replication_rounds: Counter,
     pub primary_required_receipts: Gauge,
@@ -220,6 +225,11 @@ impl Metrics {
             ),
             watchers: reg!("netsy_watchers", "Open watch streams", Gauge::default()),
             watches: reg!("netsy_watches", "Active watches", Gauge::default()),
+            watch_min_revision: reg!(
+                "netsy_watch_min_revision",
+                "Lowest revision an active watch still needs (the committed revision without watches)",
+                Gauge::default()
+            ),
             object_storage_writes: reg!(
                 "netsy_object_storage_writes",
                 "Object storage writes",
@@ -274,6 +284,21 @@ impl Metrics {
             primary_quorum_rollbacks: reg!(
                 "netsy_primary_quorum_rollbacks",
                 "Quorum writes rolled back",
+                Count::default()
+            ),
+            primary_compactions: reg!(
+                "netsy_primary_compactions",
+                "Cluster compaction cycles that were not skipped",
+                Count::default()
+            ),
+            primary_compaction_coordination_duration: reg!(
+                "netsy_primary_compaction_coordination_duration_seconds",
+                "Duration of cluster compaction cycles",
+                hist()
+            ),
+            primary_compaction_confirmation_failures: reg!(
+                "netsy_primary_compaction_confirmation_failures",
+                "Compaction notices a node did not confirm",
                 Count::default()
             ),
             primary_replication_rounds: reg!(

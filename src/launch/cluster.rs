@@ -29,6 +29,8 @@ pub struct ClusterSpec {
     pub primary_prior_timeout: String,
     /// NETSY_TEST_ELECTION_SPEEDUP; None keeps the reference's timings.
     pub speedup: Option<u32>,
+    /// compaction_interval (a Go duration); None leaves it unset (off).
+    pub compaction_interval: Option<String>,
 }
 
 impl ClusterSpec {
@@ -44,6 +46,7 @@ impl ClusterSpec {
             deregistration_timeout: "3m".into(),
             primary_prior_timeout: "5s".into(),
             speedup: None,
+            compaction_interval: None,
         }
     }
 
@@ -55,7 +58,7 @@ impl ClusterSpec {
   "storage": {},
   "heartbeat_interval": "{}",
   "elector": {{"degradation_count": 2, "deregistration_timeout": "{}", "primary_prior_timeout": "{}"}},
-  "replication": {{"quorum": {}, "degradation_count": 2, "chunk_buffer": {{"threshold_size_mb": 4, "threshold_age_minutes": 1}}}},
+  "replication": {{"quorum": {}, "degradation_count": 2, "chunk_buffer": {{"threshold_size_mb": 4, "threshold_age_minutes": 1}}}},{}
 }}
 "#,
             self.cluster_id,
@@ -63,7 +66,11 @@ impl ClusterSpec {
             self.heartbeat_interval,
             self.deregistration_timeout,
             self.primary_prior_timeout,
-            self.quorum
+            self.quorum,
+            self.compaction_interval
+                .as_ref()
+                .map(|d| format!("\n  \"compaction_interval\": {d:?},"))
+                .unwrap_or_default()
         )
     }
 }

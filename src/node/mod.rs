@@ -1,9 +1,10 @@
 //! Node lifecycle: the composition of every part of a node, its role
 //! machine and the driver that starts and stops services on role changes,
-//! loading, membership in a cluster (outside --dev), the listeners and
-//! graceful shutdown.
+//! loading, membership in a cluster (outside --dev), the listeners, the
+//! cluster compaction scheduler and graceful shutdown.
 
 pub mod cluster;
+pub mod compaction;
 pub mod data_dir;
 pub mod driver;
 pub mod heartbeat;
@@ -16,7 +17,7 @@ pub mod role;
 pub mod status;
 
 use std::future::Future;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -216,6 +217,7 @@ async fn start(config: Config, role: Arc<RoleCell>) -> Result<Running, Failed> {
         ),
     })
     .map_err(failed)?;
+    let followed = Arc::new(AtomicBool::new(false));
     let follower = membership.as_ref().map(|_| {
         let view = view.clone();
         Arc::new(FollowerParts {
@@ -223,10 +225,12 @@ async fn start(config: Config, role: Arc<RoleCell>) -> Result<Running, Failed> {
             hub: hub.clone(),
             state: Arc::new(move || view.state()),
             heartbeat_interval,
+            followed: followed.clone(),
         })
     });
+    let bucket = log.store.clone();
     let leases = Arc::new(Leases::new(
-        log.store.clone(),
+        bucket.clone(),
         write_path.writer.clone(),
         store.clone(),
     ));
@@ -273,7 +277,7 @@ async fn start(config: Config, role: Arc<RoleCell>) -> Result<Running, Failed> {
         store: store.clone(),
         writer: write_path.writer.clone(),
         leases,
-        hub,
+        hub: hub.clone(),
         identity,
         health: role.clone(),
         cluster: info,
@@ -297,9 +301,23 @@ async fn start(config: Config, role: Arc<RoleCell>) -> Result<Running, Failed> {
             }),
         };
         let _ = m.late.primary.set(Arc::new(service));
+        let _ = m.late.hub.set(hub.clone());
+        if let Some(interval) = config.cluster.compaction_interval.filter(|d| !d.is_zero()) {
+            let scheduler = compaction::CompactionScheduler {
+                interval,
+                role: role.clone(),
+                bucket,
+                cluster: m.cluster.clone(),
+                hub: hub.clone(),
+                store: store.clone(),
+                writer: write_path.writer.clone(),
+                metrics: metrics.clone(),
+            };
+            tasks.spawn(scheduler.run(stop.clone()));
+        }
     }
     let api = Arc::new(EtcdApi { forwarding, ..api });
-    observe_store(&metrics, &store);
+    observe_store(&metrics, &store, &hub);
     if let Some(m) = &membership {
         m.loaded.store(true, Ordering::Release);
     }
@@ -311,7 +329,7 @@ async fn start(config: Config, role: Arc<RoleCell>) -> Result<Running, Failed> {
     });
     let driver = driver.spawn();
     if let Some(m) = &membership {
-        wait_for_primary(&m.cluster, &store).await;
+        wait_for_primary(&m.cluster, &store, &followed).await;
     }
     let client = apis.client;
     let cluster_id = &config.cluster.cluster_id;
@@ -389,13 +407,19 @@ const PRIMARY_WAIT: Duration = Duration::from_secs(60);
 
 /// A cluster member serves clients once the cluster has a Primary and its
 /// own store holds the cluster's first record: reading a cluster nobody
-/// has started yet would only show revision 0.
-async fn wait_for_primary(cluster: &membership::Cluster, store: &Store) {
+/// has started yet would only show revision 0. A replica also waits until
+/// it follows that Primary (`followed`): the stream's Initial carries the
+/// compaction revision, which must hold before watches are admitted.
+async fn wait_for_primary(cluster: &membership::Cluster, store: &Store, followed: &AtomicBool) {
     let deadline = tokio::time::Instant::now() + PRIMARY_WAIT;
     let mut states = cluster.subscribe();
     loop {
-        let primary = cluster.state().and_then(|s| s.primary).is_some();
-        if primary && store.committed_revision() >= 1 {
+        let ready = match cluster.state().and_then(|s| s.primary) {
+            Some(p) if p.node_id == cluster.me().node_id => true,
+            Some(_) => followed.load(Ordering::Acquire),
+            None => false,
+        };
+        if ready && store.committed_revision() >= 1 {
             return;
         }
         if tokio::time::Instant::now() >= deadline {
@@ -523,12 +547,13 @@ fn observe_node(metrics: &Metrics, config: &Config, role: &Arc<RoleCell>, start_
     });
 }
 
-/// The store's revisions in /metrics.
-fn observe_store(metrics: &Metrics, store: &Arc<Store>) {
-    let store = store.clone();
+/// The store's revisions and what the watches still need in /metrics.
+fn observe_store(metrics: &Metrics, store: &Arc<Store>, hub: &Arc<WatchHub>) {
+    let (store, hub) = (store.clone(), hub.clone());
     metrics.on_scrape(move |m| {
         m.latest_revision.set(store.latest_revision());
         m.committed_revision.set(store.committed_revision());
         m.compaction_revision.set(store.compacted_revision());
+        m.watch_min_revision.set(hub.min_watch_revision());
     });
 }

@@ -1,9 +1,10 @@
 //! The peer API this node serves (mTLS, role peer): the Node service
-//! (GetNodeState, PushClusterState) on every node, the Elector service,
-//! which answers only while this node holds the lock, the Primary service
-//! (Follow, SendHeartbeat) and the etcd write and read methods replicas
-//! forward, both bound once the node has loaded. Errors become the
-//! reference's statuses here, at the edge.
+//! (GetNodeState, PushClusterState, and once loaded the compaction
+//! protocol's GetMinWatchRevision and SendCompactionNotice) on every node,
+//! the Elector service, which answers only while this node holds the lock,
+//! the Primary service (Follow, SendHeartbeat) and the etcd write and read
+//! methods replicas forward, both bound once the node has loaded. Errors
+//! become the reference's statuses here, at the edge.
 
 use std::sync::{Arc, OnceLock};
 
@@ -11,10 +12,12 @@ use crate::election::cluster_state::{ClusterState, Refused};
 use crate::election::elector::{Elector, ElectorError};
 use crate::grpc::{bidi_streaming, unary, Call, Handler, RequestContext, Router, Status};
 use crate::pb::netsy::{
-    ClusterState as WireClusterState, DeregisterNodeRequest, GetMemberListRequest, NodeState,
+    ClusterState as WireClusterState, CompactionNotice, CompactionNoticeResponse,
+    DeregisterNodeRequest, GetMemberListRequest, MinWatchRevisionResponse, NodeState,
     PrimaryMessage, RegisterNodeRequest, ReplicaMessage,
 };
 use crate::replication::PrimaryService;
+use crate::watch::WatchHub;
 
 use super::cluster::Cluster;
 use super::status::NodeView;
@@ -69,6 +72,8 @@ pub struct LateServices {
     /// The etcd methods a replica forwards to the Primary (served without
     /// forwarding again).
     pub etcd: OnceLock<Router>,
+    /// This node's watches, which the compaction protocol asks about.
+    pub hub: OnceLock<Arc<WatchHub>>,
 }
 
 /// The etcd methods served on the peer API.
@@ -141,6 +146,37 @@ fn add_primary(r: &mut Router, late: &Arc<LateServices>) {
     );
 }
 
+fn add_compaction(r: &mut Router, late: &Arc<LateServices>) {
+    const NODE: &str = "netsy.Node";
+    let l = late.clone();
+    r.add(
+        NODE,
+        "GetMinWatchRevision",
+        unary(move |_req: (), _ctx| {
+            let l = l.clone();
+            async move {
+                let hub = l.hub.get().ok_or_else(still_loading)?;
+                Ok::<MinWatchRevisionResponse, Status>(super::compaction::min_watch_revision(hub))
+            }
+        }),
+    );
+    let l = late.clone();
+    r.add(
+        NODE,
+        "SendCompactionNotice",
+        unary(move |req: CompactionNotice, _ctx| {
+            let l = l.clone();
+            async move {
+                let hub = l.hub.get().ok_or_else(still_loading)?;
+                let accepted = super::compaction::receive_notice(hub, req.compaction_revision);
+                Ok::<CompactionNoticeResponse, Status>(CompactionNoticeResponse {
+                    confirmed: accepted.is_ok(),
+                })
+            }
+        }),
+    );
+}
+
 pub fn router(view: Arc<NodeView>, cluster: Arc<Cluster>, late: Arc<LateServices>) -> Router {
     let mut r = Router::new();
     add_primary(&mut r, &late);
@@ -157,7 +193,7 @@ pub fn router(view: Arc<NodeView>, cluster: Arc<Cluster>, late: Arc<LateServices
             async move { Ok::<NodeState, Status>(view.state()) }
         }),
     );
-    r.add_unimplemented(NODE, &["GetMinWatchRevision", "SendCompactionNotice"]);
+    add_compaction(&mut r, &late);
     let c = cluster.clone();
     r.add(
         NODE,

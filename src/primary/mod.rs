@@ -2,11 +2,13 @@
 //! local database and a durable store behind the [`Durability`] seam (the
 //! bucket, or a quorum of replicas behind the [`Replicas`] seam),
 //! publication to readers and watchers, recovery when durability fails, and
-//! preflight before a Primary takes writes. Knows nothing of the etcd wire
-//! or of gRPC: callers get [`WriteError`]s.
+//! preflight before a Primary takes writes, and the decisions of the
+//! cluster compaction cycle. Knows nothing of the etcd wire or of gRPC:
+//! callers get [`WriteError`]s.
 
 pub mod buffer;
 pub mod committer;
+pub mod compaction;
 pub mod core;
 pub mod durability;
 pub mod error;

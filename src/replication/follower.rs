@@ -5,6 +5,7 @@
 //! and watchers, never beyond what this stream has confirmed. Reconnects
 //! after a loss.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,6 +37,9 @@ pub struct FollowerParts {
     /// A plain heartbeat goes on the stream when no receipt went for this
     /// long.
     pub heartbeat_interval: Duration,
+    /// Set once a stream's Initial is applied: this node knows the
+    /// Primary's compaction revision.
+    pub followed: Arc<AtomicBool>,
 }
 
 /// Follows the Primary at `primary` until the task is aborted.
@@ -122,6 +126,7 @@ async fn follow_once(
         compaction,
     };
     apply.compact().map_err(|e| e.to_string())?;
+    parts.followed.store(true, Ordering::Release);
     let mut sender = call.sender;
     let mut last_sent = Instant::now();
     let mut tick = tokio::time::interval(parts.heartbeat_interval);

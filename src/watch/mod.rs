@@ -1,12 +1,18 @@
 //! Watch hub: the committed revision as a signal, plus a bounded ring of
 //! recent events. Watch streams pull from it at their own pace (falling back
 //! to the store for older history), so a slow consumer never blocks a write
-//! or another watcher, and no event is ever skipped.
+//! or another watcher, and no event is ever skipped. The hub also keeps the
+//! node's [`WatchRegistry`]: what its active watches still need, and the
+//! admission floor the compaction protocol raises.
+
+pub mod registry;
 
 use std::collections::VecDeque;
 use std::sync::{Arc, RwLock};
 
 use crate::store::{KvEntry, Record, Store, StoreError};
+
+pub use registry::{BelowFloor, RegisteredWatch, WatchBelow, WatchRegistry};
 
 /// One committed change: the key as the change left it (a tombstone for a
 /// delete) and, when the key existed before, as it was.
@@ -95,6 +101,7 @@ struct Ring {
 pub struct WatchHub {
     ring: RwLock<Ring>,
     committed: tokio::sync::watch::Sender<i64>,
+    watches: Arc<WatchRegistry>,
 }
 
 impl WatchHub {
@@ -109,7 +116,18 @@ impl WatchHub {
                 limits,
             }),
             committed: tx,
+            watches: Arc::default(),
         }
+    }
+
+    /// The node's active watches and admission floor.
+    pub fn watches(&self) -> &Arc<WatchRegistry> {
+        &self.watches
+    }
+
+    /// What this node answers GetMinWatchRevision.
+    pub fn min_watch_revision(&self) -> i64 {
+        self.watches.min_needed(self.committed())
     }
 
     /// Adds committed events (ascending) and announces the new committed
