@@ -181,7 +181,11 @@ fn tree(dir: &std::path::Path) -> Vec<(String, u64)> {
                 todo.push(e.path());
             } else {
                 let name = e.path().strip_prefix(dir).unwrap().display().to_string();
-                out.push((name, meta.len()));
+                // The running node's bucket keeps spare temp files ready
+                // and refills them in the background.
+                if !name.contains(".netsy-tmp/spare-") {
+                    out.push((name, meta.len()));
+                }
             }
         }
     }
