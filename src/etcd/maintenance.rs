@@ -1,12 +1,14 @@
-//! The Maintenance service: Status and Alarm reflect this node's health;
-//! plus the standard gRPC health check.
+//! The Maintenance service: Status and Alarm reflect this node's health,
+//! Defragment and HashKV act on its local database; plus the standard gRPC
+//! health check.
 
 use std::sync::Arc;
 
 use crate::grpc::{RequestContext, Status};
 use crate::pb::etcdserverpb::alarm_request::AlarmAction;
 use crate::pb::etcdserverpb::{
-    AlarmMember, AlarmRequest, AlarmResponse, AlarmType, StatusRequest, StatusResponse,
+    AlarmMember, AlarmRequest, AlarmResponse, AlarmType, DefragmentRequest, DefragmentResponse,
+    HashKvRequest, HashKvResponse, StatusRequest, StatusResponse,
 };
 
 use super::{EtcdApi, ETCD_VERSION};
@@ -35,6 +37,37 @@ pub async fn status(api: Arc<EtcdApi>, _req: StatusRequest) -> Result<StatusResp
         errors,
         db_size_in_use,
         is_learner: false,
+    })
+}
+
+/// Runs on this node only, as etcd's does on the member it is sent to.
+pub async fn defragment(
+    api: Arc<EtcdApi>,
+    _req: DefragmentRequest,
+) -> Result<DefragmentResponse, Status> {
+    let store = api.store.clone();
+    tokio::task::spawn_blocking(move || store.defragment())
+        .await
+        .map_err(|e| Status::internal(format!("defragment task failed: {e}")))?
+        .map_err(|e| Status::internal(format!("defragment: {e}")))?;
+    Ok(DefragmentResponse {
+        header: Some(api.header(api.store.committed_revision())),
+    })
+}
+
+/// This node's history as a checksum (not etcd's own hash: compare
+/// members of one netsy cluster with each other).
+pub async fn hash_kv(api: Arc<EtcdApi>, req: HashKvRequest) -> Result<HashKvResponse, Status> {
+    let store = api.store.clone();
+    let (hash, compact_revision, _) =
+        tokio::task::spawn_blocking(move || store.hash_kv(req.revision))
+            .await
+            .map_err(|e| Status::internal(format!("hashkv task failed: {e}")))?
+            .map_err(super::errors::from_store)?;
+    Ok(HashKvResponse {
+        header: Some(api.header(api.store.committed_revision())),
+        hash,
+        compact_revision,
     })
 }
 

@@ -282,16 +282,21 @@ pub fn router(api: Arc<EtcdApi>) -> Router {
         "Alarm",
         unary(move |req, _| maintenance::alarm(a.clone(), req)),
     );
+    let a = api.clone();
+    r.add(
+        MAINTENANCE,
+        "Defragment",
+        unary(move |req, _| maintenance::defragment(a.clone(), req)),
+    );
+    let a = api.clone();
+    r.add(
+        MAINTENANCE,
+        "HashKV",
+        unary(move |req, _| maintenance::hash_kv(a.clone(), req)),
+    );
     r.add_unimplemented(
         MAINTENANCE,
-        &[
-            "Defragment",
-            "Hash",
-            "HashKV",
-            "Snapshot",
-            "MoveLeader",
-            "Downgrade",
-        ],
+        &["Hash", "Snapshot", "MoveLeader", "Downgrade"],
     );
 
     r.add_unimplemented(

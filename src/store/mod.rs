@@ -395,6 +395,76 @@ impl Store {
         self.with_reader(sqlite::db_size)
     }
 
+    /// etcd's Defragment in SQLite terms (checkpoint, VACUUM). Writes wait
+    /// meanwhile, as they do on etcd.
+    pub fn defragment(&self) -> Result<(), StoreError> {
+        sqlite::defragment(&self.writer())
+    }
+
+    /// A checksum of the history readable at `revision` (0: the committed
+    /// one), for comparing members (etcd's HashKV): every key live at the
+    /// compaction revision with its value, then every write after it up to
+    /// `revision`, in revision order. Nodes holding the same history and
+    /// compaction revision give the same hash. Returns (hash, compaction
+    /// revision, revision hashed).
+    pub fn hash_kv(&self, revision: i64) -> Result<(u32, i64, i64), StoreError> {
+        const CRC: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
+        /// Records read from SQLite at a time.
+        const PAGE: usize = 10_000;
+        let (mut base, compacted, at) = {
+            let index = self.index();
+            let committed = self.committed_revision();
+            let compacted = self.compacted_revision();
+            let at = if revision <= 0 { committed } else { revision };
+            if at > committed {
+                return Err(StoreError::FutureRevision);
+            }
+            if at < compacted {
+                return Err(StoreError::Compacted);
+            }
+            let all = KeyRange::new(&Bytes::from_static(b"\0"), &Bytes::from_static(b"\0"));
+            let base: Vec<KvEntry> = index
+                .scan(&all, compacted)
+                .map(|e| KvEntry::from_entry(&e))
+                .collect();
+            (base, compacted, at)
+        };
+        self.load_values(&mut base)?;
+        let mut digest = CRC.digest();
+        let mut feed = |key: &[u8], rev: Rev, value: &[u8]| {
+            for n in [rev.revision, rev.create_revision, rev.version, rev.lease] {
+                digest.update(&n.to_be_bytes());
+            }
+            digest.update(&[rev.deleted as u8]);
+            digest.update(&(key.len() as u64).to_be_bytes());
+            digest.update(key);
+            digest.update(&(value.len() as u64).to_be_bytes());
+            digest.update(value);
+        };
+        for e in &base {
+            feed(&e.key, e.rev, e.value.as_deref().unwrap_or_default());
+        }
+        let mut from = compacted + 1;
+        while from <= at {
+            let page = self.records_between(from, at, PAGE)?;
+            let Some(last) = page.last().map(|r| r.revision) else {
+                break;
+            };
+            for r in page.iter().filter(|r| !r.is_internal()) {
+                let rev = Rev {
+                    revision: r.revision,
+                    create_revision: r.create_revision,
+                    version: r.version,
+                    lease: r.lease,
+                    deleted: r.deleted,
+                };
+                feed(&r.key, rev, r.value.as_deref().unwrap_or_default());
+            }
+            from = last + 1;
+        }
+        Ok((digest.finalize(), compacted, at))
+    }
+
     /// Whether a lease exists.
     pub fn lease_exists(&self, id: i64) -> bool {
         self.leases
@@ -1136,5 +1206,39 @@ mod tests {
         assert_eq!(size, 0, "{} after the import", wal.display());
         let got = store.records_between(2, 2, 1).unwrap();
         assert_eq!(got[0].value.as_deref(), Some(&b"v2"[..]));
+    }
+
+    #[test]
+    fn hash_kv_follows_the_history_and_its_compaction() {
+        let history = |last_value: &str| {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(dir.path()).unwrap();
+            let mut records = vec![Record::internal("n"), put(2), put(3)];
+            let mut last = put(4);
+            last.value = Some(Bytes::from(last_value.to_string()));
+            records.push(last);
+            store.append_committed(batch(records)).unwrap();
+            (dir, store)
+        };
+        let (_a, a) = history("v4");
+        let (_b, b) = history("v4");
+        let (_c, c) = history("other");
+        let (hash, compacted, at) = a.hash_kv(0).unwrap();
+        assert_eq!((compacted, at), (0, 4));
+        assert_eq!(b.hash_kv(0).unwrap().0, hash, "same history, same hash");
+        assert_ne!(c.hash_kv(0).unwrap().0, hash, "a different value");
+        assert_eq!(
+            c.hash_kv(3).unwrap().0,
+            a.hash_kv(3).unwrap().0,
+            "same up to 3"
+        );
+        assert_ne!(a.hash_kv(3).unwrap().0, hash);
+        assert!(matches!(a.hash_kv(5), Err(StoreError::FutureRevision)));
+        a.compact(3).unwrap();
+        b.compact(3).unwrap();
+        assert!(matches!(a.hash_kv(2), Err(StoreError::Compacted)));
+        let (after, compacted, _) = a.hash_kv(0).unwrap();
+        assert_eq!(compacted, 3);
+        assert_eq!(b.hash_kv(0).unwrap().0, after, "compacted alike, same hash");
     }
 }

@@ -448,6 +448,15 @@ pub fn leases(conn: &Connection) -> Result<Vec<LeaseRow>, StoreError> {
 }
 
 /// (db_size, db_size_in_use) in bytes.
+/// Reclaims free pages: the WAL is folded into the database, the database
+/// is rebuilt without free pages, and the WAL is emptied again.
+pub fn defragment(conn: &Connection) -> Result<(), StoreError> {
+    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+    conn.execute_batch("VACUUM")?;
+    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+    Ok(())
+}
+
 pub fn db_size(conn: &Connection) -> Result<(i64, i64), StoreError> {
     let page_count: i64 = conn.pragma_query_value(None, "page_count", |r| r.get(0))?;
     let page_size: i64 = conn.pragma_query_value(None, "page_size", |r| r.get(0))?;

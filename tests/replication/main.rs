@@ -162,6 +162,20 @@ fn writes_through_every_node_are_read_and_watched_on_every_node() {
     let rounds = metric(&t, primary, "netsy_primary_replication_rounds_total");
     assert!(rounds >= 10.0, "quorum rounds: {rounds}");
 
+    // Every member holds the same history: HashKV at one revision agrees
+    // (and a different revision does not).
+    let hash = |i: usize, revision: i64| {
+        block_on(async {
+            let mut c = t.client(i).await;
+            c.hash_kv(revision).await.unwrap().hash()
+        })
+    };
+    let on_primary = hash(primary, last);
+    for i in 0..3 {
+        assert_eq!(hash(i, last), on_primary, "HashKV of node {i} at {last}");
+    }
+    assert_ne!(hash(primary, last - 1), on_primary);
+
     // A replica that has not applied a write yet: a serializable read
     // shows the older value, a default read waits until it has applied.
     let replica = (primary + 1) % 3;
