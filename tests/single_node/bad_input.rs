@@ -170,12 +170,12 @@ async fn protocol_errors_are_refused_cleanly() {
     );
     expect(
         ch.unary::<_, RangeResponse>(
-            "/etcdserverpb.Maintenance/Defragment",
+            "/etcdserverpb.Maintenance/MoveLeader",
             &RangeRequest::default(),
         )
         .await,
         Code::Unimplemented,
-        "method Defragment not implemented",
+        "method MoveLeader not implemented",
     );
 
     // Malformed protobuf: a field header promising more bytes than follow.
