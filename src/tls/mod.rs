@@ -1,7 +1,8 @@
 //! mTLS: certificate files from `NETSY_TLS_*`, rustls configurations per
-//! listener (TLS 1.3 only, client certificates required and verified
-//! against the cluster CA, then authorised by the `netsy://` identity and
-//! the listener's role), the client configuration for outbound peer
+//! listener (the peer API TLS 1.3 only, the client API TLS 1.3 or 1.2 with
+//! ECDHE and AEAD suites; client certificates required and verified against
+//! the cluster CA, then authorised by the `netsy://` identity and the
+//! listener's role), the client configuration for outbound peer
 //! connections, and the checks a node runs on its own certificates at start.
 
 pub mod certs;
@@ -19,7 +20,7 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{
     ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig,
-    SignatureScheme,
+    SignatureScheme, SupportedCipherSuite, SupportedProtocolVersion,
 };
 
 use crate::config::node_env::TlsPaths;
@@ -27,6 +28,46 @@ pub use identity::{Identity, Role};
 
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The TLS versions the listener admitting `role` accepts. The peer API is
+/// TLS 1.3 only (the reference's rule). The client API also takes TLS 1.2:
+/// etcd's Go client capped TLS at 1.2 until 3.5.8, so etcdctl 3.5.x and the
+/// kube-apiserver builds vendoring it cannot speak 1.3.
+pub fn listener_versions(role: Role) -> &'static [&'static SupportedProtocolVersion] {
+    static CLIENT: [&SupportedProtocolVersion; 2] =
+        [&rustls::version::TLS13, &rustls::version::TLS12];
+    static PEER: [&SupportedProtocolVersion; 1] = [&rustls::version::TLS13];
+    match role {
+        Role::Client => &CLIENT,
+        Role::Peer => &PEER,
+    }
+}
+
+/// The cipher suites our listeners offer: every TLS 1.3 suite, and for
+/// TLS 1.2 only ECDHE key exchange with AEAD ciphers (no CBC, no RSA key
+/// exchange). Listed explicitly so a change of rustls' defaults cannot
+/// widen them.
+pub fn listener_cipher_suites() -> Vec<SupportedCipherSuite> {
+    use rustls::crypto::ring::cipher_suite as cs;
+    vec![
+        cs::TLS13_AES_256_GCM_SHA384,
+        cs::TLS13_AES_128_GCM_SHA256,
+        cs::TLS13_CHACHA20_POLY1305_SHA256,
+        cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+        cs::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+        cs::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+        cs::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+    ]
+}
+
+fn listener_provider() -> Arc<CryptoProvider> {
+    Arc::new(CryptoProvider {
+        cipher_suites: listener_cipher_suites(),
+        ..rustls::crypto::ring::default_provider()
+    })
 }
 
 /// The node's certificate material, loaded and parsed.
@@ -209,7 +250,10 @@ impl TlsMaterial {
         Ok(())
     }
 
-    /// The server configuration of a listener accepting `role`.
+    /// The server configuration of a listener accepting `role`, with
+    /// [`listener_versions`] and [`listener_cipher_suites`]. The client
+    /// certificate is verified and authorised the same way under TLS 1.2
+    /// and 1.3.
     pub fn server_config(&self, role: Role, cluster_id: &str) -> Result<Arc<ServerConfig>, String> {
         let inner = WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider())
             .build()
@@ -219,8 +263,8 @@ impl TlsMaterial {
             role,
             cluster_id: cluster_id.to_string(),
         });
-        let mut config = ServerConfig::builder_with_provider(provider())
-            .with_protocol_versions(&[&rustls::version::TLS13])
+        let mut config = ServerConfig::builder_with_provider(listener_provider())
+            .with_protocol_versions(listener_versions(role))
             .map_err(|e| format!("TLS: {e}"))?
             .with_client_cert_verifier(verifier)
             .with_single_cert(self.server_chain.clone(), self.server_key.clone_key())
@@ -411,5 +455,35 @@ mod tests {
         assert_eq!(host_of("127.0.0.1:2378"), Some("127.0.0.1"));
         assert_eq!(host_of("[::1]:2378"), Some("::1"));
         assert_eq!(host_of(":2378"), None);
+    }
+
+    #[test]
+    fn only_the_client_listener_takes_tls12() {
+        let names = |role| {
+            listener_versions(role)
+                .iter()
+                .map(|v| format!("{:?}", v.version))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(Role::Client), ["TLSv1_3", "TLSv1_2"]);
+        assert_eq!(names(Role::Peer), ["TLSv1_3"]);
+    }
+
+    #[test]
+    fn tls12_suites_are_ecdhe_with_aead_only() {
+        let suites: Vec<String> = listener_cipher_suites()
+            .iter()
+            .map(|s| format!("{:?}", s.suite()))
+            .collect();
+        let (tls13, tls12): (Vec<&String>, Vec<&String>) =
+            suites.iter().partition(|s| s.starts_with("TLS13_"));
+        assert_eq!((tls13.len(), tls12.len()), (3, 6), "{suites:?}");
+        for s in tls12 {
+            assert!(
+                (s.starts_with("TLS_ECDHE_ECDSA_WITH_") || s.starts_with("TLS_ECDHE_RSA_WITH_"))
+                    && (s.contains("_GCM_") || s.contains("_CHACHA20_POLY1305_")),
+                "{s}"
+            );
+        }
     }
 }

@@ -2,7 +2,9 @@
 //! JSONC config with an S3 bucket, certificates from `netsy certs`-style
 //! issuance) serves only clients with the right certificate, refuses
 //! everything else at the handshake, and refuses to start with bad
-//! certificates of its own.
+//! certificates of its own. The client listener speaks TLS 1.3 and 1.2
+//! (ECDHE with AEAD suites only, for etcdctl 3.5.x), the peer listener 1.3
+//! only.
 
 #[path = "../support/mod.rs"]
 mod support;
@@ -132,6 +134,10 @@ fn chain(path: &Path) -> Vec<CertificateDer<'static>> {
         .collect()
 }
 
+/// What netsy logs when a client offers only TLS 1.2 to a TLS 1.3-only
+/// listener.
+const TLS12_NOT_ENABLED: &str = "failed: peer is incompatible: Tls12NotOfferedOrEnabled";
+
 /// Where a refused certificate is presented.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Port {
@@ -205,6 +211,136 @@ impl Target {
         }
     }
 
+    /// A TLS 1.2-only client configuration (what etcdctl 3.5.x's Go client
+    /// offers) with rustls' default suites, presenting `cert` (or none).
+    fn config12(&self, cert: Option<&(PathBuf, PathBuf)>) -> Arc<rustls::ClientConfig> {
+        self.config12_with(cert, rustls::crypto::ring::DEFAULT_CIPHER_SUITES.to_vec())
+    }
+
+    /// A TLS 1.2-only client configuration offering only `suites`.
+    fn config12_with(
+        &self,
+        cert: Option<&(PathBuf, PathBuf)>,
+        suites: Vec<rustls::SupportedCipherSuite>,
+    ) -> Arc<rustls::ClientConfig> {
+        let provider = rustls::crypto::CryptoProvider {
+            cipher_suites: suites,
+            ..rustls::crypto::ring::default_provider()
+        };
+        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+            .with_protocol_versions(&[&rustls::version::TLS12])
+            .unwrap()
+            .with_root_certificates(self.roots.clone());
+        let mut c = match cert {
+            Some((crt, key)) => builder
+                .with_client_auth_cert(chain(crt), PrivateKeyDer::from_pem_file(key).unwrap())
+                .unwrap(),
+            None => builder.with_no_client_auth(),
+        };
+        c.alpn_protocols = vec![b"h2".to_vec()];
+        Arc::new(c)
+    }
+
+    /// A completed handshake's version and cipher suite, as rustls names
+    /// them ("TLSv1_2 TLS_ECDHE_…"), or the handshake's error.
+    async fn negotiated(
+        &self,
+        port: Port,
+        config: Arc<rustls::ClientConfig>,
+    ) -> Result<String, String> {
+        let addr = self.port(port).to_string();
+        let attempt = async move {
+            let tcp = tokio::net::TcpStream::connect(&addr)
+                .await
+                .map_err(|e| e.to_string())?;
+            let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+            let tls = tokio_rustls::TlsConnector::from(config)
+                .connect(name, tcp)
+                .await
+                .map_err(|e| format!("handshake: {e}"))?;
+            let conn = tls.get_ref().1;
+            Ok(format!(
+                "{:?} {:?}",
+                conn.protocol_version().unwrap(),
+                conn.negotiated_cipher_suite().unwrap().suite()
+            ))
+        };
+        tokio::time::timeout(DEADLINE, attempt)
+            .await
+            .map_err(|_| "timed out".to_string())?
+    }
+
+    /// netsy's answer to a hand-built TLS 1.2 ClientHello offering only
+    /// `suites` (IANA numbers) and otherwise what a modern client sends
+    /// (ECDHE groups, point formats, signature algorithms, EMS, ALPN h2):
+    /// "ServerHello 0x…" naming the chosen suite, or "alert N". rustls has
+    /// no CBC or RSA key exchange suites a client could offer instead.
+    async fn tls12_hello(&self, port: Port, suites: &[u16]) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let u16s = |v: &[u16]| v.iter().flat_map(|x| x.to_be_bytes()).collect::<Vec<u8>>();
+        let with_len = |v: Vec<u8>| [(v.len() as u16).to_be_bytes().to_vec(), v].concat();
+        let extension =
+            |kind: u16, data: Vec<u8>| [kind.to_be_bytes().to_vec(), with_len(data)].concat();
+        let extensions = [
+            // supported_groups: x25519, secp256r1
+            extension(0x000a, with_len(u16s(&[0x001d, 0x0017]))),
+            // ec_point_formats: uncompressed
+            extension(0x000b, vec![1, 0]),
+            // signature_algorithms: ecdsa_secp256r1_sha256, rsa_pss_rsae_sha256, rsa_pkcs1_sha256
+            extension(0x000d, with_len(u16s(&[0x0403, 0x0804, 0x0401]))),
+            // extended_master_secret
+            extension(0x0017, vec![]),
+            // renegotiation_info: initial handshake
+            extension(0xff01, vec![0]),
+            // ALPN: h2
+            extension(0x0010, with_len(vec![2, b'h', b'2'])),
+        ]
+        .concat();
+        let body = [
+            vec![3, 3],  // client_version TLS 1.2, no supported_versions
+            vec![7; 32], // random
+            vec![0],     // no session id
+            with_len(u16s(suites)),
+            vec![1, 0], // compression: null
+            with_len(extensions),
+        ]
+        .concat();
+        let len = (body.len() as u32).to_be_bytes();
+        let handshake = [vec![1], len[1..].to_vec(), body].concat();
+        let record = [vec![22, 3, 1], with_len(handshake)].concat();
+
+        let addr = self.port(port).to_string();
+        let attempt = async move {
+            let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            tcp.write_all(&record).await.unwrap();
+            let mut header = [0u8; 5];
+            tcp.read_exact(&mut header)
+                .await
+                .map_err(|e| format!("no answer: {e}"))?;
+            let mut payload = vec![0u8; u16::from_be_bytes([header[3], header[4]]) as usize];
+            tcp.read_exact(&mut payload)
+                .await
+                .map_err(|e| format!("a short record: {e}"))?;
+            match (header[0], payload.first()) {
+                (21, _) if payload.len() == 2 => Ok(format!("alert {}", payload[1])),
+                (22, Some(2)) => {
+                    // type, length(3), version(2), random(32), session id
+                    let sid = 4 + 2 + 32;
+                    let at = sid + 1 + payload[sid] as usize;
+                    Ok(format!(
+                        "ServerHello {:#06x}",
+                        u16::from_be_bytes([payload[at], payload[at + 1]])
+                    ))
+                }
+                _ => Err(format!("unexpected record {header:?} {payload:?}")),
+            }
+        };
+        tokio::time::timeout(DEADLINE, attempt)
+            .await
+            .unwrap_or_else(|_| Err("no answer before the deadline".to_string()))
+            .unwrap_or_else(|e| e)
+    }
+
     /// One request through netsy's own client: a Range on the client port,
     /// GetNodeState on the peer port.
     async fn netsy_client(
@@ -247,7 +383,19 @@ impl Target {
 
     /// `etcdctl34 get a` against `port` presenting `cert` (or none).
     fn etcdctl(&self, port: Port, cert: Option<&(PathBuf, PathBuf)>) -> Ran {
-        let mut cmd = Command::new(tool("etcdctl34"));
+        self.etcdctl_as("etcdctl34", port, cert, &["get", "a"])
+    }
+
+    /// `binary` (etcdctl34: 3.4, TLS 1.3; etcdctl: 3.5.1, TLS 1.2 only)
+    /// with `args` against `port`, presenting `cert` (or none).
+    fn etcdctl_as(
+        &self,
+        binary: &str,
+        port: Port,
+        cert: Option<&(PathBuf, PathBuf)>,
+        args: &[&str],
+    ) -> Ran {
+        let mut cmd = Command::new(tool(binary));
         cmd.env("ETCDCTL_API", "3")
             .arg(format!("--endpoints=https://{}", self.port(port)))
             .args(["--dial-timeout=2s", "--command-timeout=3s"])
@@ -256,7 +404,7 @@ impl Target {
             cmd.arg(format!("--cert={}", crt.display()))
                 .arg(format!("--key={}", key.display()));
         }
-        cmd.args(["get", "a"]);
+        cmd.args(args);
         run_bounded(cmd)
     }
 
@@ -388,6 +536,28 @@ impl Target {
         self.logs_more(case.log, before, name);
         self.still_serves(&format!("{name} (rustls)")).await;
 
+        // The same under TLS 1.2: the client listener verifies and
+        // authorises the certificate as under 1.3 (the alert ends the
+        // handshake, which under 1.2 finishes only after the client's
+        // certificate); the peer listener refuses the version itself.
+        let (alert12, log12) = match case.port {
+            Port::Client => (alert.clone(), case.log),
+            Port::Peer => (
+                "received fatal alert: ProtocolVersion".to_string(),
+                TLS12_NOT_ENABLED,
+            ),
+        };
+        let before = self.logged(log12);
+        let err = self.handshake_error(case.port, self.config12(cert)).await;
+        assert_eq!(
+            err,
+            format!("handshake: {alert12}"),
+            "{name}: the alert netsy sends a TLS 1.2 client"
+        );
+        self.logs_more(log12, before, name);
+        self.still_serves(&format!("{name} (rustls, TLS 1.2)"))
+            .await;
+
         // netsy's client: the alert, or the reset that overtook it.
         let before = self.logged(case.log);
         let err = self
@@ -430,6 +600,36 @@ impl Target {
         );
         self.logs_more(case.log, before, name);
         self.still_serves(&format!("{name} (etcdctl)")).await;
+
+        // etcdctl 3.5.1 speaks TLS 1.2, where the alert arrives inside the
+        // handshake, so it prints the reason (in Go's words).
+        let (go_alert, log35) = match case.port {
+            Port::Client => (go_alert(case.rustls), case.log),
+            Port::Peer => ("protocol version not supported", TLS12_NOT_ENABLED),
+        };
+        let before = self.logged(log35);
+        let out = self.etcdctl_as("etcdctl", case.port, cert, &["get", "a"]);
+        assert!(
+            !out.status.success()
+                && out
+                    .stderr
+                    .contains(&format!("remote error: tls: {go_alert}")),
+            "{name}, etcdctl 3.5.1: {out:?}"
+        );
+        self.logs_more(log35, before, name);
+        self.still_serves(&format!("{name} (etcdctl 3.5.1)")).await;
+    }
+}
+
+/// How Go's crypto/tls names the alert rustls calls `rustls`.
+fn go_alert(rustls: &str) -> &'static str {
+    match rustls {
+        "AccessDenied" => "access denied",
+        "CertificateExpired" => "expired certificate",
+        "CertificateRequired" => "certificate required",
+        "DecryptError" => "error decrypting message",
+        "UnknownCA" => "unknown certificate authority",
+        other => panic!("no Go name for the alert {other}"),
     }
 }
 
@@ -524,19 +724,22 @@ async fn client_certificates_are_required_and_authorised_per_listener() {
     };
     let addr = t.addr.clone();
 
-    // The right client certificate works: etcdctl, etcd-client, our client.
-    let mut put = Command::new(tool("etcdctl34"));
-    put.env("ETCDCTL_API", "3")
-        .arg(format!("--endpoints=https://{addr}"))
-        .args(["--dial-timeout=3s", "--command-timeout=5s"])
-        .arg(format!("--cacert={}", t.ca.display()))
-        .arg(format!("--cert={}", t.client.0.display()))
-        .arg(format!("--key={}", t.client.1.display()))
-        .args(["put", "a", "1"]);
-    let out = run_bounded(put);
+    // The right client certificate works: etcdctl 3.4 (TLS 1.3) and 3.5.1
+    // (TLS 1.2), etcd-client, our client.
+    let out = t.etcdctl_as(
+        "etcdctl34",
+        Port::Client,
+        Some(&t.client),
+        &["put", "a", "1"],
+    );
     assert!(
         out.status.success() && out.stdout.trim() == "OK",
         "etcdctl with a client certificate: {out:?}"
+    );
+    let out = t.etcdctl_as("etcdctl", Port::Client, Some(&t.client), &["get", "a"]);
+    assert!(
+        out.status.success() && out.stdout == "a\n1\n",
+        "etcdctl 3.5.1 get: {out:?}"
     );
     assert_eq!(
         t.etcd_client(Port::Client, Some(&t.client)).await,
@@ -702,60 +905,92 @@ async fn client_certificates_are_required_and_authorised_per_listener() {
         t.refuses(case).await;
     }
 
-    // TLS 1.2-only clients: our own, and etcdctl 3.5.1 (which caps at 1.2).
-    let mut tls12 = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS12])
-    .unwrap()
-    .with_root_certificates(t.roots.clone())
-    .with_client_auth_cert(
-        chain(&t.client.0),
-        PrivateKeyDer::from_pem_file(&t.client.1).unwrap(),
-    )
-    .unwrap();
-    tls12.alpn_protocols = vec![b"h2".to_vec()];
-    let tls12 = Arc::new(tls12);
-    let incompatible = "failed: peer is incompatible: Tls12NotOfferedOrEnabled";
-    let before = t.logged(incompatible);
+    // TLS 1.2 on the client listener, as etcdctl 3.5.x speaks it: each
+    // ECDHE-ECDSA AEAD suite completes the handshake (the node's key is
+    // ECDSA, so the ECDHE-RSA ones cannot be chosen here), and requests are
+    // served over it.
+    use rustls::crypto::ring::cipher_suite as cs;
+    for suite in [
+        cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+    ] {
+        assert_eq!(
+            t.negotiated(Port::Client, t.config12_with(Some(&t.client), vec![suite]))
+                .await,
+            Ok(format!("TLSv1_2 {:?}", suite.suite())),
+            "a TLS 1.2 client offering only {:?}",
+            suite.suite()
+        );
+    }
     assert_eq!(
-        t.handshake_error(Port::Client, tls12.clone()).await,
-        "handshake: received fatal alert: ProtocolVersion",
-        "a TLS 1.2-only client"
+        t.netsy_client(Port::Client, t.config12(Some(&t.client)))
+            .await
+            .as_deref(),
+        Ok("revision 2"),
+        "a TLS 1.2 netsy client"
     );
-    t.logs_more(incompatible, before, "a TLS 1.2-only client");
-    t.still_serves("a TLS 1.2-only client").await;
-    let before = t.logged(incompatible);
+
+    // Hand-built TLS 1.2 hellos: an AEAD suite is taken; only CBC suites,
+    // or only RSA key exchange, end in handshake_failure (40).
+    assert_eq!(
+        t.tls12_hello(Port::Client, &[0xc02b]).await,
+        "ServerHello 0xc02b",
+        "a TLS 1.2 hello offering ECDHE-ECDSA-AES128-GCM-SHA256"
+    );
+    let no_suite = "failed: peer is incompatible: NoCipherSuitesInCommon";
+    for (what, suites) in [
+        (
+            "ECDHE with CBC",
+            &[
+                0xc009, 0xc00a, 0xc023, 0xc024, 0xc013, 0xc014, 0xc027, 0xc028,
+            ][..],
+        ),
+        (
+            "RSA key exchange",
+            &[0x002f, 0x0035, 0x003c, 0x003d, 0x009c, 0x009d][..],
+        ),
+    ] {
+        let before = t.logged(no_suite);
+        assert_eq!(
+            t.tls12_hello(Port::Client, suites).await,
+            "alert 40",
+            "a TLS 1.2 hello offering only {what}"
+        );
+        t.logs_more(no_suite, before, what);
+    }
+    t.still_serves("TLS 1.2 hellos").await;
+
+    // The peer listener stays TLS 1.3 only: TLS 1.2 is refused with
+    // protocol_version (70) before any certificate is looked at.
+    let before = t.logged(TLS12_NOT_ENABLED);
+    assert_eq!(
+        t.handshake_error(Port::Peer, t.config12(Some(&t.peer)))
+            .await,
+        "handshake: received fatal alert: ProtocolVersion",
+        "a TLS 1.2 peer"
+    );
+    t.logs_more(TLS12_NOT_ENABLED, before, "a TLS 1.2 peer");
+    let before = t.logged(TLS12_NOT_ENABLED);
     let err = t
-        .netsy_client(Port::Client, tls12)
+        .netsy_client(Port::Peer, t.config12(Some(&t.peer)))
         .await
-        .expect_err("a TLS 1.2-only client must be refused");
+        .expect_err("a TLS 1.2 peer must be refused");
     assert!(
         err.starts_with("UNAVAILABLE: TLS handshake with ")
             && err.ends_with(": received fatal alert: ProtocolVersion"),
-        "a TLS 1.2-only netsy client: {err}"
+        "a TLS 1.2 netsy peer client: {err}"
     );
-    t.logs_more(incompatible, before, "a TLS 1.2-only netsy client");
-    t.still_serves("a TLS 1.2-only netsy client").await;
-    let before = t.logged(incompatible);
-    let mut old = Command::new(tool("etcdctl"));
-    old.env("ETCDCTL_API", "3")
-        .arg(format!("--endpoints=https://{addr}"))
-        .args(["--dial-timeout=2s", "--command-timeout=3s"])
-        .arg(format!("--cacert={}", t.ca.display()))
-        .arg(format!("--cert={}", t.client.0.display()))
-        .arg(format!("--key={}", t.client.1.display()))
-        .args(["get", "a"]);
-    let out = run_bounded(old);
-    assert!(
-        !out.status.success()
-            && out
-                .stderr
-                .contains("remote error: tls: protocol version not supported"),
-        "etcdctl 3.5.1 offers only TLS 1.2 and is refused: {out:?}"
+    t.logs_more(TLS12_NOT_ENABLED, before, "a TLS 1.2 netsy peer client");
+    assert_eq!(
+        t.tls12_hello(Port::Peer, &[0xc02b]).await,
+        "alert 70",
+        "a TLS 1.2 hello to the peer listener"
     );
-    t.logs_more(incompatible, before, "etcdctl 3.5.1");
-    t.still_serves("etcdctl 3.5.1").await;
+    t.still_serves("TLS 1.2 peers").await;
+
+    // openssl, a TLS 1.2 client independent of rustls and Go, when present.
+    openssl_tls12(&t);
 
     // After all that, good clients can still write.
     let put: PutResponse = {
@@ -774,9 +1009,94 @@ async fn client_certificates_are_required_and_authorised_per_listener() {
         .unwrap()
     };
     assert_eq!(put.header.unwrap().revision, 3);
+
+    // etcdctl 3.5.1 (TLS 1.2 only) writes, reads and reports status.
+    let out = t.etcdctl_as("etcdctl", Port::Client, Some(&t.client), &["put", "c", "3"]);
+    assert!(
+        out.status.success() && out.stdout.trim() == "OK",
+        "etcdctl 3.5.1 put: {out:?}"
+    );
+    let out = t.etcdctl_as("etcdctl", Port::Client, Some(&t.client), &["get", "c"]);
+    assert!(
+        out.status.success() && out.stdout == "c\n3\n",
+        "etcdctl 3.5.1 get: {out:?}"
+    );
+    let out = t.etcdctl_as(
+        "etcdctl",
+        Port::Client,
+        Some(&t.client),
+        &["endpoint", "status", "-w", "json"],
+    );
+    assert!(
+        out.status.success(),
+        "etcdctl 3.5.1 endpoint status: {out:?}"
+    );
+    let status: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(
+        (
+            &status[0]["Status"]["header"]["revision"],
+            &status[0]["Status"]["version"]
+        ),
+        (
+            &serde_json::json!(4),
+            &serde_json::json!(netsy::etcd::ETCD_VERSION)
+        ),
+        "etcdctl 3.5.1 endpoint status: {}",
+        out.stdout
+    );
+
     let log = node.log.snapshot().join("\n");
     assert!(log.contains(" DEBUG "), "the node ran with debug logging");
     assert_no_key_material(&log, &[&pki, &other, &stranger]);
+}
+
+/// `openssl s_client -tls1_2` against the client listener: with the
+/// client certificate and ECDHE-ECDSA-AES128-GCM-SHA256 it completes the
+/// handshake; offering only CBC suites or RSA key exchange it is refused.
+/// Skipped, saying so, where openssl is not installed.
+fn openssl_tls12(t: &Target) {
+    if Command::new("openssl").arg("version").output().is_err() {
+        println!("skipping the openssl TLS 1.2 checks: no openssl on PATH");
+        return;
+    }
+    let s_client = |ciphers: &str| {
+        let mut cmd = Command::new("openssl");
+        cmd.args(["s_client", "-brief", "-tls1_2", "-verify_return_error"])
+            .args(["-connect", &t.addr, "-cipher", ciphers])
+            .arg("-CAfile")
+            .arg(&t.ca)
+            .arg("-cert")
+            .arg(&t.client.0)
+            .arg("-key")
+            .arg(&t.client.1);
+        run_bounded(cmd)
+    };
+    let out = s_client("ECDHE-ECDSA-AES128-GCM-SHA256");
+    assert!(
+        out.status.success()
+            && out.stderr.contains("Protocol version: TLSv1.2")
+            && out
+                .stderr
+                .contains("Ciphersuite: ECDHE-ECDSA-AES128-GCM-SHA256"),
+        "openssl, TLS 1.2 with an AEAD suite: {out:?}"
+    );
+    // SECLEVEL=0 so openssl itself still offers these old suites.
+    for (what, ciphers) in [
+        (
+            "ECDHE with CBC",
+            "ECDHE-ECDSA-AES128-SHA:ECDHE-ECDSA-AES256-SHA384:ECDHE-RSA-AES128-SHA:@SECLEVEL=0",
+        ),
+        (
+            "RSA key exchange",
+            "AES128-SHA:AES256-SHA:AES128-GCM-SHA256:AES256-GCM-SHA384:@SECLEVEL=0",
+        ),
+    ] {
+        let out = s_client(ciphers);
+        assert!(
+            !out.status.success() && out.stderr.contains("alert handshake failure"),
+            "openssl, TLS 1.2 offering only {what}: {out:?}"
+        );
+    }
 }
 
 /// No private key of any of `pkis` (every *.key file written into their
