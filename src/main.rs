@@ -14,7 +14,8 @@ const USAGE: &str = "usage: netsy [--dev] [--config FILE] [-v|--verbose]
 
   --dev            one node, plain HTTP/2 on 127.0.0.1:2378, data in ./netsy-data
   --config FILE    cluster config (JSONC); overrides NETSY_CONFIG
-  --validate FILE  check a config file and the node environment, then exit
+  --validate FILE  check a config file and the node environment, print every
+                   problem, then exit (1 if there is any)
   -v, --verbose    debug logging (also NETSY_DEBUG=true; RUST_LOG wins)";
 
 #[derive(Default)]
@@ -94,8 +95,9 @@ fn inspect(args: &[String]) -> ExitCode {
             }
         },
         Some(config) => {
-            let fetched =
-                config::read_cluster_config(std::path::Path::new(config)).and_then(|cluster| {
+            let fetched = config::read_cluster_config(std::path::Path::new(config))
+                .map_err(|problems| problems.to_string())
+                .and_then(|cluster| {
                     let env = |name: &str| std::env::var(name).ok();
                     let store =
                         netsy::objstore::from_config(&cluster.storage, &env, &Default::default())?;
@@ -163,8 +165,8 @@ fn certs(args: &[String]) -> ExitCode {
         eprintln!("Error: --cluster and --out are required\n{usage}");
         return ExitCode::from(2);
     };
-    let checked = std::iter::once(("cluster id", &cluster))
-        .chain(nodes.iter().map(|n| ("node id", n)))
+    let checked = std::iter::once(("--cluster", &cluster))
+        .chain(nodes.iter().map(|n| ("--node", n)))
         .try_for_each(|(what, id)| config::identifier::validate(what, id));
     if let Err(e) = checked {
         eprintln!("Error: {e}");
@@ -213,28 +215,37 @@ fn main() -> ExitCode {
         println!(
             "netsy {} (commit {}, built {})",
             env!("CARGO_PKG_VERSION"),
-            env!("NETSY_GIT_COMMIT"),
-            env!("NETSY_BUILD_DATE")
+            env!("BUILD_GIT_COMMIT"),
+            env!("BUILD_DATE")
         );
         return ExitCode::SUCCESS;
     }
     let env = |name: &str| std::env::var(name).ok();
+    // Names that are not UTF-8 cannot be netsy's, and are skipped.
+    let env_names: Vec<String> = std::env::vars_os()
+        .filter_map(|(name, _)| name.into_string().ok())
+        .collect();
+    let env_names = env_names.iter().map(String::as_str);
     if let Some(path) = &cli.validate {
-        return match config::load(cli.dev, Some(path), &env) {
+        return match config::validate(cli.dev, Some(path), &env, env_names) {
             Ok(_) => {
                 println!("Config is valid.");
                 ExitCode::SUCCESS
             }
-            Err(e) => {
-                eprintln!("Validation failed: {e}");
+            Err(problems) => {
+                for problem in &problems.0 {
+                    eprintln!("Validation failed: {problem}");
+                }
                 ExitCode::from(1)
             }
         };
     }
     let cfg = match config::load(cli.dev, cli.config.as_deref(), &env) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("Error: {e}");
+        Err(problems) => {
+            for problem in &problems.0 {
+                eprintln!("Error: {problem}");
+            }
             return ExitCode::from(1);
         }
     };
@@ -244,6 +255,10 @@ fn main() -> ExitCode {
         &cfg.node.node_id,
         role.clone(),
     );
+    // A misspelt variable is otherwise silently ignored; one line each.
+    for problem in config::env_vars::unknown(env_names) {
+        log::warn!("{problem}");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
