@@ -16,7 +16,52 @@ const USAGE: &str = "usage: netsy [--dev] [--config FILE] [-v|--verbose]
   --config FILE    cluster config (JSONC); overrides NETSY_CONFIG
   --validate FILE  check a config file and the node environment, print every
                    problem, then exit (1 if there is any)
-  -v, --verbose    debug logging (also NETSY_DEBUG=true; RUST_LOG wins)";
+  -v, --verbose    debug logging (also NETSY_DEBUG=true; RUST_LOG wins)
+  -h, --help       this help; `netsy certs --help` and `netsy inspect --help` for theirs";
+
+/// `netsy --help`: the usage and every `NETSY_*` variable.
+fn help() -> String {
+    format!(
+        "{USAGE}
+
+Environment: the node's settings. Any other NETSY_* variable is a mistake:
+netsy warns about it at start and `--validate` fails on it.
+{}
+Object storage reads the standard AWS variables (AWS_ENDPOINT_URL, AWS_REGION,
+AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN,
+AWS_S3_USE_PATH_STYLE); RUST_LOG sets log levels. The cluster config's keys
+are described in deploy/config.jsonc; unknown keys are refused.",
+        config::env_vars::help_table()
+    )
+}
+
+const INSPECT_USAGE: &str = "usage: netsy inspect FILE
+       netsy inspect --config FILE OBJECT-KEY
+
+Prints a .netsy chunk or snapshot as JSON lines (header, records, footer)
+with a CRC verdict; exits 1 if the file is corrupt.
+
+  FILE                     a local .netsy file
+  --config FILE OBJECT-KEY an object in the bucket of that cluster config
+                           (e.g. snapshots/0000000000000000010.netsy)";
+
+const CERTS_USAGE: &str = "usage: netsy certs --cluster ID --node ID [--node ID]... [--client NAME]... [--host HOST]... --out DIR [--days N]
+
+Writes a development CA and the certificates of nodes and clients (keys
+0600; a CA already in DIR is reused).
+
+  --cluster ID    the cluster_id, the host of every netsy:// URI SAN
+  --node ID       a node: DIR/ID/server.crt and DIR/ID/peer.crt with keys (repeatable)
+  --client NAME   a client: DIR/client/NAME.crt and .key (repeatable)
+  --host HOST     a DNS name or IP the server certificates are also valid for
+                  (repeatable; localhost, 127.0.0.1 and ::1 always are)
+  --out DIR       where to write them (DIR/ca.crt, DIR/ca.key, ...)
+  --days N        certificate lifetime in days (default 365)";
+
+/// Whether `args` ask for help.
+fn wants_help(args: &[String]) -> bool {
+    args.iter().any(|a| a == "-h" || a == "--help")
+}
 
 #[derive(Default)]
 struct Cli {
@@ -78,11 +123,15 @@ fn init_logging(debug: bool, node_id: &str, role: Arc<RoleCell>) {
 /// `netsy inspect`: a local .netsy file, or an object key in the bucket of
 /// a cluster config.
 fn inspect(args: &[String]) -> ExitCode {
+    if wants_help(args) {
+        println!("{INSPECT_USAGE}");
+        return ExitCode::SUCCESS;
+    }
     let (config, target) = match args {
         [file] => (None, file),
         [flag, config, key] if flag == "--config" => (Some(config), key),
         _ => {
-            eprintln!("usage: netsy inspect FILE | netsy inspect --config FILE OBJECT-KEY");
+            eprintln!("{INSPECT_USAGE}");
             return ExitCode::from(2);
         }
     };
@@ -133,13 +182,16 @@ fn inspect(args: &[String]) -> ExitCode {
 /// `netsy certs`: a development CA and the certificates of nodes and
 /// clients (keys written 0600; an existing CA in DIR is reused).
 fn certs(args: &[String]) -> ExitCode {
-    let usage = "usage: netsy certs --cluster ID --node ID [--node ID]... [--client NAME]... [--host HOST]... --out DIR [--days N]";
+    if wants_help(args) {
+        println!("{CERTS_USAGE}");
+        return ExitCode::SUCCESS;
+    }
     let (mut cluster, mut out, mut days) = (None, None, 365i64);
     let (mut nodes, mut clients, mut hosts) = (Vec::new(), Vec::new(), Vec::new());
     let mut it = args.iter();
     while let Some(flag) = it.next() {
         let Some(value) = it.next() else {
-            eprintln!("Error: {flag} needs a value\n{usage}");
+            eprintln!("Error: {flag} needs a value\n{CERTS_USAGE}");
             return ExitCode::from(2);
         };
         match flag.as_str() {
@@ -156,13 +208,13 @@ fn certs(args: &[String]) -> ExitCode {
                 }
             },
             other => {
-                eprintln!("Error: unknown argument {other:?}\n{usage}");
+                eprintln!("Error: unknown argument {other:?}\n{CERTS_USAGE}");
                 return ExitCode::from(2);
             }
         }
     }
     let (Some(cluster), Some(out)) = (cluster, out) else {
-        eprintln!("Error: --cluster and --out are required\n{usage}");
+        eprintln!("Error: --cluster and --out are required\n{CERTS_USAGE}");
         return ExitCode::from(2);
     };
     let checked = std::iter::once(("--cluster", &cluster))
@@ -203,7 +255,7 @@ fn main() -> ExitCode {
     let cli = match parse_args(&args) {
         Ok(c) => c,
         Err(e) if e.is_empty() => {
-            println!("{USAGE}");
+            println!("{}", help());
             return ExitCode::SUCCESS;
         }
         Err(e) => {

@@ -1,6 +1,6 @@
 //! Every `NETSY_*` environment variable netsy knows: the one list that
-//! node settings read their defaults from and the unknown-variable check
-//! compares against, so the two cannot drift.
+//! node settings read their defaults from, `netsy --help` prints, and the
+//! unknown-variable check compares against, so the three cannot drift.
 
 use super::{suggest, Problem};
 
@@ -42,7 +42,7 @@ impl EnvVar {
         }
     }
 
-    /// How suggestions write it.
+    /// How `--help` and suggestions write it.
     pub fn display_name(&self) -> String {
         if self.family {
             format!("{}<NAME>", self.name)
@@ -160,7 +160,7 @@ pub const CLUSTER_ECHO: EnvVar = EnvVar::new(
     "tests only: the launcher echoes every node's log",
 );
 
-/// Every known variable.
+/// Every known variable, in `--help` order.
 pub const ALL: &[EnvVar] = &[
     CONFIG,
     NODE_ID,
@@ -233,6 +233,39 @@ fn closest(name: &str) -> Option<String> {
         })
         .min_by_key(|(distance, _)| *distance)
         .map(|(_, suggestion)| suggestion)
+}
+
+/// The variables as a table for `--help`: name, default, meaning.
+pub fn help_table() -> String {
+    let default = |v: &EnvVar| {
+        let shown = |d: &str| {
+            if d.is_empty() {
+                "(none)".to_string()
+            } else {
+                d.to_string()
+            }
+        };
+        match v.dev_default {
+            Some(dev) => format!("{} (--dev {})", shown(v.default), shown(dev)),
+            None => shown(v.default),
+        }
+    };
+    let rows: Vec<(String, String, &str)> = ALL
+        .iter()
+        .map(|v| (v.display_name(), default(v), v.meaning))
+        .collect();
+    let name_width = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
+    let default_width = rows.iter().map(|r| r.1.len()).max().unwrap_or(0);
+    let mut out = format!(
+        "  {:name_width$}  {:default_width$}  {}\n",
+        "VARIABLE", "DEFAULT", "MEANING"
+    );
+    for (name, default, meaning) in rows {
+        out.push_str(&format!(
+            "  {name:name_width$}  {default:default_width$}  {meaning}\n"
+        ));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -361,5 +394,22 @@ mod tests {
             .filter(|(name, _)| !listed(name) && !NOT_NETSY_PROCESS.contains(&name.as_str()))
             .collect();
         assert!(unlisted.is_empty(), "not in env_vars::ALL: {unlisted:#?}");
+    }
+
+    #[test]
+    fn help_lists_every_variable_with_its_default() {
+        let table = help_table();
+        for v in ALL {
+            let line = table
+                .lines()
+                .find(|l| l.trim_start().starts_with(&v.display_name()))
+                .unwrap_or_else(|| panic!("{} is not in\n{table}", v.name));
+            assert!(line.contains(v.meaning), "{line}");
+        }
+        assert!(
+            table.contains("NETSY_BIND_CLIENT            :2378 (--dev 127.0.0.1:2378)"),
+            "{table}"
+        );
+        assert!(table.contains("NETSY_FAILPOINT_<NAME>"), "{table}");
     }
 }

@@ -1,6 +1,6 @@
 //! The command line around a node: `--validate` reports every problem with
-//! the config and the environment, and a starting node warns about unknown
-//! `NETSY_*` variables.
+//! the config and the environment, a starting node warns about unknown
+//! `NETSY_*` variables, and `--help` works for netsy and its subcommands.
 
 use std::process::{Command, Output};
 
@@ -114,4 +114,44 @@ fn a_starting_node_warns_once_about_each_unknown_variable() {
     );
     // It started all the same: Netsy::start saw it serve.
     drop(node);
+}
+
+#[test]
+fn help_lists_every_variable_with_its_default() {
+    for flag in ["--help", "-h"] {
+        let out = netsy(&[flag], &[]);
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        let help = text(&out.stdout);
+        assert!(help.starts_with("usage: netsy"), "{help}");
+        for var in netsy::config::env_vars::ALL {
+            assert!(help.contains(&var.display_name()), "{}: {help}", var.name);
+        }
+        let line = |name: &str| {
+            help.lines()
+                .find(|l| l.trim_start().starts_with(&format!("{name} ")))
+                .unwrap_or_else(|| panic!("no line for {name} in {help}"))
+                .to_string()
+        };
+        assert!(line("NETSY_BIND_CLIENT").contains(":2378 (--dev 127.0.0.1:2378)"));
+        assert!(line("NETSY_DATA_DIR").contains("/var/lib/netsy"));
+        assert!(line("NETSY_FAILPOINT_<NAME>").contains("tests only"));
+    }
+}
+
+#[test]
+fn subcommands_print_their_help() {
+    for (command, words) in [
+        ("certs", ["usage: netsy certs", "--cluster ID", "--out DIR"]),
+        ("inspect", ["usage: netsy inspect", "FILE", "OBJECT-KEY"]),
+    ] {
+        for flag in ["--help", "-h"] {
+            let out = netsy(&[command, flag], &[]);
+            assert_eq!(out.status.code(), Some(0), "{command} {flag}: {out:?}");
+            let help = text(&out.stdout);
+            for word in words {
+                assert!(help.contains(word), "{command} {flag}: {help}");
+            }
+            assert_eq!(text(&out.stderr), "", "{command} {flag}");
+        }
+    }
 }
