@@ -31,8 +31,11 @@ fn build_metadata() {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    println!("cargo:rustc-env=NETSY_GIT_COMMIT={commit}");
-    println!("cargo:rustc-env=NETSY_BUILD_DATE={year:04}-{month:02}-{day:02}");
+    // Not NETSY_*: `cargo run` and `cargo test` also put these in the
+    // environment of what they run, where netsy would take them for
+    // misspelt settings.
+    println!("cargo:rustc-env=BUILD_GIT_COMMIT={commit}");
+    println!("cargo:rustc-env=BUILD_DATE={year:04}-{month:02}-{day:02}");
     for path in [".git/HEAD", ".git/refs/heads", ".git/packed-refs"] {
         if std::path::Path::new(path).exists() {
             println!("cargo:rerun-if-changed={path}");

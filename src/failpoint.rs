@@ -7,7 +7,11 @@ use std::time::Duration;
 
 /// Waits at fault point `name` while its file exists.
 pub async fn hold(name: &str) {
-    let var = format!("NETSY_FAILPOINT_{}", name.to_ascii_uppercase());
+    let var = format!(
+        "{}{}",
+        crate::config::env_vars::FAILPOINT.name,
+        name.to_ascii_uppercase()
+    );
     let Ok(path) = std::env::var(&var) else {
         return;
     };

@@ -50,7 +50,7 @@ impl TempDir {
 
 impl Drop for TempDir {
     fn drop(&mut self) {
-        if std::env::var_os("NETSY_LAUNCH_KEEP").is_none() {
+        if std::env::var_os(crate::config::env_vars::LAUNCH_KEEP.name).is_none() {
             let _ = std::fs::remove_dir_all(&self.0);
         }
     }

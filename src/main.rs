@@ -14,8 +14,54 @@ const USAGE: &str = "usage: netsy [--dev] [--config FILE] [-v|--verbose]
 
   --dev            one node, plain HTTP/2 on 127.0.0.1:2378, data in ./netsy-data
   --config FILE    cluster config (JSONC); overrides NETSY_CONFIG
-  --validate FILE  check a config file and the node environment, then exit
-  -v, --verbose    debug logging (also NETSY_DEBUG=true; RUST_LOG wins)";
+  --validate FILE  check a config file and the node environment, print every
+                   problem, then exit (1 if there is any)
+  -v, --verbose    debug logging (also NETSY_DEBUG=true; RUST_LOG wins)
+  -h, --help       this help; `netsy certs --help` and `netsy inspect --help` for theirs";
+
+/// `netsy --help`: the usage and every `NETSY_*` variable.
+fn help() -> String {
+    format!(
+        "{USAGE}
+
+Environment: the node's settings. Any other NETSY_* variable is a mistake:
+netsy warns about it at start and `--validate` fails on it.
+{}
+Object storage reads the standard AWS variables (AWS_ENDPOINT_URL, AWS_REGION,
+AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN,
+AWS_S3_USE_PATH_STYLE); RUST_LOG sets log levels. The cluster config's keys
+are described in deploy/config.jsonc; unknown keys are refused.",
+        config::env_vars::help_table()
+    )
+}
+
+const INSPECT_USAGE: &str = "usage: netsy inspect FILE
+       netsy inspect --config FILE OBJECT-KEY
+
+Prints a .netsy chunk or snapshot as JSON lines (header, records, footer)
+with a CRC verdict; exits 1 if the file is corrupt.
+
+  FILE                     a local .netsy file
+  --config FILE OBJECT-KEY an object in the bucket of that cluster config
+                           (e.g. snapshots/0000000000000000010.netsy)";
+
+const CERTS_USAGE: &str = "usage: netsy certs --cluster ID --node ID [--node ID]... [--client NAME]... [--host HOST]... --out DIR [--days N]
+
+Writes a development CA and the certificates of nodes and clients (keys
+0600; a CA already in DIR is reused).
+
+  --cluster ID    the cluster_id, the host of every netsy:// URI SAN
+  --node ID       a node: DIR/ID/server.crt and DIR/ID/peer.crt with keys (repeatable)
+  --client NAME   a client: DIR/client/NAME.crt and .key (repeatable)
+  --host HOST     a DNS name or IP the server certificates are also valid for
+                  (repeatable; localhost, 127.0.0.1 and ::1 always are)
+  --out DIR       where to write them (DIR/ca.crt, DIR/ca.key, ...)
+  --days N        certificate lifetime in days (default 365)";
+
+/// Whether `args` ask for help.
+fn wants_help(args: &[String]) -> bool {
+    args.iter().any(|a| a == "-h" || a == "--help")
+}
 
 #[derive(Default)]
 struct Cli {
@@ -77,11 +123,15 @@ fn init_logging(debug: bool, node_id: &str, role: Arc<RoleCell>) {
 /// `netsy inspect`: a local .netsy file, or an object key in the bucket of
 /// a cluster config.
 fn inspect(args: &[String]) -> ExitCode {
+    if wants_help(args) {
+        println!("{INSPECT_USAGE}");
+        return ExitCode::SUCCESS;
+    }
     let (config, target) = match args {
         [file] => (None, file),
         [flag, config, key] if flag == "--config" => (Some(config), key),
         _ => {
-            eprintln!("usage: netsy inspect FILE | netsy inspect --config FILE OBJECT-KEY");
+            eprintln!("{INSPECT_USAGE}");
             return ExitCode::from(2);
         }
     };
@@ -94,8 +144,9 @@ fn inspect(args: &[String]) -> ExitCode {
             }
         },
         Some(config) => {
-            let fetched =
-                config::read_cluster_config(std::path::Path::new(config)).and_then(|cluster| {
+            let fetched = config::read_cluster_config(std::path::Path::new(config))
+                .map_err(|problems| problems.to_string())
+                .and_then(|cluster| {
                     let env = |name: &str| std::env::var(name).ok();
                     let store =
                         netsy::objstore::from_config(&cluster.storage, &env, &Default::default())?;
@@ -131,13 +182,16 @@ fn inspect(args: &[String]) -> ExitCode {
 /// `netsy certs`: a development CA and the certificates of nodes and
 /// clients (keys written 0600; an existing CA in DIR is reused).
 fn certs(args: &[String]) -> ExitCode {
-    let usage = "usage: netsy certs --cluster ID --node ID [--node ID]... [--client NAME]... [--host HOST]... --out DIR [--days N]";
+    if wants_help(args) {
+        println!("{CERTS_USAGE}");
+        return ExitCode::SUCCESS;
+    }
     let (mut cluster, mut out, mut days) = (None, None, 365i64);
     let (mut nodes, mut clients, mut hosts) = (Vec::new(), Vec::new(), Vec::new());
     let mut it = args.iter();
     while let Some(flag) = it.next() {
         let Some(value) = it.next() else {
-            eprintln!("Error: {flag} needs a value\n{usage}");
+            eprintln!("Error: {flag} needs a value\n{CERTS_USAGE}");
             return ExitCode::from(2);
         };
         match flag.as_str() {
@@ -154,17 +208,17 @@ fn certs(args: &[String]) -> ExitCode {
                 }
             },
             other => {
-                eprintln!("Error: unknown argument {other:?}\n{usage}");
+                eprintln!("Error: unknown argument {other:?}\n{CERTS_USAGE}");
                 return ExitCode::from(2);
             }
         }
     }
     let (Some(cluster), Some(out)) = (cluster, out) else {
-        eprintln!("Error: --cluster and --out are required\n{usage}");
+        eprintln!("Error: --cluster and --out are required\n{CERTS_USAGE}");
         return ExitCode::from(2);
     };
-    let checked = std::iter::once(("cluster id", &cluster))
-        .chain(nodes.iter().map(|n| ("node id", n)))
+    let checked = std::iter::once(("--cluster", &cluster))
+        .chain(nodes.iter().map(|n| ("--node", n)))
         .try_for_each(|(what, id)| config::identifier::validate(what, id));
     if let Err(e) = checked {
         eprintln!("Error: {e}");
@@ -201,7 +255,7 @@ fn main() -> ExitCode {
     let cli = match parse_args(&args) {
         Ok(c) => c,
         Err(e) if e.is_empty() => {
-            println!("{USAGE}");
+            println!("{}", help());
             return ExitCode::SUCCESS;
         }
         Err(e) => {
@@ -213,28 +267,37 @@ fn main() -> ExitCode {
         println!(
             "netsy {} (commit {}, built {})",
             env!("CARGO_PKG_VERSION"),
-            env!("NETSY_GIT_COMMIT"),
-            env!("NETSY_BUILD_DATE")
+            env!("BUILD_GIT_COMMIT"),
+            env!("BUILD_DATE")
         );
         return ExitCode::SUCCESS;
     }
     let env = |name: &str| std::env::var(name).ok();
+    // Names that are not UTF-8 cannot be netsy's, and are skipped.
+    let env_names: Vec<String> = std::env::vars_os()
+        .filter_map(|(name, _)| name.into_string().ok())
+        .collect();
+    let env_names = env_names.iter().map(String::as_str);
     if let Some(path) = &cli.validate {
-        return match config::load(cli.dev, Some(path), &env) {
+        return match config::validate(cli.dev, Some(path), &env, env_names) {
             Ok(_) => {
                 println!("Config is valid.");
                 ExitCode::SUCCESS
             }
-            Err(e) => {
-                eprintln!("Validation failed: {e}");
+            Err(problems) => {
+                for problem in &problems.0 {
+                    eprintln!("Validation failed: {problem}");
+                }
                 ExitCode::from(1)
             }
         };
     }
     let cfg = match config::load(cli.dev, cli.config.as_deref(), &env) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("Error: {e}");
+        Err(problems) => {
+            for problem in &problems.0 {
+                eprintln!("Error: {problem}");
+            }
             return ExitCode::from(1);
         }
     };
@@ -244,6 +307,10 @@ fn main() -> ExitCode {
         &cfg.node.node_id,
         role.clone(),
     );
+    // A misspelt variable is otherwise silently ignored; one line each.
+    for problem in config::env_vars::unknown(env_names) {
+        log::warn!("{problem}");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

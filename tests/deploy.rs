@@ -162,7 +162,10 @@ fn env_and_config_examples_validate() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).starts_with("Validation failed: node_id"));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "Validation failed: NETSY_NODE_ID must be lowercase alphanumeric with hyphens, no leading/trailing hyphens\n"
+    );
     // Every key of the cluster config is documented with a comment.
     let config = std::fs::read_to_string(repo().join("deploy/config.jsonc")).unwrap();
     for key in [
@@ -213,6 +216,14 @@ fn nstance_example_wires_netsy_certificates_and_settings() {
     ] {
         assert!(env.get(var).is_some(), "{var}");
     }
+    // Every variable it delivers is one netsy knows.
+    let names: Vec<&str> = env
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(netsy::config::env_vars::unknown(names), []);
     // The delivered cluster config is one netsy accepts.
     let cluster = files["netsy.json"]["template"]
         .to_string()

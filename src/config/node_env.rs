@@ -1,9 +1,10 @@
 //! Per-node settings from `NETSY_*` environment variables, with the
-//! reference's defaults (or the dev-mode ones).
+//! reference's defaults (or the dev-mode ones) from [`super::env_vars`].
 
 use std::path::PathBuf;
 
-use super::identifier;
+use super::env_vars::{self, EnvVar};
+use super::{identifier, Problem};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TlsPaths {
@@ -32,61 +33,64 @@ pub struct NodeEnv {
 }
 
 impl NodeEnv {
-    /// Reads the environment through `get` (injectable for tests). A set but
-    /// empty variable counts as set.
+    /// Reads the environment through `get` (injectable for tests), with the
+    /// defaults of [`env_vars`] for the mode. A set but empty variable counts
+    /// as set.
     pub fn from_env(get: &dyn Fn(&str) -> Option<String>, dev: bool) -> NodeEnv {
-        let var = |name: &str, default: &str| get(name).unwrap_or_else(|| default.to_string());
-        let (client, health, data_dir, node_id) = if dev {
-            (
-                "127.0.0.1:2378",
-                "127.0.0.1:8080",
-                "./netsy-data",
-                "dev-node-1",
-            )
-        } else {
-            (":2378", ":8080", "/var/lib/netsy", "")
-        };
+        let var = |v: &EnvVar| get(v.name).unwrap_or_else(|| v.default_for(dev).to_string());
+        let path = |v: &EnvVar| resolve(&var(v));
         NodeEnv {
-            config_path: get("NETSY_CONFIG"),
-            node_id: var("NETSY_NODE_ID", node_id),
-            bind_client: var("NETSY_BIND_CLIENT", client),
-            advertise_client: var("NETSY_ADVERTISE_CLIENT", ""),
-            bind_peer: var(
-                "NETSY_BIND_PEER",
-                if dev { "127.0.0.1:2381" } else { ":2381" },
-            ),
-            advertise_peer: var("NETSY_ADVERTISE_PEER", ""),
-            bind_election: var(
-                "NETSY_BIND_ELECTION",
-                if dev { "127.0.0.1:8443" } else { ":8443" },
-            ),
-            advertise_election: var("NETSY_ADVERTISE_ELECTION", ""),
-            bind_health: var("NETSY_BIND_HEALTH", health),
+            config_path: get(env_vars::CONFIG.name),
+            node_id: var(&env_vars::NODE_ID),
+            bind_client: var(&env_vars::BIND_CLIENT),
+            advertise_client: var(&env_vars::ADVERTISE_CLIENT),
+            bind_peer: var(&env_vars::BIND_PEER),
+            advertise_peer: var(&env_vars::ADVERTISE_PEER),
+            bind_election: var(&env_vars::BIND_ELECTION),
+            advertise_election: var(&env_vars::ADVERTISE_ELECTION),
+            bind_health: var(&env_vars::BIND_HEALTH),
             tls: TlsPaths {
-                ca_cert: resolve(&var("NETSY_TLS_CA_CERT", "")),
-                server_cert: resolve(&var("NETSY_TLS_SERVER_CERT", "")),
-                server_key: resolve(&var("NETSY_TLS_SERVER_KEY", "")),
-                client_cert: resolve(&var("NETSY_TLS_CLIENT_CERT", "")),
-                client_key: resolve(&var("NETSY_TLS_CLIENT_KEY", "")),
+                ca_cert: path(&env_vars::TLS_CA_CERT),
+                server_cert: path(&env_vars::TLS_SERVER_CERT),
+                server_key: path(&env_vars::TLS_SERVER_KEY),
+                client_cert: path(&env_vars::TLS_CLIENT_CERT),
+                client_key: path(&env_vars::TLS_CLIENT_KEY),
             },
-            data_dir: PathBuf::from(resolve(&var("NETSY_DATA_DIR", data_dir))),
-            debug: get("NETSY_DEBUG").as_deref() == Some("true"),
+            data_dir: PathBuf::from(path(&env_vars::DATA_DIR)),
+            debug: var(&env_vars::DEBUG) == "true",
         }
     }
 
-    pub fn validate(&self) -> Result<(), String> {
-        identifier::validate("node_id", &self.node_id)?;
-        if self.bind_client.is_empty() {
-            return Err("NETSY_BIND_CLIENT must not be empty".into());
+    /// Every problem with the node's variables, each naming its variable.
+    pub fn problems(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        let node_id = env_vars::NODE_ID.name;
+        if let Err(e) = identifier::validate(node_id, &self.node_id) {
+            out.push(Problem::new(node_id, e));
         }
-        bind_address("NETSY_BIND_CLIENT", &self.bind_client)?;
+        let bind_client = env_vars::BIND_CLIENT.name;
+        if self.bind_client.is_empty() {
+            out.push(Problem::new(
+                bind_client,
+                format!("{bind_client} must not be empty"),
+            ));
+        } else if let Err(e) = bind_address(bind_client, &self.bind_client) {
+            out.push(Problem::new(bind_client, e));
+        }
+        let bind_health = env_vars::BIND_HEALTH.name;
         if !self.bind_health.is_empty() {
-            bind_address("NETSY_BIND_HEALTH", &self.bind_health)?;
+            if let Err(e) = bind_address(bind_health, &self.bind_health) {
+                out.push(Problem::new(bind_health, e));
+            }
         }
         if self.data_dir.as_os_str().is_empty() {
-            return Err("NETSY_DATA_DIR must not be empty".into());
+            let data_dir = env_vars::DATA_DIR.name;
+            out.push(Problem::new(
+                data_dir,
+                format!("{data_dir} must not be empty"),
+            ));
         }
-        Ok(())
+        out
     }
 }
 
@@ -141,7 +145,7 @@ mod tests {
         assert_eq!(e.bind_client, ":2378");
         assert_eq!(e.bind_health, ":8080");
         assert_eq!(e.data_dir, PathBuf::from("/var/lib/netsy"));
-        assert!(e.validate().is_ok());
+        assert_eq!(e.problems(), []);
         assert_eq!(bind_address("x", &e.bind_client).unwrap(), "0.0.0.0:2378");
     }
 
@@ -167,18 +171,20 @@ mod tests {
             false,
         );
         assert_eq!(e.bind_health, "");
-        assert!(
-            e.validate().is_ok(),
+        assert_eq!(
+            e.problems(),
+            [],
             "an empty health bind disables the listener"
         );
         let e = NodeEnv::from_env(
             &env(&[("NETSY_NODE_ID", "n1"), ("NETSY_BIND_CLIENT", "")]),
             false,
         );
-        assert_eq!(
-            e.validate().unwrap_err(),
-            "NETSY_BIND_CLIENT must not be empty"
-        );
+        assert_eq!(messages(&e), ["NETSY_BIND_CLIENT must not be empty"]);
+    }
+
+    fn messages(e: &NodeEnv) -> Vec<String> {
+        e.problems().into_iter().map(|p| p.message).collect()
     }
 
     #[test]
@@ -187,10 +193,39 @@ mod tests {
             &env(&[("NETSY_NODE_ID", "n1"), ("NETSY_BIND_CLIENT", "nonsense")]),
             false,
         );
-        assert!(e.validate().unwrap_err().starts_with("NETSY_BIND_CLIENT"));
+        assert_eq!(
+            messages(&e),
+            ["NETSY_BIND_CLIENT: invalid address \"nonsense\": expected host:port"]
+        );
         let e = NodeEnv::from_env(&env(&[("NETSY_NODE_ID", "N1")]), false);
-        assert!(e.validate().unwrap_err().starts_with("node_id"));
+        assert_eq!(
+            messages(&e),
+            ["NETSY_NODE_ID must be lowercase alphanumeric with hyphens, no leading/trailing hyphens"]
+        );
         assert!(!NodeEnv::from_env(&env(&[("NETSY_DEBUG", "1")]), false).debug);
         assert!(NodeEnv::from_env(&env(&[("NETSY_DEBUG", "true")]), false).debug);
+    }
+
+    #[test]
+    fn every_problem_is_reported_by_its_variable() {
+        let e = NodeEnv::from_env(
+            &env(&[
+                ("NETSY_BIND_CLIENT", ""),
+                ("NETSY_BIND_HEALTH", "localhost:http"),
+                ("NETSY_DATA_DIR", ""),
+            ]),
+            false,
+        );
+        let settings: Vec<String> = e.problems().into_iter().map(|p| p.setting).collect();
+        assert_eq!(
+            settings,
+            [
+                "NETSY_NODE_ID",
+                "NETSY_BIND_CLIENT",
+                "NETSY_BIND_HEALTH",
+                "NETSY_DATA_DIR"
+            ]
+        );
+        assert_eq!(messages(&e)[0], "NETSY_NODE_ID is required");
     }
 }

@@ -266,7 +266,10 @@ impl LaunchedCluster {
         ];
         env.extend(self.spec.env.iter().cloned());
         if let Some(s) = self.spec.speedup {
-            env.push(("NETSY_TEST_ELECTION_SPEEDUP".into(), s.to_string()));
+            env.push((
+                crate::config::env_vars::TEST_ELECTION_SPEEDUP.name.into(),
+                s.to_string(),
+            ));
         }
         env
     }
@@ -274,7 +277,7 @@ impl LaunchedCluster {
     /// Starts node `i` (again, on its data directory, if it ran before).
     pub fn start(&mut self, i: usize) -> Result<(), String> {
         let env = self.env(i);
-        let echo = std::env::var_os("NETSY_CLUSTER_ECHO").is_some();
+        let echo = std::env::var_os(crate::config::env_vars::CLUSTER_ECHO.name).is_some();
         let n = &mut self.nodes[i];
         n.kill();
         let mut child = Command::new(&self.bin)

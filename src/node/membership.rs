@@ -47,7 +47,7 @@ const DEREGISTRATION_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Tests only: divides the tier-1 election's cycle interval and leader
 /// timeout (never set in production; see protocol-spec/cluster.md).
-pub const TEST_SPEEDUP_VAR: &str = "NETSY_TEST_ELECTION_SPEEDUP";
+pub const TEST_SPEEDUP_VAR: &str = crate::config::env_vars::TEST_ELECTION_SPEEDUP.name;
 
 /// The tier-1 timings, sped up only by the test setting.
 fn lock_timings() -> Result<(Duration, Duration), String> {
