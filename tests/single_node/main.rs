@@ -4,6 +4,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod authority;
 mod bad_input;
 mod cli;
 mod client;
