@@ -302,3 +302,77 @@ fn helm_chart_is_well_formed_and_its_values_documented() {
         );
     }
 }
+
+/// Every file under `dir` (recursively, not following links) with its
+/// modification time and, for links, their target.
+fn listing(dir: &std::path::Path) -> Vec<(String, std::time::SystemTime, String)> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let meta = std::fs::symlink_metadata(e.path()).unwrap();
+            let target = std::fs::read_link(e.path())
+                .map(|t| t.display().to_string())
+                .unwrap_or_default();
+            if meta.is_dir() {
+                todo.push(e.path());
+            }
+            out.push((
+                e.path().display().to_string(),
+                meta.modified().unwrap(),
+                target,
+            ));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// scripts/setup leaves the machine alone: it never kills processes by name
+/// or touches services, and a second run (the suite has just run it once)
+/// changes nothing it installed.
+#[test]
+fn setup_is_idempotent_and_leaves_the_machine_alone() {
+    for script in ["scripts/setup", "scripts/test", ".ci/run"] {
+        let text = std::fs::read_to_string(repo().join(script)).unwrap();
+        for word in ["pkill", "killall", "systemctl"] {
+            assert!(!text.contains(word), "{script} uses {word}");
+        }
+    }
+    let setup = || {
+        let out = Command::new(repo().join("scripts/setup"))
+            .current_dir(repo())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    setup();
+    let tools = repo().join(".tools");
+    let marker = repo().join(".venv/.requirements.installed");
+    let before = (
+        listing(&tools),
+        std::fs::metadata(&marker).unwrap().modified().unwrap(),
+    );
+    let second = setup();
+    assert_eq!(
+        second
+            .lines()
+            .filter(|l| !l.starts_with("setup: ready"))
+            .count(),
+        0,
+        "the second run installed something: {second}"
+    );
+    let after = (
+        listing(&tools),
+        std::fs::metadata(&marker).unwrap().modified().unwrap(),
+    );
+    assert_eq!(before, after, "the second run changed .tools or .venv");
+}
