@@ -4,6 +4,7 @@
 //! own data directory, removed when dropped.
 
 pub mod cluster;
+pub mod history;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
