@@ -137,3 +137,24 @@ fn sigkill_of_the_primary_with_quorum_0() {
         new_primary
     });
 }
+
+#[test]
+fn sigkill_of_the_elector_loses_nothing_and_histories_check() {
+    run("sigkill-elector (quorum -1)", -1, |t, primary| {
+        let (elector, _) = t.settled();
+        println!("the Elector is node {elector}, the Primary node {primary}");
+        t.c.kill(elector);
+        let (_, now_primary) = t.settled();
+        now_primary
+    });
+}
+
+#[test]
+fn sigterm_of_the_primary_loses_nothing_and_histories_check() {
+    run("sigterm-primary (quorum -1)", -1, |t, primary| {
+        let status = t.c.terminate(primary, Duration::from_secs(60)).unwrap();
+        assert!(status.success(), "a graceful stop exits 0: {status}");
+        let (_, new_primary) = t.settled();
+        new_primary
+    });
+}
