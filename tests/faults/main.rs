@@ -158,3 +158,53 @@ fn sigterm_of_the_primary_loses_nothing_and_histories_check() {
         new_primary
     });
 }
+
+/// A watcher that stops reading while 20 MiB of events pile up behind it
+/// (far past every HTTP/2 window) is held back, not skipped: once it reads
+/// again it gets every event, in order, with prev_kv.
+#[test]
+fn a_slow_watcher_is_held_back_never_skipped() {
+    let _one = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let n = support::Netsy::start_dev(dir.path());
+    let rt = runtime();
+    rt.block_on(async {
+        let mut watcher = n.client().await;
+        let opts = etcd_client::WatchOptions::new()
+            .with_prefix()
+            .with_prev_key();
+        let (_w, mut stream) = watcher.watch("/slow/", Some(opts)).await.unwrap();
+        let mut writer = n.client().await;
+        let big = "x".repeat(100 * 1024);
+        let mut revisions = Vec::new();
+        for i in 0..200 {
+            let key = format!("/slow/{}", i % 10);
+            let r = writer.put(key, format!("{i}{big}"), None).await.unwrap();
+            revisions.push(r.header().unwrap().revision());
+        }
+        // Only now does the watcher read.
+        let mut seen = Vec::new();
+        while seen.len() < revisions.len() {
+            let resp = tokio::time::timeout(Duration::from_secs(30), stream.message())
+                .await
+                .expect("events after the pause")
+                .unwrap()
+                .expect("the stream was not ended");
+            assert!(!resp.canceled(), "cancelled: {}", resp.cancel_reason());
+            for e in resp.events() {
+                let kv = e.kv().unwrap();
+                let i = seen.len();
+                assert!(kv.value_str().unwrap().starts_with(&format!("{i}x")));
+                if i >= 10 {
+                    let prev = e.prev_kv().expect("prev_kv");
+                    assert!(prev
+                        .value_str()
+                        .unwrap()
+                        .starts_with(&format!("{}x", i - 10)));
+                }
+                seen.push(kv.mod_revision());
+            }
+        }
+        assert_eq!(seen, revisions, "every event, in order, none skipped");
+    });
+}
