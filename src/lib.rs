@@ -7,6 +7,9 @@ pub mod datafile;
 pub mod election;
 pub mod etcd;
 pub mod failpoint;
+/// Fuzz targets for the stable driver and cargo-fuzz; not an API.
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod grpc;
 pub mod http;
 pub mod launch;

@@ -159,6 +159,19 @@ pub const CLUSTER_ECHO: EnvVar = EnvVar::new(
     "",
     "tests only: the launcher echoes every node's log",
 );
+/// Read by the fuzz test (`tests/fuzz`), not the node; listed so that
+/// a node started from a shell that set it does not warn.
+pub const FUZZ_SECONDS: EnvVar = EnvVar::new(
+    "NETSY_FUZZ_SECONDS",
+    "5",
+    "tests only: seconds each fuzz target runs in the fuzz test",
+);
+/// Read by the fuzz test, like [`FUZZ_SECONDS`].
+pub const FUZZ_SEED: EnvVar = EnvVar::new(
+    "NETSY_FUZZ_SEED",
+    "",
+    "tests only: the fuzz test's random seed (empty: a new one, printed)",
+);
 
 /// Every known variable, in `--help` order.
 pub const ALL: &[EnvVar] = &[
@@ -182,6 +195,8 @@ pub const ALL: &[EnvVar] = &[
     FAILPOINT,
     LAUNCH_KEEP,
     CLUSTER_ECHO,
+    FUZZ_SECONDS,
+    FUZZ_SEED,
 ];
 
 /// Every `NETSY_*` name in `names` that is not a known variable, with the

@@ -109,19 +109,19 @@ impl From<io::Error> for DataFileError {
 }
 
 /// The canonical encoding of a record with crc = 0.
-fn record_body(r: &PbRecord) -> Vec<u8> {
+pub(crate) fn record_body(r: &PbRecord) -> Vec<u8> {
     let mut zero = r.clone();
     zero.crc = 0;
     zero.encode_to_vec()
 }
 
-fn header_crc(h: &FileHeader) -> u64 {
+pub(crate) fn header_crc(h: &FileHeader) -> u64 {
     let mut zero = h.clone();
     zero.crc = 0;
     crc64(&zero.encode_to_vec())
 }
 
-fn footer_crc(f: &FileFooter) -> u64 {
+pub(crate) fn footer_crc(f: &FileFooter) -> u64 {
     let mut zero = *f;
     zero.crc = 0;
     crc64(&zero.encode_to_vec())
@@ -144,7 +144,7 @@ pub fn chunk_compression(records: &[Record]) -> Compression {
     }
 }
 
-fn write_delimited(w: &mut dyn Write, bytes: &[u8]) -> io::Result<()> {
+pub(crate) fn write_delimited(w: &mut dyn Write, bytes: &[u8]) -> io::Result<()> {
     let mut len = Vec::with_capacity(10);
     prost::encoding::encode_varint(bytes.len() as u64, &mut len);
     w.write_all(&len)?;

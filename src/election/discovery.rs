@@ -159,17 +159,9 @@ pub async fn allocate(
             }
             Err(e) => return Err(format!("reading {}: {e}", keys::MEMBERS)),
         };
-        let missing: Vec<&String> = node_ids
-            .iter()
-            .filter(|id| !members.members.contains_key(*id))
-            .collect();
-        if missing.is_empty() && condition != Condition::IfAbsent {
+        let added = assign(&mut members, node_ids)?;
+        if added == 0 && condition != Condition::IfAbsent {
             return Ok(pick(&members, node_ids));
-        }
-        for id in missing {
-            let next = members.members.values().max().copied().unwrap_or(0) + 1;
-            members.members.insert(id.clone(), next);
-            log::info!("member id {next} allocated to {id}");
         }
         let body =
             serde_json::to_vec(&members).map_err(|e| format!("encoding {}: {e}", keys::MEMBERS))?;
@@ -184,7 +176,31 @@ pub async fn allocate(
     ))
 }
 
-fn pick(members: &Members, node_ids: &[String]) -> BTreeMap<String, u64> {
+/// Gives each of `node_ids` without a member id the next one (max + 1,
+/// first id 1); returns how many were added. An id of u64::MAX already in
+/// the file leaves none to give.
+pub fn assign(members: &mut Members, node_ids: &[String]) -> Result<usize, String> {
+    let mut added = 0;
+    for id in node_ids {
+        if members.members.contains_key(id) {
+            continue;
+        }
+        let max = members.members.values().max().copied().unwrap_or(0);
+        let next = max.checked_add(1).ok_or_else(|| {
+            format!(
+                "{} holds member id {max}, the largest there is: no id is left for {id}",
+                keys::MEMBERS
+            )
+        })?;
+        members.members.insert(id.clone(), next);
+        log::info!("member id {next} allocated to {id}");
+        added += 1;
+    }
+    Ok(added)
+}
+
+/// The member ids of those of `node_ids` that have one.
+pub fn pick(members: &Members, node_ids: &[String]) -> BTreeMap<String, u64> {
     node_ids
         .iter()
         .filter_map(|id| members.members.get(id).map(|m| (id.clone(), *m)))
@@ -229,6 +245,21 @@ mod tests {
         assert_eq!(&raw[..], br#"{"cluster_id":"c","members":{"n1":1,"n2":2}}"#);
         let err = member_id(&log, "other", "n3").await.unwrap_err();
         assert!(err.contains("belongs to cluster"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn the_largest_id_in_members_json_leaves_none_to_give() {
+        let (log, _d) = log();
+        let full = br#"{"cluster_id":"c","members":{"n1":18446744073709551615}}"#;
+        log.store
+            .put(keys::MEMBERS, Bytes::from_static(full), Condition::None)
+            .await
+            .unwrap();
+        assert_eq!(member_id(&log, "c", "n1").await.unwrap(), u64::MAX);
+        let err = member_id(&log, "c", "n2").await.unwrap_err();
+        assert!(err.contains("no id is left for n2"), "{err}");
+        let raw = log.store.get(keys::MEMBERS).await.unwrap().data;
+        assert_eq!(&raw[..], full, "nothing written");
     }
 
     #[tokio::test]

@@ -115,7 +115,7 @@ impl HttpsProbe {
 }
 
 /// The record from a 200, None from a 404.
-fn parse_answer(answer: &[u8]) -> Result<Option<LockRecord>, String> {
+pub fn parse_answer(answer: &[u8]) -> Result<Option<LockRecord>, String> {
     let text = String::from_utf8_lossy(answer);
     let (head, body) = text
         .split_once("\r\n\r\n")

@@ -59,7 +59,7 @@ impl LockRecord {
     }
 
     /// How old the record is at `now` (negative ages count as fresh).
-    fn age(&self, now: Timestamp) -> Duration {
+    pub fn age(&self, now: Timestamp) -> Duration {
         elapsed(self.last_updated, now)
     }
 }

@@ -12,7 +12,8 @@ use crate::pb::etcdserverpb::{
     PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
 };
 use crate::primary::txn::Txn;
-use crate::store::{query, KvEntry};
+use crate::store::query::{RangeQuery, RangeResult};
+use crate::store::{query, KvEntry, Store};
 
 use super::convert::{self, key_value};
 use super::errors::{self, from_store, from_write};
@@ -23,7 +24,7 @@ const KV: &str = "/etcdserverpb.KV/";
 
 /// Refuses writes etcd would refuse for size (its limit applies to the
 /// request as proposed, a few bytes more than the request itself).
-fn check_size<M: Message>(req: &M) -> Result<(), Status> {
+pub fn check_size<M: Message>(req: &M) -> Result<(), Status> {
     const PROPOSAL_OVERHEAD: usize = 16;
     if req.encoded_len() + PROPOSAL_OVERHEAD > MAX_REQUEST_BYTES {
         return Err(errors::request_too_large());
@@ -40,7 +41,18 @@ pub async fn range(api: Arc<EtcdApi>, req: RangeRequest) -> Result<RangeResponse
             .await?;
         forward::applied(api.hub.subscribe(), index).await?;
     }
-    let store = &api.store;
+    let (result, committed) = read_local(&api.store, &q)?;
+    Ok(RangeResponse {
+        header: Some(api.header(committed)),
+        kvs: result.entries.iter().map(key_value).collect(),
+        more: result.more,
+        count: result.count,
+    })
+}
+
+/// Answers a checked Range query from this node's store; also returns the
+/// committed revision the answer was read under.
+pub fn read_local(store: &Store, q: &RangeQuery) -> Result<(RangeResult, i64), Status> {
     let (selection, committed) = {
         let index = store.index();
         // Read under the index lock: compaction trims the index and raises
@@ -50,17 +62,12 @@ pub async fn range(api: Arc<EtcdApi>, req: RangeRequest) -> Result<RangeResponse
             .map_err(from_store)?;
         let keys = index.scan(&q.range, at);
         (
-            query::select(&q, keys.map(|e| KvEntry::from_entry(&e))),
+            query::select(q, keys.map(|e| KvEntry::from_entry(&e))),
             committed,
         )
     };
-    let result = query::finish(&q, selection, |e| store.load_values(e)).map_err(from_store)?;
-    Ok(RangeResponse {
-        header: Some(api.header(committed)),
-        kvs: result.entries.iter().map(key_value).collect(),
-        more: result.more,
-        count: result.count,
-    })
+    let result = query::finish(q, selection, |e| store.load_values(e)).map_err(from_store)?;
+    Ok((result, committed))
 }
 
 /// Commits a txn and answers it as etcd would.

@@ -173,14 +173,8 @@ impl WatchStream {
             self.next_id += 1;
             self.next_id - 1
         };
-        // etcd reads an empty key as "\0", the smallest key.
-        let key = if create.key.is_empty() {
-            Bytes::from_static(b"\0")
-        } else {
-            create.key.clone()
-        };
+        let (range, next_rev) = watched(&create, committed);
         let start = create.start_revision;
-        let next_rev = if start > 0 { start } else { committed + 1 };
         let compacted = self.api.store.compacted_revision();
         let registered = match admit(self.api.hub.watches(), start, next_rev, compacted) {
             Admission::Admitted(r) => r,
@@ -198,7 +192,7 @@ impl WatchStream {
         };
         let filters = &create.filters;
         let watch = Watching {
-            range: KeyRange::new(&key, &create.range_end),
+            range,
             next_rev,
             registered,
             prev_kv: create.prev_kv,
@@ -338,6 +332,20 @@ impl WatchStream {
         }
         Ok(())
     }
+}
+
+/// The keys a new watch follows and the first revision it owes, on a node
+/// that has committed `committed`.
+pub fn watched(create: &WatchCreateRequest, committed: i64) -> (KeyRange, i64) {
+    // etcd reads an empty key as "\0", the smallest key.
+    let key = if create.key.is_empty() {
+        Bytes::from_static(b"\0")
+    } else {
+        create.key.clone()
+    };
+    let start = create.start_revision;
+    let next_rev = if start > 0 { start } else { committed + 1 };
+    (KeyRange::new(&key, &create.range_end), next_rev)
 }
 
 /// How a new watch is answered.

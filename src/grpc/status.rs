@@ -206,8 +206,13 @@ pub fn percent_decode(raw: &[u8]) -> String {
     let mut out = Vec::with_capacity(raw.len());
     let mut i = 0;
     while i < raw.len() {
-        if raw[i] == b'%' && i + 2 < raw.len() {
-            let hex = std::str::from_utf8(&raw[i + 1..i + 3]).ok();
+        // Two hex digits exactly: from_str_radix alone would also take a
+        // sign, decoding "%+1" as byte 1.
+        let escaped = raw
+            .get(i + 1..i + 3)
+            .filter(|h| h.iter().all(u8::is_ascii_hexdigit));
+        if let (b'%', Some(hex)) = (raw[i], escaped) {
+            let hex = std::str::from_utf8(hex).ok();
             if let Some(v) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
                 out.push(v);
                 i += 3;
@@ -237,6 +242,11 @@ mod tests {
     fn malformed_escape_is_kept() {
         assert_eq!(percent_decode(b"50%"), "50%");
         assert_eq!(percent_decode(b"%zz"), "%zz");
+        assert_eq!(
+            percent_decode(b"%+1%-1%+a"),
+            "%+1%-1%+a",
+            "a sign is no digit"
+        );
     }
 
     #[test]

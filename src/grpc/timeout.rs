@@ -7,7 +7,8 @@ pub fn parse(value: &str) -> Option<Duration> {
     if value.len() < 2 || value.len() > 9 {
         return None;
     }
-    let (digits, unit) = value.split_at(value.len() - 1);
+    // Checked: a non-ASCII last character has no boundary one byte in.
+    let (digits, unit) = value.split_at_checked(value.len() - 1)?;
     if !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
@@ -61,7 +62,7 @@ mod tests {
 
     #[test]
     fn rejects_malformed_values() {
-        for bad in ["", "S", "123456789S", "1x", "-1S", "1.5S"] {
+        for bad in ["", "S", "123456789S", "1x", "-1S", "1.5S", "\u{fffd}", "1µ"] {
             assert_eq!(parse(bad), None, "{bad}");
         }
     }
