@@ -319,6 +319,12 @@ impl Committer {
             .replicas
             .as_ref()
             .map_or(Route::Sync, |r| r.route());
+        self.record_route(route);
+        route
+    }
+
+    /// Remembers the route a batch takes; a switch is logged and shown.
+    fn record_route(&mut self, route: Route) {
         if route.as_str() != self.route.as_str() {
             log::info!(
                 "write_path_switched: from {} to {} ({route:?})",
@@ -332,7 +338,6 @@ impl Committer {
             }
         }
         self.route = route;
-        route
     }
 
     /// The quorum route: the batch goes to the replicas while it is
@@ -377,7 +382,9 @@ impl Committer {
              for revisions {}..={last}; writing them to object storage instead",
             before + 1
         );
-        self.route = Route::Sync;
+        // A switch like any other: without it the metric kept showing the
+        // quorum route while every batch went to the bucket.
+        self.record_route(Route::Sync);
         self.sync(batch)
     }
 
@@ -745,6 +752,19 @@ mod tests {
         assert_eq!(
             (store.latest_revision(), store.committed_revision()),
             (3, 3)
+        );
+        let shown = |p: &str| {
+            let l = labels(&[("path", p)]);
+            path.writer
+                .metrics
+                .primary_write_path
+                .get_or_create(&l)
+                .get()
+        };
+        assert_eq!(
+            (shown("quorum"), shown("sync")),
+            (0, 1),
+            "the switch is shown"
         );
     }
 
