@@ -362,6 +362,9 @@ impl Committer {
             return Err(WriteError::from(e));
         }
         if p.runtime.block_on(receipts).unwrap_or(false) {
+            // Durable on a quorum; nothing is committed, answered or
+            // broadcast yet.
+            crate::failpoint::hit_blocking("quorum_committed");
             p.metrics.primary_replication_rounds.inc();
             return Ok((records, Route::Quorum { required }));
         }
@@ -471,16 +474,31 @@ impl Committer {
     fn make_durable(&mut self, batch: Batch) -> Result<Arc<[Record]>, WriteError> {
         let p = &self.parts;
         let records: Arc<[Record]> = batch.records.clone().into();
-        let durable =
+        let mut durable =
             (!records.is_empty()).then(|| p.runtime.spawn(p.durability.persist(records.clone())));
+        let join = |handle: tokio::task::JoinHandle<Result<(), String>>| {
+            p.runtime
+                .block_on(handle)
+                .unwrap_or_else(|e| Err(format!("durability task failed: {e}")))
+        };
+        // Tests only: with the fault point set, the upload finishes before
+        // the SQLite commit starts, so the point sits between the two.
+        let mut uploaded = None;
+        if crate::failpoint::is_set("chunk_uploaded") {
+            if let Some(handle) = durable.take() {
+                let result = join(handle);
+                if result.is_ok() {
+                    crate::failpoint::hit_blocking("chunk_uploaded");
+                }
+                uploaded = Some(result);
+            }
+        }
         let before = p.store.latest_revision();
         let appended = p.store.append(batch);
-        let durable = match durable {
-            Some(handle) => p
-                .runtime
-                .block_on(handle)
-                .unwrap_or_else(|e| Err(format!("durability task failed: {e}"))),
-            None => Ok(()),
+        let durable = match (uploaded, durable) {
+            (Some(result), _) => result,
+            (None, Some(handle)) => join(handle),
+            (None, None) => Ok(()),
         };
         let (appended, durable) = match (appended, durable) {
             (Ok(()), Ok(())) => return Ok(records),
