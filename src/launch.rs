@@ -1,9 +1,11 @@
 //! Starting servers for tools and tests (conformance runner, benchmarks):
 //! a fresh etcd, a fresh `netsy --dev`, a cluster of netsy nodes
 //! (`cluster`) or a moto S3 server, each on free loopback ports with its
-//! own data directory, removed when dropped.
+//! own data directory, removed when dropped; and proxies that inject
+//! faults between them (`faults`).
 
 pub mod cluster;
+pub mod faults;
 pub mod history;
 
 use std::io::{BufRead, BufReader};
@@ -281,16 +283,7 @@ impl Moto {
 
     /// The AWS variables that point clients at this server.
     pub fn env(&self) -> Vec<(String, String)> {
-        [
-            ("AWS_ENDPOINT_URL", self.endpoint.as_str()),
-            ("AWS_ACCESS_KEY_ID", "test"),
-            ("AWS_SECRET_ACCESS_KEY", "test"),
-            ("AWS_REGION", "us-east-1"),
-            ("AWS_S3_USE_PATH_STYLE", "true"),
-        ]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+        aws_env(&self.endpoint)
     }
 
     /// Creates a bucket.
@@ -311,4 +304,19 @@ impl Moto {
             Err(format!("creating bucket {name}: {resp}"))
         }
     }
+}
+
+/// The AWS variables that point an S3 client at `endpoint` (moto, or a
+/// proxy in front of it): moto checks no signature, so any credentials do.
+pub fn aws_env(endpoint: &str) -> Vec<(String, String)> {
+    [
+        ("AWS_ENDPOINT_URL", endpoint),
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_S3_USE_PATH_STYLE", "true"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
 }

@@ -311,6 +311,16 @@ fn main() -> ExitCode {
     for problem in config::env_vars::unknown(env_names) {
         log::warn!("{problem}");
     }
+    // A test whose fault point does not parse would test nothing.
+    match netsy::failpoint::init() {
+        Ok(warnings) => warnings.iter().for_each(|w| log::warn!("{w}")),
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("Error: {e}");
+            }
+            return ExitCode::from(1);
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

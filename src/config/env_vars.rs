@@ -143,7 +143,8 @@ pub const FAILPOINT: EnvVar = EnvVar {
     name: "NETSY_FAILPOINT_",
     default: "",
     dev_default: None,
-    meaning: "tests only: hold at fault point NAME while this file exists",
+    meaning: "tests only (debug builds): fault point NAME does hold:<path>, crash, \
+              crash-after:<n> or stall:<ms>",
     family: true,
 };
 /// Read by the test launcher, not the node; a node started by it inherits

@@ -3,7 +3,8 @@
 //! variables with every port chosen up front (client, peer, election,
 //! health), certificates from `netsy certs`, one shared JSONC config and one
 //! shared bucket. Nodes can be killed, stopped and restarted on their data
-//! directories.
+//! directories, and a node can advertise a fault proxy in front of its
+//! peer or client API instead of the port it binds.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -11,6 +12,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::faults::tcp::{TcpFaults, TcpProxy};
 use super::{free_port, TempDir};
 
 /// What cluster to build.
@@ -84,23 +86,56 @@ pub struct Ports {
     pub health: u16,
 }
 
+/// Addresses a node advertises in place of the ports it binds (None: the
+/// bound one), such as a proxy that forwards to them.
+#[derive(Clone, Debug, Default)]
+pub struct Advertise {
+    pub client: Option<String>,
+    pub peer: Option<String>,
+}
+
 /// One node: its settings and, while it runs, its process and output.
 pub struct ClusterNode {
     pub id: String,
     pub ports: Ports,
     pub data_dir: PathBuf,
+    /// Set before the node's first start: the bucket keeps the addresses
+    /// a node registered, and refuses a restart that advertises others.
+    pub advertise: Advertise,
     child: Option<Child>,
+    /// Whether it was ever started (see `advertise`).
+    started: bool,
+    /// Proxies in front of this node's listeners, kept as long as the node.
+    proxies: Vec<TcpProxy>,
     /// Every line the current process printed.
     pub log: Arc<Mutex<Vec<String>>>,
 }
 
 impl ClusterNode {
+    /// The client API as bound (tests dial it directly).
     pub fn client_addr(&self) -> String {
         format!("127.0.0.1:{}", self.ports.client)
     }
 
+    /// The peer API as bound.
     pub fn peer_addr(&self) -> String {
         format!("127.0.0.1:{}", self.ports.peer)
+    }
+
+    /// The client API as other nodes and member lists name it.
+    pub fn advertised_client_addr(&self) -> String {
+        self.advertise
+            .client
+            .clone()
+            .unwrap_or_else(|| self.client_addr())
+    }
+
+    /// The peer API as other nodes dial it.
+    pub fn advertised_peer_addr(&self) -> String {
+        self.advertise
+            .peer
+            .clone()
+            .unwrap_or_else(|| self.peer_addr())
     }
 
     pub fn election_addr(&self) -> String {
@@ -208,7 +243,10 @@ impl LaunchedCluster {
                 data_dir: dir.path().join(format!("data-{id}")),
                 id,
                 ports,
+                advertise: Advertise::default(),
                 child: None,
+                started: false,
+                proxies: Vec::new(),
                 log: Arc::default(),
             });
         }
@@ -247,9 +285,9 @@ impl LaunchedCluster {
             ),
             ("NETSY_NODE_ID".into(), n.id.clone()),
             ("NETSY_BIND_CLIENT".into(), at(n.ports.client)),
-            ("NETSY_ADVERTISE_CLIENT".into(), at(n.ports.client)),
+            ("NETSY_ADVERTISE_CLIENT".into(), n.advertised_client_addr()),
             ("NETSY_BIND_PEER".into(), at(n.ports.peer)),
-            ("NETSY_ADVERTISE_PEER".into(), at(n.ports.peer)),
+            ("NETSY_ADVERTISE_PEER".into(), n.advertised_peer_addr()),
             ("NETSY_BIND_ELECTION".into(), at(n.ports.election)),
             ("NETSY_ADVERTISE_ELECTION".into(), at(n.ports.election)),
             ("NETSY_BIND_HEALTH".into(), at(n.ports.health)),
@@ -304,7 +342,50 @@ impl LaunchedCluster {
         });
         n.log = log;
         n.child = Some(child);
+        n.started = true;
         Ok(())
+    }
+
+    /// Puts a [`TcpProxy`] in front of node `i`'s peer API: the node binds
+    /// its port and advertises the proxy's, so every peer connection made
+    /// *to* it crosses the proxy (the Follow streams of the replicas while
+    /// it is the Primary, heartbeats while it is the Elector, the Elector's
+    /// calls to it); its own outgoing connections do not. Before the
+    /// node's first start only. The proxy lives as long as the cluster.
+    pub fn proxy_peer(&mut self, i: usize) -> Result<TcpFaults, String> {
+        let n = self.unstarted(i)?;
+        let proxy = TcpProxy::start(&n.peer_addr())?;
+        n.advertise.peer = Some(proxy.addr());
+        let faults = proxy.faults();
+        n.proxies.push(proxy);
+        Ok(faults)
+    }
+
+    /// Puts a [`TcpProxy`] in front of node `i`'s client API, as
+    /// [`LaunchedCluster::proxy_peer`] does for the peer API: what is
+    /// dialled through the advertised address (member lists, clients that
+    /// follow them) crosses it; [`ClusterNode::client_addr`] does not.
+    pub fn proxy_client(&mut self, i: usize) -> Result<TcpFaults, String> {
+        let n = self.unstarted(i)?;
+        let proxy = TcpProxy::start(&n.client_addr())?;
+        n.advertise.client = Some(proxy.addr());
+        let faults = proxy.faults();
+        n.proxies.push(proxy);
+        Ok(faults)
+    }
+
+    fn unstarted(&mut self, i: usize) -> Result<&mut ClusterNode, String> {
+        let n = self
+            .nodes
+            .get_mut(i)
+            .ok_or_else(|| format!("there is no node {i}"))?;
+        if n.started {
+            return Err(format!(
+                "{} has started: the bucket keeps the addresses it advertised",
+                n.id
+            ));
+        }
+        Ok(n)
     }
 
     pub fn start_all(&mut self) -> Result<(), String> {

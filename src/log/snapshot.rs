@@ -194,6 +194,7 @@ pub async fn create(
         })
         .await
         .map_err(|e| LogError::Invalid(format!("snapshot task failed: {e}")))??;
+        crate::failpoint::hit("snapshot_upload").await;
         let key = keys::snapshot_key(revision);
         log.store.put_file(&key, &path).await?;
         Ok(key)

@@ -134,7 +134,7 @@ async fn start(config: Config, role: Arc<RoleCell>) -> Result<Running, Failed> {
         crate::objstore::from_config(&config.cluster.storage, &env, &metrics).map_err(failed)?;
     log::info!("object storage: {}", objects.describe());
     let log = Arc::new(ObjectLog::new(objects, &node_id, &config.node.data_dir).map_err(failed)?);
-    crate::failpoint::hold("loading").await;
+    crate::failpoint::hit("loading").await;
     let view = Arc::new(status::NodeView {
         node_id: node_id.clone(),
         role: role.clone(),
@@ -436,7 +436,7 @@ impl Running {
     /// cluster, the write path stops.
     async fn stop(mut self) {
         log::info!("shutting down: no new connections, finishing requests in flight");
-        crate::failpoint::hold("draining").await;
+        crate::failpoint::hit("draining").await;
         let _ = self.stop.send(true);
         let tasks = &mut self.tasks;
         let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {

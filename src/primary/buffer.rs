@@ -116,6 +116,7 @@ impl Buffer {
                 return Ok(());
             };
             let count = records.len();
+            crate::failpoint::hit("buffer_flush").await;
             let result = self.durability.persist(records.into()).await;
             let outcome = if result.is_ok() { "success" } else { "error" };
             self.metrics

@@ -319,6 +319,12 @@ impl Committer {
             .replicas
             .as_ref()
             .map_or(Route::Sync, |r| r.route());
+        self.record_route(route);
+        route
+    }
+
+    /// Remembers the route a batch takes; a switch is logged and shown.
+    fn record_route(&mut self, route: Route) {
         if route.as_str() != self.route.as_str() {
             log::info!(
                 "write_path_switched: from {} to {} ({route:?})",
@@ -332,7 +338,6 @@ impl Committer {
             }
         }
         self.route = route;
-        route
     }
 
     /// The quorum route: the batch goes to the replicas while it is
@@ -357,6 +362,9 @@ impl Committer {
             return Err(WriteError::from(e));
         }
         if p.runtime.block_on(receipts).unwrap_or(false) {
+            // Durable on a quorum; nothing is committed, answered or
+            // broadcast yet.
+            crate::failpoint::hit_blocking("quorum_committed");
             p.metrics.primary_replication_rounds.inc();
             return Ok((records, Route::Quorum { required }));
         }
@@ -377,7 +385,9 @@ impl Committer {
              for revisions {}..={last}; writing them to object storage instead",
             before + 1
         );
-        self.route = Route::Sync;
+        // A switch like any other: without it the metric kept showing the
+        // quorum route while every batch went to the bucket.
+        self.record_route(Route::Sync);
         self.sync(batch)
     }
 
@@ -464,16 +474,31 @@ impl Committer {
     fn make_durable(&mut self, batch: Batch) -> Result<Arc<[Record]>, WriteError> {
         let p = &self.parts;
         let records: Arc<[Record]> = batch.records.clone().into();
-        let durable =
+        let mut durable =
             (!records.is_empty()).then(|| p.runtime.spawn(p.durability.persist(records.clone())));
+        let join = |handle: tokio::task::JoinHandle<Result<(), String>>| {
+            p.runtime
+                .block_on(handle)
+                .unwrap_or_else(|e| Err(format!("durability task failed: {e}")))
+        };
+        // Tests only: with the fault point set, the upload finishes before
+        // the SQLite commit starts, so the point sits between the two.
+        let mut uploaded = None;
+        if crate::failpoint::is_set("chunk_uploaded") {
+            if let Some(handle) = durable.take() {
+                let result = join(handle);
+                if result.is_ok() {
+                    crate::failpoint::hit_blocking("chunk_uploaded");
+                }
+                uploaded = Some(result);
+            }
+        }
         let before = p.store.latest_revision();
         let appended = p.store.append(batch);
-        let durable = match durable {
-            Some(handle) => p
-                .runtime
-                .block_on(handle)
-                .unwrap_or_else(|e| Err(format!("durability task failed: {e}"))),
-            None => Ok(()),
+        let durable = match (uploaded, durable) {
+            (Some(result), _) => result,
+            (None, Some(handle)) => join(handle),
+            (None, None) => Ok(()),
         };
         let (appended, durable) = match (appended, durable) {
             (Ok(()), Ok(())) => return Ok(records),
@@ -745,6 +770,19 @@ mod tests {
         assert_eq!(
             (store.latest_revision(), store.committed_revision()),
             (3, 3)
+        );
+        let shown = |p: &str| {
+            let l = labels(&[("path", p)]);
+            path.writer
+                .metrics
+                .primary_write_path
+                .get_or_create(&l)
+                .get()
+        };
+        assert_eq!(
+            (shown("quorum"), shown("sync")),
+            (0, 1),
+            "the switch is shown"
         );
     }
 

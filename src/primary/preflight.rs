@@ -21,6 +21,7 @@ pub async fn preflight(
     let before = store.committed_revision();
     settle_tentative(store, log).await?;
     let report = restore::catch_up(store, log).await?;
+    crate::failpoint::hit("preflight").await;
     restore::upload_local(store, log, report.durable).await?;
     load_leases(store, log).await?;
     // Imported and adopted records, and a new cluster's first record.

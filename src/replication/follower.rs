@@ -135,12 +135,14 @@ async fn follow_once(
         tokio::select! {
             first = rx.recv() => {
                 let Some(first) = first else { break };
-                crate::failpoint::hold("follow_apply").await;
+                crate::failpoint::hit("follow_apply").await;
                 let mut group = vec![first];
                 while let Ok(m) = rx.try_recv() {
                     group.push(m);
                 }
                 if let Some(revision) = apply.group(group).map_err(|e| e.to_string())? {
+                    // In SQLite here; the Primary does not know yet.
+                    crate::failpoint::hit("replica_receipt").await;
                     let receipt = ReplicaMessage { revision, heartbeat: Some((parts.state)()) };
                     send(&mut sender, &receipt).await.map_err(text)?;
                     last_sent = Instant::now();
