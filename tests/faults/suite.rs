@@ -82,8 +82,15 @@ fn verdict(name: &str, recording: &Recording) -> (usize, usize, usize) {
 /// and returns the node to read the final state through; then traffic goes
 /// on until `more` further writes were acknowledged.
 fn run(name: &str, quorum: i64, fault: impl FnOnce(&mut TestCluster, usize) -> usize) {
+    run_on(
+        TestCluster::on_fs(3, |spec| spec.quorum = quorum),
+        name,
+        fault,
+    )
+}
+
+fn run_on(mut t: TestCluster, name: &str, fault: impl FnOnce(&mut TestCluster, usize) -> usize) {
     let _one = serial();
-    let mut t = TestCluster::on_fs(3, |spec| spec.quorum = quorum);
     t.start_all();
     let (_, primary) = t.settled();
     let rt = runtime();
@@ -204,4 +211,33 @@ fn a_slow_watcher_is_held_back_never_skipped() {
         }
         assert_eq!(seen, revisions, "every event, in order, none skipped");
     });
+}
+
+/// The bucket goes away for 5 s under quorum 0 (every write needs it) and
+/// under quorum -1 (the replicas carry writes; the buffer waits): no
+/// acknowledged write is lost, histories check, writes resume after.
+fn s3_outage(name: &str, quorum: i64) {
+    let t = TestCluster::on_moto_through_proxy(3, |spec| spec.quorum = quorum);
+    run_on(t, name, |t, primary| {
+        let faults = t.s3_proxy.as_ref().unwrap().faults();
+        faults.set(netsy::launch::faults::s3::S3Mode::Outage);
+        let started = Instant::now();
+        t.until("5 s of outage", |_| {
+            (started.elapsed() >= Duration::from_secs(5)).then_some(())
+        });
+        faults.set(netsy::launch::faults::s3::S3Mode::Pass);
+        let (_, now_primary) = t.settled();
+        let _ = primary;
+        now_primary
+    });
+}
+
+#[test]
+fn s3_outage_with_quorum_0() {
+    s3_outage("s3-outage 5 s (quorum 0)", 0);
+}
+
+#[test]
+fn s3_outage_with_quorum_majority() {
+    s3_outage("s3-outage 5 s (quorum -1)", -1);
 }

@@ -22,6 +22,8 @@ pub struct TestCluster {
     pub c: LaunchedCluster,
     _moto: Option<Arc<Moto>>,
     _dir: Option<tempfile::TempDir>,
+    /// The fault-injecting proxy every node reaches the bucket through.
+    pub s3_proxy: Option<netsy::launch::faults::s3::S3Proxy>,
 }
 
 fn fast(spec: &mut ClusterSpec) {
@@ -46,6 +48,28 @@ impl TestCluster {
             c: LaunchedCluster::create(&bin(), spec).unwrap(),
             _moto: Some(moto),
             _dir: None,
+            s3_proxy: None,
+        }
+    }
+
+    /// `n` nodes on a fresh moto bucket reached through an S3 proxy whose
+    /// faults the test switches (`s3_proxy`).
+    pub fn on_moto_through_proxy(n: usize, tweak: impl FnOnce(&mut ClusterSpec)) -> TestCluster {
+        let moto = Arc::new(start_moto());
+        create_bucket(&moto, "cluster");
+        let proxy = netsy::launch::faults::s3::S3Proxy::in_front_of(&moto).unwrap();
+        let mut spec = ClusterSpec::new(
+            n,
+            r#"{"provider": "s3", "bucket_name": "cluster"}"#,
+            proxy.env(),
+        );
+        fast(&mut spec);
+        tweak(&mut spec);
+        TestCluster {
+            c: LaunchedCluster::create(&bin(), spec).unwrap(),
+            _moto: Some(moto),
+            _dir: None,
+            s3_proxy: Some(proxy),
         }
     }
 
@@ -63,6 +87,7 @@ impl TestCluster {
             c: LaunchedCluster::create(&bin(), spec).unwrap(),
             _moto: None,
             _dir: Some(dir),
+            s3_proxy: None,
         }
     }
 
