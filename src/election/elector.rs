@@ -578,6 +578,10 @@ impl Elector {
         previous: Option<NodeRef>,
         nodes: &[(NodeRef, NodeState)],
     ) -> Result<NodeRef, String> {
+        // The previous Primary, when it did not stay: its last heartbeat
+        // (quorum 0 decides from heartbeats) may still say it is active,
+        // and it must not be kept on that word.
+        let mut passed_over = None;
         if let Some(prev) = previous {
             let kept = self.wait_for_previous(&prev).await?;
             let mut s = self.lock();
@@ -602,9 +606,14 @@ impl Elector {
                 return Ok(prev);
             }
             s.previous_primary = None;
+            passed_over = Some(prev.node_id.clone());
         }
         let states = if self.settings.quorum == 0 {
-            nodes.iter().map(|(_, s)| s.clone()).collect()
+            nodes
+                .iter()
+                .filter(|(n, _)| passed_over.as_ref() != Some(&n.node_id))
+                .map(|(_, s)| s.clone())
+                .collect()
         } else {
             let asks = nodes.iter().map(|(node, _)| async move {
                 let answer = self.peers.node_state(node).await;
