@@ -241,3 +241,11 @@ fn s3_outage_with_quorum_0() {
 fn s3_outage_with_quorum_majority() {
     s3_outage("s3-outage 5 s (quorum -1)", -1);
 }
+
+#[test]
+fn sigkill_of_a_replica_with_quorum_2() {
+    run("sigkill-replica (quorum 2)", 2, |t, primary| {
+        t.c.kill((primary + 1) % 3);
+        primary
+    });
+}
