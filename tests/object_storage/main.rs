@@ -47,25 +47,7 @@ pub fn moto_bucket(name: &str) -> (Arc<Moto>, Bucket) {
     (moto, bucket)
 }
 
-/// Every key's latest state plus the revision, as comparable text.
-pub async fn fingerprint(c: &mut etcd_client::Client) -> Vec<String> {
-    let all = c
-        .get("", Some(etcd_client::GetOptions::new().with_all_keys()))
-        .await
-        .unwrap();
-    let mut out = vec![format!("revision {}", all.header().unwrap().revision())];
-    out.extend(all.kvs().iter().map(|kv| {
-        format!(
-            "{} = {} (create {}, mod {}, version {})",
-            kv.key_str().unwrap(),
-            kv.value_str().unwrap(),
-            kv.create_revision(),
-            kv.mod_revision(),
-            kv.version()
-        )
-    }));
-    out
-}
+pub use support::fingerprint;
 
 /// Every event from revision 2 to the latest (a watch replaying the whole
 /// history, with previous values), as comparable text.

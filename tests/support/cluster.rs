@@ -35,41 +35,29 @@ fn fast(spec: &mut ClusterSpec) {
 impl TestCluster {
     /// `n` nodes on a fresh bucket of a fresh moto server.
     pub fn on_moto(n: usize, tweak: impl FnOnce(&mut ClusterSpec)) -> TestCluster {
-        let moto = Arc::new(start_moto());
-        create_bucket(&moto, "cluster");
-        let mut spec = ClusterSpec::new(
-            n,
-            r#"{"provider": "s3", "bucket_name": "cluster"}"#,
-            moto.env(),
-        );
-        fast(&mut spec);
-        tweak(&mut spec);
-        TestCluster {
-            c: LaunchedCluster::create(&bin(), spec).unwrap(),
-            _moto: Some(moto),
-            _dir: None,
-            s3_proxy: None,
-        }
+        TestCluster::moto(n, tweak, false)
     }
 
     /// `n` nodes on a fresh moto bucket reached through an S3 proxy whose
     /// faults the test switches (`s3_proxy`).
     pub fn on_moto_through_proxy(n: usize, tweak: impl FnOnce(&mut ClusterSpec)) -> TestCluster {
+        TestCluster::moto(n, tweak, true)
+    }
+
+    fn moto(n: usize, tweak: impl FnOnce(&mut ClusterSpec), proxied: bool) -> TestCluster {
         let moto = Arc::new(start_moto());
         create_bucket(&moto, "cluster");
-        let proxy = netsy::launch::faults::s3::S3Proxy::in_front_of(&moto).unwrap();
-        let mut spec = ClusterSpec::new(
-            n,
-            r#"{"provider": "s3", "bucket_name": "cluster"}"#,
-            proxy.env(),
-        );
+        let proxy =
+            proxied.then(|| netsy::launch::faults::s3::S3Proxy::in_front_of(&moto).unwrap());
+        let env = proxy.as_ref().map_or_else(|| moto.env(), |p| p.env());
+        let mut spec = ClusterSpec::new(n, r#"{"provider": "s3", "bucket_name": "cluster"}"#, env);
         fast(&mut spec);
         tweak(&mut spec);
         TestCluster {
             c: LaunchedCluster::create(&bin(), spec).unwrap(),
             _moto: Some(moto),
             _dir: None,
-            s3_proxy: Some(proxy),
+            s3_proxy: proxy,
         }
     }
 

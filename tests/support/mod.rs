@@ -570,3 +570,23 @@ pub async fn count_prefix(c: &mut etcd_client::Client, prefix: &str) -> i64 {
     .unwrap()
     .count()
 }
+
+/// Every key's latest state plus the revision, as comparable text.
+pub async fn fingerprint(c: &mut etcd_client::Client) -> Vec<String> {
+    let all = c
+        .get("", Some(etcd_client::GetOptions::new().with_all_keys()))
+        .await
+        .unwrap();
+    let mut out = vec![format!("revision {}", all.header().unwrap().revision())];
+    out.extend(all.kvs().iter().map(|kv| {
+        format!(
+            "{} = {} (create {}, mod {}, version {})",
+            kv.key_str().unwrap(),
+            kv.value_str().unwrap(),
+            kv.create_revision(),
+            kv.mod_revision(),
+            kv.version()
+        )
+    }));
+    out
+}

@@ -31,7 +31,6 @@ pub type Connect =
 
 /// A running traffic generator.
 pub struct Traffic {
-    start: Instant,
     stop: Arc<AtomicBool>,
     operations: Arc<Mutex<Vec<Operation>>>,
     clients: Vec<tokio::task::JoinHandle<()>>,
@@ -125,7 +124,6 @@ impl Traffic {
             }));
         }
         Traffic {
-            start,
             stop,
             operations,
             clients: tasks,
@@ -178,7 +176,6 @@ impl Traffic {
                 })
                 .collect()
         };
-        let _ = self.start;
         let operations = std::mem::take(&mut *self.operations.lock().unwrap());
         Recording {
             operations,
@@ -479,7 +476,7 @@ async fn send(c: &mut Client, request: &Request) -> Result<Response, Option<etcd
             let mut at = 0;
             loop {
                 let mut opts = GetOptions::new()
-                    .with_range(netsy_prefix_end(prefix))
+                    .with_range(prefix_end(prefix))
                     .with_limit(*limit);
                 if at > 0 {
                     opts = opts.with_revision(at);
@@ -499,7 +496,7 @@ async fn send(c: &mut Client, request: &Request) -> Result<Response, Option<etcd
     })
 }
 
-fn netsy_prefix_end(prefix: &str) -> Vec<u8> {
+fn prefix_end(prefix: &str) -> Vec<u8> {
     let mut end = prefix.as_bytes().to_vec();
     if let Some(last) = end.last_mut() {
         *last += 1;
