@@ -122,6 +122,18 @@ pub struct Changes {
     pub primary: bool,
 }
 
+/// Where a state to apply comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source<'a> {
+    /// This node's own Elector, running because this node holds the
+    /// elector lock: no earlier hand-off makes it a deposed Elector.
+    OwnElector,
+    /// Another node's push or answer. `holding` is this node's id while
+    /// its own Elector runs: a state naming another Elector is then stale
+    /// (it was sent before this node took the lock) or split brain.
+    Peer { holding: Option<&'a str> },
+}
+
 /// What this node knows of the cluster.
 #[derive(Debug, Default)]
 pub struct ClusterView {
@@ -137,9 +149,24 @@ impl ClusterView {
 
     /// Applies a state from the Elector (a push, or an answer to
     /// registration or GetClusterState).
-    pub fn apply(&mut self, cs: ClusterState, now: Instant) -> Result<Changes, Refused> {
+    pub fn apply(
+        &mut self,
+        cs: ClusterState,
+        source: Source<'_>,
+        now: Instant,
+    ) -> Result<Changes, Refused> {
         let current = self.state.as_ref().map(|s| s.elector.node_id.clone());
-        if let (Some((previous, since)), Some(current)) = (&self.previous_elector, &current) {
+        if let Source::Peer { holding: Some(me) } = source {
+            if cs.elector.node_id != me {
+                return Err(Refused::SplitBrain {
+                    from: cs.elector.node_id.clone(),
+                    current: me.to_string(),
+                });
+            }
+        }
+        if let (Source::Peer { .. }, Some((previous, since)), Some(current)) =
+            (source, &self.previous_elector, &current)
+        {
             if cs.elector.node_id == *previous
                 && cs.elector.node_id != *current
                 && now.saturating_duration_since(*since) < SPLIT_BRAIN_WINDOW
@@ -183,6 +210,8 @@ impl ClusterView {
 mod tests {
     use super::*;
 
+    const PEER: Source<'static> = Source::Peer { holding: None };
+
     fn node(id: &str) -> NodeRef {
         NodeRef {
             node_id: id.into(),
@@ -223,7 +252,7 @@ mod tests {
     fn a_deposed_elector_is_refused_for_30_seconds() {
         let t0 = Instant::now();
         let mut view = ClusterView::default();
-        let first = view.apply(state("a", None), t0).unwrap();
+        let first = view.apply(state("a", None), PEER, t0).unwrap();
         assert_eq!(
             first,
             Changes {
@@ -231,19 +260,19 @@ mod tests {
                 primary: true
             }
         );
-        let same = view.apply(state("a", None), t0).unwrap();
+        let same = view.apply(state("a", None), PEER, t0).unwrap();
         assert_eq!(same, Changes::default());
         assert_eq!(
-            view.apply(state("a", Some("c")), t0).unwrap(),
+            view.apply(state("a", Some("c")), PEER, t0).unwrap(),
             Changes {
                 elector: false,
                 primary: true
             }
         );
         // b takes over; a late push from a is refused.
-        view.apply(state("b", Some("c")), t0 + Duration::from_secs(1))
+        view.apply(state("b", Some("c")), PEER, t0 + Duration::from_secs(1))
             .unwrap();
-        let late = view.apply(state("a", Some("a")), t0 + Duration::from_secs(30));
+        let late = view.apply(state("a", Some("a")), PEER, t0 + Duration::from_secs(30));
         assert!(matches!(late, Err(Refused::SplitBrain { .. })), "{late:?}");
         assert_eq!(
             view.state().unwrap().elector.node_id,
@@ -252,7 +281,7 @@ mod tests {
         );
         // After the window, a -> b -> a is a normal re-election.
         assert!(view
-            .apply(state("a", None), t0 + Duration::from_secs(31))
+            .apply(state("a", None), PEER, t0 + Duration::from_secs(31))
             .is_ok());
     }
 
@@ -260,15 +289,45 @@ mod tests {
     fn the_tier1_election_can_name_the_elector_first() {
         let t0 = Instant::now();
         let mut view = ClusterView::default();
-        view.apply(state("a", Some("c")), t0).unwrap();
+        view.apply(state("a", Some("c")), PEER, t0).unwrap();
         assert!(view.set_elector(node("b"), t0));
         assert!(!view.set_elector(node("b"), t0), "already known");
         assert_eq!(view.state().unwrap().primary_id(), Some("c"));
         assert!(view
-            .apply(state("a", None), t0 + Duration::from_secs(5))
+            .apply(state("a", None), PEER, t0 + Duration::from_secs(5))
             .is_err());
         assert!(view
-            .apply(state("b", None), t0 + Duration::from_secs(5))
+            .apply(state("b", None), PEER, t0 + Duration::from_secs(5))
             .is_ok());
+    }
+
+    /// An Elector that lost the lock briefly and took it back gets its own
+    /// states applied at once (a stale push from the Elector in between
+    /// once made this node refuse its own Elector for 30 s, and so never
+    /// follow the Primary it elected), and while it holds the lock it
+    /// refuses states naming another Elector.
+    #[test]
+    fn an_elector_that_took_the_lock_back_applies_its_own_states() {
+        let t0 = Instant::now();
+        let mut view = ClusterView::default();
+        view.set_elector(node("c"), t0);
+        view.apply(state("c", None), Source::OwnElector, t0)
+            .unwrap();
+        // b held the lock for a moment; its push arrives late.
+        view.apply(state("b", None), PEER, t0).unwrap();
+        let own = view.apply(state("c", Some("b")), Source::OwnElector, t0);
+        assert!(own.is_ok(), "{own:?}");
+        assert_eq!(view.state().unwrap().primary_id(), Some("b"));
+        let holding = Source::Peer { holding: Some("c") };
+        assert_eq!(
+            view.apply(state("b", None), holding, t0),
+            Err(Refused::SplitBrain {
+                from: "b".into(),
+                current: "c".into()
+            })
+        );
+        assert_eq!(view.state().unwrap().primary_id(), Some("b"));
+        // Pushes from another node are still guarded as before.
+        assert!(view.apply(state("c", Some("a")), PEER, t0).is_ok());
     }
 }

@@ -167,10 +167,16 @@ impl ElectorLock {
         }
     }
 
-    /// One election cycle at wall-clock time `now`.
-    pub async fn cycle(&mut self, now: Timestamp) -> Outcome {
+    /// One election cycle; `clock` gives the wall-clock time, read once
+    /// the record has been obtained: asking a leader that does not answer
+    /// takes seconds, and the record is that much older by then, while
+    /// what this node writes next is only as fresh as that time (never
+    /// later than the write itself).
+    pub async fn cycle(&mut self, clock: impl Fn() -> Timestamp) -> Outcome {
         let was_leader = self.leader;
-        let (record, etag) = match self.obtain().await {
+        let obtained = self.obtain().await;
+        let now = clock();
+        let (record, etag) = match obtained {
             Ok(found) => found,
             Err(error) => {
                 self.consecutive_fails += 1;
@@ -389,9 +395,9 @@ mod tests {
     async fn the_first_node_takes_the_lock_and_renews_it() {
         let store = Arc::new(MemoryStore::new());
         let mut a = lock(&store, "a");
-        assert_eq!(a.cycle(at(0)).await, Outcome::Leader { newly: true });
+        assert_eq!(a.cycle(|| at(0)).await, Outcome::Leader { newly: true });
         assert_eq!(record(&store).await.last_updated, at(0));
-        assert_eq!(a.cycle(at(5)).await, Outcome::Leader { newly: false });
+        assert_eq!(a.cycle(|| at(5)).await, Outcome::Leader { newly: false });
         assert_eq!(record(&store).await, a.own_record(at(5)));
     }
 
@@ -399,20 +405,20 @@ mod tests {
     async fn others_follow_a_fresh_lock_and_take_over_a_stale_one() {
         let store = Arc::new(MemoryStore::new());
         let (mut a, mut b) = (lock(&store, "a"), lock(&store, "b"));
-        a.cycle(at(0)).await;
+        a.cycle(|| at(0)).await;
         let follow = Outcome::Follower {
             leader_id: "a".into(),
             leader_addr: "a:8443".into(),
             lost: false,
         };
-        assert_eq!(b.cycle(at(1)).await, follow);
-        assert_eq!(b.cycle(at(14)).await, follow, "14 s old: still fresh");
+        assert_eq!(b.cycle(|| at(1)).await, follow);
+        assert_eq!(b.cycle(|| at(14)).await, follow, "14 s old: still fresh");
         // a stops renewing: after the timeout b takes over.
-        assert_eq!(b.cycle(at(15)).await, Outcome::Leader { newly: true });
+        assert_eq!(b.cycle(|| at(15)).await, Outcome::Leader { newly: true });
         assert_eq!(record(&store).await.leader_id, "b");
         // a comes back: it follows b and learns it lost.
         assert_eq!(
-            a.cycle(at(16)).await,
+            a.cycle(|| at(16)).await,
             Outcome::Follower {
                 leader_id: "b".into(),
                 leader_addr: "b:8443".into(),
@@ -428,16 +434,16 @@ mod tests {
         use std::sync::atomic::Ordering::SeqCst;
         let store = Flaky::new(0, transient);
         let mut a = ElectorLock::new(store.clone(), "a", "a:8443", LEADER_TIMEOUT, None);
-        assert_eq!(a.cycle(at(0)).await, Outcome::Leader { newly: true });
+        assert_eq!(a.cycle(|| at(0)).await, Outcome::Leader { newly: true });
         // Every write fails from now on.
         store.failures.store(u32::MAX, SeqCst);
         assert_eq!(
-            a.cycle(at(5)).await,
+            a.cycle(|| at(5)).await,
             Outcome::Leader { newly: false },
             "5 s unrenewed: still the leader"
         );
         assert!(matches!(
-            a.cycle(at(10)).await,
+            a.cycle(|| at(10)).await,
             Outcome::Undecided { lost: true, .. }
         ));
         assert!(
@@ -447,13 +453,13 @@ mod tests {
         store.failures.store(0, SeqCst);
         // A cycle that began in time but ended late gives up as well.
         let mut c = ElectorLock::new(store.clone(), "c", "c:8443", LEADER_TIMEOUT, None);
-        assert_eq!(c.cycle(at(20)).await, Outcome::Leader { newly: true });
+        assert_eq!(c.cycle(|| at(20)).await, Outcome::Leader { newly: true });
         assert!(!c.give_up_if_unrenewed(at(29)));
         assert!(c.give_up_if_unrenewed(at(30)));
         assert!(!c.is_leader());
         let mut b = ElectorLock::new(store.clone(), "b", "b:8443", LEADER_TIMEOUT, None);
-        assert!(matches!(b.cycle(at(34)).await, Outcome::Follower { .. }));
-        assert_eq!(b.cycle(at(35)).await, Outcome::Leader { newly: true });
+        assert!(matches!(b.cycle(|| at(34)).await, Outcome::Follower { .. }));
+        assert_eq!(b.cycle(|| at(35)).await, Outcome::Leader { newly: true });
     }
 
     #[tokio::test]
@@ -462,10 +468,10 @@ mod tests {
             let store = Arc::new(MemoryStore::new());
             if stale {
                 let mut old = lock(&store, "old");
-                old.cycle(at(-100)).await;
+                old.cycle(|| at(-100)).await;
             }
             let (mut a, mut b) = (lock(&store, "a"), lock(&store, "b"));
-            let (ra, rb) = tokio::join!(a.cycle(at(0)), b.cycle(at(0)));
+            let (ra, rb) = tokio::join!(a.cycle(|| at(0)), b.cycle(|| at(0)));
             let winners = [&ra, &rb]
                 .iter()
                 .filter(|o| matches!(o, Outcome::Leader { .. }))
@@ -477,7 +483,7 @@ mod tests {
             // The loser follows the winner at its next cycle.
             let loser = if a.is_leader() { &mut b } else { &mut a };
             assert!(matches!(
-                loser.cycle(at(5)).await,
+                loser.cycle(|| at(5)).await,
                 Outcome::Follower { leader_id, .. } if leader_id == holder
             ));
         }
@@ -487,12 +493,12 @@ mod tests {
     async fn a_resigned_lock_is_taken_over_at_once() {
         let store = Arc::new(MemoryStore::new());
         let (mut a, mut b) = (lock(&store, "a"), lock(&store, "b"));
-        a.cycle(at(0)).await;
+        a.cycle(|| at(0)).await;
         a.resign().await.unwrap();
         assert!(!a.is_leader());
         let r = record(&store).await;
         assert_eq!((r.leader_id.as_str(), r.last_updated), ("a", zero_time()));
-        assert_eq!(b.cycle(at(1)).await, Outcome::Leader { newly: true });
+        assert_eq!(b.cycle(|| at(1)).await, Outcome::Leader { newly: true });
         // Resigning a lock another node holds changes nothing.
         a.resign().await.unwrap();
         assert_eq!(record(&store).await.leader_id, "b");
@@ -501,10 +507,10 @@ mod tests {
     #[tokio::test]
     async fn a_restarted_leader_renews_its_own_fresh_record() {
         let store = Arc::new(MemoryStore::new());
-        lock(&store, "a").cycle(at(0)).await;
+        lock(&store, "a").cycle(|| at(0)).await;
         let mut restarted = lock(&store, "a");
         assert_eq!(
-            restarted.cycle(at(3)).await,
+            restarted.cycle(|| at(3)).await,
             Outcome::Leader { newly: true },
             "newly leader for this process: its hooks must run"
         );
@@ -518,7 +524,7 @@ mod tests {
             .await
             .unwrap();
         let mut a = lock(&store, "a");
-        assert_eq!(a.cycle(at(0)).await, Outcome::Leader { newly: true });
+        assert_eq!(a.cycle(|| at(0)).await, Outcome::Leader { newly: true });
     }
 
     /// A probe answering for the known leader, counting its calls.
@@ -536,7 +542,7 @@ mod tests {
     async fn a_follower_asks_the_leader_instead_of_the_bucket() {
         let store = Arc::new(MemoryStore::new());
         let mut a = lock(&store, "a");
-        a.cycle(at(0)).await;
+        a.cycle(|| at(0)).await;
         let probe = Arc::new(Probe(Default::default(), Some(a.own_record(at(20)))));
         let mut b = ElectorLock::new(
             store.clone(),
@@ -546,11 +552,11 @@ mod tests {
             Some(probe.clone()),
         );
         // First cycle: nothing known yet, the bucket is read.
-        assert!(matches!(b.cycle(at(1)).await, Outcome::Follower { .. }));
+        assert!(matches!(b.cycle(|| at(1)).await, Outcome::Follower { .. }));
         assert!(probe.0.lock().unwrap().is_empty());
         // Later the leader answers for itself, even though the bucket's
         // record went stale (a stopped renewing in this test).
-        assert!(matches!(b.cycle(at(20)).await, Outcome::Follower { .. }));
+        assert!(matches!(b.cycle(|| at(20)).await, Outcome::Follower { .. }));
         assert_eq!(*probe.0.lock().unwrap(), ["a:8443"]);
         // A leader that says it is not the leader sends b to the bucket.
         let denies = Arc::new(Probe(Default::default(), None));
@@ -561,8 +567,44 @@ mod tests {
             LEADER_TIMEOUT,
             Some(denies.clone()),
         );
-        c.cycle(at(1)).await;
-        assert_eq!(c.cycle(at(20)).await, Outcome::Leader { newly: true });
+        c.cycle(|| at(1)).await;
+        assert_eq!(c.cycle(|| at(20)).await, Outcome::Leader { newly: true });
         assert_eq!(denies.0.lock().unwrap().len(), 1);
+    }
+
+    /// A leader that does not answer: each probe fails after `1` seconds
+    /// of the test's clock.
+    struct DeadLeader(Arc<std::sync::atomic::AtomicI64>, i64);
+
+    impl LeaderProbe for DeadLeader {
+        fn probe<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<Option<LockRecord>, String>> {
+            self.0
+                .fetch_add(self.1, std::sync::atomic::Ordering::SeqCst);
+            Box::pin(async { Err("no answer".to_string()) })
+        }
+    }
+
+    /// The record's age counts from when it was read: a follower that
+    /// spent the cycle waiting for a dead leader's answer finds the record
+    /// stale in that same cycle (it once waited a whole further cycle).
+    #[tokio::test]
+    async fn a_record_read_after_a_dead_leaders_silence_is_aged_at_the_read() {
+        use std::sync::atomic::{AtomicI64, Ordering};
+        let store = Arc::new(MemoryStore::new());
+        let mut a = lock(&store, "a");
+        assert_eq!(a.cycle(|| at(0)).await, Outcome::Leader { newly: true });
+        let clock = Arc::new(AtomicI64::new(1));
+        let silent = Arc::new(DeadLeader(clock.clone(), 16));
+        let mut b = ElectorLock::new(store.clone(), "b", "b:8443", LEADER_TIMEOUT, Some(silent));
+        let now = || at(clock.load(Ordering::SeqCst));
+        assert!(matches!(b.cycle(now).await, Outcome::Follower { .. }));
+        // Started at 2, read the record at 18: 18 s old, past the timeout.
+        clock.store(2, Ordering::SeqCst);
+        assert_eq!(b.cycle(now).await, Outcome::Leader { newly: true });
+        // What b wrote is as fresh as its read, so b keeps the role (it
+        // once gave it up at once, its record being 16 s old already).
+        assert!(!b.give_up_if_unrenewed(at(18)));
+        let written = LockRecord::parse(&store.get(LOCK_KEY).await.unwrap().data).unwrap();
+        assert_eq!(written.last_updated, at(18));
     }
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::election::cluster_state::{ClusterState, ClusterView, NodeRef, Refused};
+use crate::election::cluster_state::{ClusterState, ClusterView, NodeRef, Refused, Source};
 use crate::election::discovery::Registration;
 use crate::election::elector::{Elector, ElectorError, Peers};
 use crate::grpc::{Code, Connector, ConnectorSettings, Status, TlsTarget};
@@ -171,18 +171,34 @@ impl Cluster {
     /// Subscribers wake even when nothing changed: the Elector pushes the
     /// same state again to a node that acts against it.
     pub fn apply(&self, cs: ClusterState) -> Result<(), Refused> {
-        self.apply_unless_newer(cs, None)
+        self.apply_unless_newer(cs, None, self.peer_source())
+    }
+
+    /// Where a state from another node stands: refused when it names
+    /// another Elector while this node's own Elector runs.
+    fn peer_source(&self) -> Source<'_> {
+        let holding = self
+            .elector
+            .get()
+            .is_some_and(|e| e.is_active())
+            .then_some(self.me.node_id.as_str());
+        Source::Peer { holding }
     }
 
     /// Applies `cs` unless `seen` is given and another state has been
     /// applied since it was read.
-    fn apply_unless_newer(&self, cs: ClusterState, seen: Option<u64>) -> Result<(), Refused> {
+    fn apply_unless_newer(
+        &self,
+        cs: ClusterState,
+        seen: Option<u64>,
+        source: Source<'_>,
+    ) -> Result<(), Refused> {
         let (changes, now) = {
             let mut view = self.view();
             if seen.is_some_and(|n| n != self.applied.load(Ordering::Acquire)) {
                 return Ok(());
             }
-            let changes = view.apply(cs, Instant::now())?;
+            let changes = view.apply(cs, source, Instant::now())?;
             self.applied.fetch_add(1, Ordering::AcqRel);
             (changes, view.state().cloned())
         };
@@ -276,7 +292,7 @@ impl Cluster {
             Some(p) => ClusterState::from_proto(p)
                 .map_err(|e| e.to_string())
                 .and_then(|cs| {
-                    self.apply_unless_newer(cs, Some(seen))
+                    self.apply_unless_newer(cs, Some(seen), self.peer_source())
                         .map_err(|e| e.to_string())
                 }),
             None => self.refresh_state().await,
@@ -398,7 +414,7 @@ impl Cluster {
                 ClusterState::from_proto(&p).map_err(|e| e.to_string())?
             }
         };
-        self.apply_unless_newer(state, Some(seen))
+        self.apply_unless_newer(state, Some(seen), self.peer_source())
             .map_err(|e| e.to_string())
     }
 }
@@ -428,7 +444,9 @@ impl Peers for Cluster {
     ) -> BoxFuture<'a, Result<(), String>> {
         Box::pin(async move {
             if node.node_id == self.me.node_id {
-                return self.apply(state.clone()).map_err(|e| e.to_string());
+                return self
+                    .apply_unless_newer(state.clone(), None, Source::OwnElector)
+                    .map_err(|e| e.to_string());
             }
             self.peers
                 .unary::<_, ()>(

@@ -64,16 +64,15 @@ impl LockRunner {
     /// cannot keep a stale leader (a follower's may take longer: asking a
     /// dead leader's endpoint alone takes a second or more).
     async fn cycle(&mut self) -> bool {
-        let now = Timestamp::now();
         let outcome = if self.lock.is_leader() {
-            tokio::time::timeout(self.interval, self.lock.cycle(now))
+            tokio::time::timeout(self.interval, self.lock.cycle(Timestamp::now))
                 .await
                 .unwrap_or_else(|_| Outcome::Undecided {
                     error: format!("the lock cycle took longer than {:?}", self.interval),
                     lost: false,
                 })
         } else {
-            self.lock.cycle(now).await
+            self.lock.cycle(Timestamp::now).await
         };
         let known = self.follow_outcome(outcome).await;
         if self.lock.give_up_if_unrenewed(Timestamp::now()) {
