@@ -10,6 +10,12 @@
 //! * `stall:<ms>`: wait that long every time;
 //! * `off` or empty: nothing.
 //!
+//! Beside the points, `NETSY_TEST_DIAL_VIA=<addr>=<proxy>,...` reroutes
+//! the peer and election links this node dials ([`dial_address`]): every
+//! node registers its real addresses, and a test puts one proxy on each
+//! link from one node to another, so it can cut a node off from the others
+//! (both directions) while the rest stay connected.
+//!
 //! Only debug builds (the tests') have them. A release build compiles
 //! every point to an empty inline function and never reads the variables
 //! (only [`init`] warns that they are ignored). In a debug build the
@@ -48,6 +54,10 @@ pub const POINTS: &[(&str, &str)] = &[
     (
         "snapshot_upload",
         "a snapshot file is written locally, before it is uploaded (async)",
+    ),
+    (
+        "preflight_start",
+        "a new Primary starts its preflight, before it catches up with the bucket (async)",
     ),
     (
         "preflight",
@@ -152,10 +162,19 @@ pub fn init() -> Result<Vec<String>, Vec<String>> {
             .collect();
         log::warn!("fault points set: {}", names.join(", "));
     }
-    if parsed.errors.is_empty() {
+    let mut errors = parsed.errors;
+    match armed::parse_dial_via_env() {
+        Ok(routes) if !routes.is_empty() => {
+            let shown: Vec<String> = routes.iter().map(|(f, t)| format!("{f} via {t}")).collect();
+            log::warn!("peer links dialled through proxies: {}", shown.join(", "));
+        }
+        Ok(_) => {}
+        Err(e) => errors.push(e),
+    }
+    if errors.is_empty() {
         Ok(parsed.warnings)
     } else {
-        Err(parsed.errors)
+        Err(errors)
     }
 }
 
@@ -164,11 +183,47 @@ pub fn init() -> Result<Vec<String>, Vec<String>> {
 #[cfg(not(debug_assertions))]
 pub fn init() -> Result<Vec<String>, Vec<String>> {
     let prefix = crate::config::env_vars::FAILPOINT.name;
+    let dial_via = crate::config::env_vars::TEST_DIAL_VIA.name;
     Ok(std::env::vars_os()
         .filter_map(|(name, _)| name.into_string().ok())
-        .filter(|name| name.starts_with(prefix))
+        .filter(|name| name.starts_with(prefix) || name == dial_via)
         .map(|name| format!("{name} is ignored: fault points exist only in debug builds"))
         .collect())
+}
+
+/// Reads a `NETSY_TEST_DIAL_VIA` value: `host:port=host:port` pairs,
+/// separated by commas (an empty value reroutes nothing).
+pub fn parse_dial_via(value: &str) -> Result<Vec<(String, String)>, String> {
+    let var = crate::config::env_vars::TEST_DIAL_VIA.name;
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (from, to) = pair
+                .split_once('=')
+                .map(|(f, t)| (f.trim(), t.trim()))
+                .filter(|(f, t)| f.contains(':') && t.contains(':'))
+                .ok_or_else(|| format!("{var}: {pair:?} is not <host:port>=<host:port>"))?;
+            Ok((from.to_string(), to.to_string()))
+        })
+        .collect()
+}
+
+/// Where to dial to reach `addr`: the proxy `NETSY_TEST_DIAL_VIA` puts on
+/// that link, or `addr` itself.
+#[cfg(debug_assertions)]
+pub fn dial_address(addr: &str) -> &str {
+    armed::dial_via()
+        .iter()
+        .find(|(from, _)| from == addr)
+        .map_or(addr, |(_, to)| to.as_str())
+}
+
+#[cfg(not(debug_assertions))]
+#[inline(always)]
+pub fn dial_address(addr: &str) -> &str {
+    addr
 }
 
 /// Fault point `name`, in async code.
@@ -251,6 +306,22 @@ mod armed {
     }
 
     static TABLE: OnceLock<Vec<Point>> = OnceLock::new();
+    static DIAL_VIA: OnceLock<Vec<(String, String)>> = OnceLock::new();
+
+    pub fn parse_dial_via_env() -> Result<Vec<(String, String)>, String> {
+        let var = crate::config::env_vars::TEST_DIAL_VIA.name;
+        match std::env::var(var) {
+            Ok(value) => super::parse_dial_via(&value),
+            Err(std::env::VarError::NotPresent) => Ok(Vec::new()),
+            Err(std::env::VarError::NotUnicode(_)) => Err(format!("{var}: not UTF-8")),
+        }
+    }
+
+    /// The rerouted links, read once; a value that does not parse reroutes
+    /// nothing (and makes [`super::init`] refuse the start).
+    pub fn dial_via() -> &'static [(String, String)] {
+        DIAL_VIA.get_or_init(|| parse_dial_via_env().unwrap_or_default())
+    }
 
     pub fn parse_process_env() -> Parsed {
         // Names or values that are not UTF-8 cannot set a fault point.
@@ -315,6 +386,22 @@ mod armed {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dial_via_parses() {
+        assert_eq!(parse_dial_via(""), Ok(vec![]));
+        assert_eq!(
+            parse_dial_via("127.0.0.1:1=127.0.0.1:2, 127.0.0.1:3 = 127.0.0.1:4,"),
+            Ok(vec![
+                ("127.0.0.1:1".into(), "127.0.0.1:2".into()),
+                ("127.0.0.1:3".into(), "127.0.0.1:4".into())
+            ])
+        );
+        for bad in ["127.0.0.1:1", "127.0.0.1:1=", "a=b", "=127.0.0.1:2"] {
+            let e = parse_dial_via(bad).unwrap_err();
+            assert!(e.starts_with("NETSY_TEST_DIAL_VIA: "), "{e}");
+        }
+    }
 
     #[test]
     fn actions_parse() {

@@ -138,6 +138,13 @@ pub const TEST_ELECTION_SPEEDUP: EnvVar = EnvVar::new(
     "",
     "tests only: divide the election timings by 2-100",
 );
+/// Tests only: links this node dials through a proxy (`crate::failpoint`).
+pub const TEST_DIAL_VIA: EnvVar = EnvVar::new(
+    "NETSY_TEST_DIAL_VIA",
+    "",
+    "tests only (debug builds): ADDR=PROXY,... dial PROXY wherever ADDR would be dialled \
+     (peer and election links, so a test can cut them one by one)",
+);
 /// Tests only: fault points (`crate::failpoint`).
 pub const FAILPOINT: EnvVar = EnvVar {
     name: "NETSY_FAILPOINT_",
@@ -193,6 +200,7 @@ pub const ALL: &[EnvVar] = &[
     DATA_DIR,
     DEBUG,
     TEST_ELECTION_SPEEDUP,
+    TEST_DIAL_VIA,
     FAILPOINT,
     LAUNCH_KEEP,
     CLUSTER_ECHO,

@@ -92,7 +92,7 @@ impl HttpsProbe {
     async fn once(&self, addr: &str) -> Result<Option<LockRecord>, String> {
         let attempt = async {
             let host = crate::tls::host_of(addr).ok_or_else(|| format!("{addr}: no host"))?;
-            let tcp = TcpStream::connect(addr)
+            let tcp = TcpStream::connect(crate::failpoint::dial_address(addr))
                 .await
                 .map_err(|e| format!("connect to {addr}: {e}"))?;
             let mut tls = crate::tls::connect(tcp, self.config.clone(), host, addr).await?;

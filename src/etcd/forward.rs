@@ -124,11 +124,12 @@ impl ReadIndex {
             };
             metrics.replica_read_index_calls.inc();
             // The cheapest read there is: a count of one key; its header
-            // carries the Primary's committed revision.
+            // carries the Primary's committed revision. Not serializable:
+            // the Primary answers only once it is active (caught up).
             let probe = RangeRequest {
                 key: bytes::Bytes::from_static(b"\0"),
                 count_only: true,
-                serializable: true,
+                serializable: false,
                 ..RangeRequest::default()
             };
             let answer: Result<RangeResponse, Status> = forward(

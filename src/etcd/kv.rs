@@ -53,8 +53,18 @@ pub async fn range(api: Arc<EtcdApi>, req: RangeRequest) -> Result<RangeResponse
 /// (the fault suite caught one reading revision 57 after 58 was
 /// acknowledged), so it waits a little for a Primary like a write would.
 async fn linearizable(api: &EtcdApi) -> Result<(), Status> {
-    // A lone node (or a call a replica forwarded here) is the only writer:
-    // its own data is always the latest.
+    // A replica's read index asks here: the answer's revision is what the
+    // replica waits for, so it must be a Primary's that has caught up with
+    // the bucket (a starting one has not; it once answered a revision below
+    // one an earlier Primary had acknowledged).
+    if api.forwarded_here {
+        return api.writer.writable().await.map_err(|e| {
+            Status::unavailable(format!(
+                "netsy: the Primary cannot confirm its latest revision yet: {e}"
+            ))
+        });
+    }
+    // A lone node is the only writer: its own data is always the latest.
     if api.forwarding.is_none() {
         return Ok(());
     }

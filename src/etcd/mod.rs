@@ -91,6 +91,10 @@ pub struct EtcdApi {
     /// Where writes go on a cluster member (None: always here, as for a
     /// lone node or requests a replica forwarded).
     pub forwarding: Option<Arc<dyn forward::Forwarding>>,
+    /// Serves what replicas forwarded (the peer API's copy): a default
+    /// read here is a replica's read-index question, which only an active
+    /// Primary may answer.
+    pub forwarded_here: bool,
     pub read_index: Arc<forward::ReadIndex>,
 }
 
@@ -109,6 +113,7 @@ impl EtcdApi {
             settings: self.settings.clone(),
             shutdown: self.shutdown.clone(),
             forwarding: None,
+            forwarded_here: true,
             read_index: Arc::default(),
         }
     }

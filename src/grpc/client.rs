@@ -49,7 +49,7 @@ use super::router::with_deadline as until;
 
 /// Dials `addr` (within `timeout`, if given), without Nagle's delay.
 pub(crate) async fn dial(addr: &str, timeout: Option<Duration>) -> Result<TcpStream, Status> {
-    let connecting = TcpStream::connect(addr);
+    let connecting = TcpStream::connect(crate::failpoint::dial_address(addr));
     let connected = match timeout {
         Some(limit) => tokio::time::timeout(limit, connecting)
             .await

@@ -12,7 +12,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::faults::tcp::{TcpFaults, TcpProxy};
+use super::faults::tcp::{TcpFaults, TcpMode, TcpProxy};
 use super::{free_port, TempDir};
 
 /// What cluster to build.
@@ -107,6 +107,9 @@ pub struct ClusterNode {
     started: bool,
     /// Proxies in front of this node's listeners, kept as long as the node.
     proxies: Vec<TcpProxy>,
+    /// Variables for this node only, after the cluster's (so they win):
+    /// its own S3 endpoint, its dialled links.
+    pub env: Vec<(String, String)>,
     /// Every line the current process printed.
     pub log: Arc<Mutex<Vec<String>>>,
 }
@@ -193,6 +196,17 @@ pub struct LaunchedCluster {
     pub certs: PathBuf,
     bin: PathBuf,
     dir: TempDir,
+    /// One proxy per (from, to) node pair when [`LaunchedCluster::separate_links`]
+    /// was called: `from` dials `to`'s peer and election APIs through it.
+    links: Vec<Link>,
+}
+
+/// The link from one node to another: what `from` dials to reach `to`.
+struct Link {
+    from: usize,
+    to: usize,
+    /// The peer API's proxy and the election endpoint's, switched together.
+    faults: Vec<TcpFaults>,
 }
 
 /// The name of the client certificate `netsy certs` issues for tools.
@@ -247,6 +261,7 @@ impl LaunchedCluster {
                 child: None,
                 started: false,
                 proxies: Vec::new(),
+                env: Vec::new(),
                 log: Arc::default(),
             });
         }
@@ -257,6 +272,7 @@ impl LaunchedCluster {
             certs,
             bin: bin.to_path_buf(),
             dir,
+            links: Vec::new(),
         })
     }
 
@@ -309,6 +325,7 @@ impl LaunchedCluster {
                 s.to_string(),
             ));
         }
+        env.extend(n.env.iter().cloned());
         env
     }
 
@@ -372,6 +389,78 @@ impl LaunchedCluster {
         let faults = proxy.faults();
         n.proxies.push(proxy);
         Ok(faults)
+    }
+
+    /// Gives every ordered pair of nodes its own link: node `from` dials
+    /// `to`'s peer and election APIs through a proxy of its own (a debug
+    /// build's `NETSY_TEST_DIAL_VIA`), so [`LaunchedCluster::isolate`] can
+    /// cut one node off from the others in both directions while the rest
+    /// still reach each other. Before any node starts.
+    pub fn separate_links(&mut self) -> Result<(), String> {
+        for i in 0..self.nodes.len() {
+            self.unstarted(i)?;
+        }
+        let var = crate::config::env_vars::TEST_DIAL_VIA.name;
+        for from in 0..self.nodes.len() {
+            let mut routes = Vec::new();
+            let mut proxies = Vec::new();
+            for to in (0..self.nodes.len()).filter(|to| *to != from) {
+                let target = &self.nodes[to];
+                let (peer, election) = (target.peer_addr(), target.election_addr());
+                let peer_proxy = TcpProxy::start(&peer)?;
+                let election_proxy = TcpProxy::start(&election)?;
+                routes.push(format!("{peer}={}", peer_proxy.addr()));
+                routes.push(format!("{election}={}", election_proxy.addr()));
+                self.links.push(Link {
+                    from,
+                    to,
+                    faults: vec![peer_proxy.faults(), election_proxy.faults()],
+                });
+                proxies.extend([peer_proxy, election_proxy]);
+            }
+            let n = &mut self.nodes[from];
+            n.env.push((var.to_string(), routes.join(",")));
+            n.proxies.extend(proxies);
+        }
+        Ok(())
+    }
+
+    /// Sets the link from `from` to `to` (after [`LaunchedCluster::separate_links`]).
+    pub fn set_link(&self, from: usize, to: usize, mode: TcpMode) -> Result<(), String> {
+        let link = self
+            .links
+            .iter()
+            .find(|l| l.from == from && l.to == to)
+            .ok_or_else(|| format!("no link from node {from} to node {to}"))?;
+        link.faults.iter().for_each(|f| f.set(mode));
+        Ok(())
+    }
+
+    /// Blackholes every link to and from node `i` (the others stay
+    /// connected): a partition that leaves connections hanging, as a
+    /// dropped network does, rather than refusing them.
+    pub fn isolate(&self, i: usize) -> Result<(), String> {
+        self.set_links_of(i, TcpMode::Blackhole)
+    }
+
+    /// Undoes [`LaunchedCluster::isolate`].
+    pub fn rejoin(&self, i: usize) -> Result<(), String> {
+        self.set_links_of(i, TcpMode::Pass)
+    }
+
+    fn set_links_of(&self, i: usize, mode: TcpMode) -> Result<(), String> {
+        let touching: Vec<&Link> = self
+            .links
+            .iter()
+            .filter(|l| l.from == i || l.to == i)
+            .collect();
+        if touching.is_empty() {
+            return Err(format!("node {i} has no separate links"));
+        }
+        for link in touching {
+            link.faults.iter().for_each(|f| f.set(mode));
+        }
+        Ok(())
     }
 
     fn unstarted(&mut self, i: usize) -> Result<&mut ClusterNode, String> {

@@ -285,6 +285,7 @@ async fn start(config: Config, role: Arc<RoleCell>) -> Result<Running, Failed> {
         settings: ApiSettings::default(),
         shutdown: stop.clone(),
         forwarding: None,
+        forwarded_here: false,
         read_index: Arc::default(),
     };
     if let (Some(m), Some(set)) = (&membership, replica_set) {

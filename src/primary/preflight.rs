@@ -18,6 +18,7 @@ pub async fn preflight(
     log: &ObjectLog,
     hub: &WatchHub,
 ) -> Result<CaughtUp, LogError> {
+    crate::failpoint::hit("preflight_start").await;
     let before = store.committed_revision();
     settle_tentative(store, log).await?;
     let report = restore::catch_up(store, log).await?;

@@ -11,6 +11,7 @@ mod support;
 
 mod failpoints;
 mod s3proxy;
+mod stale_reads;
 mod suite;
 mod tcpproxy;
 

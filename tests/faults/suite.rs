@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::support::cluster::{connect, TestCluster};
-use crate::support::traffic::{Connect, Traffic};
+use crate::support::traffic::{read_history, read_state, Connect, Traffic};
 use netsy::launch::history::Recording;
 
 /// Clusters are heavy on two cores: one test at a time.
@@ -78,23 +78,43 @@ fn verdict(name: &str, recording: &Recording) -> (usize, usize, usize) {
     (ops, acked, unknown)
 }
 
+/// The keys the traffic writes.
+const PREFIX: &str = "/faults/";
+
+/// What is checked after the recording's own checks.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum After {
+    /// Every running node holds the final state.
+    EveryNode,
+    /// That, then every node stopped gracefully and started again on
+    /// empty data directories: the bucket alone gives back the final state
+    /// and the whole history.
+    Restore,
+}
+
 /// Traffic on a 3-node cluster; `fault` strikes once writes are under way
 /// and returns the node to read the final state through; then traffic goes
-/// on until `more` further writes were acknowledged.
+/// on until 100 further writes were acknowledged.
 fn run(name: &str, quorum: i64, fault: impl FnOnce(&mut TestCluster, usize) -> usize) {
     run_on(
         TestCluster::on_fs(3, |spec| spec.quorum = quorum),
         name,
+        After::EveryNode,
         fault,
     )
 }
 
-fn run_on(mut t: TestCluster, name: &str, fault: impl FnOnce(&mut TestCluster, usize) -> usize) {
+fn run_on(
+    mut t: TestCluster,
+    name: &str,
+    after: After,
+    fault: impl FnOnce(&mut TestCluster, usize) -> usize,
+) {
     let _one = serial();
     t.start_all();
     let (_, primary) = t.settled();
     let rt = runtime();
-    let traffic = rt.block_on(Traffic::start(connector(&t), 3, 6, 20, "/faults/", 1));
+    let traffic = rt.block_on(Traffic::start(connector(&t), 3, 6, 20, PREFIX, 1));
     t.until("writes under way", |_| {
         (traffic.acknowledged() >= 100).then_some(())
     });
@@ -113,6 +133,65 @@ fn run_on(mut t: TestCluster, name: &str, fault: impl FnOnce(&mut TestCluster, u
         traffic.finish(&mut c).await
     });
     verdict(name, &recording);
+    every_node_holds(&mut t, &rt, &recording);
+    if after == After::Restore {
+        restored_from_the_bucket_alone(&mut t, &rt, &recording);
+    }
+}
+
+/// Every running node comes to hold the recording's final state in its
+/// own store (serializable reads).
+fn every_node_holds(t: &mut TestCluster, rt: &tokio::runtime::Runtime, recording: &Recording) {
+    let want = recording.final_state.clone().unwrap_or_default();
+    for i in 0..t.len() {
+        if !t.c.nodes[i].is_running() {
+            continue;
+        }
+        t.until(&format!("node {i} holding the final state"), |t| {
+            let got = rt.block_on(async {
+                let mut c = t.client(i).await;
+                read_state(&mut c, PREFIX, true).await
+            });
+            (got == want).then_some(())
+        });
+    }
+}
+
+/// Stops every node gracefully (so what the replicas alone held reaches
+/// the bucket), empties every data directory and starts the cluster again:
+/// the bucket alone must give back the final state and the whole history,
+/// on every node.
+fn restored_from_the_bucket_alone(
+    t: &mut TestCluster,
+    rt: &tokio::runtime::Runtime,
+    recording: &Recording,
+) {
+    for i in 0..t.len() {
+        if t.c.nodes[i].is_running() {
+            let status = t.c.terminate(i, Duration::from_secs(60)).unwrap();
+            assert!(status.success(), "node {i} stopped cleanly: {status}");
+        }
+    }
+    for n in &t.c.nodes {
+        std::fs::remove_dir_all(&n.data_dir).unwrap();
+    }
+    t.start_all();
+    let (_, primary) = t.settled();
+    let history = rt.block_on(async {
+        let mut c = t.client(primary).await;
+        read_history(&mut c, PREFIX).await
+    });
+    assert_eq!(
+        Some(&history),
+        recording.history.as_ref(),
+        "the history restored from the bucket"
+    );
+    every_node_holds(t, rt, recording);
+    println!(
+        "restored from the bucket alone: {} writes of history, {} live keys, on every node",
+        history.len(),
+        recording.final_state.as_ref().map_or(0, |s| s.len())
+    );
 }
 
 #[test]
@@ -218,7 +297,7 @@ fn a_slow_watcher_is_held_back_never_skipped() {
 /// acknowledged write is lost, histories check, writes resume after.
 fn s3_outage(name: &str, quorum: i64) {
     let t = TestCluster::on_moto_through_proxy(3, |spec| spec.quorum = quorum);
-    run_on(t, name, |t, primary| {
+    run_on(t, name, After::Restore, |t, primary| {
         let faults = t.s3_proxy.as_ref().unwrap().faults();
         faults.set(netsy::launch::faults::s3::S3Mode::Outage);
         let started = Instant::now();
@@ -253,4 +332,68 @@ fn sigkill_of_a_replica_with_quorum_2() {
         t.c.kill(victim);
         primary
     });
+}
+
+/// Keeps a fault in place for `held` while traffic goes on.
+fn hold(t: &mut TestCluster, held: Duration) {
+    let started = Instant::now();
+    t.until("the fault held long enough", |_| {
+        (started.elapsed() >= held).then_some(())
+    });
+}
+
+/// The Primary is cut off from the other nodes and from the bucket while
+/// its clients still reach it: it must acknowledge nothing it cannot make
+/// durable, the others elect a new Primary that loses nothing acknowledged,
+/// and once healed the old one follows the new one.
+fn partitioned_primary(name: &str, quorum: i64) {
+    let t = TestCluster::partitionable(3, |spec| spec.quorum = quorum);
+    run_on(t, name, After::Restore, |t, primary| {
+        let (elector, _) = t.settled();
+        println!("partitioning the Primary, node {primary} (the Elector is node {elector})");
+        t.partition(primary);
+        let started = Instant::now();
+        let new_primary = t.until("a Primary on the majority side", |t| {
+            t.c.primaries().into_iter().find(|p| *p != primary)
+        });
+        println!(
+            "node {new_primary} became Primary {:?} after node {primary} was partitioned",
+            started.elapsed()
+        );
+        hold(t, Duration::from_secs(5));
+        t.heal(primary);
+        let (_, now_primary) = t.settled();
+        now_primary
+    });
+}
+
+#[test]
+fn partitioned_primary_with_quorum_majority() {
+    partitioned_primary("partitioned Primary (quorum -1)", -1);
+}
+
+#[test]
+fn partitioned_primary_with_quorum_0() {
+    partitioned_primary("partitioned Primary (quorum 0)", 0);
+}
+
+/// A replica (not the Elector) is cut off from the other nodes and the
+/// bucket for 5 s: its clients get no stale read and no lost write, the
+/// others go on, and it catches up once healed.
+#[test]
+fn partitioned_replica() {
+    let t = TestCluster::partitionable(3, |spec| spec.quorum = -1);
+    run_on(
+        t,
+        "partitioned replica (quorum -1)",
+        After::EveryNode,
+        |t, primary| {
+            let (elector, _) = t.settled();
+            let victim = (0..3).find(|i| *i != primary && *i != elector).unwrap();
+            t.partition(victim);
+            hold(t, Duration::from_secs(5));
+            t.heal(victim);
+            primary
+        },
+    );
 }

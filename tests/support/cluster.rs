@@ -24,6 +24,8 @@ pub struct TestCluster {
     _dir: Option<tempfile::TempDir>,
     /// The fault-injecting proxy every node reaches the bucket through.
     pub s3_proxy: Option<netsy::launch::faults::s3::S3Proxy>,
+    /// With [`TestCluster::partitionable`]: node i's own S3 proxy.
+    pub node_s3: Vec<netsy::launch::faults::s3::S3Proxy>,
 }
 
 fn fast(spec: &mut ClusterSpec) {
@@ -44,6 +46,39 @@ impl TestCluster {
         TestCluster::moto(n, tweak, true)
     }
 
+    /// `n` nodes on a fresh moto bucket where each node reaches the bucket
+    /// through its own S3 proxy (`node_s3`) and every other node through
+    /// links of its own, so one node can be partitioned from the others
+    /// and from the bucket ([`TestCluster::partition`]).
+    pub fn partitionable(n: usize, tweak: impl FnOnce(&mut ClusterSpec)) -> TestCluster {
+        let mut t = TestCluster::moto(n, tweak, false);
+        let moto = t._moto.clone().expect("a moto cluster");
+        for i in 0..n {
+            let proxy = netsy::launch::faults::s3::S3Proxy::in_front_of(&moto).unwrap();
+            t.c.nodes[i].env.extend(proxy.env());
+            t.node_s3.push(proxy);
+        }
+        t.c.separate_links().unwrap();
+        t
+    }
+
+    /// Cuts node `i` off from every other node (both directions) and from
+    /// the bucket; its clients still reach it.
+    pub fn partition(&self, i: usize) {
+        self.c.isolate(i).unwrap();
+        self.node_s3[i]
+            .faults()
+            .set(netsy::launch::faults::s3::S3Mode::Outage);
+    }
+
+    /// Undoes [`TestCluster::partition`].
+    pub fn heal(&self, i: usize) {
+        self.c.rejoin(i).unwrap();
+        self.node_s3[i]
+            .faults()
+            .set(netsy::launch::faults::s3::S3Mode::Pass);
+    }
+
     fn moto(n: usize, tweak: impl FnOnce(&mut ClusterSpec), proxied: bool) -> TestCluster {
         let moto = Arc::new(start_moto());
         create_bucket(&moto, "cluster");
@@ -58,6 +93,7 @@ impl TestCluster {
             _moto: Some(moto),
             _dir: None,
             s3_proxy: proxy,
+            node_s3: Vec::new(),
         }
     }
 
@@ -76,6 +112,7 @@ impl TestCluster {
             _moto: None,
             _dir: Some(dir),
             s3_proxy: None,
+            node_s3: Vec::new(),
         }
     }
 

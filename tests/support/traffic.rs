@@ -6,7 +6,7 @@
 //! every node record every event. The recording goes to the checkers in
 //! `netsy::launch::history`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,8 +18,8 @@ use etcd_client::{
     WatchOptions,
 };
 use netsy::launch::history::{
-    Change, EventKind, Kv, Operation, Outcome, Recording, Request, Response, WatchEvent,
-    WatchStream, Watched, Write,
+    Change, EventKind, Kv, Operation, Outcome, Recording, Request, Response, StoredValue,
+    WatchEvent, WatchStream, Watched, Write,
 };
 
 /// How long one request may take before its outcome counts as unknown.
@@ -161,21 +161,7 @@ impl Traffic {
                 watches.push(stream);
             }
         }
-        let final_state = {
-            let opts = GetOptions::new().with_prefix();
-            let got = reader.get(self.prefix.as_str(), Some(opts)).await.unwrap();
-            got.kvs()
-                .iter()
-                .map(|k| {
-                    let kv = kv(k);
-                    let stored = netsy::launch::history::StoredValue {
-                        value: kv.value,
-                        mod_revision: kv.mod_revision,
-                    };
-                    (kv.key, stored)
-                })
-                .collect()
-        };
+        let final_state = read_state(reader, &self.prefix, false).await;
         let operations = std::mem::take(&mut *self.operations.lock().unwrap());
         Recording {
             operations,
@@ -186,10 +172,35 @@ impl Traffic {
     }
 }
 
+/// The live keys under `prefix` (a serializable read answers from the
+/// node's own store), with the revision the answer was taken at.
+pub async fn read_state(
+    reader: &mut Client,
+    prefix: &str,
+    serializable: bool,
+) -> BTreeMap<String, StoredValue> {
+    let mut opts = GetOptions::new().with_prefix();
+    if serializable {
+        opts = opts.with_serializable();
+    }
+    let got = reader.get(prefix, Some(opts)).await.unwrap();
+    got.kvs()
+        .iter()
+        .map(|k| {
+            let kv = kv(k);
+            let stored = StoredValue {
+                value: kv.value,
+                mod_revision: kv.mod_revision,
+            };
+            (kv.key, stored)
+        })
+        .collect()
+}
+
 /// Every write under `prefix`, from a watch replaying history from
 /// revision 1 up to the current revision (a progress answer at or past it,
 /// which netsy sends only after every event before it, ends the replay).
-async fn read_history(reader: &mut Client, prefix: &str) -> Vec<Write> {
+pub async fn read_history(reader: &mut Client, prefix: &str) -> Vec<Write> {
     let now = reader
         .get(prefix, None)
         .await

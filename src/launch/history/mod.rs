@@ -34,6 +34,7 @@ mod testkit;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -112,7 +113,39 @@ impl Violation {
     }
 }
 
+/// What a recording holds, for the fault table.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub operations: usize,
+    /// Writes answered (a failed compare included: a Primary answered).
+    pub answered_writes: usize,
+    pub unknown: usize,
+    /// The longest time between two answered writes: how long writes
+    /// stopped around the fault.
+    pub longest_write_pause: Duration,
+}
+
 impl Recording {
+    pub fn counts(&self) -> Counts {
+        let ops = &self.operations;
+        let mut answered: Vec<u64> = ops
+            .iter()
+            .filter(|o| o.request.is_write() && matches!(o.outcome, Outcome::Ok(_)))
+            .map(|o| o.returned_at_ns)
+            .collect();
+        answered.sort_unstable();
+        let pause = answered.windows(2).map(|w| w[1] - w[0]).max();
+        Counts {
+            operations: ops.len(),
+            answered_writes: answered.len(),
+            unknown: ops
+                .iter()
+                .filter(|o| matches!(o.outcome, Outcome::Unknown { .. }))
+                .count(),
+            longest_write_pause: Duration::from_nanos(pause.unwrap_or(0)),
+        }
+    }
+
     /// Every check this recording has the data for. With a final history,
     /// the linearizability search takes from it whether and where writes
     /// with unknown outcomes happened.
@@ -220,6 +253,43 @@ mod tests {
 
     use super::simulation::{simulate, Shape};
     use super::*;
+
+    #[test]
+    fn counts_find_the_longest_pause_between_answered_writes() {
+        let mut recording = simulate(Shape {
+            seed: 3,
+            clients: 2,
+            keys: 3,
+            operations: 40,
+            unknown_percent: 0,
+            failed_percent: 0,
+        });
+        let before = recording.counts();
+        assert_eq!((before.operations, before.unknown), (40, 0));
+        assert!(before.answered_writes > 5, "{before:?}");
+        // Everything from the middle of the run on happens 7 s later.
+        let mut invoked: Vec<u64> = recording
+            .operations
+            .iter()
+            .map(|o| o.invoked_at_ns)
+            .collect();
+        invoked.sort_unstable();
+        let middle = invoked[invoked.len() / 2];
+        let seven = Duration::from_secs(7);
+        for op in recording.operations.iter_mut() {
+            if op.invoked_at_ns >= middle {
+                op.invoked_at_ns += seven.as_nanos() as u64;
+                op.returned_at_ns += seven.as_nanos() as u64;
+            }
+        }
+        let after = recording.counts();
+        assert_eq!(after.answered_writes, before.answered_writes);
+        assert!(
+            after.longest_write_pause >= seven
+                && after.longest_write_pause <= before.longest_write_pause * 2 + seven,
+            "{after:?} (before: {before:?})"
+        );
+    }
 
     fn shape(seed: u64) -> Shape {
         Shape {
