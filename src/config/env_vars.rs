@@ -174,6 +174,12 @@ pub const FUZZ_SECONDS: EnvVar = EnvVar::new(
     "5",
     "tests only: seconds each fuzz target runs in the fuzz test",
 );
+/// Read by the fault suite (`tests/faults`), like [`FUZZ_SECONDS`].
+pub const FAULT_ROUNDS: EnvVar = EnvVar::new(
+    "NETSY_FAULT_ROUNDS",
+    "1",
+    "tests only: rounds of each fault in the fault suite (scripts/faults --long sets it)",
+);
 /// Read by the fuzz test, like [`FUZZ_SECONDS`].
 pub const FUZZ_SEED: EnvVar = EnvVar::new(
     "NETSY_FUZZ_SEED",
@@ -206,6 +212,7 @@ pub const ALL: &[EnvVar] = &[
     CLUSTER_ECHO,
     FUZZ_SECONDS,
     FUZZ_SEED,
+    FAULT_ROUNDS,
 ];
 
 /// Every `NETSY_*` name in `names` that is not a known variable, with the

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use crate::support::cluster::{connect, TestCluster};
 use crate::support::traffic::{read_history, read_state, Connect, Traffic};
-use netsy::launch::history::Recording;
+use netsy::launch::faults::s3::S3Mode;
+use netsy::launch::history::{Counts, Recording};
 
 /// Clusters are heavy on two cores: one test at a time.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -38,25 +39,15 @@ fn connector(t: &TestCluster) -> Connect {
 }
 
 /// Checks a recording; on any violation saves it and fails with the first
-/// few. Returns (operations, acknowledged writes, unknown outcomes).
-fn verdict(name: &str, recording: &Recording) -> (usize, usize, usize) {
+/// few.
+fn verdict(name: &str, recording: &Recording) -> Counts {
     let v = recording.check();
-    let ops = recording.operations.len();
-    let acked = recording
-        .operations
-        .iter()
-        .filter(|o| {
-            o.request.is_write() && matches!(o.outcome, netsy::launch::history::Outcome::Ok(_))
-        })
-        .count();
-    let unknown = recording
-        .operations
-        .iter()
-        .filter(|o| matches!(o.outcome, netsy::launch::history::Outcome::Unknown { .. }))
-        .count();
     if !v.passed() {
-        let path =
-            std::env::temp_dir().join(format!("netsy-fault-{name}-{}.json", std::process::id()));
+        let path = std::env::temp_dir().join(format!(
+            "netsy-fault-{}-{}.json",
+            name.replace(|c: char| !c.is_ascii_alphanumeric(), "-"),
+            std::process::id()
+        ));
         let _ = recording.save(&path);
         let first: Vec<String> = v
             .violations
@@ -71,11 +62,43 @@ fn verdict(name: &str, recording: &Recording) -> (usize, usize, usize) {
             first.join("\n")
         );
     }
+    if !v.skipped.is_empty() {
+        println!("{name}: checks skipped: {:?}", v.skipped);
+    }
+    recording.counts()
+}
+
+/// How many times each fault runs (`NETSY_FAULT_ROUNDS`, 1 in CI).
+fn rounds() -> usize {
+    let var = netsy::config::env_vars::FAULT_ROUNDS.name;
+    match std::env::var(var) {
+        Ok(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|n| *n >= 1)
+            .unwrap_or_else(|| panic!("{var}={v:?}: a number of rounds, at least 1")),
+        Err(_) => 1,
+    }
+}
+
+/// Prints the table row of a fault over its rounds (tests/FAULTS.md;
+/// scripts/faults collects the rows).
+fn print_row(fault: &str, quorum: &str, all: &[Counts]) {
+    let sum = |f: fn(&Counts) -> usize| all.iter().map(f).sum::<usize>();
+    let pause = all
+        .iter()
+        .map(|c| c.longest_write_pause)
+        .max()
+        .unwrap_or_default();
+    // On a line of its own: the test harness's "test … " has no newline.
     println!(
-        "| {name} | {ops} ops | {acked} acknowledged writes | {unknown} unknown | 0 lost | 0 violations | skipped: {:?} |",
-        v.skipped
+        "\n| {fault} | {quorum} | {} | {} | {} | {} | 0 | 0 | {:.2} s |",
+        all.len(),
+        sum(|c| c.operations),
+        sum(|c| c.answered_writes),
+        sum(|c| c.unknown),
+        pause.as_secs_f64()
     );
-    (ops, acked, unknown)
 }
 
 /// The keys the traffic writes.
@@ -92,51 +115,83 @@ enum After {
     Restore,
 }
 
-/// Traffic on a 3-node cluster; `fault` strikes once writes are under way
-/// and returns the node to read the final state through; then traffic goes
-/// on until 100 further writes were acknowledged.
-fn run(name: &str, quorum: i64, fault: impl FnOnce(&mut TestCluster, usize) -> usize) {
+/// Traffic on a 3-node fs cluster with `quorum`; `fault` strikes once
+/// writes are under way and returns the node to read the final state
+/// through; then traffic goes on until 100 further writes were answered.
+fn run(fault_name: &str, quorum: i64, fault: impl Fn(&mut TestCluster, usize) -> usize) {
     run_on(
-        TestCluster::on_fs(3, |spec| spec.quorum = quorum),
-        name,
+        || TestCluster::on_fs(3, |spec| spec.quorum = quorum),
+        fault_name,
+        quorum,
         After::EveryNode,
         fault,
     )
 }
 
+/// [`run`] on clusters `build` makes, started together, once per round.
 fn run_on(
-    mut t: TestCluster,
-    name: &str,
+    build: impl Fn() -> TestCluster,
+    fault_name: &str,
+    quorum: i64,
     after: After,
-    fault: impl FnOnce(&mut TestCluster, usize) -> usize,
+    fault: impl Fn(&mut TestCluster, usize) -> usize,
+) {
+    let start = || {
+        let mut t = build();
+        t.start_all();
+        let (_, primary) = t.settled();
+        (t, primary)
+    };
+    run_started(start, fault_name, quorum, after, fault)
+}
+
+/// [`run`] on clusters `start` makes and starts (returning the Primary),
+/// once per round.
+fn run_started(
+    start: impl Fn() -> (TestCluster, usize),
+    fault_name: &str,
+    quorum: i64,
+    after: After,
+    fault: impl Fn(&mut TestCluster, usize) -> usize,
 ) {
     let _one = serial();
-    t.start_all();
-    let (_, primary) = t.settled();
+    let name = format!("{fault_name} (quorum {quorum})");
+    let mut all = Vec::new();
+    for round in 0..rounds() {
+        let (mut t, primary) = start();
+        all.push(round_of(&mut t, &name, primary, after, &fault));
+        println!("{name}: round {} of {} passed", round + 1, rounds());
+    }
+    print_row(fault_name, &quorum.to_string(), &all);
+}
+
+fn round_of(
+    t: &mut TestCluster,
+    name: &str,
+    primary: usize,
+    after: After,
+    fault: &impl Fn(&mut TestCluster, usize) -> usize,
+) -> Counts {
     let rt = runtime();
-    let traffic = rt.block_on(Traffic::start(connector(&t), 3, 6, 20, PREFIX, 1));
+    let traffic = rt.block_on(Traffic::start(connector(t), 3, 6, 20, PREFIX, 1));
     t.until("writes under way", |_| {
         (traffic.acknowledged() >= 100).then_some(())
     });
-    let struck = Instant::now();
-    let reader = fault(&mut t, primary);
+    let reader = fault(t, primary);
     let before = traffic.acknowledged();
     t.until("writes after the fault", |_| {
         (traffic.acknowledged() >= before + 100).then_some(())
     });
-    println!(
-        "{name}: writes resumed {:?} after the fault",
-        struck.elapsed()
-    );
     let recording = rt.block_on(async {
         let mut c = t.client(reader).await;
         traffic.finish(&mut c).await
     });
-    verdict(name, &recording);
-    every_node_holds(&mut t, &rt, &recording);
+    let counts = verdict(name, &recording);
+    every_node_holds(t, &rt, &recording);
     if after == After::Restore {
-        restored_from_the_bucket_alone(&mut t, &rt, &recording);
+        restored_from_the_bucket_alone(t, &rt, &recording);
     }
+    counts
 }
 
 /// Every running node comes to hold the recording's final state in its
@@ -194,52 +249,200 @@ fn restored_from_the_bucket_alone(
     );
 }
 
-#[test]
-fn sigkill_of_the_primary_loses_nothing_and_histories_check() {
-    run("sigkill-primary (quorum -1)", -1, |t, primary| {
-        t.c.kill(primary);
-        let (_, new_primary) = t.settled();
-        new_primary
-    });
+// ---- process kills ----
+
+/// Waits for a new active Primary other than `old` (the old one may still
+/// be counted until its process is gone).
+fn new_primary(t: &mut TestCluster, old: usize) -> usize {
+    t.until("a new Primary", |t| {
+        t.c.primaries().into_iter().find(|p| *p != old)
+    })
 }
 
 #[test]
-fn sigkill_of_a_replica_loses_nothing_and_histories_check() {
-    run("sigkill-replica (quorum -1)", -1, |t, primary| {
-        let replica = (primary + 1) % 3;
-        t.c.kill(replica);
-        primary
-    });
+fn sigkill_of_the_primary() {
+    for quorum in [-1, 0] {
+        run("SIGKILL of the Primary", quorum, |t, primary| {
+            t.c.kill(primary);
+            new_primary(t, primary)
+        });
+    }
+}
+
+/// Under a static quorum of 2 a new Primary is elected once the dead one
+/// is deregistered (the reference's rule: an election needs every
+/// registered node's answer), here after 4 s.
+#[test]
+fn sigkill_of_the_primary_with_quorum_2() {
+    run_on(
+        || {
+            TestCluster::on_fs(3, |spec| {
+                spec.quorum = 2;
+                spec.deregistration_timeout = "4s".into();
+            })
+        },
+        "SIGKILL of the Primary (deregistered after 4 s)",
+        2,
+        After::EveryNode,
+        |t, primary| {
+            t.c.kill(primary);
+            new_primary(t, primary)
+        },
+    );
 }
 
 #[test]
-fn sigkill_of_the_primary_with_quorum_0() {
-    run("sigkill-primary (quorum 0)", 0, |t, primary| {
-        t.c.kill(primary);
-        let (_, new_primary) = t.settled();
-        new_primary
+fn sigkill_of_a_replica() {
+    // Under a static quorum, a replica that is not the Elector: a new
+    // Elector would need every registered node's answer (see above).
+    for quorum in [-1, 2] {
+        run(
+            "SIGKILL of a replica (not the Elector)",
+            quorum,
+            |t, primary| {
+                let (elector, _) = t.settled();
+                let victim = (0..3).find(|i| *i != primary && *i != elector).unwrap();
+                t.c.kill(victim);
+                primary
+            },
+        );
+    }
+}
+
+/// The Elector dies while another node is the Primary (clusters are
+/// started again until the two roles land on different nodes).
+#[test]
+fn sigkill_of_the_elector() {
+    let apart = || {
+        for _ in 0..5 {
+            let mut t = TestCluster::on_fs(3, |spec| spec.quorum = -1);
+            t.start_all();
+            let (elector, primary) = t.settled();
+            if elector != primary {
+                return (t, primary);
+            }
+            println!("the Elector is the Primary: starting another cluster");
+        }
+        panic!("five clusters in a row put the Elector and the Primary on one node");
+    };
+    run_started(
+        apart,
+        "SIGKILL of the Elector (not the Primary)",
+        -1,
+        After::EveryNode,
+        |t, primary| {
+            let (elector, _) = t.settled();
+            assert_ne!(elector, primary);
+            t.c.kill(elector);
+            let (_, now) = t.settled();
+            now
+        },
+    );
+}
+
+/// Starts node 0 alone, so that it leads both tiers, then the others.
+fn first_alone(mut t: TestCluster) -> (TestCluster, usize) {
+    t.start(0);
+    assert_eq!(t.settled(), (0, 0), "a lone node leads both tiers");
+    for i in 1..t.len() {
+        t.start(i);
+    }
+    let n = t.len();
+    t.until("every node registered, node 0 leading both", |t| {
+        let leads = t.c.electors() == [0] && t.c.primaries() == [0];
+        (leads && t.members(0).is_ok_and(|m| m.len() == n)).then_some(())
     });
+    (t, 0)
+}
+
+/// One node is both Elector and Primary (it started alone), then dies.
+#[test]
+fn sigkill_of_the_node_that_is_elector_and_primary() {
+    run_started(
+        || first_alone(TestCluster::on_fs(3, |spec| spec.quorum = -1)),
+        "SIGKILL of the node that is Elector and Primary",
+        -1,
+        After::EveryNode,
+        |t, primary| {
+            t.c.kill(primary);
+            let (_, now) = t.settled();
+            now
+        },
+    );
 }
 
 #[test]
-fn sigkill_of_the_elector_loses_nothing_and_histories_check() {
-    run("sigkill-elector (quorum -1)", -1, |t, primary| {
-        let (elector, _) = t.settled();
-        println!("the Elector is node {elector}, the Primary node {primary}");
-        t.c.kill(elector);
-        let (_, now_primary) = t.settled();
-        now_primary
-    });
-}
-
-#[test]
-fn sigterm_of_the_primary_loses_nothing_and_histories_check() {
-    run("sigterm-primary (quorum -1)", -1, |t, primary| {
+fn sigterm_of_the_primary() {
+    run("SIGTERM of the Primary", -1, |t, primary| {
         let status = t.c.terminate(primary, Duration::from_secs(60)).unwrap();
         assert!(status.success(), "a graceful stop exits 0: {status}");
-        let (_, new_primary) = t.settled();
-        new_primary
+        new_primary(t, primary)
     });
+}
+
+// ---- crashes at fault points ----
+
+/// Every node crashes the `n`-th time it reaches fault point `point`, a
+/// point only the Primary reaches; the fault is its crash.
+fn primary_crash_at(point: &str, n: u64, quorum: i64) {
+    let var = format!("NETSY_FAILPOINT_{}", point.to_ascii_uppercase());
+    run_on(
+        || {
+            let mut t = TestCluster::on_fs(3, |spec| spec.quorum = quorum);
+            for node in &mut t.c.nodes {
+                node.env.push((var.clone(), format!("crash-after:{n}")));
+            }
+            t
+        },
+        &format!("crash at `{point}` (the Primary, visit {n})"),
+        quorum,
+        After::EveryNode,
+        |t, primary| {
+            let crashed = t.until("a node crashed at the fault point", |t| {
+                (0..3).find(|i| !t.c.nodes[*i].is_running())
+            });
+            assert_eq!(crashed, primary, "the Primary crashed");
+            new_primary(t, primary)
+        },
+    );
+}
+
+/// Between the quorum's receipts and the commit's broadcast.
+#[test]
+fn crash_of_the_primary_after_the_quorum_answered() {
+    primary_crash_at("quorum_committed", 150, -1);
+}
+
+/// Between the chunk's upload and the SQLite commit.
+#[test]
+fn crash_of_the_primary_after_the_chunk_upload() {
+    primary_crash_at("chunk_uploaded", 150, 0);
+}
+
+/// Between a replica's commit and its receipt: node 2 (a replica, not the
+/// Elector: node 0 leads both) crashes at its 150th receipt.
+#[test]
+fn crash_of_a_replica_before_its_receipt() {
+    run_started(
+        || {
+            let mut t = TestCluster::on_fs(3, |spec| spec.quorum = -1);
+            t.c.nodes[2].env.push((
+                "NETSY_FAILPOINT_REPLICA_RECEIPT".into(),
+                "crash-after:150".into(),
+            ));
+            first_alone(t)
+        },
+        "crash at `replica_receipt` (a replica, visit 150)",
+        -1,
+        After::EveryNode,
+        |t, primary| {
+            t.until("the replica crashed at the fault point", |t| {
+                (!t.c.nodes[2].is_running()).then_some(())
+            });
+            assert!(t.c.nodes[primary].is_running());
+            primary
+        },
+    );
 }
 
 /// A watcher that stops reading while 20 MiB of events pile up behind it
@@ -290,49 +493,69 @@ fn a_slow_watcher_is_held_back_never_skipped() {
         }
         assert_eq!(seen, revisions, "every event, in order, none skipped");
     });
+    println!(
+        "\n| a watcher that stops reading, 20 MiB of events behind (one node) | — | 1 | 200 writes | 200 | 0 | 0 | 0 (every event, in order) | — |"
+    );
 }
 
-/// The bucket goes away for 5 s under quorum 0 (every write needs it) and
-/// under quorum -1 (the replicas carry writes; the buffer waits): no
-/// acknowledged write is lost, histories check, writes resume after.
-fn s3_outage(name: &str, quorum: i64) {
-    let t = TestCluster::on_moto_through_proxy(3, |spec| spec.quorum = quorum);
-    run_on(t, name, After::Restore, |t, primary| {
-        let faults = t.s3_proxy.as_ref().unwrap().faults();
-        faults.set(netsy::launch::faults::s3::S3Mode::Outage);
-        let started = Instant::now();
-        t.until("5 s of outage", |_| {
-            (started.elapsed() >= Duration::from_secs(5)).then_some(())
-        });
-        faults.set(netsy::launch::faults::s3::S3Mode::Pass);
-        let (_, now_primary) = t.settled();
-        let _ = primary;
-        now_primary
-    });
-}
+// ---- the bucket ----
 
-#[test]
-fn s3_outage_with_quorum_0() {
-    s3_outage("s3-outage 5 s (quorum 0)", 0);
-}
-
-#[test]
-fn s3_outage_with_quorum_majority() {
-    s3_outage("s3-outage 5 s (quorum -1)", -1);
+/// The bucket misbehaves for 5 s (`mode`), then recovers: no answered
+/// write is lost, histories check, writes resume, and the bucket alone
+/// gives everything back.
+fn s3_fault(fault_name: &str, quorum: i64, mode: S3Mode) {
+    run_on(
+        || TestCluster::on_moto_through_proxy(3, |spec| spec.quorum = quorum),
+        fault_name,
+        quorum,
+        After::Restore,
+        |t, _| {
+            let faults = t.s3_proxy.as_ref().unwrap().faults();
+            faults.set(mode.clone());
+            hold(t, Duration::from_secs(5));
+            faults.set(S3Mode::Pass);
+            let (_, now_primary) = t.settled();
+            now_primary
+        },
+    );
 }
 
 #[test]
-fn sigkill_of_a_replica_with_quorum_2() {
-    // A replica that is not the Elector: under a static quorum a new
-    // Elector's election needs every registered node to answer (the
-    // reference's rule), which a dead one never does until deregistered.
-    run("sigkill-replica (quorum 2)", 2, |t, primary| {
-        let (elector, _) = t.settled();
-        let victim = (0..3).find(|i| *i != primary && *i != elector).unwrap();
-        t.c.kill(victim);
-        primary
-    });
+fn s3_outage() {
+    for quorum in [0, -1] {
+        s3_fault("S3 outage, 5 s", quorum, S3Mode::Outage);
+    }
 }
+
+/// Every conditional write (chunks, registrations, the elector lock) is
+/// answered 412 for 5 s, as if another writer had won each race.
+#[test]
+fn s3_refuses_conditional_writes() {
+    s3_fault(
+        "S3 answers 412 to every conditional write, 5 s",
+        0,
+        S3Mode::PreconditionFailed,
+    );
+}
+
+#[test]
+fn s3_errors_and_latency() {
+    s3_fault(
+        "S3 answers 503 to a third of requests, 5 s",
+        0,
+        S3Mode::Error {
+            status: 503,
+            fraction: 0.33,
+        },
+    );
+    s3_fault(
+        "S3 answers every request 300 ms late, 5 s",
+        -1,
+        S3Mode::Latency(Duration::from_millis(300)),
+    );
+}
+
+// ---- partitions ----
 
 /// Keeps a fault in place for `held` while traffic goes on.
 fn hold(t: &mut TestCluster, held: Duration) {
@@ -346,35 +569,33 @@ fn hold(t: &mut TestCluster, held: Duration) {
 /// its clients still reach it: it must acknowledge nothing it cannot make
 /// durable, the others elect a new Primary that loses nothing acknowledged,
 /// and once healed the old one follows the new one.
-fn partitioned_primary(name: &str, quorum: i64) {
-    let t = TestCluster::partitionable(3, |spec| spec.quorum = quorum);
-    run_on(t, name, After::Restore, |t, primary| {
-        let (elector, _) = t.settled();
-        println!("partitioning the Primary, node {primary} (the Elector is node {elector})");
-        t.partition(primary);
-        let started = Instant::now();
-        let new_primary = t.until("a Primary on the majority side", |t| {
-            t.c.primaries().into_iter().find(|p| *p != primary)
-        });
-        println!(
-            "node {new_primary} became Primary {:?} after node {primary} was partitioned",
-            started.elapsed()
+#[test]
+fn partitioned_primary() {
+    for quorum in [0, -1] {
+        run_on(
+            || TestCluster::partitionable(3, |spec| spec.quorum = quorum),
+            "Primary partitioned from the nodes and the bucket, 5 s after a new one",
+            quorum,
+            After::Restore,
+            |t, primary| {
+                let (elector, _) = t.settled();
+                println!(
+                    "partitioning the Primary, node {primary} (the Elector is node {elector})"
+                );
+                t.partition(primary);
+                let started = Instant::now();
+                let new_primary = new_primary(t, primary);
+                println!(
+                    "node {new_primary} became Primary {:.1} s after node {primary} was partitioned",
+                    started.elapsed().as_secs_f64()
+                );
+                hold(t, Duration::from_secs(5));
+                t.heal(primary);
+                let (_, now_primary) = t.settled();
+                now_primary
+            },
         );
-        hold(t, Duration::from_secs(5));
-        t.heal(primary);
-        let (_, now_primary) = t.settled();
-        now_primary
-    });
-}
-
-#[test]
-fn partitioned_primary_with_quorum_majority() {
-    partitioned_primary("partitioned Primary (quorum -1)", -1);
-}
-
-#[test]
-fn partitioned_primary_with_quorum_0() {
-    partitioned_primary("partitioned Primary (quorum 0)", 0);
+    }
 }
 
 /// A replica (not the Elector) is cut off from the other nodes and the
@@ -382,10 +603,10 @@ fn partitioned_primary_with_quorum_0() {
 /// others go on, and it catches up once healed.
 #[test]
 fn partitioned_replica() {
-    let t = TestCluster::partitionable(3, |spec| spec.quorum = -1);
     run_on(
-        t,
-        "partitioned replica (quorum -1)",
+        || TestCluster::partitionable(3, |spec| spec.quorum = -1),
+        "replica partitioned from the nodes and the bucket, 5 s",
+        -1,
         After::EveryNode,
         |t, primary| {
             let (elector, _) = t.settled();

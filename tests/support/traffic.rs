@@ -1,6 +1,8 @@
 //! Kubernetes-shaped traffic with a recorded history, for the fault suite:
 //! clients create, update (MOD compare), delete, get (default, pinned and
-//! serializable) and list keys under one prefix through any node, each
+//! serializable) and list keys under one prefix through any node (a
+//! client's creates carry a lease it was granted, as Kubernetes' events
+//! do), each
 //! operation recorded with its invocation and response times and its
 //! outcome (ok, failed, or unknown when the answer never came); watchers on
 //! every node record every event. The recording goes to the checkers in
@@ -14,8 +16,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use etcd_client::{
-    Client, Compare, CompareOp, EventType, GetOptions, KeyValue, Txn, TxnOp, TxnOpResponse,
-    WatchOptions,
+    Client, Compare, CompareOp, EventType, GetOptions, KeyValue, PutOptions, Txn, TxnOp,
+    TxnOpResponse, WatchOptions,
 };
 use netsy::launch::history::{
     Change, EventKind, Kv, Operation, Outcome, Recording, Request, Response, StoredValue,
@@ -33,6 +35,9 @@ pub type Connect =
 pub struct Traffic {
     stop: Arc<AtomicBool>,
     operations: Arc<Mutex<Vec<Operation>>>,
+    /// Every lease a client was granted, and every time a write was told
+    /// one of them was not found.
+    leases: Arc<Mutex<Leases>>,
     clients: Vec<tokio::task::JoinHandle<()>>,
     watchers: Vec<tokio::task::JoinHandle<WatchStream>>,
     prefix: String,
@@ -47,6 +52,17 @@ fn kv(k: &KeyValue) -> Kv {
         version: k.version(),
     }
 }
+
+/// The clients' leases: granted for far longer than a run, so none may
+/// expire or go missing, whatever the fault.
+#[derive(Default)]
+struct Leases {
+    granted: Vec<i64>,
+    not_found: Vec<String>,
+}
+
+/// A lease's time to live: longer than any run.
+const LEASE_TTL: i64 = 3600;
 
 /// A tiny deterministic generator (xorshift), seeded per client.
 struct Rng(u64);
@@ -97,11 +113,13 @@ impl Traffic {
                 watch(connect, node, prefix, start_revision, stop).await
             }));
         }
+        let leases: Arc<Mutex<Leases>> = Arc::default();
         let mut tasks = Vec::new();
         for id in 0..clients {
             let connect = connect.clone();
             let stop = stop.clone();
             let operations = operations.clone();
+            let leases = leases.clone();
             let prefix = prefix.to_string();
             tasks.push(tokio::spawn(async move {
                 let mut c = Worker {
@@ -114,6 +132,8 @@ impl Traffic {
                     seen: HashMap::new(),
                     sequence: 0,
                     start,
+                    lease: None,
+                    leases,
                 };
                 while !stop.load(Ordering::Relaxed) {
                     let op = c.step(&prefix, keys).await;
@@ -126,6 +146,7 @@ impl Traffic {
         Traffic {
             stop,
             operations,
+            leases,
             clients: tasks,
             watchers,
             prefix: prefix.to_string(),
@@ -162,6 +183,7 @@ impl Traffic {
             }
         }
         let final_state = read_state(reader, &self.prefix, false).await;
+        check_leases(&self.leases, reader).await;
         let operations = std::mem::take(&mut *self.operations.lock().unwrap());
         Recording {
             operations,
@@ -169,6 +191,27 @@ impl Traffic {
             final_state: Some(final_state),
             history: Some(history),
         }
+    }
+}
+
+/// Every lease granted is still there (none expired, none lost by a
+/// failover), and no write was told one was missing. Panics otherwise.
+async fn check_leases(leases: &Mutex<Leases>, reader: &mut Client) {
+    let (granted, not_found) = match leases.lock() {
+        Ok(l) => (l.granted.clone(), l.not_found.clone()),
+        Err(_) => panic!("a client panicked holding the lease list"),
+    };
+    assert!(
+        not_found.is_empty(),
+        "writes were told a granted lease was missing: {not_found:?}"
+    );
+    for id in granted {
+        let ttl = reader
+            .lease_time_to_live(id, None)
+            .await
+            .map(|r| r.ttl())
+            .unwrap_or(-1);
+        assert!(ttl > 0, "lease {id:x} was granted and is gone (ttl {ttl})");
     }
 }
 
@@ -315,9 +358,29 @@ struct Worker {
     seen: HashMap<String, i64>,
     sequence: u64,
     start: Instant,
+    /// This client's lease, once granted.
+    lease: Option<i64>,
+    leases: Arc<Mutex<Leases>>,
 }
 
 impl Worker {
+    /// This client's lease, asked for when it has none yet (a failed
+    /// grant is asked again at the next create).
+    async fn lease(&mut self) -> Option<i64> {
+        if self.lease.is_none() {
+            let c = self.client.as_mut()?;
+            let granted =
+                tokio::time::timeout(REQUEST_TIMEOUT, c.lease_grant(LEASE_TTL, None)).await;
+            if let Ok(Ok(g)) = granted {
+                self.lease = Some(g.id());
+                if let Ok(mut l) = self.leases.lock() {
+                    l.granted.push(g.id());
+                }
+            }
+        }
+        self.lease
+    }
+
     fn ns(&self) -> u64 {
         self.start.elapsed().as_nanos() as u64
     }
@@ -353,12 +416,24 @@ impl Worker {
         if self.client.is_none() {
             self.client = (self.connect)(self.node).await;
         }
+        let lease = match request {
+            Request::Create { .. } => self.lease().await,
+            _ => None,
+        };
         let result = match self.client.as_mut() {
             None => Err(None),
-            Some(c) => tokio::time::timeout(REQUEST_TIMEOUT, send(c, &request))
+            Some(c) => tokio::time::timeout(REQUEST_TIMEOUT, send(c, &request, lease))
                 .await
                 .unwrap_or(Err(None)),
         };
+        if let Err(Some(e)) = &result {
+            if e.to_string().contains("lease not found") {
+                if let Ok(mut l) = self.leases.lock() {
+                    l.not_found
+                        .push(format!("client {}, lease {lease:x?}: {e}", self.id));
+                }
+            }
+        }
         let returned_at_ns = self.ns();
         let outcome = match result {
             Ok(response) => {
@@ -404,8 +479,13 @@ impl Worker {
     }
 }
 
-/// Sends one request as kube-apiserver would shape it.
-async fn send(c: &mut Client, request: &Request) -> Result<Response, Option<etcd_client::Error>> {
+/// Sends one request as kube-apiserver would shape it (a create with the
+/// client's lease, if it has one).
+async fn send(
+    c: &mut Client,
+    request: &Request,
+    lease: Option<i64>,
+) -> Result<Response, Option<etcd_client::Error>> {
     let get_current = |key: &str| TxnOp::get(key, None);
     let current = |r: &etcd_client::TxnResponse| {
         r.op_responses().into_iter().find_map(|op| match op {
@@ -422,9 +502,10 @@ async fn send(c: &mut Client, request: &Request) -> Result<Response, Option<etcd
             }
         }
         Request::Create { key, value } => {
+            let options = lease.map(|id| PutOptions::new().with_lease(id));
             let txn = Txn::new()
                 .when([Compare::mod_revision(key.as_str(), CompareOp::Equal, 0)])
-                .and_then([TxnOp::put(key.as_str(), value.as_str(), None)]);
+                .and_then([TxnOp::put(key.as_str(), value.as_str(), options)]);
             let r = c.txn(txn).await?;
             Response::Create {
                 succeeded: r.succeeded(),
