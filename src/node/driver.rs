@@ -172,7 +172,11 @@ impl RoleDriver {
         match event {
             WritePathEvent::Draining { .. } => {
                 self.recovering = true;
-                self.apply(PrimaryState::Draining)
+                // A batch in flight when this node stepped down may fail
+                // after it: the write path settles it, the role stays.
+                if self.cell.get().primary != PrimaryState::Replica {
+                    self.apply(PrimaryState::Draining)
+                }
             }
             WritePathEvent::Settled => {
                 self.recovering = false;
@@ -685,6 +689,22 @@ mod tests {
         })
         .await;
         n.gate.wait(DEADLINE).await.expect("writes open again");
+    }
+
+    /// A batch in flight when the node stepped down fails after it: the
+    /// node stays a replica (it once tried replica -> draining, an invalid
+    /// transition), and the write path's settling changes nothing either.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_batch_failing_after_the_step_down_leaves_the_node_a_replica() {
+        let mut n = node();
+        assert_eq!(n.cell.get().primary, PrimaryState::Replica);
+        n.driver.on_write_path(WritePathEvent::Draining {
+            reason: "bucket gone".into(),
+        });
+        assert_eq!(n.cell.get().primary, PrimaryState::Replica);
+        n.driver.on_write_path(WritePathEvent::Settled);
+        assert_eq!(n.cell.get().primary, PrimaryState::Replica);
+        assert_eq!(n.cell.refused_changes(), 0, "no invalid transition tried");
     }
 
     #[test]

@@ -18,6 +18,8 @@ pub struct RoleCell {
     role: Mutex<Role>,
     /// Tells waiters about every change.
     changed: tokio::sync::watch::Sender<Role>,
+    /// Changes the transition table refused (each a bug in the caller).
+    refused: std::sync::atomic::AtomicU64,
 }
 
 impl Default for RoleCell {
@@ -25,6 +27,7 @@ impl Default for RoleCell {
         RoleCell {
             role: Mutex::new(Role::default()),
             changed: tokio::sync::watch::Sender::new(Role::default()),
+            refused: std::sync::atomic::AtomicU64::new(0),
         }
     }
 }
@@ -59,9 +62,18 @@ impl RoleCell {
         match &outcome {
             Ok(Some(change)) => log::info!("state_transition: {change}"),
             Ok(None) => {}
-            Err(refused) => log::error!("{refused}"),
+            Err(refused) => {
+                self.refused
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                log::error!("{refused}")
+            }
         }
         outcome
+    }
+
+    /// How many changes the transition table refused so far.
+    pub fn refused_changes(&self) -> u64 {
+        self.refused.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn log_name(&self) -> &'static str {
