@@ -47,7 +47,10 @@ impl NetsyCluster {
                 }
             }
             if Instant::now() > deadline {
-                return Err(format!("node {i} did not become a Primary taking writes"));
+                return Err(format!(
+                    "node {i} did not become a Primary taking writes; {}",
+                    last_lines(&self.cluster)
+                ));
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -131,10 +134,25 @@ pub async fn start_netsy(
             }
         }
         if Instant::now() > deadline {
-            return Err("the netsy cluster did not settle on a Primary taking writes".into());
+            return Err(format!(
+                "the netsy cluster did not settle on a Primary taking writes; {}",
+                last_lines(&cluster)
+            ));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// The last lines each node logged, for an error that needs them.
+fn last_lines(cluster: &LaunchedCluster) -> String {
+    let mut out = Vec::new();
+    for n in &cluster.nodes {
+        let text = n.log_text();
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines[lines.len().saturating_sub(8)..].join("\n    ");
+        out.push(format!("{} logged last:\n    {tail}", n.id));
+    }
+    out.join("\n")
 }
 
 async fn put(addr: &str, tls: &Arc<rustls::ClientConfig>) -> bool {
