@@ -151,6 +151,23 @@ pub(crate) fn write_delimited(w: &mut dyn Write, bytes: &[u8]) -> io::Result<()>
     w.write_all(bytes)
 }
 
+/// Writes a record size-delimited with its CRC, from `body`, its canonical
+/// encoding with crc = 0, without encoding it again: crc is field 1,
+/// encoded first, so the message with its CRC is that field followed by
+/// the body (a CRC of 0 is omitted, as the canonical encoding omits it).
+fn write_with_crc(w: &mut dyn Write, body: &[u8]) -> io::Result<()> {
+    let crc = crc64(body);
+    let mut head = Vec::with_capacity(24);
+    let mut field = Vec::with_capacity(11);
+    if crc != 0 {
+        prost::encoding::uint64::encode(1, &crc, &mut field);
+    }
+    prost::encoding::encode_varint((field.len() + body.len()) as u64, &mut head);
+    head.extend_from_slice(&field);
+    w.write_all(&head)?;
+    w.write_all(body)
+}
+
 enum Body<W: Write> {
     Raw(W),
     Zstd(zstd::stream::write::Encoder<'static, W>),
@@ -215,11 +232,9 @@ impl<W: Write> Writer<W> {
     }
 
     pub fn write(&mut self, record: &Record) -> Result<(), DataFileError> {
-        let mut pb = record.to_proto();
-        let body = record_body(&pb);
+        let body = record.to_proto().encode_to_vec();
         self.records_crc.update(&body);
-        pb.crc = crc64(&body);
-        write_delimited(self.body.writer(), &pb.encode_to_vec())?;
+        write_with_crc(self.body.writer(), &body)?;
         if self.first_revision == 0 {
             self.first_revision = record.revision;
         }

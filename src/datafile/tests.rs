@@ -68,6 +68,23 @@ fn canonical_record_encoding_golden_bytes() {
 }
 
 #[test]
+fn a_record_written_from_its_body_is_the_record_encoded_with_its_crc() {
+    let mut leased = rec(7, "/registry/pods/a", Some("value"));
+    leased.lease = 42;
+    leased.compacted_at = Some(ts());
+    for r in [rec(1, "_netsy", Some("")), rec(3, "k", None), leased] {
+        let mut pb = r.to_proto();
+        let body = pb.encode_to_vec();
+        pb.crc = crc64(&body);
+        let mut expected = Vec::new();
+        write_delimited(&mut expected, &pb.encode_to_vec()).unwrap();
+        let mut written = Vec::new();
+        write_with_crc(&mut written, &body).unwrap();
+        assert_eq!(written, expected, "revision {}", r.revision);
+    }
+}
+
+#[test]
 fn canonical_footer_encoding_golden_bytes() {
     let f = FileFooter {
         records_crc: 5,

@@ -46,7 +46,10 @@ pub async fn forward<Req: Message, Resp: Message + Default>(
     request: &Req,
 ) -> Result<Resp, Status> {
     let started = std::time::Instant::now();
-    let result = async {
+    // Boxed: a client call is large, and inline it would make every
+    // write's future (which moves several times before it is polled) as
+    // large, forwarded or not.
+    let result = Box::pin(async {
         let channel = primary
             .channel()
             .await
@@ -54,7 +57,7 @@ pub async fn forward<Req: Message, Resp: Message + Default>(
         channel
             .unary_with_timeout(path, request, Some(FORWARD_TIMEOUT))
             .await
-    }
+    })
     .await;
     let outcome = if result.is_ok() { "success" } else { "error" };
     metrics

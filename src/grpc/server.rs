@@ -377,18 +377,19 @@ async fn handle_stream(
     };
     let (service, method) = parts_of(&parts_path);
     let names = [service, method];
-    if let Some(m) = metrics {
-        m.grpc_started
-            .get_or_create(&labels(&[
-                ("grpc_service", service),
-                ("grpc_method", method),
-            ]))
-            .inc();
+    let handles = metrics.map(|m| m.grpc_method(&parts_path, service, method));
+    if let Some(h) = &handles {
+        h.started.inc();
     }
     let started = std::time::Instant::now();
     let finished = handler(call).await;
-    if let Some(m) = metrics {
-        record(m, &names, finished.0, Some(started));
+    match (metrics, &handles) {
+        (Some(_), Some(h)) if finished.0 == super::status::Code::Ok => {
+            h.handled_ok.inc();
+            h.handling_seconds.observe(started.elapsed().as_secs_f64());
+        }
+        (Some(m), _) => record(m, &names, finished.0, Some(started)),
+        (None, _) => {}
     }
 }
 

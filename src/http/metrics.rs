@@ -37,6 +37,16 @@ fn bytes() -> Histogram {
     Histogram::new(BYTE_BUCKETS)
 }
 
+/// The gRPC metrics of one method that every successful call records,
+/// resolved once: a family lookup builds its label set (owned strings),
+/// hashes it and takes a lock, three times per call.
+#[derive(Clone)]
+pub struct GrpcMethod {
+    pub started: Counter,
+    pub handled_ok: Counter,
+    pub handling_seconds: Histogram,
+}
+
 type Hist = Family<Vec<(String, String)>, Histogram, fn() -> Histogram>;
 type Count = Family<Vec<(String, String)>, Counter>;
 type Gauges = Family<Vec<(String, String)>, Gauge>;
@@ -125,6 +135,8 @@ pub struct Metrics {
     pub grpc_started: Count,
     pub grpc_handled: Count,
     pub grpc_handling_seconds: Hist,
+    /// [`GrpcMethod`]s by request path (only paths the router serves).
+    grpc_methods: std::sync::RwLock<std::collections::HashMap<String, GrpcMethod>>,
     /// When the last snapshot was written (Unix seconds; 0 before the
     /// first), for `netsy_primary_snapshot_age_seconds` at each scrape.
     last_snapshot_unix: AtomicI64,
@@ -139,6 +151,33 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// The gRPC handles of the method at `path` (`service`/`method`).
+    pub fn grpc_method(&self, path: &str, service: &str, method: &str) -> GrpcMethod {
+        if let Some(h) = self
+            .grpc_methods
+            .read()
+            .ok()
+            .and_then(|m| m.get(path).cloned())
+        {
+            return h;
+        }
+        let base = [("grpc_service", service), ("grpc_method", method)];
+        let mut ok = labels(&base);
+        ok.push(("grpc_code".to_string(), "OK".to_string()));
+        let h = GrpcMethod {
+            started: self.grpc_started.get_or_create(&labels(&base)).clone(),
+            handled_ok: self.grpc_handled.get_or_create(&ok).clone(),
+            handling_seconds: self
+                .grpc_handling_seconds
+                .get_or_create(&labels(&base))
+                .clone(),
+        };
+        if let Ok(mut m) = self.grpc_methods.write() {
+            m.insert(path.to_string(), h.clone());
+        }
+        h
+    }
+
     pub fn new() -> Metrics {
         let mut r = Registry::default();
         macro_rules! reg {
@@ -436,6 +475,7 @@ impl Metrics {
                 "gRPC call duration",
                 hist()
             ),
+            grpc_methods: Default::default(),
             last_snapshot_unix: AtomicI64::new(0),
             hooks: Mutex::new(Vec::new()),
             registry: Registry::default(),

@@ -467,8 +467,9 @@ impl Committer {
         }
     }
 
-    /// Appends the batch to SQLite while its records are made durable
-    /// elsewhere; both must succeed. On failure the appended batch is
+    /// Appends the batch to SQLite (not flushed: the durable copy is
+    /// elsewhere) while its records are made durable elsewhere; both must
+    /// succeed. On failure the appended batch is
     /// discarded, the gate closes and recovery starts. The store keeps the
     /// batch; the records come back, shared with the durable write.
     fn make_durable(&mut self, batch: Batch) -> Result<Arc<[Record]>, WriteError> {
@@ -494,7 +495,15 @@ impl Committer {
             }
         }
         let before = p.store.latest_revision();
-        let appended = p.store.append(batch);
+        // The bucket is this batch's durable copy (it is acknowledged only
+        // once its chunk is written), so the local commit need not be
+        // flushed; a batch without records (lease or compaction changes
+        // alone) has no chunk and is flushed here.
+        let appended = if records.is_empty() {
+            p.store.append(batch)
+        } else {
+            p.store.append_backed(batch)
+        };
         let durable = match (uploaded, durable) {
             (Some(result), _) => result,
             (None, Some(handle)) => join(handle),

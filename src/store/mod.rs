@@ -263,6 +263,9 @@ pub struct Store {
     /// Appended batches above the committed revision, oldest first.
     pending: Mutex<VecDeque<Pending>>,
     writer: Mutex<Connection>,
+    /// The writer commits without an fsync (synchronous=NORMAL) at the
+    /// moment; read and changed only under the writer lock.
+    relaxed: std::sync::atomic::AtomicBool,
     readers: Mutex<Vec<Connection>>,
     latest: AtomicI64,
     committed: AtomicI64,
@@ -308,6 +311,7 @@ impl Store {
             index: RwLock::new(index),
             pending: Mutex::new(VecDeque::new()),
             writer: Mutex::new(writer),
+            relaxed: std::sync::atomic::AtomicBool::new(false),
             readers: Mutex::new(Vec::new()),
             latest: AtomicI64::new(latest),
             committed: AtomicI64::new(latest),
@@ -398,7 +402,7 @@ impl Store {
     /// etcd's Defragment in SQLite terms (checkpoint, VACUUM). Writes wait
     /// meanwhile, as they do on etcd.
     pub fn defragment(&self) -> Result<(), StoreError> {
-        sqlite::defragment(&self.writer())
+        sqlite::defragment(&*self.writer()?)
     }
 
     /// A checksum of the history readable at `revision` (0: the committed
@@ -500,7 +504,7 @@ impl Store {
     /// Makes the lease table exactly `rows` (what the bucket holds when a
     /// node takes the Primary role): call it with no batch in flight.
     pub fn replace_leases(&self, rows: Vec<LeaseRow>) -> Result<(), StoreError> {
-        sqlite::replace_leases(&mut self.writer(), &rows)?;
+        sqlite::replace_leases(&mut *self.writer()?, &rows)?;
         if let Ok(mut leases) = self.leases.write() {
             *leases = rows.into_iter().map(|r| (r.id, r)).collect();
         }
@@ -513,7 +517,21 @@ impl Store {
     /// counts, watches or the key index until [`Store::commit`] reaches it.
     /// Records must continue the latest revision.
     pub fn append(&self, batch: Batch) -> Result<(), StoreError> {
-        let mut conn = self.writer();
+        self.append_flushed(batch, true)
+    }
+
+    /// Appends a batch whose records reach object storage before anyone is
+    /// told of them (the synchronous route): the SQLite commit is not
+    /// fsynced. A crash of the machine may lose it from this database;
+    /// the bucket still has it, and preflight takes it back from there
+    /// (local-store.md). A process crash loses nothing: the commit is in
+    /// the kernel's page cache when this returns.
+    pub fn append_backed(&self, batch: Batch) -> Result<(), StoreError> {
+        self.append_flushed(batch, false)
+    }
+
+    fn append_flushed(&self, batch: Batch, flushed: bool) -> Result<(), StoreError> {
+        let mut conn = self.writer_flushing(flushed)?;
         let latest = self.latest_revision();
         for (expected, r) in (latest + 1..).zip(&batch.records) {
             if r.revision != expected {
@@ -647,7 +665,7 @@ impl Store {
     /// and the latest revision goes back to `revision`. Committed revisions
     /// cannot be discarded.
     pub fn discard_above(&self, revision: i64) -> Result<(), StoreError> {
-        let mut conn = self.writer();
+        let mut conn = self.writer()?;
         let mut pending = self.pending_batches();
         let committed = self.committed_revision();
         if revision < committed {
@@ -732,11 +750,27 @@ impl Store {
         }
     }
 
-    fn writer(&self) -> std::sync::MutexGuard<'_, Connection> {
-        match self.writer.lock() {
+    /// The writer connection, every commit fsynced.
+    fn writer(&self) -> Result<std::sync::MutexGuard<'_, Connection>, StoreError> {
+        self.writer_flushing(true)
+    }
+
+    /// The writer connection, its commits fsynced or not: only a batch the
+    /// bucket holds before it is acknowledged may skip the flush.
+    fn writer_flushing(
+        &self,
+        flushed: bool,
+    ) -> Result<std::sync::MutexGuard<'_, Connection>, StoreError> {
+        let conn = match self.writer.lock() {
             Ok(c) => c,
             Err(poisoned) => poisoned.into_inner(),
+        };
+        if self.relaxed.load(Ordering::Acquire) == flushed {
+            let mode = if flushed { "FULL" } else { "NORMAL" };
+            conn.pragma_update(None, "synchronous", mode)?;
+            self.relaxed.store(!flushed, Ordering::Release);
         }
+        Ok(conn)
     }
 
     /// Imports records written elsewhere (object storage, a Primary), with
@@ -759,7 +793,7 @@ impl Store {
         }
         let before = self.latest_revision();
         {
-            let mut conn = self.writer();
+            let mut conn = self.writer()?;
             let imported = {
                 let mut importer = Importer {
                     tx: sqlite::ImportTx::begin(&mut conn)?,
@@ -801,7 +835,7 @@ impl Store {
         if revision > self.committed_revision() {
             return Err(StoreError::FutureRevision);
         }
-        sqlite::persist_compaction(&self.writer(), revision)?;
+        sqlite::persist_compaction(&*self.writer()?, revision)?;
         let discarded = {
             let mut index = self.index_mut();
             let discarded = index.compact(revision);
@@ -814,7 +848,7 @@ impl Store {
     /// Sets the compaction revision after a restore: the recorded one, or
     /// the one the rows imply, recorded from then on. Trims the index.
     pub fn seed_compaction(&self) -> Result<i64, StoreError> {
-        let conn = self.writer();
+        let conn = self.writer()?;
         let mut revision = sqlite::compaction_revision(&conn)?;
         if revision == 0 {
             revision = sqlite::derive_compaction_revision(&conn)?;
@@ -833,7 +867,7 @@ impl Store {
 
     /// Row count equals the latest revision (no gaps).
     pub fn check_integrity(&self) -> Result<(), StoreError> {
-        let conn = self.writer();
+        let conn = self.writer()?;
         let latest = sqlite::latest_revision(&conn)?;
         let count = sqlite::record_count(&conn)?;
         if count != latest {
@@ -864,7 +898,7 @@ impl Store {
 
     /// Nulls the values compaction made unreachable (rows stay).
     pub fn discard_values(&self, revisions: &[i64]) -> Result<(), StoreError> {
-        sqlite::mark_compacted(&mut self.writer(), revisions)
+        sqlite::mark_compacted(&mut *self.writer()?, revisions)
     }
 }
 
@@ -896,6 +930,35 @@ mod tests {
 
     fn visible(store: &Store, at: i64) -> Option<i64> {
         store.index().get(b"k", at).map(|e| e.rev.revision)
+    }
+
+    /// The writer's `PRAGMA synchronous`: 1 NORMAL, 2 FULL.
+    fn synchronous(store: &Store) -> i64 {
+        let conn = store.writer.lock().unwrap();
+        conn.pragma_query_value(None, "synchronous", |r| r.get(0))
+            .unwrap()
+    }
+
+    #[test]
+    fn only_batches_the_bucket_holds_skip_the_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(synchronous(&store), 2);
+        store
+            .append_backed(batch(vec![Record::internal("n"), put(2)]))
+            .unwrap();
+        assert_eq!(synchronous(&store), 1, "the bucket holds it");
+        store.commit(2);
+        // Everything else is flushed again, whatever came before.
+        store.append(batch(vec![put(3)])).unwrap();
+        assert_eq!(synchronous(&store), 2);
+        store.append_backed(batch(vec![put(4)])).unwrap();
+        store.discard_above(3).unwrap();
+        assert_eq!(synchronous(&store), 2, "an undo is flushed");
+        store.append_backed(batch(vec![put(4)])).unwrap();
+        store.commit(4);
+        store.replicate(&[put(5)]).unwrap();
+        assert_eq!(synchronous(&store), 2, "a replica's append is flushed");
     }
 
     #[test]

@@ -189,14 +189,44 @@ impl Timestamp {
         let secs_of_day = self.seconds.rem_euclid(86_400);
         let (y, m, d) = civil_from_days(days);
         let (hh, mm, ss) = (secs_of_day / 3600, secs_of_day / 60 % 60, secs_of_day % 60);
-        let mut out = format!("{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}");
-        if self.nanos > 0 {
-            let frac = format!("{:09}", self.nanos);
-            out.push('.');
-            out.push_str(frac.trim_end_matches('0'));
+        if !(0..=9999).contains(&y) {
+            let mut out = format!("{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}");
+            self.push_fraction(&mut out);
+            out.push('Z');
+            return out;
         }
+        // Digit by digit rather than through format!: every record written
+        // to SQLite carries one, and formatting was a tenth of its insert.
+        let mut out = String::with_capacity(30);
+        for (value, width, after) in [
+            (y as u64, 4, '-'),
+            (m as u64, 2, '-'),
+            (d as u64, 2, 'T'),
+            (hh as u64, 2, ':'),
+            (mm as u64, 2, ':'),
+            (ss as u64, 2, '.'),
+        ] {
+            push_digits(&mut out, value, width);
+            out.push(after);
+        }
+        out.pop();
+        self.push_fraction(&mut out);
         out.push('Z');
         out
+    }
+
+    /// `.` and the nanoseconds without trailing zeros; nothing for none.
+    fn push_fraction(self, out: &mut String) {
+        if self.nanos == 0 {
+            return;
+        }
+        let (mut n, mut width) = (self.nanos as u64, 9);
+        while n % 10 == 0 {
+            n /= 10;
+            width -= 1;
+        }
+        out.push('.');
+        push_digits(out, n, width);
     }
 
     /// Parses RFC 3339 (`Z` or a numeric offset, optional fraction).
@@ -257,6 +287,16 @@ impl Timestamp {
 }
 
 /// Days since 1970-01-01 to (year, month, day), proleptic Gregorian.
+/// `value` in decimal, zero-padded to `width` digits (`value` has at most
+/// that many).
+fn push_digits(out: &mut String, value: u64, width: u32) {
+    let mut div = 10u64.pow(width.saturating_sub(1));
+    while div > 0 {
+        out.push(char::from(b'0' + (value / div % 10) as u8));
+        div /= 10;
+    }
+}
+
 fn civil_from_days(z: i64) -> (i64, i64, i64) {
     let z = z + 719_468;
     let era = z.div_euclid(146_097);
@@ -307,6 +347,37 @@ mod tests {
             nanos: 0,
         };
         assert_eq!(zero.to_rfc3339(), "0001-01-01T00:00:00Z");
+    }
+
+    #[test]
+    fn rfc3339_digit_by_digit_matches_formatting() {
+        let formatted = |t: Timestamp| {
+            let (days, secs) = (t.seconds.div_euclid(86_400), t.seconds.rem_euclid(86_400));
+            let (y, m, d) = civil_from_days(days);
+            let (hh, mm, ss) = (secs / 3600, secs / 60 % 60, secs % 60);
+            let mut out = format!("{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}");
+            if t.nanos > 0 {
+                out.push('.');
+                out.push_str(format!("{:09}", t.nanos).trim_end_matches('0'));
+            }
+            out + "Z"
+        };
+        let mut seconds: i64 = -62_135_596_800;
+        for nanos in [0, 1, 10, 999_999_999, 500_000_000, 123_000_789] {
+            for step in [0, 86_399, 1_735_787_045, 253_402_300_799, 253_402_300_800] {
+                let t = Timestamp {
+                    seconds: seconds + step,
+                    nanos,
+                };
+                assert_eq!(t.to_rfc3339(), formatted(t), "{t:?}");
+            }
+            seconds += 1_000_003_331;
+        }
+        let early = Timestamp {
+            seconds: -62_135_596_801,
+            nanos: 5,
+        };
+        assert_eq!(early.to_rfc3339(), formatted(early));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The SQLite file `db.sqlite3`: one row per revision (the reference
 //! schema), the accepted compaction revisions, and our lease table. WAL with
-//! synchronous=FULL, so a commit is on disk when it returns.
+//! synchronous=FULL, so a commit is on disk when it returns (the store
+//! relaxes it for batches the bucket holds, see `Store::append_backed`).
 
 use std::path::Path;
 

@@ -15,14 +15,53 @@ use netsy::pb::etcdserverpb::{PutRequest, PutResponse, StatusRequest, StatusResp
 /// How long the clusters may take to be ready.
 const PATIENCE: Duration = Duration::from_secs(120);
 
+/// What every mode that launches its own nodes needs.
+pub struct LaunchOptions<'a> {
+    pub netsy_bin: &'a Path,
+    pub moto_bin: &'a Path,
+    /// A moto bucket instead of a directory.
+    pub moto: bool,
+    pub json: bool,
+}
+
 /// A running netsy cluster and what must live as long as it.
 pub struct NetsyCluster {
     /// Runs as long as this value lives.
-    _cluster: LaunchedCluster,
+    pub cluster: LaunchedCluster,
     pub primary_addr: String,
     pub tls: Arc<rustls::ClientConfig>,
-    _moto: Option<Moto>,
-    _dir: Option<TempDir>,
+    _bucket: Bucket,
+}
+
+impl NetsyCluster {
+    /// Waits until node `i` is the Primary and acknowledges a put, then
+    /// returns its client address.
+    pub async fn primary_serving(&mut self, i: usize) -> Result<String, String> {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if self.cluster.primaries().contains(&i) {
+                let addr = self.cluster.nodes[i].client_addr();
+                if put(&addr, &self.tls).await {
+                    self.primary_addr = addr.clone();
+                    return Ok(addr);
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "node {i} did not become a Primary taking writes; {}",
+                    last_lines(&self.cluster)
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The pid of node `i`, while it runs.
+    pub fn pid(&self, i: usize) -> Result<u32, String> {
+        self.cluster.nodes[i]
+            .pid()
+            .ok_or_else(|| format!("node {i} is not running"))
+    }
 }
 
 /// A cluster's bucket: a moto bucket, or a shared directory (fs).
@@ -61,21 +100,16 @@ pub fn bucket(moto_bin: &Path, moto: bool, name: &str) -> Result<Bucket, String>
     })
 }
 
-/// Starts `n` nodes and waits until the Primary writes on the quorum path.
+/// Starts `n` nodes on `bucket` with `quorum`, and waits until the Primary
+/// takes writes (on the quorum path unless the quorum is 0).
 pub async fn start_netsy(
     bin: &Path,
-    moto_bin: &Path,
-    moto: bool,
+    bucket: Bucket,
     n: usize,
+    quorum: i64,
 ) -> Result<NetsyCluster, String> {
-    let Bucket {
-        moto,
-        dir,
-        storage,
-        env,
-    } = bucket(moto_bin, moto, "bench")?;
-    let mut spec = ClusterSpec::new(n, &storage, env);
-    spec.quorum = -1;
+    let mut spec = ClusterSpec::new(n, &bucket.storage, bucket.env.clone());
+    spec.quorum = quorum;
     // Only the first election is sped up; writes run at deployed settings.
     spec.speedup = Some(10);
     let mut cluster = LaunchedCluster::create(bin, spec)?;
@@ -86,24 +120,39 @@ pub async fn start_netsy(
     loop {
         if let [p] = cluster.primaries()[..] {
             let addr = cluster.nodes[p].client_addr();
-            let quorum = cluster
-                .metrics(p)
-                .is_ok_and(|m| m.contains("netsy_primary_write_path{path=\"quorum\"} 1"));
-            if put(&addr, &tls).await && quorum {
+            let route = quorum == 0
+                || cluster
+                    .metrics(p)
+                    .is_ok_and(|m| m.contains("netsy_primary_write_path{path=\"quorum\"} 1"));
+            if put(&addr, &tls).await && route {
                 return Ok(NetsyCluster {
-                    _cluster: cluster,
+                    cluster,
                     primary_addr: addr,
                     tls,
-                    _moto: moto,
-                    _dir: dir,
+                    _bucket: bucket,
                 });
             }
         }
         if Instant::now() > deadline {
-            return Err("the netsy cluster did not settle on a quorum-writing Primary".into());
+            return Err(format!(
+                "the netsy cluster did not settle on a Primary taking writes; {}",
+                last_lines(&cluster)
+            ));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// The last lines each node logged, for an error that needs them.
+fn last_lines(cluster: &LaunchedCluster) -> String {
+    let mut out = Vec::new();
+    for n in &cluster.nodes {
+        let text = n.log_text();
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines[lines.len().saturating_sub(8)..].join("\n    ");
+        out.push(format!("{} logged last:\n    {tail}", n.id));
+    }
+    out.join("\n")
 }
 
 async fn put(addr: &str, tls: &Arc<rustls::ClientConfig>) -> bool {

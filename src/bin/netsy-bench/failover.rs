@@ -7,7 +7,6 @@
 //! each kind, then reads every acknowledged put back from every node.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,18 +14,16 @@ use netsy::grpc::Channel;
 use netsy::launch::cluster::{ClusterSpec, LaunchedCluster};
 use netsy::pb::etcdserverpb::{PutRequest, PutResponse, RangeRequest, RangeResponse};
 
+use crate::cluster::LaunchOptions;
 use crate::stats::median;
 
 /// How long anything may take before the run gives up.
 const PATIENCE: Duration = Duration::from_secs(180);
 
 pub struct FailoverOptions<'a> {
-    pub netsy_bin: &'a Path,
-    pub moto_bin: &'a Path,
-    pub moto: bool,
+    pub launch: LaunchOptions<'a>,
     pub rounds: usize,
     pub speedup: Option<u32>,
-    pub json: bool,
 }
 
 fn client_config(c: &LaunchedCluster) -> Result<Arc<rustls::ClientConfig>, String> {
@@ -185,11 +182,11 @@ pub async fn run(o: &FailoverOptions<'_>) -> Result<bool, String> {
         dir: _dir,
         storage,
         env,
-    } = crate::cluster::bucket(o.moto_bin, o.moto, "failover")?;
+    } = crate::cluster::bucket(o.launch.moto_bin, o.launch.moto, "failover")?;
     let mut spec = ClusterSpec::new(3, &storage, env);
     spec.speedup = o.speedup;
     let cycle = netsy::election::lock::CYCLE_INTERVAL / o.speedup.unwrap_or(1).max(1);
-    let mut c = LaunchedCluster::create(o.netsy_bin, spec)?;
+    let mut c = LaunchedCluster::create(o.launch.netsy_bin, spec)?;
     c.start_all()?;
     for i in 0..3 {
         serving(&mut c, i).await?;
@@ -261,7 +258,7 @@ pub async fn run(o: &FailoverOptions<'_>) -> Result<bool, String> {
         }
         let seconds = started.elapsed().as_secs_f64();
         samples.entry(kind).or_default().push(seconds);
-        if !o.json {
+        if !o.launch.json {
             println!(
                 "round {}: killed the {kind} ({}): {seconds:.2} s",
                 round + 1,
@@ -290,7 +287,7 @@ pub async fn run(o: &FailoverOptions<'_>) -> Result<bool, String> {
         let max = s.iter().cloned().fold(0.0, f64::max);
         rows.push((kind.to_string(), s.len(), median(s.clone()), min, max));
     }
-    if o.json {
+    if o.launch.json {
         let rows: Vec<_> = rows
             .iter()
             .map(|(k, n, med, min, max)| {

@@ -7,6 +7,7 @@
 mod check;
 mod cluster;
 mod failover;
+mod restore;
 mod stats;
 mod watcher;
 mod workload;
@@ -27,6 +28,13 @@ const USAGE: &str =
        netsy-bench failover [--rounds N] [--moto] [--speedup N] [--json]
                  a 3-node cluster; SIGKILL of the Primary, the Elector, a node that is
                  both: seconds until writes are acknowledged again (N samples of each)
+       netsy-bench restore [--records N] [--chunked N] [--chunk-records N] [--moto] [--json]
+                 a bucket of N records (1000000; a snapshot, then the last --chunked
+                 (100000) in chunks of --chunk-records (1000)): seconds until a fresh
+                 node has loaded them from the bucket alone
+       netsy-bench memory [--records N] [--moto] [--json]
+                 N keys (100000) of --val-size bytes (1024) put by --clients (64):
+                 the node's peak and steady RSS after the writes and after a restart
 
 target (default: start a fresh netsy --dev):
   --endpoint HOST:PORT    a running server
@@ -70,6 +78,17 @@ struct Options {
     speedup: Option<u32>,
     /// Cluster size for `--compare` (0: single nodes).
     cluster: usize,
+    /// `restore` or `memory`, when that is the mode.
+    node_bench: Option<NodeBench>,
+    records: Option<u64>,
+    chunked: u64,
+    chunk_records: u64,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum NodeBench {
+    Restore,
+    Memory,
 }
 
 fn defaults() -> Options {
@@ -112,6 +131,10 @@ fn defaults() -> Options {
         failover: false,
         speedup: None,
         cluster: 0,
+        node_bench: None,
+        records: None,
+        chunked: 100_000,
+        chunk_records: 1000,
     }
 }
 
@@ -119,7 +142,9 @@ fn parse(args: &[String]) -> Result<Options, String> {
     let mut o = defaults();
     let mut it = args.iter();
     let mut mode_set = false;
+    let mut seen = Vec::new();
     while let Some(a) = it.next() {
+        seen.push(a.clone());
         let mut val = |name: &str| {
             it.next()
                 .cloned()
@@ -159,8 +184,19 @@ fn parse(args: &[String]) -> Result<Options, String> {
             "--smoke" => o.smoke = true,
             "--speedup" => o.speedup = Some(num(a, val(a)?)? as u32),
             "--cluster" => o.cluster = num(a, val(a)?)? as usize,
+            "--records" => o.records = Some(num(a, val(a)?)? as u64),
+            "--chunked" => o.chunked = num(a, val(a)?)? as u64,
+            "--chunk-records" => o.chunk_records = num(a, val(a)?)? as u64,
             "failover" if !mode_set => {
                 o.failover = true;
+                mode_set = true;
+            }
+            "restore" | "memory" if !mode_set => {
+                o.node_bench = Some(if a == "restore" {
+                    NodeBench::Restore
+                } else {
+                    NodeBench::Memory
+                });
                 mode_set = true;
             }
             "-h" | "--help" => return Err(String::new()),
@@ -169,6 +205,19 @@ fn parse(args: &[String]) -> Result<Options, String> {
                 mode_set = true;
             }
             other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    if o.node_bench == Some(NodeBench::Memory) {
+        // SPEC §11's memory figure: 1 KiB values, written by many clients.
+        let unset = |flag: &str| !seen.iter().any(|s| s == flag);
+        if unset("--val-size") {
+            o.load.val_size = 1024;
+        }
+        if unset("--clients") {
+            o.load.clients = 64;
+        }
+        if unset("--conns") {
+            o.load.conns = 4;
         }
     }
     if !mode_set && !o.smoke {
@@ -269,7 +318,8 @@ async fn single(o: &Options) -> Result<bool, String> {
 
 async fn compare(o: &Options) -> Result<bool, String> {
     if o.cluster > 0 {
-        let netsy = cluster::start_netsy(&o.netsy_bin, &o.moto_bin, o.moto, o.cluster).await?;
+        let bucket = cluster::bucket(&o.moto_bin, o.moto, "bench")?;
+        let netsy = cluster::start_netsy(&o.netsy_bin, bucket, o.cluster, -1).await?;
         let (_etcd, etcd_addr) = cluster::start_etcd(&o.etcd_bin, o.cluster).await?;
         let tls = Some(netsy.tls.clone());
         return compare_rounds(o, &netsy.primary_addr, tls, &etcd_addr).await;
@@ -458,6 +508,29 @@ async fn smoke(o: &Options) -> Result<bool, String> {
         reports.push(r);
     }
     print(&reports, o.json);
+    // The node benchmarks, small: a restore must serve every record, a
+    // restarted node every key written before.
+    for which in [NodeBench::Restore, NodeBench::Memory] {
+        let mut options = node_bench_options(o, which);
+        options.records = 2000;
+        options.chunked = 500;
+        options.chunk_records = 100;
+        options.load.prefix = "/smoke/node/".into();
+        let outcome = match which {
+            NodeBench::Restore => restore::restore(&options).await,
+            NodeBench::Memory => restore::memory(&options).await,
+        };
+        let name = if which == NodeBench::Restore {
+            "restore"
+        } else {
+            "memory"
+        };
+        match outcome {
+            Ok(true) => {}
+            Ok(false) => failures.push(format!("{name}: errors or missing keys")),
+            Err(e) => failures.push(format!("{name}: {e}")),
+        }
+    }
     for f in &failures {
         println!("smoke: {}", f.replace('\n', " "));
     }
@@ -471,6 +544,30 @@ async fn smoke(o: &Options) -> Result<bool, String> {
         }
     );
     Ok(ok)
+}
+
+fn launch_options(o: &Options) -> cluster::LaunchOptions<'_> {
+    cluster::LaunchOptions {
+        netsy_bin: &o.netsy_bin,
+        moto_bin: &o.moto_bin,
+        moto: o.moto,
+        json: o.json,
+    }
+}
+
+/// What `restore` and `memory` run with, SPEC §11's sizes unless given.
+fn node_bench_options(o: &Options, which: NodeBench) -> restore::NodeBenchOptions<'_> {
+    let records = match which {
+        NodeBench::Restore => o.records.unwrap_or(1_000_000),
+        NodeBench::Memory => o.records.unwrap_or(100_000),
+    };
+    restore::NodeBenchOptions {
+        launch: launch_options(o),
+        records,
+        chunk_records: o.chunk_records,
+        chunked: o.chunked.min(records),
+        load: o.load.clone(),
+    }
 }
 
 fn main() -> ExitCode {
@@ -499,14 +596,17 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         if o.failover {
             failover::run(&failover::FailoverOptions {
-                netsy_bin: &o.netsy_bin,
-                moto_bin: &o.moto_bin,
-                moto: o.moto,
+                launch: launch_options(&o),
                 rounds: o.rounds,
                 speedup: o.speedup,
-                json: o.json,
             })
             .await
+        } else if let Some(which) = o.node_bench {
+            let options = node_bench_options(&o, which);
+            match which {
+                NodeBench::Restore => restore::restore(&options).await,
+                NodeBench::Memory => restore::memory(&options).await,
+            }
         } else if o.smoke {
             smoke(&o).await
         } else if o.compare {

@@ -125,7 +125,7 @@ pub fn value(tag: u64, size: usize) -> Bytes {
     Bytes::from(v)
 }
 
-fn key(prefix: &str, i: u64, size: usize) -> Bytes {
+pub fn key(prefix: &str, i: u64, size: usize) -> Bytes {
     let mut k = format!("{prefix}{i:012}");
     while k.len() < size {
         k.push('x');
