@@ -81,10 +81,13 @@ pub struct RingLimits {
 }
 
 impl Default for RingLimits {
+    /// About 50 s of history at 1,000 writes/s; a watch starting further
+    /// back reads from the store. (100,000 events / 64 MiB kept a node
+    /// with 100,000 keys of 1 KiB above 200 MiB after a write run.)
     fn default() -> Self {
         RingLimits {
-            max_events: 100_000,
-            max_bytes: 64 * 1024 * 1024,
+            max_events: 50_000,
+            max_bytes: 32 * 1024 * 1024,
         }
     }
 }
