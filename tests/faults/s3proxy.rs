@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use netsy::launch::faults::s3::{S3Mode, S3Proxy};
 
 use crate::support::{
-    create_bucket, http_get, poll_async, start_moto, Bucket, Netsy, NetsyOptions,
+    assert_metric_line, create_bucket, poll_async, start_moto, Bucket, Netsy, NetsyOptions,
 };
 
 /// Moto answers 403 to anonymous reads; it checks no signature, so a
@@ -248,12 +248,9 @@ async fn a_node_stops_and_resumes_writes_across_an_s3_outage() {
     let err = c.put("during2", "x", None).await.unwrap_err();
     assert!(err.to_string().contains("not accepting writes"), "{err}");
     assert_eq!(c.get("before", None).await.unwrap().kvs()[0].value(), b"1");
-    let (_, metrics) = http_get(&node.health_addr, "/metrics");
-    assert!(
-        metrics
-            .lines()
-            .any(|l| l == "netsy_retries_total{operation=\"object_storage_write\"} 1"),
-        "{metrics}"
+    assert_metric_line(
+        &node.health_addr,
+        "netsy_retries_total{operation=\"object_storage_write\"} 1",
     );
     // The client's pooled connections lost their requests, new ones were
     // reset.

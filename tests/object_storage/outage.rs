@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use crate::support::{http_get, poll_async, Bucket, Netsy};
+use crate::support::{assert_metric_line, poll_async, Bucket, Netsy};
 use crate::{dir, fingerprint};
 
 #[tokio::test(flavor = "multi_thread")]
@@ -26,12 +26,9 @@ async fn writes_fail_cleanly_during_an_outage_and_resume_after() {
     let err = c.put("during", "x", None).await.unwrap_err();
     assert!(err.to_string().contains("object storage"), "{err}");
     // The failed chunk write was retried once before the node gave up.
-    let (_, metrics) = http_get(&node.health_addr, "/metrics");
-    assert!(
-        metrics
-            .lines()
-            .any(|l| l == "netsy_retries_total{operation=\"object_storage_write\"} 1"),
-        "{metrics}"
+    assert_metric_line(
+        &node.health_addr,
+        "netsy_retries_total{operation=\"object_storage_write\"} 1",
     );
     let err = c.put("during2", "x", None).await.unwrap_err();
     assert!(err.to_string().contains("not accepting writes"), "{err}");

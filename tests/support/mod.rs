@@ -295,6 +295,16 @@ pub fn poll<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     }
 }
 
+/// Asserts that the node's `/metrics` (health listener `health_addr`)
+/// has exactly `line`.
+pub fn assert_metric_line(health_addr: &str, line: &str) {
+    let (_, metrics) = http_get(health_addr, "/metrics");
+    assert!(
+        metrics.lines().any(|l| l == line),
+        "{line} not in:\n{metrics}"
+    );
+}
+
 /// A minimal HTTP GET against the health listener: (status code, body).
 pub fn http_get(addr: &str, path: &str) -> (u16, String) {
     use std::io::{Read, Write};
