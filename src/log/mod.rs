@@ -6,6 +6,7 @@
 
 pub mod bootstrap;
 pub mod buffer;
+pub mod claims;
 pub mod cleanup;
 pub mod keys;
 pub mod leases;
@@ -71,13 +72,31 @@ impl From<StoreError> for LogError {
 
 /// Downloads and fully validates one chunk from `store`.
 pub async fn read_chunk(store: &dyn ObjectStore, key: &str) -> Result<Vec<Record>, LogError> {
+    Ok(read_written_chunk(store, key).await?.records)
+}
+
+/// A chunk as read: the node that wrote it (its header's leader id) and
+/// its records.
+pub struct WrittenChunk {
+    pub writer: String,
+    pub records: Vec<Record>,
+}
+
+/// [`read_chunk`], keeping the writer.
+pub async fn read_written_chunk(
+    store: &dyn ObjectStore,
+    key: &str,
+) -> Result<WrittenChunk, LogError> {
     let obj = store.get(key).await?;
-    let (_, records, _) =
+    let (header, records, _) =
         datafile::decode(&obj.data, Some(Kind::Chunk)).map_err(|error| LogError::Corrupt {
             key: key.to_string(),
             error,
         })?;
-    Ok(records)
+    Ok(WrittenChunk {
+        writer: header.leader_id,
+        records,
+    })
 }
 
 /// A chunk ready to be written: its key and its exact bytes.
@@ -138,10 +157,14 @@ impl ObjectLog {
 
     /// Encodes consecutive records as one chunk and creates it; an existing
     /// chunk with the very same bytes counts as written.
+    /// A superseded chunk at the key is removed first (see [`claims`]).
     pub async fn write_chunk(&self, records: &[Record]) -> Result<(), LogError> {
-        match self.encode_chunk(records)? {
-            Some(chunk) => self.put_chunk(&chunk).await,
-            None => Ok(()),
+        let Some(chunk) = self.encode_chunk(records)? else {
+            return Ok(());
+        };
+        match self.put_claimed(records, &chunk, None).await? {
+            claims::Claim::Ours => Ok(()),
+            claims::Claim::Theirs => Err(ObjError::Conflict(chunk.key).into()),
         }
     }
 
@@ -235,6 +258,29 @@ impl ObjectLog {
             std::process::id(),
             N.fetch_add(1, Ordering::Relaxed)
         ))
+    }
+}
+
+/// Records for tests: revision r holds key `k{r}` with the writer's name
+/// as its value.
+#[cfg(test)]
+pub mod testing {
+    use bytes::Bytes;
+
+    use crate::store::Record;
+
+    pub fn record(revision: i64, leader: &str) -> Record {
+        Record {
+            revision,
+            key: Bytes::copy_from_slice(format!("k{revision}").as_bytes()),
+            value: Some(Bytes::copy_from_slice(leader.as_bytes())),
+            create_revision: revision,
+            ..Record::internal(leader)
+        }
+    }
+
+    pub fn records(range: std::ops::RangeInclusive<i64>, leader: &str) -> Vec<Record> {
+        range.map(|r| record(r, leader)).collect()
     }
 }
 

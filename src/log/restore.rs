@@ -9,9 +9,9 @@ use std::sync::Arc;
 
 use crate::datafile::{self, DataFileError, Kind};
 use crate::store::record::INTERNAL_KEY;
-use crate::store::{Batch, Importer, Record, Store};
+use crate::store::{Batch, Importer, Record, Store, StoreError};
 
-use super::{LogError, ObjectLog};
+use super::{claims, LogError, ObjectLog};
 
 /// What catching up found and did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -25,6 +25,9 @@ pub struct CaughtUp {
     pub durable: i64,
     /// Local latest revision afterwards.
     pub latest: i64,
+    /// Chunks skipped because their records lost their revisions to other
+    /// writes (see [`super::claims`]).
+    pub superseded: Vec<String>,
 }
 
 /// Imports what object storage has beyond the local store, all of it in one
@@ -63,21 +66,35 @@ pub async fn catch_up(store: &Arc<Store>, log: &ObjectLog) -> Result<CaughtUp, L
         }
     }
     let chunks = log.chunks_after(0).await?;
-    report.durable = chunks.last().map_or(0, |c| c.0).max(report.snapshot);
     let pending: Vec<String> = chunks
-        .into_iter()
+        .iter()
         .filter(|(r, _)| *r > base)
-        .map(|(_, key)| key)
+        .map(|(_, key)| key.clone())
         .collect();
-    report.chunks_imported = pending.len();
+    let mut superseded = Vec::new();
     if snapshot_file.is_some() || !pending.is_empty() {
         if !pending.is_empty() {
             log::info!("importing {} chunks after revision {base}", pending.len());
         }
-        let imported = import(store, log, snapshot_file.clone(), pending).await;
+        let snapshot_revision = if snapshot_file.is_some() { base } else { 0 };
+        let imported = import(
+            store,
+            log,
+            snapshot_file.clone(),
+            snapshot_revision,
+            pending,
+        )
+        .await;
         remove_snapshot_file(&snapshot_file);
-        imported?;
+        superseded = imported?;
     }
+    report.chunks_imported = chunks.iter().filter(|(r, _)| *r > base).count() - superseded.len();
+    report.durable = chunks
+        .iter()
+        .rfind(|(_, key)| !superseded.contains(key))
+        .map_or(0, |c| c.0)
+        .max(report.snapshot);
+    report.superseded = superseded;
     let s = store.clone();
     blocking(move || -> Result<(), LogError> {
         s.seed_compaction()?;
@@ -100,41 +117,68 @@ pub async fn import_chunks(
     if keys.is_empty() {
         return Ok(());
     }
-    import(store, log, None, keys).await
+    import(store, log, None, 0, keys).await.map(drop)
 }
 
-/// One import transaction: the snapshot file if any, then the chunks.
-/// Chunks are downloaded one at a time inside the transaction (the
-/// blocking thread waits on each download), so none is held in memory or
-/// on disk beyond its own import.
+/// One import transaction: the snapshot file if any (holding revisions
+/// up to `snapshot_revision`), then the chunks. Chunks are downloaded one
+/// at a time inside the transaction (the blocking thread waits on each
+/// download), so none is held in memory or on disk beyond its own import.
+/// Returns the keys of chunks skipped as superseded: records that differ at
+/// their first revision from what the bucket holds there, either a claim
+/// (a single-record chunk) or the snapshot imported here.
 async fn import(
     store: &Arc<Store>,
     log: &ObjectLog,
     snapshot: Option<(PathBuf, String)>,
+    snapshot_revision: i64,
     keys: Vec<String>,
-) -> Result<(), LogError> {
+) -> Result<Vec<String>, LogError> {
     let (s, objects, runtime) = (
         store.clone(),
         log.store.clone(),
         tokio::runtime::Handle::current(),
     );
     blocking(move || {
+        let mut superseded = Vec::new();
         s.import_all(|importer| {
             if let Some((path, key)) = &snapshot {
                 import_snapshot_file(importer, path, key)?;
             }
             let count = keys.len();
             for (i, key) in keys.into_iter().enumerate() {
-                let records = runtime.block_on(super::read_chunk(&*objects, &key))?;
-                importer
-                    .add(&records)
-                    .map_err(|error| LogError::Import { key, error })?;
+                let chunk = runtime.block_on(super::read_written_chunk(&*objects, &key))?;
+                let records = chunk.records;
+                // A conflict changes nothing (existing revisions come first
+                // and are checked before anything new goes in), so a chunk
+                // that lost its claim can be passed over whole.
+                match importer.add(&records) {
+                    Ok(()) => {}
+                    Err(StoreError::Conflict { revision })
+                        if records.len() > 1
+                            && (revision <= snapshot_revision
+                                || runtime.block_on(claims::superseded(
+                                    &*objects,
+                                    &chunk.writer,
+                                    &records,
+                                ))?) =>
+                    {
+                        log::warn!(
+                            "skipping {key}: it holds other writes at revision {revision} and \
+                             lost its claim (a Primary that was replaced wrote it; never \
+                             acknowledged)"
+                        );
+                        superseded.push(key);
+                    }
+                    Err(error) => return Err(LogError::Import { key, error }),
+                }
                 if (i + 1) % 1000 == 0 {
                     log::info!("imported {} of {count} chunks", i + 1);
                 }
             }
             Ok(())
-        })
+        })?;
+        Ok(superseded)
     })
     .await
 }
@@ -252,4 +296,135 @@ pub async fn upload_local(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::datafile::Compression;
+    use crate::log::keys;
+    use crate::log::testing::records;
+    use crate::objstore::memory::MemoryStore;
+    use crate::objstore::Condition;
+
+    /// A bucket where the new Primary won revision 2 (its claim) and wrote
+    /// 2..=3 and 4..=8 (claimed at 4), and a replaced Primary's 2..=`end`
+    /// landed anyway. Returns the new Primary's history 1..=8.
+    async fn raced_bucket(log: &ObjectLog, end: i64) -> Vec<Record> {
+        let mut history = vec![Record::internal("new")];
+        log.write_chunk(&history).await.unwrap();
+        for range in [2..=3, 4..=8] {
+            let batch = records(range, "new");
+            let chunk = log.encode_chunk(&batch).unwrap().unwrap();
+            let claim = log.encode_claim(&batch).unwrap();
+            log.put_claimed(&batch, &chunk, claim.as_ref())
+                .await
+                .unwrap();
+            history.extend(batch);
+        }
+        let old = records(2..=end, "old");
+        let garbage = log.encode_chunk(&old).unwrap().unwrap();
+        log.store
+            .put(&garbage.key, garbage.bytes.clone(), Condition::IfAbsent)
+            .await
+            .unwrap();
+        history
+    }
+
+    fn assert_history(store: &Store, history: &[Record]) {
+        let held = store.records_between(1, 100, usize::MAX).unwrap();
+        assert_eq!(held.len(), history.len());
+        for (h, r) in held.iter().zip(history) {
+            assert!(h.same_write(r), "revision {}", r.revision);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_chunk_that_lost_its_claim_is_skipped_wherever_its_key_falls() {
+        for end in [7, 9] {
+            let dir = tempfile::tempdir().unwrap();
+            let log = ObjectLog::new(Arc::new(MemoryStore::new()), "n", dir.path()).unwrap();
+            let history = raced_bucket(&log, end).await;
+            let store = Arc::new(Store::open(&dir.path().join("db")).unwrap());
+            let report = catch_up(&store, &log).await.unwrap();
+            assert_history(&store, &history);
+            assert_eq!(report.superseded, [keys::chunk_key(end)]);
+            assert_eq!(report.latest, 8);
+            assert_eq!(report.durable, 8, "the skipped chunk's key is not durable");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_conflict_that_no_claim_explains_still_refuses_the_import() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = ObjectLog::new(Arc::new(MemoryStore::new()), "n", dir.path()).unwrap();
+        log.write_chunk(&[Record::internal("new")]).await.unwrap();
+        // Two unclaimed chunks from revision 2 (written before claims, or
+        // both writers stopped before claiming): nothing decides.
+        log.write_chunk(&records(2..=3, "new")).await.unwrap();
+        log.write_chunk(&records(2..=4, "old")).await.unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("db")).unwrap());
+        let err = catch_up(&store, &log).await.unwrap_err();
+        assert!(err.to_string().contains("revision 2"), "{err}");
+        assert_eq!(store.latest_revision(), 0, "nothing imported");
+    }
+
+    #[tokio::test]
+    async fn after_cleanup_took_the_claim_the_snapshot_decides() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = ObjectLog::new(Arc::new(MemoryStore::new()), "n", dir.path()).unwrap();
+        let history = raced_bucket(&log, 9).await;
+        // A snapshot at 5 and the cleanup of every chunk up to it: the claim
+        // at 2 is gone, the superseded 2..=9 is not.
+        let snapshot =
+            crate::datafile::encode(Kind::Snapshot, Compression::Zstd, "new", &history[..5])
+                .unwrap();
+        log.store
+            .put(&keys::snapshot_key(5), snapshot.into(), Condition::None)
+            .await
+            .unwrap();
+        for r in [1, 2, 3, 4] {
+            log.store.delete(&keys::chunk_key(r)).await.unwrap();
+        }
+        let store = Arc::new(Store::open(&dir.path().join("db")).unwrap());
+        let report = catch_up(&store, &log).await.unwrap();
+        assert_history(&store, &history);
+        assert_eq!(report.superseded, [keys::chunk_key(9)]);
+    }
+
+    #[tokio::test]
+    async fn a_superseded_chunk_that_agrees_at_first_and_differs_later_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let bucket = Arc::new(MemoryStore::new());
+        let new = ObjectLog::new(bucket.clone(), "new", &dir.path().join("new")).unwrap();
+        let old = ObjectLog::new(bucket.clone(), "old", &dir.path().join("old")).unwrap();
+        let mut history = vec![Record::internal("old")];
+        old.write_chunk(&history).await.unwrap();
+        // The new Primary adopted the old one's 2..=3 and uploaded them, then
+        // wrote its own 4..=5; the old one's 2..=6 came after, unclaimed.
+        let adopted = records(2..=3, "old");
+        for r in &adopted {
+            new.write_chunk(std::slice::from_ref(r)).await.unwrap();
+        }
+        let own = records(4..=5, "new");
+        let chunk = new.encode_chunk(&own).unwrap().unwrap();
+        let claim = new.encode_claim(&own).unwrap();
+        new.put_claimed(&own, &chunk, claim.as_ref()).await.unwrap();
+        // The same writes at 2 and 3 as the ones adopted.
+        let late: Vec<Record> = adopted
+            .iter()
+            .cloned()
+            .chain(records(4..=6, "old"))
+            .collect();
+        history.extend(adopted);
+        history.extend(own);
+        old.put_chunk(&old.encode_chunk(&late).unwrap().unwrap())
+            .await
+            .unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("db")).unwrap());
+        let report = catch_up(&store, &new).await.unwrap();
+        assert_history(&store, &history);
+        assert_eq!(report.superseded, [keys::chunk_key(6)]);
+        assert_eq!(report.durable, 5);
+    }
 }

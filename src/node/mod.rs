@@ -206,7 +206,10 @@ async fn start(config: Config, role: Arc<RoleCell>) -> Result<Running, Failed> {
         store: store.clone(),
         hub: hub.clone(),
         leader_id: node_id.clone(),
-        durability: Arc::new(ObjectStorageDurability::new(log.clone(), metrics.clone())),
+        durability: Arc::new(match membership {
+            Some(_) => ObjectStorageDurability::new(log.clone(), metrics.clone()).claimed(),
+            None => ObjectStorageDurability::new(log.clone(), metrics.clone()),
+        }),
         snapshots: Some(start_snapshots(&config, &store, &log, &caught_up, &metrics)),
         metrics: metrics.clone(),
         runtime: tokio::runtime::Handle::current(),

@@ -22,12 +22,27 @@ pub async fn preflight(
     let before = store.committed_revision();
     settle_tentative(store, log).await?;
     let report = restore::catch_up(store, log).await?;
+    remove_superseded(log, &report.superseded).await?;
     crate::failpoint::hit("preflight").await;
     restore::upload_local(store, log, report.durable).await?;
     load_leases(store, log).await?;
     // Imported and adopted records, and a new cluster's first record.
     hub.publish_from_store(store, before)?;
     Ok(report)
+}
+
+/// Chunks that lost their claim were never acknowledged; left in place
+/// they would block their key when this Primary's writes reach it (and
+/// cost every restore a read), so the Primary removes them.
+async fn remove_superseded(log: &ObjectLog, keys: &[String]) -> Result<(), LogError> {
+    for key in keys {
+        log::warn!("deleting {key}: superseded (never acknowledged)");
+        match log.store.delete(key).await {
+            Ok(()) | Err(crate::objstore::ObjError::NotFound(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 /// The bucket's leases replace the local table: a lease granted by an
@@ -63,7 +78,12 @@ async fn settle_tentative(store: &Arc<Store>, log: &ObjectLog) -> Result<(), Log
         return Ok(());
     }
     for (_, key) in log.chunks_after(committed).await? {
-        let records = log.read_chunk(&key).await?;
+        let chunk = crate::log::read_written_chunk(&*log.store, &key).await?;
+        let records = chunk.records;
+        if log.superseded(&chunk.writer, &records).await? {
+            // Catching up skips it too, and removes it.
+            continue;
+        }
         store.replicate(&records)?;
     }
     let latest = store.latest_revision();
@@ -160,5 +180,31 @@ mod tests {
         );
         assert_eq!(log.durable_revision().await.unwrap(), 3);
         assert_eq!(hub.committed(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_chunk_that_lost_its_claim_is_neither_adopted_nor_left_in_the_bucket() {
+        let (_dir, store, log, hub) = node().await;
+        // Primary n2 claimed revision 2 and wrote 2..=3; a replaced Primary's
+        // 2..=5 landed after that, unclaimed.
+        let theirs = vec![record(2, "theirs", "n2"), record(3, "theirs", "n2")];
+        let chunk = log.encode_chunk(&theirs).unwrap().unwrap();
+        let claim = log.encode_claim(&theirs).unwrap();
+        log.put_claimed(&theirs, &chunk, claim.as_ref())
+            .await
+            .unwrap();
+        let late: Vec<Record> = (2..=5).map(|r| record(r, "late", "n3")).collect();
+        let garbage = log.encode_chunk(&late).unwrap().unwrap();
+        log.put_chunk(&garbage).await.unwrap();
+        preflight(&store, &log, &hub).await.unwrap();
+        assert_eq!(
+            (store.committed_revision(), store.latest_revision()),
+            (3, 3)
+        );
+        for r in [2, 3] {
+            let held = store.record_at(r).unwrap().unwrap();
+            assert_eq!(held.value.as_deref(), Some(&b"theirs"[..]));
+        }
+        assert_eq!(log.durable_revision().await.unwrap(), 3, "2..=5 removed");
     }
 }

@@ -177,21 +177,27 @@ pub struct Importer<'c> {
 
 impl Importer<'_> {
     /// Adds consecutive records; ones already stored must be the same write.
+    /// A conflict at the first record changes nothing, so the caller may
+    /// skip those records and go on.
     pub fn add(&mut self, records: &[Record]) -> Result<(), StoreError> {
+        let mut next = self.next;
         for r in records {
-            if r.revision < self.next {
+            if r.revision < next {
                 continue;
             }
-            if r.revision != self.next {
+            if r.revision != next {
                 return Err(StoreError::Gap {
-                    expected: self.next,
+                    expected: next,
                     found: r.revision,
                 });
             }
-            self.next += 1;
+            next += 1;
         }
         match self.tx.insert(records)? {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                self.next = next;
+                Ok(())
+            }
             Err(sqlite::ImportConflict::Different(revision)) => {
                 Err(StoreError::Conflict { revision })
             }
