@@ -1,13 +1,16 @@
 //! Heartbeats: every `heartbeat_interval` this node tells the Elector how it
 //! is (in-process when it is the Elector). A send that fails twice in a row
-//! degrades the node (and a Primary steps down); one that succeeds again
+//! degrades the node (and a Primary steps down), and so does a lapsed
+//! [`HeartbeatLease`] while a send still hangs; one that succeeds again
 //! heals it — back to healthy, or to loading while it still loads — and
 //! fetches the cluster state afresh. A node the Elector no longer knows
 //! (removed while silent) registers again.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use tokio::sync::{mpsc, watch};
 
@@ -21,6 +24,72 @@ use super::role::Health;
 use super::status::NodeView;
 use super::status::RoleCell;
 
+/// How long after the last heartbeat the Elector answered this node may
+/// still act as the Primary (**ours**; the reference steps down only after
+/// two failed sends of up to 5 s each, later than the Elector may appoint
+/// another). The Elector appoints another Primary no sooner than
+/// `elector.degradation_count × heartbeat_interval` after the last
+/// heartbeat reached it plus `elector.primary_prior_timeout` spent asking
+/// the old one; the lease is the prior timeout plus half that silence,
+/// counted from when the heartbeat was sent (never later than it reached
+/// the Elector), so it lapses first. A plain clock-driven record.
+#[derive(Debug)]
+pub struct HeartbeatLease {
+    length: Duration,
+    /// When the last heartbeat the Elector answered was sent.
+    renewed: Mutex<Instant>,
+}
+
+impl HeartbeatLease {
+    /// A lease of `length`, held from `now` (the node just reached the
+    /// Elector to register).
+    pub fn new(length: Duration, now: Instant) -> HeartbeatLease {
+        HeartbeatLease {
+            length,
+            renewed: Mutex::new(now),
+        }
+    }
+
+    /// The length for these settings (see the type).
+    pub fn length_for(silence: Duration, prior_timeout: Duration) -> Duration {
+        let prior = match prior_timeout.is_zero() {
+            true => crate::election::choose::DEFAULT_PRIOR_TIMEOUT,
+            false => prior_timeout,
+        };
+        prior + silence / 2
+    }
+
+    /// A heartbeat sent at `sent_at` was answered.
+    pub fn renewed(&self, sent_at: Instant) {
+        let mut renewed = self.renewed.lock().unwrap_or_else(|e| e.into_inner());
+        *renewed = (*renewed).max(sent_at);
+    }
+
+    pub fn expires_at(&self) -> Instant {
+        *self.renewed.lock().unwrap_or_else(|e| e.into_inner()) + self.length
+    }
+
+    pub fn held_at(&self, now: Instant) -> bool {
+        now < self.expires_at()
+    }
+
+    fn lapsed(&self) -> String {
+        format!(
+            "no heartbeat has reached the Elector for {:?}: another node may be Primary by now",
+            self.length
+        )
+    }
+}
+
+impl crate::primary::Tenure for HeartbeatLease {
+    fn check(&self) -> Result<(), String> {
+        match self.held_at(Instant::now()) {
+            true => Ok(()),
+            false => Err(self.lapsed()),
+        }
+    }
+}
+
 pub struct HeartbeatSender {
     pub cluster: Arc<Cluster>,
     pub view: Arc<NodeView>,
@@ -31,6 +100,7 @@ pub struct HeartbeatSender {
     pub metrics: Arc<Metrics>,
     pub bucket: Arc<dyn ObjectStore>,
     pub driver: mpsc::UnboundedSender<DriverInput>,
+    pub lease: Arc<HeartbeatLease>,
 }
 
 impl HeartbeatSender {
@@ -46,8 +116,24 @@ impl HeartbeatSender {
                 _ = tick.tick() => {}
                 _ = stop.changed() => return,
             }
-            match self.send().await {
-                Ok(()) => self.heal().await,
+            let sent_at = Instant::now();
+            let expires_at = self.lease.expires_at();
+            if expires_at <= sent_at {
+                self.degrade(&self.lease.lapsed());
+            }
+            // A send that hangs (a blackholed link) degrades the node when
+            // the lease lapses, not when the send times out.
+            let result = tokio::select! {
+                r = self.send() => r,
+                _ = tokio::time::sleep_until(expires_at), if expires_at > sent_at => {
+                    Err(self.lease.lapsed())
+                }
+            };
+            match result {
+                Ok(()) => {
+                    self.lease.renewed(sent_at);
+                    self.heal().await
+                }
                 Err(e) => self.degrade(&e),
             }
         }
@@ -78,7 +164,7 @@ impl HeartbeatSender {
         if self.role.get().health == Health::Degraded {
             return;
         }
-        log::warn!("self-degraded: heartbeat to the elector failed after retry: {error}");
+        log::warn!("self-degraded: heartbeat to the elector failed: {error}");
         let _ = self.role.change(|r| r.set_health(Health::Degraded));
         let _ = self.driver.send(DriverInput::SelfDegraded);
     }
@@ -100,5 +186,47 @@ impl HeartbeatSender {
         if let Err(e) = self.cluster.refresh_state().await {
             log::info!("the cluster state is not available yet ({e}): waiting for a push");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lease_lapses_before_the_elector_may_appoint_another_primary() {
+        for (silence, prior) in [
+            (Duration::from_secs(2), Duration::from_secs(5)),
+            (Duration::from_millis(400), Duration::from_secs(1)),
+            (Duration::from_secs(2), Duration::ZERO),
+            (Duration::from_secs(10), Duration::from_secs(10)),
+        ] {
+            let length = HeartbeatLease::length_for(silence, prior);
+            let prior = if prior.is_zero() {
+                crate::election::choose::DEFAULT_PRIOR_TIMEOUT
+            } else {
+                prior
+            };
+            assert!(length < silence + prior, "{length:?}");
+            assert!(
+                length >= prior,
+                "{length:?}: no shorter than the prior timeout"
+            );
+        }
+    }
+
+    #[test]
+    fn the_lease_counts_from_the_send_of_the_last_answered_heartbeat() {
+        let t0 = Instant::now();
+        let second = Duration::from_secs(1);
+        let lease = HeartbeatLease::new(3 * second, t0);
+        assert!(lease.held_at(t0 + 2 * second));
+        assert!(!lease.held_at(t0 + 3 * second));
+        lease.renewed(t0 + 2 * second);
+        assert!(lease.held_at(t0 + 4 * second));
+        // An answer to an older heartbeat arriving late does not move it back.
+        lease.renewed(t0 + second);
+        assert_eq!(lease.expires_at(), t0 + 5 * second);
+        assert!(!lease.held_at(t0 + 5 * second));
     }
 }

@@ -25,7 +25,7 @@ use crate::tls::TlsMaterial;
 pub use super::cluster::Cluster;
 use super::cluster::PeerClients;
 use super::driver::DriverInput;
-use super::heartbeat::HeartbeatSender;
+use super::heartbeat::{HeartbeatLease, HeartbeatSender};
 use super::listeners::{self, Bound};
 use super::lock_runner::LockRunner;
 use super::peer;
@@ -98,6 +98,8 @@ pub struct Membership {
     pub late: Arc<peer::LateServices>,
     /// What the role driver hears from the membership (heartbeats).
     pub driver_inputs: Option<mpsc::UnboundedReceiver<DriverInput>>,
+    /// The heartbeat lease: whether this node may still acknowledge writes.
+    pub lease: Arc<HeartbeatLease>,
     /// Stops the heartbeats; then the election (which resigns the lock).
     heartbeat_stop: watch::Sender<bool>,
     lock_stop: watch::Sender<bool>,
@@ -209,15 +211,23 @@ pub async fn join(p: JoinParts<'_>) -> Result<Membership, String> {
 
     let (driver_tx, driver_rx) = mpsc::unbounded_channel();
     let loaded = Arc::new(AtomicBool::new(false));
+    let interval = config.cluster.heartbeat_interval.unwrap_or_default();
+    let elector = &config.cluster.elector;
+    let silence = interval * elector.degradation_count.clamp(1, 1000) as u32;
+    let lease = Arc::new(HeartbeatLease::new(
+        HeartbeatLease::length_for(silence, elector.primary_prior_timeout.unwrap_or_default()),
+        tokio::time::Instant::now(),
+    ));
     let heartbeats = HeartbeatSender {
         cluster: cluster.clone(),
         view: p.view.clone(),
         role: p.role.clone(),
         loaded: loaded.clone(),
-        interval: config.cluster.heartbeat_interval.unwrap_or_default(),
+        interval,
         metrics: p.metrics.clone(),
         bucket: p.log.store.clone(),
         driver: driver_tx,
+        lease: lease.clone(),
     };
     let (heartbeat_stop, heartbeats_stopped) = watch::channel(false);
     let heartbeat_task = Some(tokio::spawn(heartbeats.run(heartbeats_stopped)));
@@ -227,6 +237,7 @@ pub async fn join(p: JoinParts<'_>) -> Result<Membership, String> {
         loaded,
         late,
         driver_inputs: Some(driver_rx),
+        lease,
         heartbeat_stop,
         lock_stop,
         lock_task,

@@ -218,6 +218,9 @@ async fn start(config: Config, role: Arc<RoleCell>) -> Result<Running, Failed> {
             replication.chunk_buffer.threshold_size_mb,
             replication.chunk_buffer.threshold_age_minutes,
         ),
+        tenure: membership
+            .as_ref()
+            .map(|m| m.lease.clone() as Arc<dyn crate::primary::Tenure>),
     })
     .map_err(failed)?;
     let followed = Arc::new(AtomicBool::new(false));

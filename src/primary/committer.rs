@@ -33,6 +33,7 @@ use super::error::WriteError;
 use super::gate::{WriteGate, WRITE_PATIENCE};
 use super::recovery::{Recovery, Step};
 use super::replicas::{Replicas, Route, QUORUM_RECEIPT_TIMEOUT};
+use super::tenure::Tenure;
 use super::txn::{Txn, TxnOutcome};
 use super::view::BatchView;
 
@@ -162,6 +163,9 @@ pub struct WritePathParts {
     pub replicas: Option<Arc<dyn Replicas>>,
     /// The chunk buffer's thresholds (quorum writes only).
     pub buffer: ChunkBuffer,
+    /// Whether this node may still acknowledge writes (a cluster's
+    /// heartbeat lease); None: always.
+    pub tenure: Option<Arc<dyn Tenure>>,
 }
 
 /// A running write path.
@@ -301,6 +305,16 @@ impl Committer {
                     }
                     if route != Route::Sync {
                         self.buffer_records(&records);
+                    }
+                    // Durable, but another Primary may be answering by now:
+                    // the callers learn nothing (it may or may not count).
+                    if let Some(Err(why)) = self.parts.tenure.as_ref().map(|t| t.check()) {
+                        log::warn!(
+                            "not acknowledging revisions up to {}: {why}",
+                            store.latest_revision()
+                        );
+                        let e = WriteError::NotDurable(why);
+                        replies.iter_mut().for_each(|r| r.fail(&e));
                     }
                 }
             }
@@ -719,6 +733,14 @@ mod tests {
         durability: Arc<dyn Durability>,
         replicas: Option<Arc<dyn Replicas>>,
     ) -> (tempfile::TempDir, Arc<Store>, WritePath) {
+        write_path_held(durability, replicas, None)
+    }
+
+    fn write_path_held(
+        durability: Arc<dyn Durability>,
+        replicas: Option<Arc<dyn Replicas>>,
+        tenure: Option<Arc<dyn Tenure>>,
+    ) -> (tempfile::TempDir, Arc<Store>, WritePath) {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(dir.path()).unwrap());
         let first = Batch {
@@ -736,9 +758,39 @@ mod tests {
             runtime: tokio::runtime::Handle::current(),
             replicas,
             buffer: ChunkBuffer::new(0, 0),
+            tenure,
         })
         .unwrap();
         (dir, store, path)
+    }
+
+    /// A tenure the test revokes.
+    struct Revocable(std::sync::atomic::AtomicBool);
+
+    impl Tenure for Revocable {
+        fn check(&self) -> Result<(), String> {
+            match self.0.load(std::sync::atomic::Ordering::SeqCst) {
+                true => Ok(()),
+                false => Err("no heartbeat reached the Elector".into()),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_made_durable_after_the_tenure_lapsed_is_not_acknowledged() {
+        let durability = Arc::new(Scripted::default());
+        let tenure = Arc::new(Revocable(true.into()));
+        let (_dir, store, path) = write_path_held(durability, None, Some(tenure.clone()));
+        path.gate.open();
+        assert_eq!(path.writer.txn(put("a")).await.unwrap().revision, 2);
+        tenure.0.store(false, std::sync::atomic::Ordering::SeqCst);
+        let err = path.writer.txn(put("b")).await.unwrap_err();
+        assert!(
+            matches!(&err, WriteError::NotDurable(why) if why.contains("heartbeat")),
+            "{err:?}"
+        );
+        // Durable all the same: whoever leads next finds it.
+        assert_eq!(store.latest_revision(), 3);
     }
 
     #[tokio::test(start_paused = true)]

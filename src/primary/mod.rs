@@ -18,6 +18,7 @@ pub mod lessor;
 pub mod preflight;
 pub mod recovery;
 pub mod replicas;
+pub mod tenure;
 pub mod txn;
 pub mod view;
 
@@ -28,3 +29,4 @@ pub use gate::WriteGate;
 pub use leases::{LeaseStatus, Leases};
 pub use preflight::preflight;
 pub use replicas::{Replicas, Route};
+pub use tenure::Tenure;

@@ -313,20 +313,8 @@ fn sigkill_of_a_replica() {
 /// started again until the two roles land on different nodes).
 #[test]
 fn sigkill_of_the_elector() {
-    let apart = || {
-        for _ in 0..5 {
-            let mut t = TestCluster::on_fs(3, |spec| spec.quorum = -1);
-            t.start_all();
-            let (elector, primary) = t.settled();
-            if elector != primary {
-                return (t, primary);
-            }
-            println!("the Elector is the Primary: starting another cluster");
-        }
-        panic!("five clusters in a row put the Elector and the Primary on one node");
-    };
     run_started(
-        apart,
+        || roles_apart(|| TestCluster::on_fs(3, |spec| spec.quorum = -1)),
         "SIGKILL of the Elector (not the Primary)",
         -1,
         After::EveryNode,
@@ -338,6 +326,21 @@ fn sigkill_of_the_elector() {
             now
         },
     );
+}
+
+/// A cluster `build` makes, started, with the Elector and the Primary on
+/// different nodes (clusters are started again until they are).
+fn roles_apart(build: impl Fn() -> TestCluster) -> (TestCluster, usize) {
+    for _ in 0..5 {
+        let mut t = build();
+        t.start_all();
+        let (elector, primary) = t.settled();
+        if elector != primary {
+            return (t, primary);
+        }
+        println!("the Elector is the Primary: starting another cluster");
+    }
+    panic!("five clusters in a row put the Elector and the Primary on one node");
 }
 
 /// Starts node 0 alone, so that it leads both tiers, then the others.
@@ -591,6 +594,37 @@ fn partitioned_primary() {
                 );
                 hold(t, Duration::from_secs(5));
                 t.heal(primary);
+                let (_, now_primary) = t.settled();
+                now_primary
+            },
+        );
+    }
+}
+
+/// The Primary (not the Elector) is cut off from the other nodes but
+/// still reaches the bucket and its clients: for a moment two nodes act as
+/// Primary and both write chunks. The one that did not claim a revision
+/// first must not acknowledge it, and the bucket must stay restorable.
+/// (A Primary that is also the Elector keeps both roles: it still holds
+/// the lock through the bucket.)
+#[test]
+fn primary_cut_off_from_the_nodes() {
+    for quorum in [0, -1] {
+        run_started(
+            || roles_apart(|| TestCluster::partitionable(3, |spec| spec.quorum = quorum)),
+            "Primary cut off from the nodes (not the bucket), 5 s after a new one",
+            quorum,
+            After::Restore,
+            |t, primary| {
+                t.c.isolate(primary).unwrap();
+                let started = Instant::now();
+                let new_primary = new_primary(t, primary);
+                println!(
+                    "node {new_primary} became Primary {:.1} s after node {primary} was cut off",
+                    started.elapsed().as_secs_f64()
+                );
+                hold(t, Duration::from_secs(5));
+                t.c.rejoin(primary).unwrap();
                 let (_, now_primary) = t.settled();
                 now_primary
             },
