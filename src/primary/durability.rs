@@ -60,19 +60,20 @@ impl ObjectStorageDurability {
             ..self
         }
     }
+}
 
-    /// The chunk for `records` and, in a cluster, its claim; encoded once
-    /// so that every retry sends the same bytes.
-    fn encode(&self, records: &[Record]) -> Result<Option<Encoded>, String> {
-        let Some(chunk) = self.log.encode_chunk(records).map_err(|e| e.to_string())? else {
-            return Ok(None);
-        };
-        let claim = match self.claims {
-            true => self.log.encode_claim(records).map_err(|e| e.to_string())?,
-            false => None,
-        };
-        Ok(Some(Encoded { chunk, claim }))
-    }
+/// The chunk for `records` and, when `claims`, its claim; encoded once so
+/// that every retry sends the same bytes. (Inside the returned futures: the
+/// commit thread only builds them.)
+fn encode(log: &ObjectLog, claims: bool, records: &[Record]) -> Result<Option<Encoded>, String> {
+    let Some(chunk) = log.encode_chunk(records).map_err(|e| e.to_string())? else {
+        return Ok(None);
+    };
+    let claim = match claims {
+        true => log.encode_claim(records).map_err(|e| e.to_string())?,
+        false => None,
+    };
+    Ok(Some(Encoded { chunk, claim }))
 }
 
 /// A batch's chunk and its claim, ready to write.
@@ -84,9 +85,9 @@ struct Encoded {
 impl Durability for ObjectStorageDurability {
     fn persist(&self, records: Arc<[Record]>) -> BoxFuture<'static, Result<(), String>> {
         let (log, metrics, timeout) = (self.log.clone(), self.metrics.clone(), self.timeout);
-        let encoded = self.encode(&records);
+        let claims = self.claims;
         Box::pin(async move {
-            let Some(encoded) = encoded? else {
+            let Some(encoded) = encode(&log, claims, &records)? else {
                 return Ok(());
             };
             // As the reference does: one immediate retry whatever the
@@ -113,10 +114,9 @@ impl Durability for ObjectStorageDurability {
     }
 
     fn settle(&self, records: Arc<[Record]>) -> BoxFuture<'static, Result<(), String>> {
-        let (log, timeout) = (self.log.clone(), self.timeout);
-        let encoded = self.encode(&records);
+        let (log, timeout, claims) = (self.log.clone(), self.timeout, self.claims);
         Box::pin(async move {
-            let Some(encoded) = encoded? else {
+            let Some(encoded) = encode(&log, claims, &records)? else {
                 return Ok(());
             };
             // Revisions another Primary has claimed are its: writing this
