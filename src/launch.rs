@@ -69,17 +69,23 @@ fn unique() -> u64 {
 /// A loopback port free now, for a server started later. Taken below the
 /// kernel's ephemeral range (Linux: 32768 and up), where outgoing
 /// connections never take it in the meantime; a random one of the
-/// ephemeral range only when none is found there.
+/// ephemeral range only when none is found there. A port is handed out
+/// once per process: the nodes of one cluster are started only after all
+/// their ports are chosen, so a port free at both choices went to two
+/// nodes now and then (about one cluster in 200).
 fn free_port() -> Result<u16, String> {
     use std::hash::{BuildHasher, Hasher};
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     const LOW: u16 = 20_000;
     const HIGH: u16 = 32_000;
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
     for _ in 0..100 {
         let random = std::collections::hash_map::RandomState::new()
             .build_hasher()
             .finish();
         let port = LOW + (random % u64::from(HIGH - LOW)) as u16;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        if !given.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
             return Ok(port);
         }
     }
