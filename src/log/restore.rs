@@ -124,9 +124,10 @@ pub async fn import_chunks(
 /// up to `snapshot_revision`), then the chunks. Chunks are downloaded one
 /// at a time inside the transaction (the blocking thread waits on each
 /// download), so none is held in memory or on disk beyond its own import.
-/// Returns the keys of chunks skipped as superseded: records that differ at
-/// their first revision from what the bucket holds there, either a claim
-/// (a single-record chunk) or the snapshot imported here.
+/// Returns the keys of chunks skipped as superseded: chunks of several
+/// records that conflict with what is already imported and lost their
+/// claim, or whose conflicting revision the snapshot imported here covers
+/// (its cleanup may have removed the claim).
 async fn import(
     store: &Arc<Store>,
     log: &ObjectLog,
@@ -164,9 +165,9 @@ async fn import(
                                 ))?) =>
                     {
                         log::warn!(
-                            "skipping {key}: it holds other writes at revision {revision} and \
-                             lost its claim (a Primary that was replaced wrote it; never \
-                             acknowledged)"
+                            "skipping {key}: it holds other writes at revision {revision} than \
+                             the bucket's claim or snapshot (a Primary that was replaced wrote \
+                             it; never acknowledged)"
                         );
                         superseded.push(key);
                     }

@@ -81,7 +81,8 @@ async fn settle_tentative(store: &Arc<Store>, log: &ObjectLog) -> Result<(), Log
         let chunk = crate::log::read_written_chunk(&*log.store, &key).await?;
         let records = chunk.records;
         if log.superseded(&chunk.writer, &records).await? {
-            // Catching up skips it too, and removes it.
+            // Never acknowledged: catching up skips it too (and this
+            // Primary removes it, then or when a write meets its key).
             continue;
         }
         store.replicate(&records)?;
