@@ -629,7 +629,8 @@ pub fn from_config(
 
 /// ETag of content for providers that make their own: CRC-64/XZ and length.
 pub fn content_etag(data: &[u8]) -> String {
-    const CRC: crc::Crc<u64> = crc::Crc::<u64>::new(&crc::CRC_64_XZ);
+    static CRC: crc::Crc<u64, crc::Table<16>> =
+        crc::Crc::<u64, crc::Table<16>>::new(&crc::CRC_64_XZ);
     format!("{:016x}-{:x}", CRC.checksum(data), data.len())
 }
 

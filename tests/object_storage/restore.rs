@@ -296,6 +296,16 @@ fn local_revision(data: &Path) -> i64 {
     .unwrap_or(0)
 }
 
+/// A node on `data` SIGKILLed while 8 clients write under `/w/` (after
+/// 200 acknowledgements); the writes it acknowledged.
+async fn killed_during_writes(data: &Path, bucket: &Bucket, base: &Path) -> Vec<(String, i64)> {
+    let node = Netsy::on_bucket(data, bucket, base, "");
+    let writes = AckedWrites::start(&node, 8, "/w/").await;
+    writes.wait_for(200).await;
+    node.kill9();
+    writes.finish().await
+}
+
 /// SIGKILL during writes, then the machine loses the unflushed tail of
 /// the local database (the whole WAL, half of it, all but its last
 /// frame): restarted on that data directory, the node takes the lost
@@ -307,11 +317,7 @@ async fn acknowledged_writes_survive_losing_the_unflushed_local_commits(
     base: &Path,
 ) {
     let data = dir(base, "a");
-    let node = Netsy::on_bucket(&data, &bucket, base, "");
-    let writes = AckedWrites::start(&node, 8, "/w/").await;
-    writes.wait_for(200).await;
-    node.kill9();
-    let acked = writes.finish().await;
+    let acked = killed_during_writes(&data, &bucket, base).await;
     let newest = acked.iter().map(|(_, r)| *r).max().unwrap();
 
     let frames = wal_frames(&data);
@@ -341,3 +347,64 @@ on_both_providers!(
     unflushed_local_commits_lost,
     acknowledged_writes_survive_losing_the_unflushed_local_commits
 );
+
+/// Every file under `dir` (recursively), apart from the provider's own.
+fn object_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap().flatten() {
+            let path = entry.path();
+            if entry.file_name().to_string_lossy().starts_with(".netsy-") {
+                continue;
+            }
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out
+}
+
+/// The fs provider's objects are durable by their journal record, not by a
+/// flush of their own files (object-storage.md). SIGKILL during writes, then
+/// a machine crash that lost what was never flushed: every chunk file
+/// written since the journal's last checkpoint is gone or empty, and the
+/// local WAL is gone. A node restarted on that data directory, and a fresh
+/// node on the bucket alone, have every acknowledged write at its revision.
+#[tokio::test(flavor = "multi_thread")]
+async fn fs_acknowledged_writes_survive_losing_every_unflushed_object_file() {
+    let base = tempfile::tempdir().unwrap();
+    let base = base.path();
+    let bucket_dir = base.join("bucket");
+    let bucket = Bucket::fs(&bucket_dir);
+    let data = dir(base, "a");
+    let acked = killed_during_writes(&data, &bucket, base).await;
+
+    let chunks: Vec<_> = object_files(&bucket_dir)
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains("/chunks/"))
+        .collect();
+    assert!(
+        chunks.len() > 2,
+        "the writes made chunks ({})",
+        chunks.len()
+    );
+    for (i, chunk) in chunks.iter().enumerate() {
+        if i % 2 == 0 {
+            std::fs::remove_file(chunk).unwrap();
+        } else {
+            std::fs::write(chunk, b"").unwrap();
+        }
+    }
+    let copy = base.join("crashed");
+    crashed_copy(&data, &copy, None);
+    let restarted = Netsy::on_bucket(&copy, &bucket, base, "");
+    assert_acked_and_contiguous(&restarted, &acked).await;
+    restarted.kill9();
+
+    let fresh = Netsy::on_bucket(&dir(base, "b"), &bucket, base, "");
+    assert_acked_and_contiguous(&fresh, &acked).await;
+}

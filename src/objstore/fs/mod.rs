@@ -1,14 +1,17 @@
 //! A directory as object storage: the embedded default. Keys are paths under
-//! the root. Writes go to a temporary file that is fsynced and then moved
-//! into place, so readers never see partial objects and a crash leaves the
-//! old object or the new one. Create-only uses a no-replace rename (fails
-//! if the target exists, atomically, across processes); If-Match compares
-//! and replaces under an exclusive lock file shared by every process.
+//! the root. Writes go to a temporary file that is moved into place, so
+//! readers never see partial objects. A small object is made durable by one
+//! flushed append to the journal, every writing process's shared log, before
+//! it is moved into place; conditions are checked under the journal's lock,
+//! so create-only and If-Match hold across processes. Opening the store
+//! repairs, from the journal, files a machine crash lost.
 
+mod journal;
 mod spares;
 
-use std::collections::HashSet;
-use std::fs::{self, File, OpenOptions};
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,12 +19,12 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
+use journal::{Journal, Record, INLINE_LIMIT};
 use spares::Spares;
 
 use super::{content_etag, BoxFut, Condition, Listed, ObjError, Object, ObjectStore};
 
 const TMP_DIR: &str = ".netsy-tmp";
-const LOCK_FILE: &str = ".netsy-lock";
 
 pub struct FsStore {
     dir: Arc<Dir>,
@@ -30,10 +33,11 @@ pub struct FsStore {
 /// What every file operation of one store shares.
 struct Dir {
     root: PathBuf,
-    /// Directories known to exist durably (created and their parent
-    /// fsynced), so a write does not stat or create them again.
+    /// Directories known to exist, so a write does not stat or create them
+    /// again. (Their durability is the journal's: a repair creates them.)
     known_dirs: Mutex<HashSet<PathBuf>>,
     spares: Spares,
+    journal: Journal,
 }
 
 /// Spare files kept ready so a write need not allocate one.
@@ -55,13 +59,17 @@ impl FsStore {
             .map_err(|e| format!("cannot create {}: {e}", root.display()))?;
         let spares = Spares::new(&root.join(TMP_DIR));
         spares.remove_stale();
-        Ok(FsStore {
-            dir: Arc::new(Dir {
-                root: root.to_path_buf(),
-                known_dirs: Mutex::new(HashSet::new()),
-                spares,
-            }),
-        })
+        let journal = Journal::open(root)
+            .map_err(|e| format!("cannot open the journal in {}: {e}", root.display()))?;
+        let dir = Dir {
+            root: root.to_path_buf(),
+            known_dirs: Mutex::new(HashSet::new()),
+            spares,
+            journal,
+        };
+        dir.repair()
+            .map_err(|e| format!("cannot repair {} from its journal: {e}", root.display()))?;
+        Ok(FsStore { dir: Arc::new(dir) })
     }
 
     pub fn root(&self) -> &Path {
@@ -85,10 +93,6 @@ fn path_of(root: &Path, key: &str) -> Result<PathBuf, ObjError> {
     Ok(root.join(key))
 }
 
-fn fsync_dir(dir: &Path) -> std::io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
 impl Dir {
     fn tmp_name(&self) -> PathBuf {
         let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
@@ -98,8 +102,8 @@ impl Dir {
     }
 
     /// Writes `data` to a temporary file (a spare when there is one),
-    /// fsynced.
-    fn write_temp(&self, key: &str, data: &[u8]) -> Result<PathBuf, ObjError> {
+    /// flushed only with `flush`.
+    fn write_temp(&self, key: &str, data: &[u8], flush: bool) -> Result<PathBuf, ObjError> {
         let (tmp, mut f) = match self.spares.take() {
             Some(spare) => spare,
             None => {
@@ -109,7 +113,9 @@ impl Dir {
                 (tmp, f)
             }
         };
-        let written = f.write_all(data).and_then(|()| f.sync_data());
+        let written = f
+            .write_all(data)
+            .and_then(|()| if flush { f.sync_data() } else { Ok(()) });
         if let Err(e) = written {
             let _ = fs::remove_file(&tmp);
             return Err(fatal(key, "writing a temporary file", e));
@@ -117,31 +123,14 @@ impl Dir {
         Ok(tmp)
     }
 
-    /// Makes sure `dir` exists durably: every directory this creates is
-    /// made durable by an fsync of its parent.
+    /// Makes sure `dir` exists. Not flushed: a journaled object's repair
+    /// creates its directories again, and a large object flushes the whole
+    /// filesystem.
     fn ensure_dir(&self, dir: &Path, key: &str) -> Result<(), ObjError> {
         if self.known_dirs.lock().is_ok_and(|k| k.contains(dir)) {
             return Ok(());
         }
-        let mut missing = Vec::new();
-        let mut cur = dir;
-        while cur != self.root && !cur.is_dir() {
-            missing.push(cur.to_path_buf());
-            match cur.parent() {
-                Some(p) => cur = p,
-                None => break,
-            }
-        }
-        for d in missing.iter().rev() {
-            match fs::create_dir(d) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(fatal(key, "creating the directory", e)),
-            }
-            if let Some(parent) = d.parent() {
-                fsync_dir(parent).map_err(|e| fatal(key, "fsync of the directory", e))?;
-            }
-        }
+        fs::create_dir_all(dir).map_err(|e| fatal(key, "creating the directory", e))?;
         if let Ok(mut k) = self.known_dirs.lock() {
             k.insert(dir.to_path_buf());
         }
@@ -156,20 +145,20 @@ impl Dir {
         Ok((path, dir))
     }
 
+    fn journal_error(key: &str, e: std::io::Error) -> ObjError {
+        fatal(key, "writing the journal", e)
+    }
+
     fn write(&self, key: &str, data: &[u8], condition: &Condition) -> Result<String, ObjError> {
         let (path, dir) = self.dir_for(key)?;
-        let tmp = self.write_temp(key, data)?;
-        let result = match condition {
-            Condition::None => {
-                fs::rename(&tmp, &path).map_err(|e| fatal(key, "renaming into place", e))
-            }
-            Condition::IfAbsent => match create_only(&tmp, &path) {
-                Ok(true) => Ok(()),
-                Ok(false) => Err(ObjError::PreconditionFailed(key.to_string())),
-                Err(e) => Err(fatal(key, "moving into place", e)),
-            },
-            Condition::IfMatch(etag) => self.replace_if_match(key, &tmp, &path, etag),
+        let large = data.len() > INLINE_LIMIT;
+        let tmp = self.write_temp(key, data, large)?;
+        let how = if large {
+            Placement::Flushed
+        } else {
+            Placement::Journaled(data)
         };
+        let result = self.place(key, &tmp, &path, condition, how);
         if let Err(e) = &result {
             let _ = fs::remove_file(&tmp);
             // The directory was removed behind our back: forget it so the
@@ -181,48 +170,99 @@ impl Dir {
             }
         }
         result?;
-        fsync_dir(&dir).map_err(|e| fatal(key, "fsync of the directory", e))?;
         Ok(content_etag(data))
     }
 
-    /// Compare-and-swap under the lock file every process shares.
-    fn replace_if_match(
+    /// Moves a written temporary file into place under the journal's lock,
+    /// if `condition` holds. A journaled object is durable (its record
+    /// flushed) before it is visible; a flushed one (already in its own
+    /// file) is moved, the filesystem flushed, and the journal told that
+    /// its earlier records of the key no longer count.
+    fn place(
         &self,
         key: &str,
         tmp: &Path,
         path: &Path,
-        etag: &str,
+        condition: &Condition,
+        how: Placement,
     ) -> Result<(), ObjError> {
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(self.root.join(LOCK_FILE))
-            .map_err(|e| fatal(key, "opening the lock file", e))?;
-        lock.lock().map_err(|e| fatal(key, "locking", e))?;
-        let outcome = match read(&self.root, key) {
-            Ok(current) if current.etag == etag => {
-                fs::rename(tmp, path).map_err(|e| fatal(key, "renaming into place", e))
+        let mut held = self
+            .journal
+            .lock()
+            .map_err(|e| Self::journal_error(key, e))?;
+        match condition {
+            Condition::None => {}
+            Condition::IfAbsent => {
+                if fs::symlink_metadata(path).is_ok() {
+                    return Err(ObjError::PreconditionFailed(key.to_string()));
+                }
             }
-            Ok(_) | Err(ObjError::NotFound(_)) => {
-                Err(ObjError::PreconditionFailed(key.to_string()))
+            Condition::IfMatch(etag) => match read(&self.root, key) {
+                Ok(current) if current.etag == *etag => {}
+                Ok(_) | Err(ObjError::NotFound(_)) => {
+                    return Err(ObjError::PreconditionFailed(key.to_string()))
+                }
+                Err(e) => return Err(e),
+            },
+        }
+        match how {
+            Placement::Journaled(data) => {
+                let record = Record::Put {
+                    key: key.to_string(),
+                    data: Cow::Borrowed(data),
+                };
+                held.append(&record, true)
+                    .map_err(|e| Self::journal_error(key, e))?;
+                if let Err(e) = fs::rename(tmp, path) {
+                    // Durable in the journal but not in place: take it back
+                    // so a repair does not bring back a write that failed.
+                    let _ = held.append(
+                        &Record::Delete {
+                            key: key.to_string(),
+                        },
+                        true,
+                    );
+                    return Err(fatal(key, "renaming into place", e));
+                }
             }
-            Err(e) => Err(e),
-        };
-        let _ = lock.unlock();
-        outcome
+            Placement::Flushed => {
+                fs::rename(tmp, path).map_err(|e| fatal(key, "renaming into place", e))?;
+                held.flush_filesystem()
+                    .map_err(|e| fatal(key, "flushing the filesystem", e))?;
+                held.append(
+                    &Record::Durable {
+                        key: key.to_string(),
+                    },
+                    true,
+                )
+                .map_err(|e| Self::journal_error(key, e))?;
+            }
+        }
+        Ok(())
     }
 
     /// Removes a key's file (its inode is kept as a spare when possible).
+    /// Not flushed: like a file removal, a machine crash may undo it.
     fn delete(&self, key: &str) -> Result<(), ObjError> {
         let path = path_of(&self.root, key)?;
+        let mut held = self
+            .journal
+            .lock()
+            .map_err(|e| Self::journal_error(key, e))?;
         self.spares
             .recycle(&path)
-            .map_err(|e| fatal(key, "deleting", e))
+            .map_err(|e| fatal(key, "deleting", e))?;
+        held.append(
+            &Record::Delete {
+                key: key.to_string(),
+            },
+            false,
+        )
+        .map_err(|e| Self::journal_error(key, e))
     }
 
     fn put_file(&self, key: &str, src: &Path) -> Result<String, ObjError> {
-        let (dest, dir) = self.dir_for(key)?;
+        let (dest, _) = self.dir_for(key)?;
         let tmp = self.tmp_name();
         let copied = fs::copy(src, &tmp)
             .map_err(|e| fatal(key, "copying", e))
@@ -231,54 +271,72 @@ impl Dir {
                     .and_then(|f| f.sync_all())
                     .map_err(|e| fatal(key, "fsync", e))
             })
-            .and_then(|()| {
-                fs::rename(&tmp, &dest).map_err(|e| fatal(key, "renaming into place", e))
-            });
+            .and_then(|()| self.place(key, &tmp, &dest, &Condition::None, Placement::Flushed));
         if copied.is_err() {
             let _ = fs::remove_file(&tmp);
         }
         copied?;
-        fsync_dir(&dir).map_err(|e| fatal(key, "fsync of the directory", e))?;
         Ok(String::new())
+    }
+
+    /// Brings every file the journal speaks for back to what it says (a
+    /// machine crash may have lost files moved into place since the last
+    /// checkpoint, or left them empty), flushes, and empties the journal.
+    fn repair(&self) -> std::io::Result<()> {
+        let mut held = self.journal.lock()?;
+        if held.is_empty() {
+            return Ok(());
+        }
+        let mut last: HashMap<String, Record> = HashMap::new();
+        for record in held.records()? {
+            last.insert(record.key().to_string(), record);
+        }
+        let mut repaired = 0;
+        for record in last.into_values() {
+            // A key that no longer maps to a file under the root is skipped.
+            let Ok(path) = path_of(&self.root, record.key()) else {
+                continue;
+            };
+            match record {
+                Record::Put { data, .. } => {
+                    if fs::read(&path).is_ok_and(|current| current == *data) {
+                        continue;
+                    }
+                    if let Some(parent) = path.parent() {
+                        fs::create_dir_all(parent)?;
+                    }
+                    let tmp = self.tmp_name();
+                    fs::write(&tmp, &data)?;
+                    fs::rename(&tmp, &path)?;
+                    repaired += 1;
+                }
+                Record::Delete { .. } => {
+                    if fs::symlink_metadata(&path).is_ok() {
+                        fs::remove_file(&path)?;
+                        repaired += 1;
+                    }
+                }
+                Record::Durable { .. } => {}
+            }
+        }
+        if repaired > 0 {
+            log::warn!(
+                "{}: {repaired} object(s) repaired from the journal (lost or cut by a crash)",
+                self.root.display()
+            );
+        }
+        // Everything the journal held is now in its files: flush them all,
+        // then start an empty journal.
+        held.checkpoint()
     }
 }
 
-/// Moves `tmp` to `path` only if `path` does not exist (atomic
-/// create-only). Ok(false) when it exists.
-fn create_only(tmp: &Path, path: &Path) -> std::io::Result<bool> {
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::unix::ffi::OsStrExt;
-        let from = std::ffi::CString::new(tmp.as_os_str().as_bytes())?;
-        let to = std::ffi::CString::new(path.as_os_str().as_bytes())?;
-        // SAFETY: both are valid NUL-terminated paths for the call's duration.
-        let rc = unsafe {
-            libc::renameat2(
-                libc::AT_FDCWD,
-                from.as_ptr(),
-                libc::AT_FDCWD,
-                to.as_ptr(),
-                libc::RENAME_NOREPLACE,
-            )
-        };
-        if rc == 0 {
-            return Ok(true);
-        }
-        let err = std::io::Error::last_os_error();
-        match err.raw_os_error() {
-            Some(libc::EEXIST) => return Ok(false),
-            // Filesystems without RENAME_NOREPLACE: fall back to link(2).
-            Some(libc::EINVAL) | Some(libc::ENOSYS) => {}
-            _ => return Err(err),
-        }
-    }
-    let linked = fs::hard_link(tmp, path);
-    let _ = fs::remove_file(tmp);
-    match linked {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
-        Err(e) => Err(e),
-    }
+/// How a write becomes durable.
+enum Placement<'a> {
+    /// By its record (with these contents) in the journal.
+    Journaled(&'a [u8]),
+    /// By a flush of its own file, then of the filesystem.
+    Flushed,
 }
 
 fn read(root: &Path, key: &str) -> Result<Object, ObjError> {

@@ -1,0 +1,444 @@
+//! The fs provider's journal: one file every writing process appends to
+//! under an exclusive lock. A small object is durable once its record (key
+//! and contents) is flushed here; its own file is then moved into place
+//! without a flush of its own, and a crash of the machine that loses that
+//! file is repaired from the journal when the store is next opened. One
+//! flush of an append per write, instead of a file flush plus a directory
+//! flush in series.
+//!
+//! Layout: a header block (magic, epoch, end of the records), then records
+//! from HEADER_SIZE on. A record is `len u32 | crc u64 | body` with body
+//! `epoch u64 | kind u8 | key_len u32 | key | data` and the CRC-64/XZ of the
+//! body. Records end at the first one that is cut, fails its CRC or belongs
+//! to another epoch. A checkpoint flushes the whole filesystem and starts a
+//! new (random) epoch, which empties the journal.
+
+use std::borrow::Cow;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+pub const JOURNAL_FILE: &str = ".netsy-journal";
+
+/// Room for the header; records start here.
+const HEADER_SIZE: u64 = 4096;
+const HEADER_LEN: usize = 40;
+const MAGIC: &[u8; 8] = b"NETSYJN1";
+const PREFIX_LEN: usize = 12;
+
+/// The journal is checkpointed when a record would take it past this.
+pub const JOURNAL_LIMIT: u64 = 16 << 20;
+/// Larger objects are flushed in their own file instead (see Record::Durable).
+pub const INLINE_LIMIT: usize = 1 << 20;
+
+static CRC64: crc::Crc<u64, crc::Table<16>> = crc::Crc::<u64, crc::Table<16>>::new(&crc::CRC_64_XZ);
+
+/// What happened to a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record<'a> {
+    /// Its file now holds these contents.
+    Put { key: String, data: Cow<'a, [u8]> },
+    /// Its file was flushed on its own (a large object): earlier records
+    /// of the key no longer say what it holds.
+    Durable { key: String },
+    /// Its file was removed.
+    Delete { key: String },
+}
+
+impl Record<'_> {
+    fn kind(&self) -> u8 {
+        match self {
+            Record::Put { .. } => 1,
+            Record::Durable { .. } => 2,
+            Record::Delete { .. } => 3,
+        }
+    }
+
+    pub fn key(&self) -> &str {
+        match self {
+            Record::Put { key, .. } | Record::Durable { key } | Record::Delete { key } => key,
+        }
+    }
+
+    fn encode(&self, epoch: u64) -> Vec<u8> {
+        let key = self.key().as_bytes();
+        let data: &[u8] = match self {
+            Record::Put { data, .. } => data,
+            _ => &[],
+        };
+        let body_len = 8 + 1 + 4 + key.len() + data.len();
+        let mut out = Vec::with_capacity(PREFIX_LEN + body_len);
+        out.extend_from_slice(&(body_len as u32).to_le_bytes());
+        out.extend_from_slice(&[0; 8]);
+        out.extend_from_slice(&epoch.to_le_bytes());
+        out.push(self.kind());
+        out.extend_from_slice(&(key.len() as u32).to_le_bytes());
+        out.extend_from_slice(key);
+        out.extend_from_slice(data);
+        let crc = CRC64.checksum(&out[PREFIX_LEN..]);
+        out[4..12].copy_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    /// The record at the start of `buf`, with its length; None where the
+    /// records end.
+    fn decode(buf: &[u8], epoch: u64) -> Option<(Record<'static>, usize)> {
+        let len = u32::from_le_bytes(buf.get(..4)?.try_into().ok()?) as usize;
+        let crc = u64::from_le_bytes(buf.get(4..12)?.try_into().ok()?);
+        let body = buf.get(PREFIX_LEN..PREFIX_LEN.checked_add(len)?)?;
+        if len < 13 || CRC64.checksum(body) != crc {
+            return None;
+        }
+        if u64::from_le_bytes(body[..8].try_into().ok()?) != epoch {
+            return None;
+        }
+        let kind = body[8];
+        let key_len = u32::from_le_bytes(body[9..13].try_into().ok()?) as usize;
+        let key = std::str::from_utf8(body.get(13..13usize.checked_add(key_len)?)?)
+            .ok()?
+            .to_string();
+        let data = &body[13 + key_len..];
+        let record = match kind {
+            1 => Record::Put {
+                key,
+                data: Cow::Owned(data.to_vec()),
+            },
+            2 => Record::Durable { key },
+            3 => Record::Delete { key },
+            _ => return None,
+        };
+        Some((record, PREFIX_LEN + len))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Header {
+    epoch: u64,
+    /// Where the next record goes (live appenders; recovery scans instead).
+    end: u64,
+}
+
+impl Header {
+    fn encode(&self) -> [u8; HEADER_LEN] {
+        let mut out = [0u8; HEADER_LEN];
+        out[..8].copy_from_slice(MAGIC);
+        out[8..16].copy_from_slice(&self.epoch.to_le_bytes());
+        out[16..24].copy_from_slice(&self.end.to_le_bytes());
+        let crc = CRC64.checksum(&out[..24]);
+        out[24..32].copy_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    fn decode(buf: &[u8]) -> Option<Header> {
+        if buf.len() < HEADER_LEN || &buf[..8] != MAGIC {
+            return None;
+        }
+        let crc = u64::from_le_bytes(buf[24..32].try_into().ok()?);
+        if CRC64.checksum(&buf[..24]) != crc {
+            return None;
+        }
+        let header = Header {
+            epoch: u64::from_le_bytes(buf[8..16].try_into().ok()?),
+            end: u64::from_le_bytes(buf[16..24].try_into().ok()?),
+        };
+        (header.end >= HEADER_SIZE).then_some(header)
+    }
+}
+
+/// A fresh epoch: random enough that records of an earlier one (left in
+/// the file after a checkpoint, or after a header that was cut) never match.
+fn new_epoch(old: u64) -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let mixed = CRC64.checksum(
+        &[
+            nanos.to_le_bytes(),
+            u64::from(std::process::id()).to_le_bytes(),
+        ]
+        .concat(),
+    );
+    if mixed == old || mixed == 0 {
+        mixed.wrapping_add(1)
+    } else {
+        mixed
+    }
+}
+
+pub struct Journal {
+    file: File,
+    /// Threads of this process; the file lock orders processes.
+    threads: Mutex<()>,
+}
+
+/// The journal, locked against every other writer.
+pub struct Held<'a> {
+    journal: &'a Journal,
+    header: Header,
+    _thread: MutexGuard<'a, ()>,
+}
+
+impl Journal {
+    pub fn open(root: &Path) -> std::io::Result<Journal> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(root.join(JOURNAL_FILE))?;
+        Ok(Journal {
+            file,
+            threads: Mutex::new(()),
+        })
+    }
+
+    /// Takes the lock. A journal without a valid header (new, or its header
+    /// cut by a crash during a checkpoint, which comes only after the flush
+    /// of everything) holds nothing, and is given a header.
+    pub fn lock(&self) -> std::io::Result<Held<'_>> {
+        let thread = self
+            .threads
+            .lock()
+            .map_err(|_| std::io::Error::other("journal lock poisoned"))?;
+        self.file.lock()?;
+        let mut buf = [0u8; HEADER_LEN];
+        let read = self.file.read_at(&mut buf, 0).unwrap_or(0);
+        let header = match Header::decode(&buf[..read]) {
+            Some(h) => h,
+            None => {
+                let fresh = Header {
+                    epoch: new_epoch(0),
+                    end: HEADER_SIZE,
+                };
+                let written = self
+                    .file
+                    .write_all_at(&fresh.encode(), 0)
+                    .and_then(|()| self.file.sync_all());
+                if let Err(e) = written {
+                    let _ = self.file.unlock();
+                    return Err(e);
+                }
+                fresh
+            }
+        };
+        Ok(Held {
+            journal: self,
+            header,
+            _thread: thread,
+        })
+    }
+}
+
+impl Held<'_> {
+    /// The records of the current epoch, in order.
+    pub fn records(&self) -> std::io::Result<Vec<Record<'static>>> {
+        let len = self.journal.file.metadata()?.len();
+        let mut buf = vec![0u8; len.saturating_sub(HEADER_SIZE) as usize];
+        self.journal.file.read_exact_at(&mut buf, HEADER_SIZE)?;
+        let mut out = Vec::new();
+        let mut at = 0;
+        while let Some((record, used)) = Record::decode(&buf[at..], self.header.epoch) {
+            out.push(record);
+            at += used;
+        }
+        Ok(out)
+    }
+
+    /// Appends a record; with `flush`, it (and every record before it) is
+    /// durable when this returns. A full journal is checkpointed first.
+    pub fn append(&mut self, record: &Record, flush: bool) -> std::io::Result<()> {
+        let bytes = record.encode(self.header.epoch);
+        if self.header.end + bytes.len() as u64 > JOURNAL_LIMIT && self.header.end > HEADER_SIZE {
+            self.checkpoint()?;
+            return self.append(record, flush);
+        }
+        let file = &self.journal.file;
+        file.write_all_at(&bytes, self.header.end)?;
+        self.header.end += bytes.len() as u64;
+        file.write_all_at(&self.header.encode(), 0)?;
+        if flush {
+            file.sync_data()?;
+        }
+        Ok(())
+    }
+
+    /// Flushes the whole filesystem (every object file and directory this
+    /// journal covers), then empties the journal by starting a new epoch.
+    pub fn checkpoint(&mut self) -> std::io::Result<()> {
+        self.flush_filesystem()?;
+        let fresh = Header {
+            epoch: new_epoch(self.header.epoch),
+            end: HEADER_SIZE,
+        };
+        self.journal.file.write_all_at(&fresh.encode(), 0)?;
+        self.journal.file.sync_data()?;
+        self.header = fresh;
+        Ok(())
+    }
+
+    /// Flushes everything written to the journal's filesystem.
+    pub fn flush_filesystem(&self) -> std::io::Result<()> {
+        sync_filesystem(&self.journal.file)
+    }
+
+    /// Whether the journal holds any record.
+    pub fn is_empty(&self) -> bool {
+        self.header.end == HEADER_SIZE
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        let _ = self.journal.file.unlock();
+    }
+}
+
+/// Flushes everything written to the filesystem that holds `file`.
+fn sync_filesystem(file: &File) -> std::io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: the descriptor is open for the call's duration.
+        if unsafe { libc::syncfs(file.as_raw_fd()) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = file;
+        // SAFETY: sync has no arguments and cannot fail.
+        unsafe { libc::sync() };
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(key: &str, data: &[u8]) -> Record<'static> {
+        Record::Put {
+            key: key.into(),
+            data: Cow::Owned(data.to_vec()),
+        }
+    }
+
+    #[test]
+    fn records_read_back_in_order_across_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let journal = Journal::open(dir.path()).unwrap();
+            let mut held = journal.lock().unwrap();
+            assert!(held.is_empty());
+            held.append(&put("a/1", b"one"), true).unwrap();
+            held.append(&Record::Delete { key: "a/1".into() }, false)
+                .unwrap();
+            held.append(&Record::Durable { key: "b".into() }, true)
+                .unwrap();
+        }
+        let journal = Journal::open(dir.path()).unwrap();
+        let held = journal.lock().unwrap();
+        assert_eq!(
+            held.records().unwrap(),
+            vec![
+                put("a/1", b"one"),
+                Record::Delete { key: "a/1".into() },
+                Record::Durable { key: "b".into() },
+            ]
+        );
+    }
+
+    #[test]
+    fn records_end_at_a_cut_or_corrupt_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(dir.path()).unwrap();
+        let mut held = journal.lock().unwrap();
+        held.append(&put("a", b"first"), true).unwrap();
+        let second_at = held.header.end;
+        held.append(&put("b", b"second"), true).unwrap();
+        held.append(&put("c", b"third"), true).unwrap();
+        // One flipped byte in the second record's contents.
+        let mut byte = [0u8; 1];
+        let at = second_at + PREFIX_LEN as u64 + 14;
+        journal.file.read_exact_at(&mut byte, at).unwrap();
+        journal.file.write_all_at(&[byte[0] ^ 1], at).unwrap();
+        assert_eq!(held.records().unwrap(), vec![put("a", b"first")]);
+        // A record cut short (the file ends inside it).
+        journal.file.set_len(second_at + 5).unwrap();
+        assert_eq!(held.records().unwrap(), vec![put("a", b"first")]);
+    }
+
+    #[test]
+    fn a_checkpoint_empties_the_journal_and_old_records_never_come_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(dir.path()).unwrap();
+        let mut held = journal.lock().unwrap();
+        held.append(&put("a", b"old"), true).unwrap();
+        held.append(&put("b", b"old"), true).unwrap();
+        held.checkpoint().unwrap();
+        assert!(held.records().unwrap().is_empty());
+        // The first new record overwrites the first old one; the second old
+        // one is still in the file, of the old epoch.
+        held.append(&put("c", b"new"), true).unwrap();
+        assert_eq!(held.records().unwrap(), vec![put("c", b"new")]);
+    }
+
+    #[test]
+    fn a_full_journal_checkpoints_before_the_next_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(dir.path()).unwrap();
+        let mut held = journal.lock().unwrap();
+        let big = vec![7u8; INLINE_LIMIT];
+        let per_journal = (JOURNAL_LIMIT - HEADER_SIZE) / (INLINE_LIMIT as u64 + 100);
+        for i in 0..per_journal {
+            held.append(&put(&format!("k{i}"), &big), false).unwrap();
+        }
+        assert_eq!(held.records().unwrap().len() as u64, per_journal);
+        held.append(&put("last", b"x"), false).unwrap();
+        held.append(&put("over", &big), true).unwrap();
+        assert_eq!(
+            held.records().unwrap(),
+            vec![put("over", &big)],
+            "the journal was checkpointed, then took the record"
+        );
+    }
+
+    #[test]
+    fn a_cut_header_means_an_empty_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(dir.path()).unwrap();
+        {
+            let mut held = journal.lock().unwrap();
+            held.append(&put("a", b"x"), true).unwrap();
+        }
+        journal.file.write_all_at(&[0u8; 8], 0).unwrap();
+        let held = journal.lock().unwrap();
+        assert!(held.is_empty());
+        assert!(held.records().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_second_opening_waits_for_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Journal::open(dir.path()).unwrap();
+        let second = Journal::open(dir.path()).unwrap();
+        let held = first.lock().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let mut h = second.lock().unwrap();
+                h.append(&put("second", b"2"), true).unwrap();
+                tx.send(()).unwrap();
+            });
+            assert!(
+                rx.recv_timeout(std::time::Duration::from_millis(200))
+                    .is_err(),
+                "the second opening appended while the first held the lock"
+            );
+            drop(held);
+            rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap();
+        });
+    }
+}
