@@ -490,18 +490,17 @@ impl Committer {
         let p = &self.parts;
         let records: Arc<[Record]> = batch.records.clone().into();
         let mut durable =
-            (!records.is_empty()).then(|| p.runtime.spawn(p.durability.persist(records.clone())));
-        let join = |handle: tokio::task::JoinHandle<Result<(), String>>| {
-            p.runtime
-                .block_on(handle)
-                .unwrap_or_else(|e| Err(format!("durability task failed: {e}")))
+            (!records.is_empty()).then(|| started(p, p.durability.persist(records.clone())));
+        let join = |write: InFlight| match write {
+            InFlight::Done(result) => result,
+            InFlight::Pending(future) => p.runtime.block_on(future),
         };
         // Tests only: with the fault point set, the upload finishes before
         // the SQLite commit starts, so the point sits between the two.
         let mut uploaded = None;
         if crate::failpoint::is_set("chunk_uploaded") {
-            if let Some(handle) = durable.take() {
-                let result = join(handle);
+            if let Some(write) = durable.take() {
+                let result = join(write);
                 if result.is_ok() {
                     crate::failpoint::hit_blocking("chunk_uploaded");
                 }
@@ -520,7 +519,7 @@ impl Committer {
         };
         let durable = match (uploaded, durable) {
             (Some(result), _) => result,
-            (None, Some(handle)) => join(handle),
+            (None, Some(write)) => join(write),
             (None, None) => Ok(()),
         };
         let (appended, durable) = match (appended, durable) {
@@ -612,6 +611,26 @@ impl Committer {
 type Durable = Result<(Arc<[Record]>, Route), WriteError>;
 
 /// The answer to a command the gate refused.
+/// A durable write, started.
+enum InFlight {
+    Done(Result<(), String>),
+    Pending(BoxFuture<'static, Result<(), String>>),
+}
+
+/// Polls a durable write once, here on the commit thread and in the
+/// runtime's context, so its work starts (the batch is encoded and its
+/// I/O handed to the runtime's threads) while the thread commits locally;
+/// `block_on` finishes it. Spawning it as a task instead put two more
+/// thread hand-offs on every batch's path (to a runtime worker and back).
+fn started(parts: &WritePathParts, mut future: BoxFuture<'static, Result<(), String>>) -> InFlight {
+    let _context = parts.runtime.enter();
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match future.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(result) => InFlight::Done(result),
+        std::task::Poll::Pending => InFlight::Pending(future),
+    }
+}
+
 fn refused(command: &Command, e: &WriteError) -> Reply {
     match command {
         Command::Txn(_) => Reply::Txn(Err(e.clone())),

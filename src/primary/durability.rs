@@ -17,8 +17,10 @@ use futures_util::future::BoxFuture;
 
 pub trait Durability: Send + Sync + 'static {
     /// Makes consecutive records durable; resolves once they are, or with
-    /// why they are not. Called on the committer thread, so it must only
-    /// build the future: the work runs on the runtime.
+    /// why they are not. The commit thread builds the future and polls it
+    /// once in the runtime's context to start it (work before its first
+    /// await, such as encoding, runs there), commits locally meanwhile, then
+    /// waits for it.
     fn persist(&self, records: Arc<[Record]>) -> BoxFuture<'static, Result<(), String>>;
 
     /// After a failed persist: one attempt to settle the records' fate, so
