@@ -155,12 +155,18 @@ async fn timed<T>(
     let started = std::time::Instant::now();
     let result = work.await;
     let outcome = if result.is_ok() { "success" } else { "error" };
-    m.client_requests
-        .get_or_create(&labels(&[("kind", kind), ("result", outcome)]))
-        .inc();
-    m.client_request_duration
-        .get_or_create(&labels(&[("kind", kind)]))
-        .observe(started.elapsed().as_secs_f64());
+    let (count, duration) = m.client_request_handles.get((kind, outcome), || {
+        (
+            m.client_requests
+                .get_or_create(&labels(&[("kind", kind), ("result", outcome)]))
+                .clone(),
+            m.client_request_duration
+                .get_or_create(&labels(&[("kind", kind)]))
+                .clone(),
+        )
+    });
+    count.inc();
+    duration.observe(started.elapsed().as_secs_f64());
     result
 }
 

@@ -4,6 +4,7 @@
 //! to every layer that records something; nothing reaches it through a
 //! global.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
@@ -47,6 +48,36 @@ pub struct GrpcMethod {
     pub handling_seconds: Histogram,
 }
 
+/// A request's metric handles (by default its counter and duration
+/// histogram), by label values known at compile time, resolved from their
+/// families on first use: later requests build no label sets and take no
+/// family locks.
+pub struct RequestHandles<V = (Counter, Histogram)> {
+    resolved: std::sync::RwLock<HashMap<(&'static str, &'static str), V>>,
+}
+
+impl<V> Default for RequestHandles<V> {
+    fn default() -> Self {
+        RequestHandles {
+            resolved: Default::default(),
+        }
+    }
+}
+
+impl<V: Clone> RequestHandles<V> {
+    /// The handles of `key`; `make` resolves them the first time.
+    pub fn get(&self, key: (&'static str, &'static str), make: impl FnOnce() -> V) -> V {
+        if let Some(found) = self.resolved.read().ok().and_then(|r| r.get(&key).cloned()) {
+            return found;
+        }
+        let made = make();
+        if let Ok(mut r) = self.resolved.write() {
+            r.insert(key, made.clone());
+        }
+        made
+    }
+}
+
 type Hist = Family<Vec<(String, String)>, Histogram, fn() -> Histogram>;
 type Count = Family<Vec<(String, String)>, Counter>;
 type Gauges = Family<Vec<(String, String)>, Gauge>;
@@ -85,6 +116,8 @@ pub struct Metrics {
     pub loading_restarts: Count,
     pub local_db_rebuilds: Count,
     pub client_requests: Count,
+    /// `client_requests` and `client_request_duration` by (kind, result).
+    pub client_request_handles: RequestHandles,
     pub client_request_duration: Hist,
     pub watchers: Gauge,
     pub watches: Gauge,
@@ -92,6 +125,9 @@ pub struct Metrics {
     pub watch_min_revision: Gauge,
     pub object_storage_writes: Count,
     pub object_storage_write_duration: Hist,
+    /// `object_storage_writes`, `object_storage_write_duration` and
+    /// `object_storage_write_bytes` of synchronous writes by (kind, result).
+    pub object_storage_write_handles: RequestHandles<(Counter, Histogram, Histogram)>,
     pub object_storage_write_bytes: Hist,
     pub object_storage_reads: Count,
     pub object_storage_read_duration: Hist,
@@ -99,6 +135,9 @@ pub struct Metrics {
     pub compaction_duration: Hist,
     pub primary_write_path: Gauges,
     pub primary_write_transactions: Count,
+    /// `primary_write_transactions` and `primary_write_duration` by (path,
+    /// result).
+    pub primary_write_handles: RequestHandles,
     pub primary_write_duration: Hist,
     pub primary_object_storage_revision: Gauge,
     pub primary_quorum_rollbacks: Count,
@@ -481,6 +520,9 @@ impl Metrics {
             registry: Registry::default(),
             elector_group: Registry::default(),
             elector_active: std::sync::atomic::AtomicBool::new(false),
+            client_request_handles: RequestHandles::default(),
+            object_storage_write_handles: RequestHandles::default(),
+            primary_write_handles: RequestHandles::default(),
         };
         Metrics {
             registry: r,
@@ -615,4 +657,39 @@ fn process_metrics() -> String {
         rss_pages * 4096.0,
         boot + start_ticks / ticks,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolved_request_handles_count_in_their_families() {
+        let m = Metrics::new();
+        for _ in 0..2 {
+            let (count, duration) = m.primary_write_handles.get(("sync", "success"), || {
+                let l = labels(&[("path", "sync"), ("result", "success")]);
+                (
+                    m.primary_write_transactions.get_or_create(&l).clone(),
+                    m.primary_write_duration.get_or_create(&l).clone(),
+                )
+            });
+            count.inc();
+            duration.observe(0.001);
+        }
+        let (other, _) = m
+            .primary_write_handles
+            .get(("sync", "error"), || (Counter::default(), seconds()));
+        other.inc();
+        let text = m.render();
+        assert!(
+            text.contains(
+                r#"netsy_primary_write_transactions_total{path="sync",result="success"} 2"#
+            ),
+            "{text}"
+        );
+        assert!(text.contains(
+            r#"netsy_primary_write_duration_seconds_count{path="sync",result="success"} 2"#
+        ));
+    }
 }

@@ -496,15 +496,20 @@ impl Measured {
             Err(_) => "error",
         };
         let kind = kind_of(key);
-        let l = labels(&[("kind", kind), ("mode", "sync"), ("result", result)]);
-        m.object_storage_writes.get_or_create(&l).inc();
-        m.object_storage_write_duration
-            .get_or_create(&l)
-            .observe(started.elapsed().as_secs_f64());
+        let (count, duration, bytes) = m.object_storage_write_handles.get((kind, result), || {
+            let l = labels(&[("kind", kind), ("mode", "sync"), ("result", result)]);
+            (
+                m.object_storage_writes.get_or_create(&l).clone(),
+                m.object_storage_write_duration.get_or_create(&l).clone(),
+                m.object_storage_write_bytes
+                    .get_or_create(&labels(&[("kind", kind), ("mode", "sync")]))
+                    .clone(),
+            )
+        });
+        count.inc();
+        duration.observe(started.elapsed().as_secs_f64());
         if r.is_ok() {
-            m.object_storage_write_bytes
-                .get_or_create(&labels(&[("kind", kind), ("mode", "sync")]))
-                .observe(size as f64);
+            bytes.observe(size as f64);
         }
     }
 

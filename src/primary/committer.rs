@@ -91,14 +91,19 @@ impl Writer {
             _ => (Err(WriteError::Stopped), Route::Sync),
         };
         let m = &self.metrics;
-        let l = labels(&[
-            ("path", route.as_str()),
-            ("result", if result.is_ok() { "success" } else { "error" }),
-        ]);
-        m.primary_write_transactions.get_or_create(&l).inc();
-        m.primary_write_duration
-            .get_or_create(&l)
-            .observe(started.elapsed().as_secs_f64());
+        let key = (
+            route.as_str(),
+            if result.is_ok() { "success" } else { "error" },
+        );
+        let (count, duration) = m.primary_write_handles.get(key, || {
+            let l = labels(&[("path", key.0), ("result", key.1)]);
+            (
+                m.primary_write_transactions.get_or_create(&l).clone(),
+                m.primary_write_duration.get_or_create(&l).clone(),
+            )
+        });
+        count.inc();
+        duration.observe(started.elapsed().as_secs_f64());
         result
     }
 
