@@ -615,7 +615,6 @@ impl Committer {
 /// A batch made durable: its records, and the route that did it.
 type Durable = Result<(Arc<[Record]>, Route), WriteError>;
 
-/// The answer to a command the gate refused.
 /// A durable write, started.
 enum InFlight {
     Done(Result<(), String>),
@@ -636,6 +635,7 @@ fn started(parts: &WritePathParts, mut future: BoxFuture<'static, Result<(), Str
     }
 }
 
+/// The answer to a command the gate refused.
 fn refused(command: &Command, e: &WriteError) -> Reply {
     match command {
         Command::Txn(_) => Reply::Txn(Err(e.clone())),
