@@ -187,6 +187,9 @@ impl Journal {
             .create(true)
             .truncate(false)
             .open(root.join(JOURNAL_FILE))?;
+        // The journal's own name must survive a crash before any record
+        // in it counts (a new file's flush does not flush its directory).
+        File::open(root)?.sync_all()?;
         Ok(Journal {
             file,
             threads: Mutex::new(()),
