@@ -633,10 +633,11 @@ pub fn from_config(
 }
 
 /// ETag of content for providers that make their own: CRC-64/XZ and length.
+/// CRC-64/XZ, slice-by-16: ETags and the fs provider's journal.
+static CRC64: crc::Crc<u64, crc::Table<16>> = crc::Crc::<u64, crc::Table<16>>::new(&crc::CRC_64_XZ);
+
 pub fn content_etag(data: &[u8]) -> String {
-    static CRC: crc::Crc<u64, crc::Table<16>> =
-        crc::Crc::<u64, crc::Table<16>>::new(&crc::CRC_64_XZ);
-    format!("{:016x}-{:x}", CRC.checksum(data), data.len())
+    format!("{:016x}-{:x}", CRC64.checksum(data), data.len())
 }
 
 #[cfg(test)]

@@ -19,6 +19,8 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
+use super::super::CRC64;
+
 pub const JOURNAL_FILE: &str = ".netsy-journal";
 
 /// Room for the header; records start here.
@@ -31,8 +33,6 @@ const PREFIX_LEN: usize = 12;
 pub const JOURNAL_LIMIT: u64 = 16 << 20;
 /// Larger objects are flushed in their own file instead (see Record::Durable).
 pub const INLINE_LIMIT: usize = 1 << 20;
-
-static CRC64: crc::Crc<u64, crc::Table<16>> = crc::Crc::<u64, crc::Table<16>>::new(&crc::CRC_64_XZ);
 
 /// What happened to a key.
 #[derive(Debug, Clone, PartialEq, Eq)]
