@@ -13,12 +13,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use prost::encoding::{self, WireType};
 use prost::Message;
 
-use crate::grpc::{Call, Finished, Inbound, Outbound, Status};
+use crate::grpc::{codec, Call, Finished, Inbound, Outbound, Status};
 use crate::pb::etcdserverpb::watch_create_request::FilterType;
 use crate::pb::etcdserverpb::watch_request::RequestUnion;
-use crate::pb::etcdserverpb::{WatchCreateRequest, WatchRequest, WatchResponse};
+use crate::pb::etcdserverpb::{ResponseHeader, WatchCreateRequest, WatchRequest, WatchResponse};
 use crate::store::KeyRange;
 use crate::watch::{events_from_store, BelowFloor, Event, RegisteredWatch, WatchRegistry};
 
@@ -245,24 +246,25 @@ impl WatchStream {
             // A compaction applied meanwhile may have discarded values the
             // fetch read: the watches that needed them are cancelled instead.
             self.cancel_compacted(committed, out).await?;
+            // Each watch's events, as shared encodings.
+            let mut picked: Vec<&Bytes> = Vec::new();
             for (id, w) in self.watches.iter_mut() {
                 if w.next_rev > upto {
                     continue;
                 }
-                let mut batch = Vec::new();
-                let mut bytes = 0;
-                for e in events.iter().filter(|e| w.wants(e)) {
-                    let ev = convert::event(e, w.prev_kv);
-                    bytes += ev.encoded_len();
-                    batch.push(ev);
-                    if bytes >= MAX_RESPONSE_BYTES {
-                        send_events(&self.api, *id, committed, std::mem::take(&mut batch), out)
-                            .await?;
-                        bytes = 0;
-                    }
-                }
-                if !batch.is_empty() {
-                    send_events(&self.api, *id, committed, batch, out).await?;
+                picked.clear();
+                picked.extend(
+                    events
+                        .iter()
+                        .filter(|e| w.wants(e))
+                        .map(|e| encoded(e, w.prev_kv)),
+                );
+                let mut rest = &picked[..];
+                while !rest.is_empty() {
+                    let (now, later) = rest.split_at(events_in_response(rest));
+                    let head = self.api.header(committed);
+                    out.send_frame(events_frame(head, *id, now)).await?;
+                    rest = later;
                 }
                 w.next_rev = upto + 1;
                 w.registered.advance(w.next_rev);
@@ -369,25 +371,116 @@ fn admit(registry: &Arc<WatchRegistry>, start: i64, next: i64, compacted: i64) -
     }
 }
 
-async fn send_events(
-    api: &EtcdApi,
-    watch_id: i64,
-    revision: i64,
-    events: Vec<crate::pb::mvccpb::Event>,
-    out: &mut Outbound,
-) -> Result<(), Status> {
-    let resp = WatchResponse {
-        header: Some(api.header(revision)),
+/// An event as clients receive it, encoded once for every stream.
+fn encoded(e: &Event, with_prev: bool) -> &Bytes {
+    e.encoded(with_prev, || {
+        Bytes::from(convert::event(e, with_prev).encode_to_vec())
+    })
+}
+
+/// The WatchResponse field that carries events (`repeated Event events = 11`).
+const EVENTS_FIELD: u32 = 11;
+
+/// How many of `events` (at least one) go in the next response: a response
+/// is cut once its events reach MAX_RESPONSE_BYTES.
+fn events_in_response(events: &[&Bytes]) -> usize {
+    let mut bytes = 0;
+    for (i, e) in events.iter().enumerate() {
+        bytes += e.len();
+        if bytes >= MAX_RESPONSE_BYTES {
+            return i + 1;
+        }
+    }
+    events.len()
+}
+
+/// A WatchResponse with events, framed straight from the events' shared
+/// encodings: the bytes prost writes for the same response (header and
+/// watch id, then each event), without re-encoding or cloning any key or
+/// value per stream.
+fn events_frame(header: ResponseHeader, watch_id: i64, events: &[&Bytes]) -> Bytes {
+    let head = WatchResponse {
+        header: Some(header),
         watch_id,
-        events,
         ..Default::default()
     };
-    out.send(&resp).await
+    let field = |e: &&Bytes| {
+        encoding::key_len(EVENTS_FIELD) + encoding::encoded_len_varint(e.len() as u64) + e.len()
+    };
+    let len = head.encoded_len() + events.iter().map(field).sum::<usize>();
+    let mut frame = codec::start_frame(len);
+    head.encode_raw(&mut frame);
+    for e in events {
+        encoding::encode_key(EVENTS_FIELD, WireType::LengthDelimited, &mut frame);
+        encoding::encode_varint(e.len() as u64, &mut frame);
+        frame.extend_from_slice(e);
+    }
+    codec::finish_frame(frame)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::{KvEntry, Rev};
+
+    fn entry(key: &'static [u8], revision: i64, value: Option<&'static [u8]>) -> KvEntry {
+        KvEntry {
+            key: Bytes::from_static(key),
+            rev: Rev {
+                revision,
+                create_revision: 2,
+                version: revision - 1,
+                lease: 7,
+                deleted: value.is_none(),
+            },
+            value: value.map(Bytes::from_static),
+        }
+    }
+
+    #[test]
+    fn a_response_is_cut_once_its_events_reach_the_limit() {
+        let big = Bytes::from(vec![0u8; MAX_RESPONSE_BYTES / 2]);
+        let small = Bytes::from_static(b"e");
+        assert_eq!(events_in_response(&[&small, &small]), 2);
+        assert_eq!(events_in_response(&[&big, &small, &big, &small]), 3);
+        assert_eq!(events_in_response(&[&big, &big, &small]), 2);
+        let huge = Bytes::from(vec![0u8; MAX_RESPONSE_BYTES * 2]);
+        assert_eq!(events_in_response(&[&huge, &small]), 1, "never none");
+    }
+
+    #[test]
+    fn an_events_response_from_shared_encodings_is_what_prost_writes() {
+        let put = Event::new(
+            entry(b"a", 3, Some(b"v3")),
+            Some(entry(b"a", 2, Some(b"v2"))),
+        );
+        let delete = Event::new(entry(b"b", 4, None), Some(entry(b"b", 3, Some(b"x"))));
+        let header = ResponseHeader {
+            cluster_id: 11,
+            member_id: 12,
+            revision: 4,
+            raft_term: 0,
+        };
+        for with_prev in [false, true] {
+            let shared = [encoded(&put, with_prev), encoded(&delete, with_prev)];
+            let built = events_frame(header, 300, &shared);
+            let expected = WatchResponse {
+                header: Some(header),
+                watch_id: 300,
+                events: vec![
+                    convert::event(&put, with_prev),
+                    convert::event(&delete, with_prev),
+                ],
+                ..Default::default()
+            };
+            assert_eq!(built, codec::encode(&expected), "prev_kv {with_prev}");
+        }
+        assert_ne!(
+            encoded(&put, false),
+            encoded(&put, true),
+            "each form is kept apart"
+        );
+    }
 
     #[test]
     fn a_new_watch_below_the_compaction_or_the_floor_is_refused() {

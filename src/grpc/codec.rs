@@ -30,6 +30,21 @@ pub fn frame_bytes(payload: &[u8]) -> Bytes {
     buf.freeze()
 }
 
+/// A buffer for a message written in place: its prefix is reserved and
+/// [`finish_frame`] fills it in once the message is complete.
+pub fn start_frame(capacity: usize) -> BytesMut {
+    let mut buf = BytesMut::with_capacity(PREFIX_LEN + capacity);
+    buf.put_bytes(0, PREFIX_LEN);
+    buf
+}
+
+/// Completes a frame begun by [`start_frame`].
+pub fn finish_frame(mut buf: BytesMut) -> Bytes {
+    let len = (buf.len() - PREFIX_LEN) as u32;
+    buf[1..PREFIX_LEN].copy_from_slice(&len.to_be_bytes());
+    buf.freeze()
+}
+
 /// Decodes a protobuf message, mapping failures to the status grpc-go uses.
 pub fn decode<M: Message + Default>(bytes: Bytes, what: &str) -> Result<M, Status> {
     M::decode(bytes).map_err(|e| Status::internal(format!("grpc: error unmarshalling {what}: {e}")))

@@ -8,7 +8,9 @@
 pub mod registry;
 
 use std::collections::VecDeque;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
+
+use bytes::Bytes;
 
 use crate::store::{KvEntry, Record, Store, StoreError};
 
@@ -20,14 +22,45 @@ pub use registry::{BelowFloor, RegisteredWatch, WatchBelow, WatchRegistry};
 pub struct Event {
     pub kv: KvEntry,
     pub prev: Option<KvEntry>,
+    encoded: Encodings,
+}
+
+/// The client API's encodings of one event (without and with the previous
+/// key-value), made by the first stream that sends it and shared by every
+/// other: a thousand watchers of one prefix cost one encoding per event.
+#[derive(Clone, Default)]
+struct Encodings([OnceLock<Bytes>; 2]);
+
+impl PartialEq for Encodings {
+    /// A cache: two events are equal whatever they have encoded so far.
+    fn eq(&self, _: &Encodings) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for Encodings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Encodings")
+    }
 }
 
 impl Event {
-    pub fn from_record(record: &Record, prev: Option<KvEntry>) -> Event {
+    pub fn new(kv: KvEntry, prev: Option<KvEntry>) -> Event {
         Event {
-            kv: KvEntry::from_record(record),
+            kv,
             prev,
+            encoded: Encodings::default(),
         }
+    }
+
+    pub fn from_record(record: &Record, prev: Option<KvEntry>) -> Event {
+        Event::new(KvEntry::from_record(record), prev)
+    }
+
+    /// This event as the client API encodes it (`with_prev`: carrying the
+    /// previous key-value); `encode` runs only for the first caller.
+    pub fn encoded(&self, with_prev: bool, encode: impl FnOnce() -> Bytes) -> &Bytes {
+        self.encoded.0[usize::from(with_prev)].get_or_init(encode)
     }
 
     pub fn revision(&self) -> i64 {
@@ -200,11 +233,10 @@ impl WatchHub {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
 
     fn ev(rev: i64, value_len: usize) -> Event {
-        Event {
-            kv: KvEntry {
+        Event::new(
+            KvEntry {
                 key: Bytes::from_static(b"k"),
                 rev: crate::store::Rev {
                     revision: rev,
@@ -215,8 +247,8 @@ mod tests {
                 },
                 value: Some(Bytes::from(vec![0u8; value_len])),
             },
-            prev: None,
-        }
+            None,
+        )
     }
 
     #[test]

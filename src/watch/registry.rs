@@ -9,14 +9,18 @@
 //! whose next revision is exactly the floor still gets all it needs.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 #[derive(Default)]
 struct Watches {
     floor: i64,
     next_key: u64,
-    /// The next undelivered revision of each registered watch.
-    next: HashMap<u64, i64>,
+    /// The next undelivered revision of each registered watch. A watch
+    /// advances its own without the lock (once per delivery, on every
+    /// stream); it only ever grows, so a floor checked against a value
+    /// being raised is at worst refused when it could have been accepted.
+    next: HashMap<u64, Arc<AtomicI64>>,
 }
 
 /// Every active watch on this node and the admission floor.
@@ -62,15 +66,13 @@ impl std::fmt::Display for WatchBelow {
 pub struct RegisteredWatch {
     registry: Arc<WatchRegistry>,
     key: u64,
+    next: Arc<AtomicI64>,
 }
 
 impl RegisteredWatch {
     /// The watch has delivered everything before `next`.
     pub fn advance(&self, next: i64) {
-        let mut w = self.registry.lock();
-        if let Some(n) = w.next.get_mut(&self.key) {
-            *n = (*n).max(next);
-        }
+        self.next.fetch_max(next, Ordering::Relaxed);
     }
 }
 
@@ -101,17 +103,20 @@ impl WatchRegistry {
         }
         let key = w.next_key;
         w.next_key += 1;
-        w.next.insert(key, next);
+        let next = Arc::new(AtomicI64::new(next));
+        w.next.insert(key, next.clone());
         Ok(RegisteredWatch {
             registry: self.clone(),
             key,
+            next,
         })
     }
 
     /// The lowest revision an active watch still needs; None without
     /// watches.
     pub fn min_next(&self) -> Option<i64> {
-        self.lock().next.values().copied().min()
+        let w = self.lock();
+        w.next.values().map(|n| n.load(Ordering::Relaxed)).min()
     }
 
     /// What this node answers GetMinWatchRevision: the lowest revision an
@@ -129,7 +134,8 @@ impl WatchRegistry {
     /// when an active watch still needs a revision below it.
     pub fn set_floor(&self, proposed: i64) -> Result<(), WatchBelow> {
         let mut w = self.lock();
-        if w.next.values().any(|n| *n > 0 && *n < proposed) {
+        let below = |n: i64| n > 0 && n < proposed;
+        if w.next.values().any(|n| below(n.load(Ordering::Relaxed))) {
             return Err(WatchBelow { proposed });
         }
         w.floor = proposed;
