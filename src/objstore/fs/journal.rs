@@ -281,7 +281,7 @@ impl Held<'_> {
     }
 
     /// Flushes everything written to the journal's filesystem.
-    pub fn flush_filesystem(&self) -> std::io::Result<()> {
+    fn flush_filesystem(&self) -> std::io::Result<()> {
         sync_filesystem(&self.journal.file)
     }
 

@@ -124,8 +124,7 @@ impl Dir {
     }
 
     /// Makes sure `dir` exists. Not flushed: a journaled object's repair
-    /// creates its directories again, and a large object flushes the whole
-    /// filesystem.
+    /// creates its directories again, and a large object flushes its own.
     fn ensure_dir(&self, dir: &Path, key: &str) -> Result<(), ObjError> {
         if self.known_dirs.lock().is_ok_and(|k| k.contains(dir)) {
             return Ok(());
@@ -176,7 +175,7 @@ impl Dir {
     /// Moves a written temporary file into place under the journal's lock,
     /// if `condition` holds. A journaled object is durable (its record
     /// flushed) before it is visible; a flushed one (already in its own
-    /// file) is moved, the filesystem flushed, and the journal told that
+    /// file) is moved, its directories flushed, and the journal told that
     /// its earlier records of the key no longer count.
     fn place(
         &self,
@@ -227,8 +226,11 @@ impl Dir {
             }
             Placement::Flushed => {
                 fs::rename(tmp, path).map_err(|e| fatal(key, "renaming into place", e))?;
-                held.flush_filesystem()
-                    .map_err(|e| fatal(key, "flushing the filesystem", e))?;
+                // Its own directories only: a flush of the whole filesystem
+                // here (under the lock) stalled every small write behind
+                // all the dirty data of the machine.
+                self.flush_dirs(path)
+                    .map_err(|e| fatal(key, "flushing its directories", e))?;
                 held.append(
                     &Record::Durable {
                         key: key.to_string(),
@@ -237,6 +239,20 @@ impl Dir {
                 )
                 .map_err(|e| Self::journal_error(key, e))?;
             }
+        }
+        Ok(())
+    }
+
+    /// Flushes every directory from the file's up to the root, so its name
+    /// and those of directories created unflushed on the way are durable.
+    fn flush_dirs(&self, file: &Path) -> std::io::Result<()> {
+        let mut dir = file.parent();
+        while let Some(d) = dir {
+            File::open(d)?.sync_all()?;
+            if d == self.root {
+                break;
+            }
+            dir = d.parent();
         }
         Ok(())
     }
