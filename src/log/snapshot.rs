@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::config::cluster::SnapshotConfig;
@@ -98,23 +98,35 @@ impl SnapshotClock {
     }
 }
 
-/// The handle the write path uses to report committed revisions.
+/// What the write path has reported: the latest committed revision and
+/// the bytes committed in all.
+#[derive(Clone, Copy, Default)]
+struct Reported {
+    revision: i64,
+    bytes: u64,
+}
+
+/// The handle the write path uses to report committed revisions. Reports
+/// coalesce: the worker, when free, sees the latest revision and every
+/// byte since it last looked, so a busy worker (a snapshot being written)
+/// never blocks the write path, nor loses a report's size.
 #[derive(Clone)]
 pub struct SnapshotRequests {
-    tx: mpsc::Sender<(i64, u64)>,
+    reported: Arc<watch::Sender<Reported>>,
 }
 
 impl SnapshotRequests {
-    /// Never blocks: when the worker is behind, the request is dropped (the
-    /// next one carries a newer revision anyway).
+    /// Never blocks.
     pub fn request(&self, revision: i64, size: u64) {
-        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send((revision, size)) {
-            log::warn!("snapshot worker busy; dropped the check for revision {revision}");
-        }
+        self.reported.send_modify(|r| {
+            r.revision = r.revision.max(revision);
+            r.bytes += size;
+        });
     }
 }
 
-/// Starts the snapshot worker.
+/// Starts the snapshot worker; it ends when every [`SnapshotRequests`] is
+/// dropped.
 pub fn start(
     store: Arc<Store>,
     log: Arc<ObjectLog>,
@@ -122,10 +134,15 @@ pub fn start(
     cleaner: Cleaner,
     metrics: Arc<Metrics>,
 ) -> SnapshotRequests {
-    let (tx, mut rx) = mpsc::channel::<(i64, u64)>(100);
+    let (requests, mut rx) = reports();
     tokio::spawn(async move {
         let mut clock = clock;
-        while let Some((revision, size)) = rx.recv().await {
+        let mut seen_bytes = 0;
+        while rx.changed().await.is_ok() {
+            let reported = *rx.borrow_and_update();
+            let size = reported.bytes - seen_bytes;
+            seen_bytes = reported.bytes;
+            let revision = reported.revision;
             let Some(reason) = clock.observe(revision, Instant::now(), size) else {
                 continue;
             };
@@ -150,7 +167,15 @@ pub fn start(
             }
         }
     });
-    SnapshotRequests { tx }
+    requests
+}
+
+fn reports() -> (SnapshotRequests, watch::Receiver<Reported>) {
+    let (tx, rx) = watch::channel(Reported::default());
+    let requests = SnapshotRequests {
+        reported: Arc::new(tx),
+    };
+    (requests, rx)
 }
 
 /// Writes and uploads the snapshot of revisions 1..=revision.
@@ -162,7 +187,7 @@ pub async fn create(
     let path = log.temp_path(&format!("snapshot_{revision}"));
     let result = async {
         let (s, p, leader) = (store.clone(), path.clone(), log.leader_id.clone());
-        tokio::task::spawn_blocking(move || -> Result<(), LogError> {
+        in_background(move || -> Result<(), LogError> {
             let file = std::fs::File::create(&p)
                 .map_err(|e| LogError::Invalid(format!("{}: {e}", p.display())))?;
             let out = std::io::BufWriter::new(file);
@@ -193,7 +218,7 @@ pub async fn create(
             Ok(())
         })
         .await
-        .map_err(|e| LogError::Invalid(format!("snapshot task failed: {e}")))??;
+        .map_err(|_| LogError::Invalid("snapshot task failed".to_string()))??;
         crate::failpoint::hit("snapshot_upload").await;
         let key = keys::snapshot_key(revision);
         log.store.put_file(&key, &path).await?;
@@ -203,6 +228,33 @@ pub async fn create(
     let _ = std::fs::remove_file(&path);
     result
 }
+
+/// Runs `work` on a thread of its own at a lower CPU priority (nice 10),
+/// so a snapshot (reading and compressing every record) takes the CPU the
+/// client requests leave rather than half of it on a small machine.
+fn in_background<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> tokio::sync::oneshot::Receiver<T> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name("netsy-snapshot".to_string())
+        .spawn(move || {
+            // Best effort: at the usual priority if this is refused. A
+            // thread's own nice value is set through its thread id.
+            unsafe {
+                let tid = libc::gettid();
+                libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, BACKGROUND_NICE);
+            }
+            let _ = tx.send(work());
+        });
+    if let Err(e) = spawned {
+        log::error!("cannot start the snapshot thread: {e}");
+    }
+    rx
+}
+
+/// The nice value of background work's threads.
+const BACKGROUND_NICE: libc::c_int = 10;
 
 #[cfg(test)]
 mod tests {
@@ -214,6 +266,34 @@ mod tests {
             threshold_size_mb: size_mb,
             threshold_age: age.map(Duration::from_secs),
         }
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_is_written_at_background_priority() {
+        let nice = in_background(|| unsafe {
+            libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t)
+        })
+        .await
+        .unwrap();
+        assert!(nice >= BACKGROUND_NICE, "nice {nice}");
+        let here = unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) };
+        assert!(here < BACKGROUND_NICE, "the caller's thread keeps its own");
+    }
+
+    #[test]
+    fn reports_made_while_the_worker_is_busy_coalesce_without_losing_bytes() {
+        let (requests, mut rx) = reports();
+        requests.request(5, 10);
+        requests.clone().request(7, 20);
+        requests.request(6, 1);
+        assert!(rx.has_changed().unwrap());
+        let r = *rx.borrow_and_update();
+        assert_eq!((r.revision, r.bytes), (7, 31));
+        drop(requests);
+        assert!(
+            rx.has_changed().is_err(),
+            "the worker ends with the write path"
+        );
     }
 
     #[test]
