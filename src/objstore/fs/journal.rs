@@ -6,7 +6,8 @@
 //! flush of an append per write, instead of a file flush plus a directory
 //! flush in series.
 //!
-//! Layout: a header block (magic, epoch, end of the records), then records
+//! Layout: a header block (magic, epoch, end of the records when it was
+//! written; each locker reads on from the end it last saw), then records
 //! from HEADER_SIZE on. A record is `len u32 | crc u64 | body` with body
 //! `epoch u64 | kind u8 | key_len u32 | key | data` and the CRC-64/XZ of the
 //! body. Records end at the first one that is cut, fails its CRC or belongs
@@ -115,7 +116,8 @@ impl Record<'_> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Header {
     epoch: u64,
-    /// Where the next record goes (live appenders; recovery scans instead).
+    /// Where the records ended when the header was written (a checkpoint):
+    /// appends do not rewrite it, so writers read on past it.
     end: u64,
 }
 
@@ -168,15 +170,18 @@ fn new_epoch(old: u64) -> u64 {
 
 pub struct Journal {
     file: File,
-    /// Threads of this process; the file lock orders processes.
-    threads: Mutex<()>,
+    /// Threads of this process (the file lock orders processes), and where
+    /// this process last saw the records end.
+    threads: Mutex<Header>,
 }
 
-/// The journal, locked against every other writer.
+/// The journal, locked against every other writer. `header.end` is where
+/// the records end, found by reading on from where this process (or the
+/// header, written only at a checkpoint) last saw them end.
 pub struct Held<'a> {
     journal: &'a Journal,
     header: Header,
-    _thread: MutexGuard<'a, ()>,
+    seen: MutexGuard<'a, Header>,
 }
 
 impl Journal {
@@ -192,7 +197,7 @@ impl Journal {
         File::open(root)?.sync_all()?;
         Ok(Journal {
             file,
-            threads: Mutex::new(()),
+            threads: Mutex::new(Header { epoch: 0, end: 0 }),
         })
     }
 
@@ -200,7 +205,7 @@ impl Journal {
     /// cut by a crash during a checkpoint, which comes only after the flush
     /// of everything) holds nothing, and is given a header.
     pub fn lock(&self) -> std::io::Result<Held<'_>> {
-        let thread = self
+        let seen = self
             .threads
             .lock()
             .map_err(|_| std::io::Error::other("journal lock poisoned"))?;
@@ -225,11 +230,50 @@ impl Journal {
                 fresh
             }
         };
-        Ok(Held {
+        let from = if seen.epoch == header.epoch {
+            seen.end.max(header.end)
+        } else {
+            header.end
+        };
+        let end = match self.records_end(from, header.epoch) {
+            Ok(end) => end,
+            Err(e) => {
+                let _ = self.file.unlock();
+                return Err(e);
+            }
+        };
+        let mut held = Held {
             journal: self,
-            header,
-            _thread: thread,
-        })
+            header: Header { end, ..header },
+            seen,
+        };
+        *held.seen = held.header;
+        Ok(held)
+    }
+
+    /// Where the records of `epoch` that continue at `from` end: another
+    /// process may have appended since this one last looked.
+    fn records_end(&self, mut from: u64, epoch: u64) -> std::io::Result<u64> {
+        // The length, CRC and epoch first: after a checkpoint the end is
+        // usually followed by an older epoch's record, not worth reading.
+        let mut start = [0u8; PREFIX_LEN + 8];
+        loop {
+            if read_up_to(&self.file, &mut start, from)? < start.len() {
+                return Ok(from);
+            }
+            let word =
+                |at: usize| u64::from_le_bytes(start[at..at + 8].try_into().unwrap_or([0; 8]));
+            let body_len = u64::from(u32::from_le_bytes([start[0], start[1], start[2], start[3]]));
+            if word(PREFIX_LEN) != epoch || body_len > JOURNAL_LIMIT {
+                return Ok(from);
+            }
+            let mut record = vec![0u8; PREFIX_LEN + body_len as usize];
+            let read = read_up_to(&self.file, &mut record, from)?;
+            match Record::decode(&record[..read], epoch) {
+                Some((_, used)) => from += used as u64,
+                None => return Ok(from),
+            }
+        }
     }
 }
 
@@ -259,7 +303,9 @@ impl Held<'_> {
         let file = &self.journal.file;
         file.write_all_at(&bytes, self.header.end)?;
         self.header.end += bytes.len() as u64;
-        file.write_all_at(&self.header.encode(), 0)?;
+        // The header is not rewritten: the next locker reads on from where
+        // it last saw the end (one page flushed per append, not two).
+        *self.seen = self.header;
         if flush {
             file.sync_data()?;
         }
@@ -277,6 +323,7 @@ impl Held<'_> {
         self.journal.file.write_all_at(&fresh.encode(), 0)?;
         self.journal.file.sync_data()?;
         self.header = fresh;
+        *self.seen = fresh;
         Ok(())
     }
 
@@ -295,6 +342,21 @@ impl Drop for Held<'_> {
     fn drop(&mut self) {
         let _ = self.journal.file.unlock();
     }
+}
+
+/// Reads into `buf` from `at` until it is full or the file ends; returns
+/// how much was read.
+fn read_up_to(file: &File, buf: &mut [u8], at: u64) -> std::io::Result<usize> {
+    let mut read = 0;
+    while read < buf.len() {
+        match file.read_at(&mut buf[read..], at + read as u64) {
+            Ok(0) => break,
+            Ok(n) => read += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(read)
 }
 
 /// Flushes everything written to the filesystem that holds `file`.
@@ -420,6 +482,50 @@ mod tests {
         let held = journal.lock().unwrap();
         assert!(held.is_empty());
         assert!(held.records().unwrap().is_empty());
+    }
+
+    #[test]
+    fn openings_taking_turns_append_after_each_others_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Journal::open(dir.path()).unwrap();
+        let second = Journal::open(dir.path()).unwrap();
+        first.lock().unwrap().append(&put("a", b"1"), true).unwrap();
+        second
+            .lock()
+            .unwrap()
+            .append(&put("b", b"2"), true)
+            .unwrap();
+        second
+            .lock()
+            .unwrap()
+            .append(&put("c", b"3"), true)
+            .unwrap();
+        // The first opening last saw the end after "a".
+        first.lock().unwrap().append(&put("d", b"4"), true).unwrap();
+        let expected = vec![
+            put("a", b"1"),
+            put("b", b"2"),
+            put("c", b"3"),
+            put("d", b"4"),
+        ];
+        assert_eq!(second.lock().unwrap().records().unwrap(), expected);
+        // After a checkpoint the old epoch's records do not count as ends.
+        first.lock().unwrap().checkpoint().unwrap();
+        second
+            .lock()
+            .unwrap()
+            .append(&put("e", b"5"), true)
+            .unwrap();
+        first.lock().unwrap().append(&put("f", b"6"), true).unwrap();
+        let third = Journal::open(dir.path()).unwrap();
+        let held = third.lock().unwrap();
+        assert_eq!(
+            held.records().unwrap(),
+            vec![put("e", b"5"), put("f", b"6")]
+        );
+        let end = held.header.end;
+        let record_len = |r: &Record| r.encode(0).len() as u64;
+        assert_eq!(end, HEADER_SIZE + record_len(&put("e", b"5")) * 2);
     }
 
     #[test]
