@@ -21,7 +21,9 @@ use crate::pb::etcdserverpb::watch_create_request::FilterType;
 use crate::pb::etcdserverpb::watch_request::RequestUnion;
 use crate::pb::etcdserverpb::{ResponseHeader, WatchCreateRequest, WatchRequest, WatchResponse};
 use crate::store::KeyRange;
-use crate::watch::{events_from_store, BelowFloor, Event, RegisteredWatch, WatchRegistry};
+use crate::watch::{
+    events_from_store, BelowFloor, Event, RegisteredWatch, WatchHub, WatchRegistry,
+};
 
 use super::convert;
 use super::errors::from_store;
@@ -247,6 +249,7 @@ impl WatchStream {
             // fetch read: the watches that needed them are cancelled instead.
             self.cancel_compacted(committed, out).await?;
             // Each watch's events, as shared encodings.
+            let hub = &self.api.hub;
             let mut picked: Vec<&Bytes> = Vec::new();
             for (id, w) in self.watches.iter_mut() {
                 if w.next_rev > upto {
@@ -257,7 +260,7 @@ impl WatchStream {
                     events
                         .iter()
                         .filter(|e| w.wants(e))
-                        .map(|e| encoded(e, w.prev_kv)),
+                        .map(|e| encoded(hub, e, w.prev_kv)),
                 );
                 let mut rest = &picked[..];
                 while !rest.is_empty() {
@@ -372,8 +375,8 @@ fn admit(registry: &Arc<WatchRegistry>, start: i64, next: i64, compacted: i64) -
 }
 
 /// An event as clients receive it, encoded once for every stream.
-fn encoded(e: &Event, with_prev: bool) -> &Bytes {
-    e.encoded(with_prev, || {
+fn encoded<'e>(hub: &WatchHub, e: &'e Event, with_prev: bool) -> &'e Bytes {
+    hub.encoded(e, with_prev, || {
         Bytes::from(convert::event(e, with_prev).encode_to_vec())
     })
 }
@@ -455,6 +458,7 @@ mod tests {
             Some(entry(b"a", 2, Some(b"v2"))),
         );
         let delete = Event::new(entry(b"b", 4, None), Some(entry(b"b", 3, Some(b"x"))));
+        let hub = WatchHub::new(0, crate::watch::RingLimits::default());
         let header = ResponseHeader {
             cluster_id: 11,
             member_id: 12,
@@ -462,7 +466,10 @@ mod tests {
             raft_term: 0,
         };
         for with_prev in [false, true] {
-            let shared = [encoded(&put, with_prev), encoded(&delete, with_prev)];
+            let shared = [
+                encoded(&hub, &put, with_prev),
+                encoded(&hub, &delete, with_prev),
+            ];
             let built = events_frame(header, 300, &shared);
             let expected = WatchResponse {
                 header: Some(header),
@@ -476,8 +483,8 @@ mod tests {
             assert_eq!(built, codec::encode(&expected), "prev_kv {with_prev}");
         }
         assert_ne!(
-            encoded(&put, false),
-            encoded(&put, true),
+            encoded(&hub, &put, false),
+            encoded(&hub, &put, true),
             "each form is kept apart"
         );
     }

@@ -8,6 +8,7 @@
 pub mod registry;
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicIsize, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 
 use bytes::Bytes;
@@ -28,8 +29,24 @@ pub struct Event {
 /// The client API's encodings of one event (without and with the previous
 /// key-value), made by the first stream that sends it and shared by every
 /// other: a thousand watchers of one prefix cost one encoding per event.
-#[derive(Clone, Default)]
-struct Encodings([OnceLock<Bytes>; 2]);
+/// Their bytes count against the ring's budget while the event is in it
+/// ([`WatchHub::encoded`]).
+#[derive(Default)]
+struct Encodings {
+    made: [OnceLock<Bytes>; 2],
+    /// Bytes made and counted in the hub's total; EVICTED once the ring
+    /// let the event go (later encodings are not counted).
+    counted: AtomicUsize,
+}
+
+const EVICTED: usize = 1 << (usize::BITS - 1);
+
+impl Clone for Encodings {
+    /// A copy is not in any ring: it starts without encodings.
+    fn clone(&self) -> Encodings {
+        Encodings::default()
+    }
+}
 
 impl PartialEq for Encodings {
     /// A cache: two events are equal whatever they have encoded so far.
@@ -57,12 +74,6 @@ impl Event {
         Event::new(KvEntry::from_record(record), prev)
     }
 
-    /// This event as the client API encodes it (`with_prev`: carrying the
-    /// previous key-value); `encode` runs only for the first caller.
-    pub fn encoded(&self, with_prev: bool, encode: impl FnOnce() -> Bytes) -> &Bytes {
-        self.encoded.0[usize::from(with_prev)].get_or_init(encode)
-    }
-
     pub fn revision(&self) -> i64 {
         self.kv.rev.revision
     }
@@ -71,9 +82,11 @@ impl Event {
         self.kv.rev.deleted
     }
 
+    /// What the event holds in the ring, its encodings aside.
     fn size(&self) -> usize {
         let len = |e: &KvEntry| e.key.len() + e.value.as_ref().map_or(0, |v| v.len());
-        64 + len(&self.kv) + self.prev.as_ref().map_or(0, len)
+        // The Arc's counts and the struct itself, then the shared bytes.
+        16 + std::mem::size_of::<Event>() + len(&self.kv) + self.prev.as_ref().map_or(0, len)
     }
 }
 
@@ -114,9 +127,11 @@ pub struct RingLimits {
 }
 
 impl Default for RingLimits {
-    /// About 50 s of history at 1,000 writes/s; a watch starting further
-    /// back reads from the store. (100,000 events / 64 MiB kept a node
-    /// with 100,000 keys of 1 KiB above 200 MiB after a write run.)
+    /// About 50 s of history at 1,000 writes/s of small values; a watch
+    /// starting further back reads from the store. The bytes count each
+    /// event's struct, its keys and values and its encodings for clients.
+    /// (100,000 events / 64 MiB kept a node with 100,000 keys of 1 KiB
+    /// above 200 MiB after a write run.)
     fn default() -> Self {
         RingLimits {
             max_events: 50_000,
@@ -127,6 +142,7 @@ impl Default for RingLimits {
 
 struct Ring {
     events: VecDeque<Arc<Event>>,
+    /// The events' sizes; their encodings are in `WatchHub::encoded_bytes`.
     bytes: usize,
     /// Every event with a revision above this is in the ring.
     complete_after: i64,
@@ -136,6 +152,9 @@ struct Ring {
 /// Where watchers learn about committed revisions and fetch recent events.
 pub struct WatchHub {
     ring: RwLock<Ring>,
+    /// Bytes of the encodings of events in the ring (briefly below zero
+    /// while an encoding and an eviction of one event cross).
+    encoded_bytes: AtomicIsize,
     committed: tokio::sync::watch::Sender<i64>,
     watches: Arc<WatchRegistry>,
 }
@@ -145,6 +164,7 @@ impl WatchHub {
     pub fn new(committed: i64, limits: RingLimits) -> WatchHub {
         let (tx, _) = tokio::sync::watch::channel(committed);
         WatchHub {
+            encoded_bytes: AtomicIsize::new(0),
             ring: RwLock::new(Ring {
                 events: VecDeque::new(),
                 bytes: 0,
@@ -174,11 +194,18 @@ impl WatchHub {
                 ring.bytes += e.size();
                 ring.events.push_back(Arc::new(e));
             }
-            while ring.events.len() > ring.limits.max_events || ring.bytes > ring.limits.max_bytes {
+            let encoded =
+                |hub: &WatchHub| hub.encoded_bytes.load(Ordering::Acquire).max(0) as usize;
+            while ring.events.len() > ring.limits.max_events
+                || ring.bytes + encoded(self) > ring.limits.max_bytes
+            {
                 match ring.events.pop_front() {
                     Some(old) => {
                         ring.bytes -= old.size();
                         ring.complete_after = old.revision();
+                        let counted = old.encoded.counted.fetch_or(EVICTED, Ordering::AcqRel);
+                        let counted = (counted & !EVICTED) as isize;
+                        self.encoded_bytes.fetch_sub(counted, Ordering::AcqRel);
                     }
                     None => break,
                 }
@@ -200,6 +227,32 @@ impl WatchHub {
             from = covered + 1;
         }
         Ok(())
+    }
+
+    /// `e` as the client API encodes it (`with_prev`: carrying the previous
+    /// key-value), made by `encode` for the first caller only and kept with
+    /// the event; counted against the ring's byte budget while the event is
+    /// in the ring.
+    pub fn encoded<'e>(
+        &self,
+        e: &'e Event,
+        with_prev: bool,
+        encode: impl FnOnce() -> Bytes,
+    ) -> &'e Bytes {
+        let mut made = 0;
+        let bytes = e.encoded.made[usize::from(with_prev)].get_or_init(|| {
+            let b = encode();
+            made = b.len();
+            b
+        });
+        if made > 0 {
+            let before = e.encoded.counted.fetch_add(made, Ordering::AcqRel);
+            if before & EVICTED == 0 {
+                self.encoded_bytes
+                    .fetch_add(made as isize, Ordering::AcqRel);
+            }
+        }
+        bytes
     }
 
     /// A receiver that wakes when the committed revision moves.
@@ -288,6 +341,46 @@ mod tests {
             .collect();
         assert_eq!(got, [3]);
         assert_eq!(hub.committed(), 5);
+    }
+
+    #[test]
+    fn encodings_count_against_the_budget_while_their_event_is_in_the_ring() {
+        let size = ev(2, 10).size();
+        let hub = WatchHub::new(
+            1,
+            RingLimits {
+                max_events: 100,
+                max_bytes: 2 * size + 10,
+            },
+        );
+        hub.publish(vec![ev(2, 10), ev(3, 10)], 3);
+        let events = hub.events_between(1, 3, 10).unwrap();
+        let total = || hub.encoded_bytes.load(Ordering::SeqCst);
+        let mut calls = 0;
+        for _ in 0..2 {
+            let made = hub.encoded(&events[0], true, || {
+                calls += 1;
+                Bytes::from(vec![1u8; 100])
+            });
+            assert_eq!(made.len(), 100);
+        }
+        assert_eq!((calls, total()), (1, 100), "made and counted once");
+        hub.publish(Vec::new(), 3);
+        assert!(
+            hub.events_between(1, 3, 10).is_none(),
+            "revision 2 and its encoding no longer fit"
+        );
+        assert_eq!(
+            total(),
+            0,
+            "the evicted event's encoding is no longer counted"
+        );
+        hub.encoded(&events[0], false, || Bytes::from(vec![2u8; 50]));
+        assert_eq!(total(), 0, "an encoding made after eviction is not counted");
+        hub.encoded(&events[1], false, || Bytes::from(vec![3u8; 5]));
+        assert_eq!(total(), 5);
+        hub.publish(vec![ev(4, 10), ev(5, 10)], 5);
+        assert_eq!(total(), 0);
     }
 
     #[test]
