@@ -62,29 +62,41 @@ impl Record<'_> {
         }
     }
 
-    fn encode(&self, epoch: u64) -> Vec<u8> {
+    /// The record's bytes up to its contents, and its contents: written
+    /// as two pieces so an object's contents are not copied once more.
+    fn encode(&self, epoch: u64) -> (Vec<u8>, &[u8]) {
         let key = self.key().as_bytes();
         let data: &[u8] = match self {
             Record::Put { data, .. } => data,
             _ => &[],
         };
         let body_len = 8 + 1 + 4 + key.len() + data.len();
-        let mut out = Vec::with_capacity(PREFIX_LEN + body_len);
-        out.extend_from_slice(&(body_len as u32).to_le_bytes());
-        out.extend_from_slice(&[0; 8]);
-        out.extend_from_slice(&epoch.to_le_bytes());
-        out.push(self.kind());
-        out.extend_from_slice(&(key.len() as u32).to_le_bytes());
-        out.extend_from_slice(key);
-        out.extend_from_slice(data);
-        let crc = CRC64.checksum(&out[PREFIX_LEN..]);
-        out[4..12].copy_from_slice(&crc.to_le_bytes());
-        out
+        let mut head = Vec::with_capacity(PREFIX_LEN + 13 + key.len());
+        head.extend_from_slice(&(body_len as u32).to_le_bytes());
+        head.extend_from_slice(&[0; 8]);
+        head.extend_from_slice(&epoch.to_le_bytes());
+        head.push(self.kind());
+        head.extend_from_slice(&(key.len() as u32).to_le_bytes());
+        head.extend_from_slice(key);
+        let mut crc = CRC64.digest();
+        crc.update(&head[PREFIX_LEN..]);
+        crc.update(data);
+        head[4..12].copy_from_slice(&crc.finalize().to_le_bytes());
+        (head, data)
+    }
+
+    /// How many bytes the record takes in the journal.
+    fn encoded_len(&self) -> u64 {
+        let data = match self {
+            Record::Put { data, .. } => data.len(),
+            _ => 0,
+        };
+        (PREFIX_LEN + 13 + self.key().len() + data) as u64
     }
 
     /// The record at the start of `buf`, with its length; None where the
     /// records end.
-    fn decode(buf: &[u8], epoch: u64) -> Option<(Record<'static>, usize)> {
+    fn decode(buf: &[u8], epoch: u64) -> Option<(Record<'_>, usize)> {
         let len = u32::from_le_bytes(buf.get(..4)?.try_into().ok()?) as usize;
         let crc = u64::from_le_bytes(buf.get(4..12)?.try_into().ok()?);
         let body = buf.get(PREFIX_LEN..PREFIX_LEN.checked_add(len)?)?;
@@ -103,7 +115,7 @@ impl Record<'_> {
         let record = match kind {
             1 => Record::Put {
                 key,
-                data: Cow::Owned(data.to_vec()),
+                data: Cow::Borrowed(data),
             },
             2 => Record::Durable { key },
             3 => Record::Delete { key },
@@ -278,31 +290,73 @@ impl Journal {
 }
 
 impl Held<'_> {
-    /// The records of the current epoch, in order.
+    /// The records of the current epoch, in order, with their contents.
+    #[cfg(test)]
     pub fn records(&self) -> std::io::Result<Vec<Record<'static>>> {
-        let len = self.journal.file.metadata()?.len();
-        let mut buf = vec![0u8; len.saturating_sub(HEADER_SIZE) as usize];
-        self.journal.file.read_exact_at(&mut buf, HEADER_SIZE)?;
         let mut out = Vec::new();
-        let mut at = 0;
-        while let Some((record, used)) = Record::decode(&buf[at..], self.header.epoch) {
-            out.push(record);
-            at += used;
-        }
+        self.each_record(|record, _| {
+            out.push(match record {
+                Record::Put { key, data } => Record::Put {
+                    key: key.clone(),
+                    data: Cow::Owned(data.to_vec()),
+                },
+                Record::Durable { key } => Record::Durable { key: key.clone() },
+                Record::Delete { key } => Record::Delete { key: key.clone() },
+            })
+        })?;
         Ok(out)
+    }
+
+    /// Visits the records of the current epoch in order, each with where
+    /// its contents start in the journal ([`Held::contents`]), reading one
+    /// record at a time (a full journal is not held in memory).
+    pub fn each_record(&self, mut visit: impl FnMut(&Record<'_>, u64)) -> std::io::Result<()> {
+        let file = &self.journal.file;
+        let mut buf = Vec::new();
+        let mut at = HEADER_SIZE;
+        loop {
+            let mut prefix = [0u8; PREFIX_LEN];
+            if read_up_to(file, &mut prefix, at)? < PREFIX_LEN {
+                return Ok(());
+            }
+            let body_len = u32::from_le_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]);
+            if u64::from(body_len) > JOURNAL_LIMIT {
+                return Ok(());
+            }
+            buf.resize(PREFIX_LEN + body_len as usize, 0);
+            let read = read_up_to(file, &mut buf, at)?;
+            let Some((record, used)) = Record::decode(&buf[..read], self.header.epoch) else {
+                return Ok(());
+            };
+            let contents = match &record {
+                Record::Put { data, .. } => data.len(),
+                _ => 0,
+            };
+            visit(&record, at + (used - contents) as u64);
+            at += used as u64;
+        }
+    }
+
+    /// `len` bytes of the journal from `at` (a record's contents).
+    pub fn contents(&self, at: u64, len: usize) -> std::io::Result<Vec<u8>> {
+        let mut data = vec![0u8; len];
+        self.journal.file.read_exact_at(&mut data, at)?;
+        Ok(data)
     }
 
     /// Appends a record; with `flush`, it (and every record before it) is
     /// durable when this returns. A full journal is checkpointed first.
     pub fn append(&mut self, record: &Record, flush: bool) -> std::io::Result<()> {
-        let bytes = record.encode(self.header.epoch);
-        if self.header.end + bytes.len() as u64 > JOURNAL_LIMIT && self.header.end > HEADER_SIZE {
+        let len = record.encoded_len();
+        if self.header.end + len > JOURNAL_LIMIT && self.header.end > HEADER_SIZE {
             self.checkpoint()?;
             return self.append(record, flush);
         }
+        let (head, data) = record.encode(self.header.epoch);
         let file = &self.journal.file;
-        file.write_all_at(&bytes, self.header.end)?;
-        self.header.end += bytes.len() as u64;
+        file.write_all_at(&head, self.header.end)?;
+        file.write_all_at(data, self.header.end + head.len() as u64)?;
+        self.header.end += len;
         // The header is not rewritten: the next locker reads on from where
         // it last saw the end (one page flushed per append, not two).
         *self.seen = self.header;
@@ -524,8 +578,7 @@ mod tests {
             vec![put("e", b"5"), put("f", b"6")]
         );
         let end = held.header.end;
-        let record_len = |r: &Record| r.encode(0).len() as u64;
-        assert_eq!(end, HEADER_SIZE + record_len(&put("e", b"5")) * 2);
+        assert_eq!(end, HEADER_SIZE + put("e", b"5").encoded_len() * 2);
     }
 
     #[test]

@@ -303,19 +303,30 @@ impl Dir {
         if held.is_empty() {
             return Ok(());
         }
-        let mut last: HashMap<String, Record> = HashMap::new();
-        for record in held.records()? {
-            last.insert(record.key().to_string(), record);
-        }
+        // The last record of each key, without its contents (read from the
+        // journal only where a file is compared or rewritten).
+        let mut last: HashMap<String, LastRecord> = HashMap::new();
+        held.each_record(|record, at| {
+            let last_record = match record {
+                Record::Put { data, .. } => LastRecord::Put {
+                    at,
+                    len: data.len(),
+                },
+                Record::Delete { .. } => LastRecord::Delete,
+                Record::Durable { .. } => LastRecord::Durable,
+            };
+            last.insert(record.key().to_string(), last_record);
+        })?;
         let mut repaired = 0;
-        for record in last.into_values() {
+        for (key, record) in last {
             // A key that no longer maps to a file under the root is skipped.
-            let Ok(path) = path_of(&self.root, record.key()) else {
+            let Ok(path) = path_of(&self.root, &key) else {
                 continue;
             };
             match record {
-                Record::Put { data, .. } => {
-                    if fs::read(&path).is_ok_and(|current| current == *data) {
+                LastRecord::Put { at, len } => {
+                    let data = held.contents(at, len)?;
+                    if fs::read(&path).is_ok_and(|current| current == data) {
                         continue;
                     }
                     if let Some(parent) = path.parent() {
@@ -326,13 +337,13 @@ impl Dir {
                     fs::rename(&tmp, &path)?;
                     repaired += 1;
                 }
-                Record::Delete { .. } => {
+                LastRecord::Delete => {
                     if fs::symlink_metadata(&path).is_ok() {
                         fs::remove_file(&path)?;
                         repaired += 1;
                     }
                 }
-                Record::Durable { .. } => {}
+                LastRecord::Durable => {}
             }
         }
         if repaired > 0 {
@@ -345,6 +356,13 @@ impl Dir {
         // then start an empty journal.
         held.checkpoint()
     }
+}
+
+/// What a key's last journal record says, its contents left in the journal.
+enum LastRecord {
+    Put { at: u64, len: usize },
+    Delete,
+    Durable,
 }
 
 /// How a write becomes durable.
