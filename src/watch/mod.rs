@@ -31,15 +31,24 @@ pub struct Event {
 /// other: a thousand watchers of one prefix cost one encoding per event.
 /// Their bytes count against the ring's budget while the event is in it
 /// ([`WatchHub::encoded`]).
-#[derive(Default)]
 struct Encodings {
     made: [OnceLock<Bytes>; 2],
-    /// Bytes made and counted in the hub's total; EVICTED once the ring
-    /// let the event go (later encodings are not counted).
+    /// Bytes made and counted in the hub's total while the event is in the
+    /// ring; OUTSIDE before it enters (an event read from the store never
+    /// does) and once the ring let it go: encodings then are not counted.
     counted: AtomicUsize,
 }
 
-const EVICTED: usize = 1 << (usize::BITS - 1);
+const OUTSIDE: usize = 1 << (usize::BITS - 1);
+
+impl Default for Encodings {
+    fn default() -> Encodings {
+        Encodings {
+            made: Default::default(),
+            counted: AtomicUsize::new(OUTSIDE),
+        }
+    }
+}
 
 impl Clone for Encodings {
     /// A copy is not in any ring: it starts without encodings.
@@ -190,8 +199,10 @@ impl WatchHub {
     /// revision.
     pub fn publish(&self, events: Vec<Event>, committed: i64) {
         if let Ok(mut ring) = self.ring.write() {
-            for e in events {
+            for mut e in events {
                 ring.bytes += e.size();
+                // In the ring from here: its encodings count.
+                *e.encoded.counted.get_mut() = 0;
                 ring.events.push_back(Arc::new(e));
             }
             let encoded =
@@ -203,8 +214,8 @@ impl WatchHub {
                     Some(old) => {
                         ring.bytes -= old.size();
                         ring.complete_after = old.revision();
-                        let counted = old.encoded.counted.fetch_or(EVICTED, Ordering::AcqRel);
-                        let counted = (counted & !EVICTED) as isize;
+                        let counted = old.encoded.counted.fetch_or(OUTSIDE, Ordering::AcqRel);
+                        let counted = (counted & !OUTSIDE) as isize;
                         self.encoded_bytes.fetch_sub(counted, Ordering::AcqRel);
                     }
                     None => break,
@@ -247,7 +258,7 @@ impl WatchHub {
         });
         if made > 0 {
             let before = e.encoded.counted.fetch_add(made, Ordering::AcqRel);
-            if before & EVICTED == 0 {
+            if before & OUTSIDE == 0 {
                 self.encoded_bytes
                     .fetch_add(made as isize, Ordering::AcqRel);
             }
@@ -381,6 +392,9 @@ mod tests {
         assert_eq!(total(), 5);
         hub.publish(vec![ev(4, 10), ev(5, 10)], 5);
         assert_eq!(total(), 0);
+        let from_the_store = ev(3, 10);
+        hub.encoded(&from_the_store, true, || Bytes::from(vec![4u8; 7]));
+        assert_eq!(total(), 0, "an event never in the ring is not counted");
     }
 
     #[test]
