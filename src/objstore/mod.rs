@@ -632,10 +632,10 @@ pub fn from_config(
     })
 }
 
-/// ETag of content for providers that make their own: CRC-64/XZ and length.
 /// CRC-64/XZ, slice-by-16: ETags and the fs provider's journal.
 static CRC64: crc::Crc<u64, crc::Table<16>> = crc::Crc::<u64, crc::Table<16>>::new(&crc::CRC_64_XZ);
 
+/// ETag of content for providers that make their own: CRC-64/XZ and length.
 pub fn content_etag(data: &[u8]) -> String {
     format!("{:016x}-{:x}", CRC64.checksum(data), data.len())
 }

@@ -101,8 +101,10 @@ impl Watcher {
                 }
                 let now = crate::workload::now_nanos();
                 let n = on_events(now, &resp.values);
-                if let (true, Ok(mut k)) = (keep, keep_to.lock()) {
-                    k.append(&mut events);
+                if keep {
+                    if let Ok(mut k) = keep_to.lock() {
+                        k.append(&mut events);
+                    }
                 }
                 count_tx.send_modify(|c| *c += n);
             }
