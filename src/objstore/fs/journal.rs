@@ -266,27 +266,38 @@ impl Journal {
     /// Where the records of `epoch` that continue at `from` end: another
     /// process may have appended since this one last looked.
     fn records_end(&self, mut from: u64, epoch: u64) -> std::io::Result<u64> {
-        // The length, CRC and epoch first: after a checkpoint the end is
-        // usually followed by an older epoch's record, not worth reading.
-        let mut start = [0u8; PREFIX_LEN + 8];
-        loop {
-            if read_up_to(&self.file, &mut start, from)? < start.len() {
-                return Ok(from);
-            }
-            let word =
-                |at: usize| u64::from_le_bytes(start[at..at + 8].try_into().unwrap_or([0; 8]));
-            let body_len = u64::from(u32::from_le_bytes([start[0], start[1], start[2], start[3]]));
-            if word(PREFIX_LEN) != epoch || body_len > JOURNAL_LIMIT {
-                return Ok(from);
-            }
-            let mut record = vec![0u8; PREFIX_LEN + body_len as usize];
-            let read = read_up_to(&self.file, &mut record, from)?;
-            match Record::decode(&record[..read], epoch) {
-                Some((_, used)) => from += used as u64,
-                None => return Ok(from),
-            }
+        let mut buf = Vec::new();
+        while let Some((_, used)) = read_record(&self.file, from, epoch, &mut buf)? {
+            from += used as u64;
         }
+        Ok(from)
     }
+}
+
+/// The record of `epoch` at `at` (read into `buf`), with its length; None
+/// where the records end. The length and epoch are read first: after a
+/// checkpoint an end is usually followed by an older epoch's record, not
+/// worth reading whole.
+fn read_record<'b>(
+    file: &File,
+    at: u64,
+    epoch: u64,
+    buf: &'b mut Vec<u8>,
+) -> std::io::Result<Option<(Record<'b>, usize)>> {
+    let mut start = [0u8; PREFIX_LEN + 8];
+    if read_up_to(file, &mut start, at)? < start.len() {
+        return Ok(None);
+    }
+    let body_len = u64::from(u32::from_le_bytes([start[0], start[1], start[2], start[3]]));
+    let mut record_epoch = [0u8; 8];
+    record_epoch.copy_from_slice(&start[PREFIX_LEN..]);
+    let record_epoch = u64::from_le_bytes(record_epoch);
+    if record_epoch != epoch || body_len > JOURNAL_LIMIT {
+        return Ok(None);
+    }
+    buf.resize(PREFIX_LEN + body_len as usize, 0);
+    let read = read_up_to(file, buf, at)?;
+    Ok(Record::decode(&buf[..read], epoch))
 }
 
 impl Held<'_> {
@@ -311,23 +322,11 @@ impl Held<'_> {
     /// its contents start in the journal ([`Held::contents`]), reading one
     /// record at a time (a full journal is not held in memory).
     pub fn each_record(&self, mut visit: impl FnMut(&Record<'_>, u64)) -> std::io::Result<()> {
-        let file = &self.journal.file;
         let mut buf = Vec::new();
         let mut at = HEADER_SIZE;
-        loop {
-            let mut prefix = [0u8; PREFIX_LEN];
-            if read_up_to(file, &mut prefix, at)? < PREFIX_LEN {
-                return Ok(());
-            }
-            let body_len = u32::from_le_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]);
-            if u64::from(body_len) > JOURNAL_LIMIT {
-                return Ok(());
-            }
-            buf.resize(PREFIX_LEN + body_len as usize, 0);
-            let read = read_up_to(file, &mut buf, at)?;
-            let Some((record, used)) = Record::decode(&buf[..read], self.header.epoch) else {
-                return Ok(());
-            };
+        while let Some((record, used)) =
+            read_record(&self.journal.file, at, self.header.epoch, &mut buf)?
+        {
             let contents = match &record {
                 Record::Put { data, .. } => data.len(),
                 _ => 0,
@@ -335,6 +334,7 @@ impl Held<'_> {
             visit(&record, at + (used - contents) as u64);
             at += used as u64;
         }
+        Ok(())
     }
 
     /// `len` bytes of the journal from `at` (a record's contents).
@@ -543,19 +543,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let first = Journal::open(dir.path()).unwrap();
         let second = Journal::open(dir.path()).unwrap();
-        first.lock().unwrap().append(&put("a", b"1"), true).unwrap();
-        second
-            .lock()
-            .unwrap()
-            .append(&put("b", b"2"), true)
-            .unwrap();
-        second
-            .lock()
-            .unwrap()
-            .append(&put("c", b"3"), true)
-            .unwrap();
+        let append = |j: &Journal, key: &str, data: &[u8]| {
+            j.lock().unwrap().append(&put(key, data), true).unwrap()
+        };
+        append(&first, "a", b"1");
+        append(&second, "b", b"2");
+        append(&second, "c", b"3");
         // The first opening last saw the end after "a".
-        first.lock().unwrap().append(&put("d", b"4"), true).unwrap();
+        append(&first, "d", b"4");
         let expected = vec![
             put("a", b"1"),
             put("b", b"2"),
@@ -565,12 +560,8 @@ mod tests {
         assert_eq!(second.lock().unwrap().records().unwrap(), expected);
         // After a checkpoint the old epoch's records do not count as ends.
         first.lock().unwrap().checkpoint().unwrap();
-        second
-            .lock()
-            .unwrap()
-            .append(&put("e", b"5"), true)
-            .unwrap();
-        first.lock().unwrap().append(&put("f", b"6"), true).unwrap();
+        append(&second, "e", b"5");
+        append(&first, "f", b"6");
         let third = Journal::open(dir.path()).unwrap();
         let held = third.lock().unwrap();
         assert_eq!(
