@@ -2,6 +2,7 @@
 //! storage and which speaks the etcd v3 API. See SPEC §3 for the layout: one
 //! folder per concern, small types at the seams.
 
+pub mod background;
 pub mod config;
 pub mod datafile;
 pub mod election;

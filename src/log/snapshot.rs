@@ -229,22 +229,15 @@ pub async fn create(
     result
 }
 
-/// Runs `work` on a thread of its own at a lower CPU priority (nice 10),
-/// so a snapshot (reading and compressing every record) takes the CPU the
+/// Runs `work` on a thread of its own at a lower CPU priority, so a
+/// snapshot (reading and compressing every record) takes the CPU the
 /// client requests leave rather than half of it on a small machine.
 fn in_background<T: Send + 'static>(
     work: impl FnOnce() -> T + Send + 'static,
 ) -> tokio::sync::oneshot::Receiver<T> {
     let (tx, rx) = tokio::sync::oneshot::channel();
-    let spawned = std::thread::Builder::new()
-        .name("netsy-snapshot".to_string())
-        .spawn(move || {
-            // Best effort: at the usual priority if this is refused. A
-            // thread's own nice value is set through its thread id.
-            unsafe {
-                let tid = libc::gettid();
-                libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, BACKGROUND_NICE);
-            }
+    let spawned =
+        crate::background::spawn("netsy-snapshot", crate::background::NICE_LOW, move || {
             let _ = tx.send(work());
         });
     if let Err(e) = spawned {
@@ -252,9 +245,6 @@ fn in_background<T: Send + 'static>(
     }
     rx
 }
-
-/// The nice value of background work's threads.
-const BACKGROUND_NICE: libc::c_int = 10;
 
 #[cfg(test)]
 mod tests {
@@ -270,14 +260,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_snapshot_is_written_at_background_priority() {
-        let nice = in_background(|| unsafe {
-            libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t)
-        })
-        .await
-        .unwrap();
-        assert!(nice >= BACKGROUND_NICE, "nice {nice}");
-        let here = unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) };
-        assert!(here < BACKGROUND_NICE, "the caller's thread keeps its own");
+        let nice = in_background(crate::background::nice_of_this_thread)
+            .await
+            .unwrap();
+        assert!(nice >= crate::background::NICE_LOW, "nice {nice}");
+        assert!(crate::background::nice_of_this_thread() < crate::background::NICE_LOW);
     }
 
     #[test]

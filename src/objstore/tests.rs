@@ -65,6 +65,11 @@ async fn fs_prepare_creates_directories_and_survives_their_removal() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
+    assert_eq!(
+        nice_of_thread("netsy-fs-prepar"),
+        Some(crate::background::NICE_IDLE),
+        "the preparing thread works at idle priority"
+    );
     let put = |key: &'static str| {
         let s = store.clone();
         async move {
@@ -277,4 +282,21 @@ async fn fs_conditions_hold_between_two_openings_of_one_directory() {
         .unwrap_err();
     assert_eq!(stale, ObjError::PreconditionFailed("k".into()));
     assert_eq!(&first.get("k").await.unwrap().data[..], b"2");
+}
+
+/// The nice value of this process's thread called `name` (as the kernel
+/// keeps it: at most 15 bytes).
+fn nice_of_thread(name: &str) -> Option<i32> {
+    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim_end() != name {
+            continue;
+        }
+        let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
+        // Fields after the command's closing parenthesis: state is the
+        // 3rd field of the line, nice the 19th.
+        let after = &stat[stat.rfind(')')? + 2..];
+        return after.split(' ').nth(16)?.parse().ok();
+    }
+    None
 }

@@ -15,7 +15,7 @@ use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 
 use bytes::Bytes;
 
@@ -28,6 +28,9 @@ const TMP_DIR: &str = ".netsy-tmp";
 
 pub struct FsStore {
     dir: Arc<Dir>,
+    /// Hands keys to the thread that prepares their directories and tops
+    /// up the spares; started by the first `prepare`.
+    preparer: Mutex<Option<mpsc::Sender<Vec<String>>>>,
 }
 
 /// What every file operation of one store shares.
@@ -69,7 +72,44 @@ impl FsStore {
         };
         dir.repair()
             .map_err(|e| format!("cannot repair {} from its journal: {e}", root.display()))?;
-        Ok(FsStore { dir: Arc::new(dir) })
+        Ok(FsStore {
+            dir: Arc::new(dir),
+            preparer: Mutex::new(None),
+        })
+    }
+
+    /// The preparing thread's queue, started if needed. It works at idle
+    /// priority: what it has not done in time a write does itself, and
+    /// it must not delay a reply on the same core. It ends with the store.
+    fn preparer(&self) -> Option<mpsc::Sender<Vec<String>>> {
+        let mut slot = self.preparer.lock().ok()?;
+        if let Some(tx) = slot.as_ref() {
+            return Some(tx.clone());
+        }
+        let (tx, rx) = mpsc::channel::<Vec<String>>();
+        let dir = self.dir.clone();
+        let started = crate::background::spawn(
+            "netsy-fs-prepare",
+            crate::background::NICE_IDLE,
+            move || {
+                while let Ok(mut keys) = rx.recv() {
+                    // Requests that queued meanwhile are served together.
+                    while let Ok(more) = rx.try_recv() {
+                        keys.extend(more);
+                    }
+                    for key in keys {
+                        let _ = dir.dir_for(&key);
+                    }
+                    dir.spares.fill(SPARES_READY);
+                }
+            },
+        );
+        if let Err(e) = started {
+            log::warn!("cannot start the fs provider's preparing thread: {e}");
+            return None;
+        }
+        *slot = Some(tx.clone());
+        Some(tx)
     }
 
     pub fn root(&self) -> &Path {
@@ -522,16 +562,9 @@ impl ObjectStore for FsStore {
     /// Creates the keys' directories and tops up the spare files, in the
     /// background.
     fn prepare(&self, keys: Vec<String>) {
-        let dir = self.dir.clone();
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        runtime.spawn_blocking(move || {
-            for key in keys {
-                let _ = dir.dir_for(&key);
-            }
-            dir.spares.fill(SPARES_READY);
-        });
+        if let Some(tx) = self.preparer() {
+            let _ = tx.send(keys);
+        }
     }
 
     fn describe(&self) -> String {

@@ -46,8 +46,18 @@ impl Spares {
     pub fn take(&self) -> Option<(PathBuf, File)> {
         loop {
             let path = self.free.lock().ok()?.pop()?;
-            // Another process may have removed it (see STALE_AFTER).
-            if let Ok(f) = OpenOptions::new().write(true).truncate(true).open(&path) {
+            // Another process may have removed it (see STALE_AFTER). Not
+            // opened with O_TRUNC: on ext4 truncating makes the close start
+            // writing the file back at once, competing with the journal's
+            // flush; a spare is empty, and one that is not is emptied.
+            let Ok(f) = OpenOptions::new().write(true).open(&path) else {
+                continue;
+            };
+            let empty = match f.metadata() {
+                Ok(m) if m.len() == 0 => true,
+                _ => f.set_len(0).is_ok(),
+            };
+            if empty {
                 return Some((path, f));
             }
         }
@@ -170,6 +180,17 @@ mod tests {
         f.write_all(b"new").unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"new");
         assert!(spares.take().is_none());
+    }
+
+    #[test]
+    fn a_spare_written_behind_our_back_is_emptied_when_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let spares = Spares::new(dir.path());
+        spares.fill(1);
+        let name = fs::read_dir(dir.path()).unwrap().flatten().next().unwrap();
+        fs::write(name.path(), b"left over").unwrap();
+        let (path, _f) = spares.take().unwrap();
+        assert_eq!(fs::metadata(&path).unwrap().len(), 0);
     }
 
     #[test]
