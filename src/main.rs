@@ -19,6 +19,24 @@ const USAGE: &str = "usage: netsy [--dev] [--config FILE] [-v|--verbose]
   -v, --verbose    debug logging (also NETSY_DEBUG=true; RUST_LOG wins)
   -h, --help       this help; `netsy certs --help` and `netsy inspect --help` for theirs";
 
+/// jemalloc instead of the C library's allocator: a request's buffers are
+/// freed on other threads than the ones that made them, which glibc pays
+/// for with arena locks and consolidation (about 15% of the node's CPU in
+/// a 64-client put run went to malloc and free).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's settings, read before `main`: two arenas rather than four
+/// per CPU, and freed pages handed back to the system within a second by
+/// its own thread, so the resident size follows what is in use (with the
+/// defaults, 100,000 keys of 1 KiB left 229 MiB resident after a write run
+/// against 196 MiB with these).
+#[unsafe(export_name = "_rjem_malloc_conf")]
+static MALLOC_CONF: Option<&'static libc::c_char> = Some(unsafe {
+    // SAFETY: a C string literal lives as long as the program.
+    &*c"background_thread:true,narenas:2,dirty_decay_ms:1000,muzzy_decay_ms:0".as_ptr()
+});
+
 /// `netsy --help`: the usage and every `NETSY_*` variable.
 fn help() -> String {
     format!(

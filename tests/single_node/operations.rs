@@ -327,3 +327,21 @@ fn a_second_signal_exits_at_once() {
     let status = poll("exit", || n.child.try_wait().unwrap());
     assert_eq!(status.code(), Some(1), "the second signal exits at once");
 }
+
+/// The node allocates with jemalloc under the settings `main.rs` gives it:
+/// jemalloc's thread that hands freed pages back to the system runs only
+/// when those settings were read.
+#[test]
+fn freed_memory_is_handed_back_by_the_allocators_own_thread() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Netsy::start_dev(dir.path());
+    let pid = node.child.id();
+    poll("jemalloc's background thread in the node", || {
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+        tasks
+            .flatten()
+            .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+            .any(|name| name.trim_end() == "jemalloc_bg_thd")
+            .then_some(())
+    });
+}
