@@ -2,6 +2,7 @@
 //! revision, history kept, compaction nulls values); an in-memory key index
 //! answers reads without scanning history. The etcd layer never sees SQL.
 
+pub mod checkpoint;
 pub mod index;
 pub mod keyrange;
 pub mod query;
@@ -273,6 +274,7 @@ pub struct Store {
     /// moment; read and changed only under the writer lock.
     relaxed: std::sync::atomic::AtomicBool,
     readers: Mutex<Vec<Connection>>,
+    checkpoints: checkpoint::Checkpointer,
     latest: AtomicI64,
     committed: AtomicI64,
     compacted: AtomicI64,
@@ -307,6 +309,7 @@ impl Store {
             .into_iter()
             .map(|l| (l.id, l))
             .collect();
+        let checkpoints = checkpoint::Checkpointer::start(&path)?;
         log::info!(
             "local store opened: {} records, {} keys, compaction revision {compacted}",
             latest,
@@ -319,6 +322,7 @@ impl Store {
             writer: Mutex::new(writer),
             relaxed: std::sync::atomic::AtomicBool::new(false),
             readers: Mutex::new(Vec::new()),
+            checkpoints,
             latest: AtomicI64::new(latest),
             committed: AtomicI64::new(latest),
             compacted: AtomicI64::new(compacted),
@@ -548,6 +552,7 @@ impl Store {
             }
         }
         sqlite::commit_batch(&mut conn, &batch.records, &batch.leases, batch.compaction)?;
+        self.checkpoints.committed(batch.records.len());
         let upto = batch.records.last().map_or(latest, |r| r.revision);
         self.pending_batches().push_back(Pending { upto, batch });
         self.latest.store(upto, Ordering::Release);
@@ -965,6 +970,31 @@ mod tests {
         store.commit(4);
         store.replicate(&[put(5)]).unwrap();
         assert_eq!(synchronous(&store), 2, "a replica's append is flushed");
+    }
+
+    #[test]
+    fn the_wal_is_folded_into_the_database_off_the_commit_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let db = dir.path().join("db.sqlite3");
+        let size = || std::fs::metadata(&db).unwrap().len();
+        let before = size();
+        store
+            .append_backed(batch(vec![Record::internal("n"), put(2)]))
+            .unwrap();
+        // Far fewer pages than the writer's own threshold, but enough
+        // commits to wake the checkpoint thread.
+        for r in 3..400 {
+            store.append_backed(batch(vec![put(r)])).unwrap();
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while store.checkpoints.done() == 0 || size() == before {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no checkpoint: the database file stayed at {before} bytes"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
     }
 
     #[test]

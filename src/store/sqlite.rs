@@ -68,6 +68,12 @@ pub fn open_writer(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open(path)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
+    // The checkpoint thread folds the WAL in; the writer only past this.
+    conn.pragma_update(
+        None,
+        "wal_autocheckpoint",
+        super::checkpoint::WRITER_CHECKPOINT_PAGES,
+    )?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
     match version {
@@ -448,7 +454,6 @@ pub fn leases(conn: &Connection) -> Result<Vec<LeaseRow>, StoreError> {
     Ok(rows.collect::<Result<Vec<_>, _>>()?)
 }
 
-/// (db_size, db_size_in_use) in bytes.
 /// Reclaims free pages: the WAL is folded into the database, the database
 /// is rebuilt without free pages, and the WAL is emptied again.
 pub fn defragment(conn: &Connection) -> Result<(), StoreError> {
@@ -458,6 +463,7 @@ pub fn defragment(conn: &Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// (db_size, db_size_in_use) in bytes.
 pub fn db_size(conn: &Connection) -> Result<(i64, i64), StoreError> {
     let page_count: i64 = conn.pragma_query_value(None, "page_count", |r| r.get(0))?;
     let page_size: i64 = conn.pragma_query_value(None, "page_size", |r| r.get(0))?;
