@@ -28,9 +28,15 @@ const TMP_DIR: &str = ".netsy-tmp";
 
 pub struct FsStore {
     dir: Arc<Dir>,
-    /// Hands keys to the thread that prepares their directories and tops
-    /// up the spares; started by the first `prepare`.
-    preparer: Mutex<Option<mpsc::Sender<Vec<String>>>>,
+    /// The thread that prepares keys' directories and tops up the spares.
+    preparer: Mutex<Preparer>,
+}
+
+enum Preparer {
+    NotStarted,
+    Running(mpsc::Sender<Vec<String>>),
+    /// It could not be started: writes make what they need themselves.
+    Unavailable,
 }
 
 /// What every file operation of one store shares.
@@ -74,21 +80,36 @@ impl FsStore {
             .map_err(|e| format!("cannot repair {} from its journal: {e}", root.display()))?;
         Ok(FsStore {
             dir: Arc::new(dir),
-            preparer: Mutex::new(None),
+            preparer: Mutex::new(Preparer::NotStarted),
         })
     }
 
-    /// The preparing thread's queue, started if needed. It works at idle
-    /// priority: what it has not done in time a write does itself, and
-    /// it must not delay a reply on the same core. It ends with the store.
-    fn preparer(&self) -> Option<mpsc::Sender<Vec<String>>> {
-        let mut slot = self.preparer.lock().ok()?;
-        if let Some(tx) = slot.as_ref() {
-            return Some(tx.clone());
+    /// Hands `keys` to the preparing thread, started by the first call. It
+    /// works at idle priority: what it has not done in time a write does
+    /// itself, and it must not delay a reply on the same core. It ends with
+    /// the store. A thread that cannot start is reported once.
+    fn send_to_preparer(&self, keys: Vec<String>) {
+        let Ok(mut slot) = self.preparer.lock() else {
+            return;
+        };
+        if let Preparer::NotStarted = *slot {
+            *slot = match self.start_preparer() {
+                Ok(tx) => Preparer::Running(tx),
+                Err(e) => {
+                    log::warn!("cannot start the fs provider's preparing thread: {e}");
+                    Preparer::Unavailable
+                }
+            };
         }
+        if let Preparer::Running(tx) = &*slot {
+            let _ = tx.send(keys);
+        }
+    }
+
+    fn start_preparer(&self) -> std::io::Result<mpsc::Sender<Vec<String>>> {
         let (tx, rx) = mpsc::channel::<Vec<String>>();
         let dir = self.dir.clone();
-        let started = crate::background::spawn(
+        crate::background::spawn(
             "netsy-fs-prepare",
             crate::background::NICE_IDLE,
             move || {
@@ -103,13 +124,8 @@ impl FsStore {
                     dir.spares.fill(SPARES_READY);
                 }
             },
-        );
-        if let Err(e) = started {
-            log::warn!("cannot start the fs provider's preparing thread: {e}");
-            return None;
-        }
-        *slot = Some(tx.clone());
-        Some(tx)
+        )?;
+        Ok(tx)
     }
 
     pub fn root(&self) -> &Path {
@@ -562,9 +578,7 @@ impl ObjectStore for FsStore {
     /// Creates the keys' directories and tops up the spare files, in the
     /// background.
     fn prepare(&self, keys: Vec<String>) {
-        if let Some(tx) = self.preparer() {
-            let _ = tx.send(keys);
-        }
+        self.send_to_preparer(keys);
     }
 
     fn describe(&self) -> String {
