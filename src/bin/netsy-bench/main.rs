@@ -7,6 +7,7 @@
 mod check;
 mod cluster;
 mod failover;
+mod procfs;
 mod restore;
 mod stats;
 mod watcher;
@@ -115,6 +116,7 @@ fn defaults() -> Options {
             prefix: "/bench/".into(),
             check: false,
             tls: None,
+            server_pid: None,
         },
         endpoint: None,
         compare: false,
@@ -311,7 +313,9 @@ async fn single(o: &Options) -> Result<bool, String> {
             (Some(s), addr)
         }
     };
-    let report = workload::run(&o.load, &endpoint, "netsy").await?;
+    let mut load = o.load.clone();
+    load.server_pid = _server.as_ref().map(launch::Server::pid);
+    let report = workload::run(&load, &endpoint, "netsy").await?;
     print(std::slice::from_ref(&report), o.json);
     Ok(report.errors == 0)
 }
@@ -321,8 +325,12 @@ async fn compare(o: &Options) -> Result<bool, String> {
         let bucket = cluster::bucket(&o.moto_bin, o.moto, "bench")?;
         let netsy = cluster::start_netsy(&o.netsy_bin, bucket, o.cluster, -1).await?;
         let (_etcd, etcd_addr) = cluster::start_etcd(&o.etcd_bin, o.cluster).await?;
-        let tls = Some(netsy.tls.clone());
-        return compare_rounds(o, &netsy.primary_addr, tls, &etcd_addr).await;
+        let netsy_target = Target {
+            addr: netsy.primary_addr.clone(),
+            tls: Some(netsy.tls.clone()),
+            pid: None,
+        };
+        return compare_rounds(o, netsy_target, Target::plain(etcd_addr, None)).await;
     }
     let target = netsy_target(o)?;
     let (_netsy, netsy_addr) = match &o.netsy_endpoint {
@@ -341,33 +349,50 @@ async fn compare(o: &Options) -> Result<bool, String> {
             (Some(s), a)
         }
     };
-    compare_rounds(o, &netsy_addr, None, &etcd_addr).await
+    let netsy_pid = _netsy.as_ref().map(launch::Server::pid);
+    let etcd_pid = _etcd.as_ref().map(launch::Server::pid);
+    compare_rounds(
+        o,
+        Target::plain(netsy_addr, netsy_pid),
+        Target::plain(etcd_addr, etcd_pid),
+    )
+    .await
+}
+
+/// A server the rounds run against.
+struct Target {
+    addr: String,
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    /// Its process, when this run started it (its CPU time is counted).
+    pid: Option<u32>,
+}
+
+impl Target {
+    fn plain(addr: String, pid: Option<u32>) -> Target {
+        Target {
+            addr,
+            tls: None,
+            pid,
+        }
+    }
 }
 
 /// Alternating netsy and etcd runs; prints each and the medians.
-async fn compare_rounds(
-    o: &Options,
-    netsy_addr: &str,
-    netsy_tls: Option<std::sync::Arc<rustls::ClientConfig>>,
-    etcd_addr: &str,
-) -> Result<bool, String> {
+async fn compare_rounds(o: &Options, netsy: Target, etcd: Target) -> Result<bool, String> {
     let mut reports = Vec::new();
     for round in 0..o.rounds.max(1) {
         // A/B/A/B, swapping who goes first each round.
         let order = if round % 2 == 0 {
-            [("netsy", netsy_addr), ("etcd", etcd_addr)]
+            [("netsy", &netsy), ("etcd", &etcd)]
         } else {
-            [("etcd", etcd_addr), ("netsy", netsy_addr)]
+            [("etcd", &etcd), ("netsy", &netsy)]
         };
-        for (name, addr) in order {
+        for (name, target) in order {
             let mut load = o.load.clone();
             load.prefix = format!("/bench/r{round}/");
-            load.tls = if name == "netsy" {
-                netsy_tls.clone()
-            } else {
-                None
-            };
-            let r = workload::run(&load, addr, name).await?;
+            load.tls = target.tls.clone();
+            load.server_pid = target.pid;
+            let r = workload::run(&load, &target.addr, name).await?;
             if !o.json {
                 println!("round {}: {}", round + 1, r.line());
             }
@@ -389,6 +414,14 @@ async fn compare_rounds(
     );
     let (np99, ep99) = (pick("netsy", |r| r.p99_ms), pick("etcd", |r| r.p99_ms));
     let (np50, ep50) = (pick("netsy", |r| r.p50_ms), pick("etcd", |r| r.p50_ms));
+    // Server CPU per operation, where every run of the target counted it.
+    let cpu = |target: &str| -> Option<f64> {
+        let runs = reports.iter().filter(|r| r.target == target);
+        let counted: Option<Vec<f64>> = runs.map(|r| r.server_cpu_us.map(|c| c.1)).collect();
+        counted.filter(|v| !v.is_empty()).map(median)
+    };
+    let (ncpu, ecpu) = (cpu("netsy"), cpu("etcd"));
+    let cpu_ratio = ncpu.zip(ecpu).map(|(n, e)| n / e.max(1e-9));
     let errors: u64 = reports.iter().map(|r| r.errors).sum();
     if o.json {
         let all: Vec<_> = reports.iter().map(Report::to_json).collect();
@@ -396,9 +429,12 @@ async fn compare_rounds(
             "{}",
             serde_json::to_string_pretty(&json!({
                 "mode": o.load.mode.name(), "rounds": o.rounds, "runs": all,
-                "median": {"netsy": {"throughput": nt, "p50_ms": np50, "p99_ms": np99},
-                           "etcd": {"throughput": et, "p50_ms": ep50, "p99_ms": ep99}},
-                "ratio": {"throughput": nt / et.max(1e-9), "p99": np99 / ep99.max(1e-9)},
+                "median": {"netsy": {"throughput": nt, "p50_ms": np50, "p99_ms": np99,
+                                     "server_cpu_us_per_op": ncpu},
+                           "etcd": {"throughput": et, "p50_ms": ep50, "p99_ms": ep99,
+                                    "server_cpu_us_per_op": ecpu}},
+                "ratio": {"throughput": nt / et.max(1e-9), "p99": np99 / ep99.max(1e-9),
+                          "server_cpu": cpu_ratio},
             }))
             .unwrap_or_default()
         );
@@ -419,6 +455,9 @@ async fn compare_rounds(
             nt / et.max(1e-9),
             np99 / ep99.max(1e-9)
         );
+        if let (Some(n), Some(e), Some(r)) = (ncpu, ecpu, cpu_ratio) {
+            println!("server CPU per operation: netsy {n:.1} µs | etcd {e:.1} µs | ratio {r:.2}x");
+        }
     }
     Ok(errors == 0)
 }

@@ -12,6 +12,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::procfs::rss;
+
 use bytes::Bytes;
 use netsy::config::cluster::ClusterConfig;
 use netsy::datafile::{self, Compression, Kind};
@@ -203,26 +205,6 @@ async fn check_last(
         )),
         None => Err(format!("revision {revision}'s key is missing")),
     }
-}
-
-/// Resident memory of a process from /proc: (peak, current) in bytes.
-fn rss(pid: u32) -> Result<(u64, u64), String> {
-    let path = format!("/proc/{pid}/status");
-    let text = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
-    let field = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|rest| {
-                rest.trim()
-                    .trim_end_matches("kB")
-                    .trim()
-                    .parse::<u64>()
-                    .ok()
-            })
-            .map(|kb| kb * 1024)
-            .ok_or_else(|| format!("{path}: no {name}"))
-    };
-    Ok((field("VmHWM:")?, field("VmRSS:")?))
 }
 
 fn mib(bytes: u64) -> f64 {

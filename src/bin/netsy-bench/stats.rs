@@ -13,6 +13,9 @@ pub struct Stats {
     pub latencies_us: Vec<u32>,
     /// The first error seen, to show why.
     pub first_error: Option<String>,
+    /// CPU time the server used meanwhile, (user, user + system), when it
+    /// was counted (whole runs only, not per client).
+    pub server_cpu: Option<(Duration, Duration)>,
 }
 
 impl Stats {
@@ -56,6 +59,9 @@ pub struct Report {
     pub first_error: Option<String>,
     /// With checks (smoke): Ok, or the one line saying what differed.
     pub check: Option<Result<(), String>>,
+    /// The server's CPU time per successful operation in microseconds,
+    /// (user, user + system), when it was counted.
+    pub server_cpu_us: Option<(f64, f64)>,
 }
 
 fn percentile(sorted: &[u32], p: f64) -> f64 {
@@ -71,6 +77,8 @@ impl Report {
         stats.latencies_us.sort_unstable();
         let l = &stats.latencies_us;
         let seconds = elapsed.as_secs_f64().max(1e-9);
+        let per_op = |d: Duration| d.as_secs_f64() * 1e6 / stats.ops.max(1) as f64;
+        let server_cpu_us = stats.server_cpu.map(|(u, all)| (per_op(u), per_op(all)));
         Report {
             mode: mode.to_string(),
             target: target.to_string(),
@@ -84,6 +92,7 @@ impl Report {
             max_ms: l.last().copied().unwrap_or(0) as f64 / 1000.0,
             first_error: stats.first_error,
             check: None,
+            server_cpu_us,
         }
     }
 
@@ -93,6 +102,8 @@ impl Report {
             "seconds": self.seconds, "throughput": self.throughput,
             "p50_ms": self.p50_ms, "p90_ms": self.p90_ms, "p99_ms": self.p99_ms, "max_ms": self.max_ms,
             "first_error": self.first_error,
+            "server_cpu_us_per_op": self.server_cpu_us.map(|c| c.1),
+            "server_user_cpu_us_per_op": self.server_cpu_us.map(|c| c.0),
             "check": self.check.as_ref().map(|c| match c {
                 Ok(()) => "ok".to_string(),
                 Err(e) => format!("failed: {e}"),
@@ -102,14 +113,23 @@ impl Report {
 
     pub fn header() -> String {
         format!(
-            "{:<23} {:<8} {:>9} {:>7} {:>11} {:>9} {:>9} {:>9} {:>9}",
-            "mode", "target", "ops", "errors", "ops/s", "p50 ms", "p90 ms", "p99 ms", "max ms"
+            "{:<23} {:<8} {:>9} {:>7} {:>11} {:>9} {:>9} {:>9} {:>9} {:>13}",
+            "mode",
+            "target",
+            "ops",
+            "errors",
+            "ops/s",
+            "p50 ms",
+            "p90 ms",
+            "p99 ms",
+            "max ms",
+            "server CPU µs"
         )
     }
 
     pub fn line(&self) -> String {
         format!(
-            "{:<23} {:<8} {:>9} {:>7} {:>11.1} {:>9.3} {:>9.3} {:>9.3} {:>9.3}",
+            "{:<23} {:<8} {:>9} {:>7} {:>11.1} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>13}",
             self.mode,
             self.target,
             self.ops,
@@ -118,7 +138,9 @@ impl Report {
             self.p50_ms,
             self.p90_ms,
             self.p99_ms,
-            self.max_ms
+            self.max_ms,
+            self.server_cpu_us
+                .map_or("-".to_string(), |c| format!("{:.1}", c.1))
         )
     }
 }
@@ -154,6 +176,14 @@ mod tests {
         assert_eq!(r.p99_ms, 99.0);
         assert_eq!(r.max_ms, 100.0);
         assert_eq!(r.first_error.as_deref(), Some("boom"));
+        assert_eq!(r.server_cpu_us, None);
+        let mut s = Stats::default();
+        for _ in 0..4 {
+            s.record(Duration::from_millis(1), Ok(()));
+        }
+        s.server_cpu = Some((Duration::from_micros(100), Duration::from_micros(300)));
+        let r = Report::new("put", "netsy", s, Duration::from_secs(1));
+        assert_eq!(r.server_cpu_us, Some((25.0, 75.0)));
         assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
     }

@@ -21,6 +21,7 @@ use netsy::pb::mvccpb::{event::EventType, Event, KeyValue};
 use netsy::store::keyrange::prefix_end;
 
 use crate::check;
+use crate::procfs;
 use crate::stats::{Report, Stats};
 use crate::watcher::Watcher;
 
@@ -83,6 +84,9 @@ pub struct Load {
     pub check: bool,
     /// mTLS for endpoints that need it (a netsy cluster).
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// The server's process, when this machine runs it: the CPU time it
+    /// uses during the measured phase is reported per operation.
+    pub server_pid: Option<u32>,
 }
 
 const KV_RANGE: &str = "/etcdserverpb.KV/Range";
@@ -216,7 +220,16 @@ where
     } else {
         load.duration
     };
-    drive(load, load.total, duration, op).await
+    let cpu = || load.server_pid.and_then(|pid| procfs::cpu_time(pid).ok());
+    let before = cpu();
+    let (mut stats, elapsed) = drive(load, load.total, duration, op).await;
+    if let (Some(before), Some(after)) = (before, cpu()) {
+        stats.server_cpu = Some((
+            after.0.saturating_sub(before.0),
+            after.1.saturating_sub(before.1),
+        ));
+    }
+    (stats, elapsed)
 }
 
 /// What one run measured and, with `Load::check`, the verdict of its checks.
