@@ -182,15 +182,98 @@ impl<W: Write> Body<W> {
     }
 }
 
+/// What a body holds so far: enough to write its footer. A snapshot
+/// continued in later zstd frames keeps it between them.
+#[derive(Clone)]
+pub struct Progress {
+    records_crc: crc::Digest<'static, u64, crc::Table<16>>,
+    first_revision: i64,
+    last_revision: i64,
+    count: i64,
+}
+
+impl Default for Progress {
+    fn default() -> Progress {
+        Progress {
+            records_crc: CRC64.digest(),
+            first_revision: 0,
+            last_revision: 0,
+            count: 0,
+        }
+    }
+}
+
+impl Progress {
+    /// Records written so far.
+    pub fn count(&self) -> i64 {
+        self.count
+    }
+
+    /// The revision of the last record written (0: none yet).
+    pub fn last_revision(&self) -> i64 {
+        self.last_revision
+    }
+
+    /// Writes `record` size-delimited with its CRC, and counts it.
+    fn write(&mut self, w: &mut dyn Write, record: &Record) -> Result<(), DataFileError> {
+        let body = record.to_proto().encode_to_vec();
+        self.records_crc.update(&body);
+        write_with_crc(w, &body)?;
+        if self.first_revision == 0 {
+            self.first_revision = record.revision;
+        }
+        self.last_revision = record.revision;
+        self.count += 1;
+        Ok(())
+    }
+
+    fn write_footer(&self, w: &mut dyn Write) -> io::Result<()> {
+        let mut footer = FileFooter {
+            records_crc: self.records_crc.clone().finalize(),
+            first_revision: self.first_revision,
+            last_revision: self.last_revision,
+            crc: 0,
+        };
+        footer.crc = footer_crc(&footer);
+        write_delimited(w, &footer.encode_to_vec())
+    }
+}
+
+/// Writes a file's header (always uncompressed).
+pub fn write_header(
+    out: &mut dyn Write,
+    kind: Kind,
+    compression: Compression,
+    records_count: i64,
+    leader_id: &str,
+    created_at: Timestamp,
+) -> io::Result<()> {
+    let mut header = FileHeader {
+        crc: 0,
+        schema_version: 0,
+        kind: kind.wire() as i32,
+        compression: match compression {
+            Compression::None => FileCompression::CompressionNone as i32,
+            Compression::Zstd => FileCompression::CompressionZstd as i32,
+        },
+        records_count,
+        leader_id: leader_id.to_string(),
+        created_at: Some(created_at.to_proto()),
+    };
+    header.crc = header_crc(&header);
+    write_delimited(out, &header.encode_to_vec())
+}
+
+/// Level 1: chunks sit on the write path and snapshots take a core while
+/// they run; ratio matters less than speed.
+const ZSTD_LEVEL: i32 = 1;
+
 /// Streams a data file out. The record count is declared up front and
 /// checked at the end.
 pub struct Writer<W: Write> {
     body: Body<W>,
     declared: i64,
-    written: i64,
-    records_crc: crc::Digest<'static, u64, crc::Table<16>>,
-    first_revision: i64,
-    last_revision: i64,
+    progress: Progress,
 }
 
 impl<W: Write> Writer<W> {
@@ -202,63 +285,38 @@ impl<W: Write> Writer<W> {
         leader_id: &str,
         created_at: Timestamp,
     ) -> Result<Writer<W>, DataFileError> {
-        let mut header = FileHeader {
-            crc: 0,
-            schema_version: 0,
-            kind: kind.wire() as i32,
-            compression: match compression {
-                Compression::None => FileCompression::CompressionNone as i32,
-                Compression::Zstd => FileCompression::CompressionZstd as i32,
-            },
+        write_header(
+            &mut out,
+            kind,
+            compression,
             records_count,
-            leader_id: leader_id.to_string(),
-            created_at: Some(created_at.to_proto()),
-        };
-        header.crc = header_crc(&header);
-        write_delimited(&mut out, &header.encode_to_vec())?;
+            leader_id,
+            created_at,
+        )?;
         let body = match compression {
             Compression::None => Body::Raw(out),
-            // Level 1: chunks sit on the write path; ratio matters less than speed.
-            Compression::Zstd => Body::Zstd(zstd::stream::write::Encoder::new(out, 1)?),
+            Compression::Zstd => Body::Zstd(zstd::stream::write::Encoder::new(out, ZSTD_LEVEL)?),
         };
         Ok(Writer {
             body,
             declared: records_count,
-            written: 0,
-            records_crc: CRC64.digest(),
-            first_revision: 0,
-            last_revision: 0,
+            progress: Progress::default(),
         })
     }
 
     pub fn write(&mut self, record: &Record) -> Result<(), DataFileError> {
-        let body = record.to_proto().encode_to_vec();
-        self.records_crc.update(&body);
-        write_with_crc(self.body.writer(), &body)?;
-        if self.first_revision == 0 {
-            self.first_revision = record.revision;
-        }
-        self.last_revision = record.revision;
-        self.written += 1;
-        Ok(())
+        self.progress.write(self.body.writer(), record)
     }
 
     /// Writes the footer and returns the underlying writer.
     pub fn finish(mut self) -> Result<W, DataFileError> {
-        if self.written != self.declared {
+        if self.progress.count != self.declared {
             return Err(DataFileError::Count {
                 declared: self.declared,
-                found: self.written,
+                found: self.progress.count,
             });
         }
-        let mut footer = FileFooter {
-            records_crc: self.records_crc.finalize(),
-            first_revision: self.first_revision,
-            last_revision: self.last_revision,
-            crc: 0,
-        };
-        footer.crc = footer_crc(&footer);
-        write_delimited(self.body.writer(), &footer.encode_to_vec())?;
+        self.progress.write_footer(self.body.writer())?;
         let mut out = match self.body {
             Body::Raw(w) => w,
             Body::Zstd(z) => z.finish()?,
@@ -266,6 +324,47 @@ impl<W: Write> Writer<W> {
         out.flush()?;
         Ok(out)
     }
+}
+
+/// A compressed body written in parts: each `Frame` is a zstd frame of
+/// records that continues the body before it, and [`footer_frame`] ends
+/// it. Concatenated zstd frames are one zstd stream (RFC 8878 §3.1), so
+/// after a header the whole reads as any compressed file does; a snapshot
+/// can then reuse the frames of the one before it and compress only the
+/// records since.
+pub struct Frame<W: Write> {
+    encoder: zstd::stream::write::Encoder<'static, W>,
+    progress: Progress,
+}
+
+impl<W: Write> Frame<W> {
+    /// Starts a frame after the records `progress` counted.
+    pub fn new(out: W, progress: Progress) -> Result<Frame<W>, DataFileError> {
+        Ok(Frame {
+            encoder: zstd::stream::write::Encoder::new(out, ZSTD_LEVEL)?,
+            progress,
+        })
+    }
+
+    pub fn write(&mut self, record: &Record) -> Result<(), DataFileError> {
+        self.progress.write(&mut self.encoder, record)
+    }
+
+    /// Ends the frame; returns the writer and what the body now holds.
+    pub fn finish(self) -> Result<(W, Progress), DataFileError> {
+        let mut out = self.encoder.finish()?;
+        out.flush()?;
+        Ok((out, self.progress))
+    }
+}
+
+/// Ends a body written in [`Frame`]s: its footer, as a frame of its own.
+pub fn footer_frame<W: Write>(out: W, progress: &Progress) -> Result<W, DataFileError> {
+    let mut encoder = zstd::stream::write::Encoder::new(out, ZSTD_LEVEL)?;
+    progress.write_footer(&mut encoder)?;
+    let mut out = encoder.finish()?;
+    out.flush()?;
+    Ok(out)
 }
 
 /// Encodes records into one in-memory file.

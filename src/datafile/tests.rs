@@ -242,3 +242,70 @@ fn compression_policy() {
     ];
     assert_eq!(chunk_compression(&big), Compression::Zstd);
 }
+
+/// A header, then the records in frames of 3, 0 and 2, then the footer's frame.
+fn in_frames(records: &[Record]) -> Vec<u8> {
+    let mut out = Vec::new();
+    write_header(
+        &mut out,
+        Kind::Snapshot,
+        Compression::Zstd,
+        records.len() as i64,
+        "n1",
+        ts(),
+    )
+    .unwrap();
+    let mut progress = Progress::default();
+    for part in [&records[..3], &records[3..3], &records[3..]] {
+        let mut frame = Frame::new(out, progress).unwrap();
+        for r in part {
+            frame.write(r).unwrap();
+        }
+        (out, progress) = frame.finish().unwrap();
+    }
+    assert_eq!(progress.count(), records.len() as i64);
+    footer_frame(out, &progress).unwrap()
+}
+
+#[test]
+fn a_body_written_in_frames_reads_as_the_file_written_at_once() {
+    let records: Vec<Record> = (1..=5)
+        .map(|i| rec(i, &format!("k{i}"), Some("value")))
+        .collect();
+    let framed = in_frames(&records);
+    let (header, read, footer) = decode(&framed, Some(Kind::Snapshot)).unwrap();
+    assert_eq!(read, records);
+    assert_eq!(header.records_count, 5);
+    let whole = encode(Kind::Snapshot, Compression::Zstd, "n1", &records).unwrap();
+    let (_, _, whole_footer) = decode(&whole, Some(Kind::Snapshot)).unwrap();
+    assert_eq!(footer, whole_footer, "the same footer, CRCs included");
+    // The frames are really there: at least the two of records and the
+    // footer's start with zstd's magic number.
+    let magic = [0x28, 0xb5, 0x2f, 0xfd];
+    let frames = framed.windows(4).filter(|w| *w == magic).count();
+    assert!(frames >= 3, "{frames} frames");
+}
+
+#[test]
+fn a_body_in_frames_with_a_record_missing_is_refused() {
+    let records: Vec<Record> = (1..=5)
+        .map(|i| rec(i, &format!("k{i}"), Some("value")))
+        .collect();
+    let mut framed = in_frames(&records);
+    // The header claims one record more than the frames hold.
+    let mut longer = Vec::new();
+    write_header(
+        &mut longer,
+        Kind::Snapshot,
+        Compression::Zstd,
+        6,
+        "n1",
+        ts(),
+    )
+    .unwrap();
+    let mut short = Vec::new();
+    write_header(&mut short, Kind::Snapshot, Compression::Zstd, 5, "n1", ts()).unwrap();
+    assert_eq!(longer.len(), short.len());
+    framed.splice(..short.len(), longer);
+    assert!(decode(&framed, Some(Kind::Snapshot)).is_err());
+}

@@ -2,8 +2,11 @@
 //! Primary writes every record 1..=R (tombstones and compacted rows
 //! included) into `snapshots/{R}.netsy`, zstd-compressed, then asks the
 //! cleaner to delete the chunks the snapshot covers. Snapshots are never
-//! deleted.
+//! deleted. The records are compressed as zstd frames kept between
+//! snapshots, so each compresses only the records since the one before.
 
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,9 +14,9 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::config::cluster::SnapshotConfig;
-use crate::datafile::{self, Compression, Kind};
+use crate::datafile::{self, Compression, Frame, Kind, Progress};
 use crate::http::metrics::{labels, Metrics};
-use crate::store::{Store, Timestamp};
+use crate::store::{Record, Store, Timestamp};
 
 use super::cleanup::Cleaner;
 use super::{keys, LogError, ObjectLog};
@@ -137,6 +140,7 @@ pub fn start(
     let (requests, mut rx) = reports();
     tokio::spawn(async move {
         let mut clock = clock;
+        let mut writer = SnapshotWriter::default();
         let mut seen_bytes = 0;
         while rx.changed().await.is_ok() {
             let reported = *rx.borrow_and_update();
@@ -148,7 +152,7 @@ pub fn start(
             };
             log::info!("taking snapshot at revision {revision} (reason: {reason:?})");
             let started = Instant::now();
-            let result = create(&store, &log, revision).await;
+            let result = writer.create(&store, &log, revision).await;
             let m = &metrics;
             let outcome = if result.is_ok() { "success" } else { "error" };
             let l = labels(&[("result", outcome)]);
@@ -178,55 +182,179 @@ fn reports() -> (SnapshotRequests, watch::Receiver<Reported>) {
     (requests, rx)
 }
 
-/// Writes and uploads the snapshot of revisions 1..=revision.
-pub async fn create(
-    store: &Arc<Store>,
-    log: &ObjectLog,
-    revision: i64,
-) -> Result<String, LogError> {
-    let path = log.temp_path(&format!("snapshot_{revision}"));
-    let result = async {
-        let (s, p, leader) = (store.clone(), path.clone(), log.leader_id.clone());
-        in_background(move || -> Result<(), LogError> {
-            let file = std::fs::File::create(&p)
-                .map_err(|e| LogError::Invalid(format!("{}: {e}", p.display())))?;
-            let out = std::io::BufWriter::new(file);
-            let corrupt = |error| LogError::Corrupt {
-                key: p.display().to_string(),
-                error,
-            };
-            let mut writer = datafile::Writer::new(
-                out,
-                Kind::Snapshot,
-                Compression::Zstd,
-                revision,
-                &leader,
-                Timestamp::now(),
-            )
-            .map_err(corrupt)?;
-            s.for_each_record(revision, |r| {
-                writer
-                    .write(r)
-                    .map_err(|e| crate::store::StoreError::Io(std::io::Error::other(e.to_string())))
-            })?;
-            let out = writer.finish().map_err(corrupt)?;
-            let file = out
-                .into_inner()
-                .map_err(|e| LogError::Invalid(format!("flushing the snapshot: {e}")))?;
-            file.sync_all()
-                .map_err(|e| LogError::Invalid(format!("fsync of the snapshot: {e}")))?;
-            Ok(())
-        })
-        .await
-        .map_err(|_| LogError::Invalid("snapshot task failed".to_string()))??;
-        crate::failpoint::hit("snapshot_upload").await;
-        let key = keys::snapshot_key(revision);
-        log.store.put_file(&key, &path).await?;
-        Ok(key)
+/// The records the last snapshot was written from, kept for the next one:
+/// zstd frames in a file of their own and what they add up to. The next
+/// snapshot appends a frame of the records since (instead of reading and
+/// compressing the whole history again) unless a row they hold has changed.
+struct Frames {
+    path: PathBuf,
+    progress: Progress,
+    /// The last record they hold, as it was read.
+    last: Record,
+    /// [`Store::rewrites`] before they were read.
+    rewrites: u64,
+}
+
+impl Frames {
+    /// Whether they still hold the store's records 1..=their last: no row
+    /// was changed since (a compaction nulls values) and their last record
+    /// is still the store's (a suffix undone and rewritten changes it).
+    fn still_hold(&self, store: &Store, revision: i64) -> bool {
+        self.rewrites == store.rewrites()
+            && self.last.revision < revision
+            && store
+                .record_at(self.last.revision)
+                .is_ok_and(|r| r.as_ref() == Some(&self.last))
     }
-    .await;
-    let _ = std::fs::remove_file(&path);
-    result
+}
+
+/// Writes snapshots, each built on the frames of the one before when it can.
+#[derive(Default)]
+pub struct SnapshotWriter {
+    frames: Option<Frames>,
+}
+
+impl SnapshotWriter {
+    /// Writes and uploads the snapshot of revisions 1..=revision.
+    pub async fn create(
+        &mut self,
+        store: &Arc<Store>,
+        log: &ObjectLog,
+        revision: i64,
+    ) -> Result<String, LogError> {
+        let path = log.temp_path(&format!("snapshot_{revision}"));
+        let fresh = log.temp_path("snapshot_frames");
+        let (s, p, leader) = (store.clone(), path.clone(), log.leader_id.clone());
+        let frames = self.frames.take();
+        let written = in_background(move || write(&s, &p, &leader, revision, frames, fresh)).await;
+        let result = async {
+            let (frames, written) =
+                written.map_err(|_| LogError::Invalid("snapshot task failed".to_string()))?;
+            self.frames = frames;
+            written?;
+            crate::failpoint::hit("snapshot_upload").await;
+            let key = keys::snapshot_key(revision);
+            log.store.put_file(&key, &path).await?;
+            Ok(key)
+        }
+        .await;
+        let _ = std::fs::remove_file(&path);
+        result
+    }
+}
+
+/// Writes the snapshot of 1..=revision to `path`: a header, the frames
+/// (continued, or started afresh at `fresh`) and the footer's frame.
+/// Returns the frames to keep for the next snapshot, if any.
+fn write(
+    store: &Store,
+    path: &Path,
+    leader: &str,
+    revision: i64,
+    frames: Option<Frames>,
+    fresh: PathBuf,
+) -> (Option<Frames>, Result<(), LogError>) {
+    let rewrites = store.rewrites();
+    let frames = match frames {
+        Some(f) if f.still_hold(store, revision) => Some(f),
+        Some(f) => {
+            let _ = std::fs::remove_file(&f.path);
+            None
+        }
+        None => None,
+    };
+    let (frames_path, progress, continued) = match frames {
+        Some(f) => (f.path, f.progress, true),
+        None => (fresh, Progress::default(), false),
+    };
+    match write_continuing(
+        store,
+        path,
+        leader,
+        revision,
+        &frames_path,
+        progress,
+        continued,
+    ) {
+        // Kept only if no row changed while they were read.
+        Ok((progress, last)) if rewrites.is_multiple_of(2) && store.rewrites() == rewrites => {
+            let kept = Frames {
+                path: frames_path,
+                progress,
+                last,
+                rewrites,
+            };
+            (Some(kept), Ok(()))
+        }
+        result => {
+            let _ = std::fs::remove_file(&frames_path);
+            (None, result.map(|_| ()))
+        }
+    }
+}
+
+/// Appends a frame of the records after `progress` up to `revision` to
+/// the frames file (created first unless `continued`), then writes the
+/// snapshot from it. Returns what the frames now hold and their last record.
+fn write_continuing(
+    store: &Store,
+    path: &Path,
+    leader: &str,
+    revision: i64,
+    frames_path: &Path,
+    progress: Progress,
+    continued: bool,
+) -> Result<(Progress, Record), LogError> {
+    let io = |what: &str, e: &dyn std::fmt::Display| {
+        LogError::Invalid(format!("snapshot at revision {revision}: {what}: {e}"))
+    };
+    let corrupt = |error| LogError::Corrupt {
+        key: path.display().to_string(),
+        error,
+    };
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .append(continued)
+        .truncate(!continued)
+        .open(frames_path)
+        .map_err(|e| io(&frames_path.display().to_string(), &e))?;
+    let from = progress.last_revision() + 1;
+    let mut frame = Frame::new(std::io::BufWriter::new(file), progress).map_err(corrupt)?;
+    store.for_each_record(from, revision, |r| {
+        frame
+            .write(r)
+            .map_err(|e| crate::store::StoreError::Io(std::io::Error::other(e.to_string())))
+    })?;
+    let (_, progress) = frame.finish().map_err(corrupt)?;
+    // Contiguous 1..=revision, or not a snapshot.
+    let last = store.record_at(revision)?;
+    let last = match last {
+        Some(last) if progress.count() == revision && progress.last_revision() == revision => last,
+        _ => {
+            return Err(LogError::Invalid(format!(
+                "snapshot at revision {revision}: the local store holds {} records up to it",
+                progress.count()
+            )))
+        }
+    };
+    let mut out = std::fs::File::create(path).map_err(|e| io("creating", &e))?;
+    let mut header = Vec::new();
+    datafile::write_header(
+        &mut header,
+        Kind::Snapshot,
+        Compression::Zstd,
+        revision,
+        leader,
+        Timestamp::now(),
+    )
+    .map_err(|e| io("header", &e))?;
+    out.write_all(&header).map_err(|e| io("header", &e))?;
+    let mut frames = std::fs::File::open(frames_path).map_err(|e| io("reading frames", &e))?;
+    std::io::copy(&mut frames, &mut out).map_err(|e| io("copying frames", &e))?;
+    let out = datafile::footer_frame(out, &progress).map_err(corrupt)?;
+    out.sync_all().map_err(|e| io("fsync", &e))?;
+    Ok((progress, last))
 }
 
 /// Runs `work` on a thread of its own at a lower CPU priority, so a
@@ -265,6 +393,81 @@ mod tests {
             .unwrap();
         assert!(nice >= crate::background::NICE_LOW, "nice {nice}");
         assert!(crate::background::nice_of_this_thread() < crate::background::NICE_LOW);
+    }
+
+    /// The snapshot at `revision` in the bucket: its records (checked
+    /// against the store's) and how many zstd frames it has.
+    async fn snapshot_in_bucket(log: &ObjectLog, store: &Store, revision: i64) -> usize {
+        let bytes = log
+            .store
+            .get(&keys::snapshot_key(revision))
+            .await
+            .unwrap()
+            .data;
+        let (header, records, _) = datafile::decode(&bytes, Some(Kind::Snapshot)).unwrap();
+        assert_eq!(header.records_count, revision);
+        let held = store.records_between(1, revision, usize::MAX).unwrap();
+        assert_eq!(records.len(), held.len());
+        for (read, held) in records.iter().zip(&held) {
+            let value = |r: &Record| r.value.clone().unwrap_or_default();
+            assert!(read.same_write(held), "revision {}", held.revision);
+            assert_eq!(read.compacted_at, held.compacted_at, "{}", held.revision);
+            assert_eq!(value(read), value(held), "revision {}", held.revision);
+        }
+        let magic = [0x28, 0xb5, 0x2f, 0xfd];
+        bytes.windows(4).filter(|w| *w == magic).count()
+    }
+
+    fn append(store: &Store, records: Vec<Record>) {
+        let batch = crate::store::Batch {
+            records,
+            ..Default::default()
+        };
+        store.append_committed(batch).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_continues_the_last_ones_frames_until_a_row_changes() {
+        use crate::log::testing::records;
+        let dir = tempfile::tempdir().unwrap();
+        let bucket = Arc::new(crate::objstore::memory::MemoryStore::new());
+        let log = ObjectLog::new(bucket, "n", &dir.path().join("log")).unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("db")).unwrap());
+        append(
+            &store,
+            [Record::internal("n")]
+                .into_iter()
+                .chain(records(2..=3, "n"))
+                .collect(),
+        );
+        let mut writer = SnapshotWriter::default();
+        writer.create(&store, &log, 3).await.unwrap();
+        assert_eq!(
+            snapshot_in_bucket(&log, &store, 3).await,
+            2,
+            "records, footer"
+        );
+        append(&store, records(4..=6, "n"));
+        writer.create(&store, &log, 6).await.unwrap();
+        assert_eq!(snapshot_in_bucket(&log, &store, 6).await, 3, "continued");
+        // A compaction nulls a value the frames hold: they are written again.
+        store.discard_values(&[2]).unwrap();
+        append(&store, records(7..=7, "n"));
+        writer.create(&store, &log, 7).await.unwrap();
+        assert_eq!(snapshot_in_bucket(&log, &store, 7).await, 2, "rebuilt");
+        let compacted = store.record_at(2).unwrap().unwrap();
+        assert!(compacted.value.is_none() && compacted.compacted_at.is_some());
+        // Rows undone and written again past the frames' last.
+        store.demote_above(6).unwrap();
+        store.discard_above(6).unwrap();
+        append(&store, records(7..=8, "other"));
+        writer.create(&store, &log, 8).await.unwrap();
+        assert_eq!(snapshot_in_bucket(&log, &store, 8).await, 2, "rebuilt");
+        // Only the frames in use stay in the scratch directory.
+        let left = std::fs::read_dir(dir.path().join("log/tmp"))
+            .unwrap()
+            .count();
+        assert_eq!(left, 1);
     }
 
     #[test]

@@ -11,7 +11,7 @@ pub mod sqlite;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock, RwLockReadGuard};
 
 use bytes::Bytes;
@@ -279,6 +279,10 @@ pub struct Store {
     committed: AtomicI64,
     compacted: AtomicI64,
     leases: RwLock<BTreeMap<i64, LeaseRow>>,
+    /// Counts changes to rows already written (values nulled by a
+    /// compaction, rows undone): one before and one after each, so it is
+    /// odd while one is under way. See [`Store::rewrites`].
+    rewrites: AtomicU64,
 }
 
 impl Store {
@@ -327,7 +331,25 @@ impl Store {
             committed: AtomicI64::new(latest),
             compacted: AtomicI64::new(compacted),
             leases: RwLock::new(leases),
+            rewrites: AtomicU64::new(0),
         })
+    }
+
+    /// A count that moves whenever rows already written change, and is odd
+    /// while they do: whoever keeps something built from old rows (the
+    /// previous snapshot's records) reads it before and after and may keep
+    /// it while it stays the same even number.
+    pub fn rewrites(&self) -> u64 {
+        self.rewrites.load(Ordering::Acquire)
+    }
+
+    /// Runs `change` (a change to rows already written) counted in
+    /// [`Store::rewrites`].
+    fn rewriting<T>(&self, change: impl FnOnce() -> T) -> T {
+        self.rewrites.fetch_add(1, Ordering::AcqRel);
+        let result = change();
+        self.rewrites.fetch_add(1, Ordering::AcqRel);
+        result
     }
 
     /// Highest revision in the local database.
@@ -676,6 +698,10 @@ impl Store {
     /// and the latest revision goes back to `revision`. Committed revisions
     /// cannot be discarded.
     pub fn discard_above(&self, revision: i64) -> Result<(), StoreError> {
+        self.rewriting(|| self.discard_above_counted(revision))
+    }
+
+    fn discard_above_counted(&self, revision: i64) -> Result<(), StoreError> {
         let mut conn = self.writer()?;
         let mut pending = self.pending_batches();
         let committed = self.committed_revision();
@@ -716,6 +742,10 @@ impl Store {
     /// knows): nobody reads them until a Primary decides. Nothing may be
     /// pending.
     pub fn demote_above(&self, revision: i64) -> Result<(), StoreError> {
+        self.rewriting(|| self.demote_above_counted(revision))
+    }
+
+    fn demote_above_counted(&self, revision: i64) -> Result<(), StoreError> {
         let mut pending = self.pending_batches();
         let committed = self.committed_revision();
         if !pending.is_empty() {
@@ -887,13 +917,14 @@ impl Store {
         Ok(())
     }
 
-    /// Every record in revision order, in pages (snapshots).
+    /// Every record from `from` to `upto` in revision order, in pages
+    /// (snapshots).
     pub fn for_each_record(
         &self,
+        mut from: i64,
         upto: i64,
         mut visit: impl FnMut(&Record) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
-        let mut from = 1;
         while from <= upto {
             let page = self.records_between(from, upto, 10_000)?;
             let Some(last) = page.last().map(|r| r.revision) else {
@@ -909,7 +940,10 @@ impl Store {
 
     /// Nulls the values compaction made unreachable (rows stay).
     pub fn discard_values(&self, revisions: &[i64]) -> Result<(), StoreError> {
-        sqlite::mark_compacted(&mut *self.writer()?, revisions)
+        if revisions.is_empty() {
+            return Ok(());
+        }
+        self.rewriting(|| sqlite::mark_compacted(&mut *self.writer()?, revisions))
     }
 }
 
