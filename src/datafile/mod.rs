@@ -168,12 +168,12 @@ fn write_with_crc(w: &mut dyn Write, body: &[u8]) -> io::Result<()> {
     w.write_all(body)
 }
 
-enum Body<W: Write> {
+enum Body<'c, W: Write> {
     Raw(W),
-    Zstd(zstd::stream::write::Encoder<'static, W>),
+    Zstd(zstd::stream::write::Encoder<'c, W>),
 }
 
-impl<W: Write> Body<W> {
+impl<W: Write> Body<'_, W> {
     fn writer(&mut self) -> &mut dyn Write {
         match self {
             Body::Raw(w) => w,
@@ -268,23 +268,64 @@ pub fn write_header(
 /// they run; ratio matters less than speed.
 const ZSTD_LEVEL: i32 = 1;
 
+type Context = zstd::zstd_safe::CCtx<'static>;
+
+thread_local! {
+    /// A compression context per thread for in-memory files (batched
+    /// chunks, on the write path): creating one per chunk took about 1% of
+    /// the CPU at 64 clients. Reused contexts write the same bytes.
+    static CONTEXT: std::cell::RefCell<Option<Context>> = const { std::cell::RefCell::new(None) };
+}
+
+/// A context for [`ZSTD_LEVEL`].
+fn new_context() -> Result<Context, DataFileError> {
+    let mut context = Context::create();
+    context
+        .set_parameter(zstd::zstd_safe::CParameter::CompressionLevel(ZSTD_LEVEL))
+        .map_err(|code| DataFileError::Io(zstd::zstd_safe::get_error_name(code).to_string()))?;
+    Ok(context)
+}
+
 /// Streams a data file out. The record count is declared up front and
 /// checked at the end.
-pub struct Writer<W: Write> {
-    body: Body<W>,
+pub struct Writer<'c, W: Write> {
+    body: Body<'c, W>,
     declared: i64,
     progress: Progress,
 }
 
-impl<W: Write> Writer<W> {
+impl<W: Write> Writer<'static, W> {
     pub fn new(
+        out: W,
+        kind: Kind,
+        compression: Compression,
+        records_count: i64,
+        leader_id: &str,
+        created_at: Timestamp,
+    ) -> Result<Writer<'static, W>, DataFileError> {
+        Writer::start(
+            out,
+            kind,
+            compression,
+            records_count,
+            leader_id,
+            created_at,
+            None,
+        )
+    }
+}
+
+impl<'c, W: Write> Writer<'c, W> {
+    /// Starts a file; a compressed one uses `context` when given.
+    fn start(
         mut out: W,
         kind: Kind,
         compression: Compression,
         records_count: i64,
         leader_id: &str,
         created_at: Timestamp,
-    ) -> Result<Writer<W>, DataFileError> {
+        context: Option<&'c mut Context>,
+    ) -> Result<Writer<'c, W>, DataFileError> {
         write_header(
             &mut out,
             kind,
@@ -293,9 +334,14 @@ impl<W: Write> Writer<W> {
             leader_id,
             created_at,
         )?;
-        let body = match compression {
-            Compression::None => Body::Raw(out),
-            Compression::Zstd => Body::Zstd(zstd::stream::write::Encoder::new(out, ZSTD_LEVEL)?),
+        let body = match (compression, context) {
+            (Compression::None, _) => Body::Raw(out),
+            (Compression::Zstd, Some(context)) => {
+                Body::Zstd(zstd::stream::write::Encoder::with_context(out, context))
+            }
+            (Compression::Zstd, None) => {
+                Body::Zstd(zstd::stream::write::Encoder::new(out, ZSTD_LEVEL)?)
+            }
         };
         Ok(Writer {
             body,
@@ -374,18 +420,26 @@ pub fn encode(
     leader_id: &str,
     records: &[Record],
 ) -> Result<Vec<u8>, DataFileError> {
-    let mut w = Writer::new(
-        Vec::new(),
-        kind,
-        compression,
-        records.len() as i64,
-        leader_id,
-        Timestamp::now(),
-    )?;
-    for r in records {
-        w.write(r)?;
-    }
-    w.finish()
+    CONTEXT.with_borrow_mut(|context| {
+        let context = match (compression, context) {
+            (Compression::None, _) => None,
+            (Compression::Zstd, Some(context)) => Some(context),
+            (Compression::Zstd, context) => Some(context.insert(new_context()?)),
+        };
+        let mut w = Writer::start(
+            Vec::new(),
+            kind,
+            compression,
+            records.len() as i64,
+            leader_id,
+            Timestamp::now(),
+            context,
+        )?;
+        for r in records {
+            w.write(r)?;
+        }
+        w.finish()
+    })
 }
 
 /// Reads one varint-delimited message; None at a clean end of input.

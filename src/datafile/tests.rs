@@ -309,3 +309,45 @@ fn a_body_in_frames_with_a_record_missing_is_refused() {
     framed.splice(..short.len(), longer);
     assert!(decode(&framed, Some(Kind::Snapshot)).is_err());
 }
+
+#[test]
+fn a_reused_compression_context_writes_the_same_bytes() {
+    let records: Vec<Record> = (1..=50)
+        .map(|i| rec(i, &format!("key/{i}"), Some(&"v".repeat(200))))
+        .collect();
+    let write = |context: Option<&mut Context>| {
+        let mut w = Writer::start(
+            Vec::new(),
+            Kind::Chunk,
+            Compression::Zstd,
+            records.len() as i64,
+            "n1",
+            ts(),
+            context,
+        )
+        .unwrap();
+        for r in &records {
+            w.write(r).unwrap();
+        }
+        w.finish().unwrap()
+    };
+    let fresh = write(None);
+    let mut context = new_context().unwrap();
+    assert_eq!(write(Some(&mut context)), fresh);
+    // A file abandoned half-way leaves nothing behind in the context.
+    {
+        let mut w = Writer::start(
+            Vec::new(),
+            Kind::Chunk,
+            Compression::Zstd,
+            2,
+            "n1",
+            ts(),
+            Some(&mut context),
+        )
+        .unwrap();
+        w.write(&records[0]).unwrap();
+    }
+    assert_eq!(write(Some(&mut context)), fresh);
+    assert_eq!(decode(&fresh, Some(Kind::Chunk)).unwrap().1, records);
+}
