@@ -188,6 +188,8 @@ fn reports() -> (SnapshotRequests, watch::Receiver<Reported>) {
 /// compressing the whole history again) unless a row they hold has changed.
 struct Frames {
     path: PathBuf,
+    /// The file's length after its last frame.
+    len: u64,
     progress: Progress,
     /// The last record they hold, as it was read.
     last: Record,
@@ -196,11 +198,13 @@ struct Frames {
 }
 
 impl Frames {
-    /// Whether they still hold the store's records 1..=their last: no row
-    /// was changed since (a compaction nulls values) and their last record
-    /// is still the store's (a suffix undone and rewritten changes it).
+    /// Whether they still hold the store's records 1..=their last: their
+    /// file is as they left it, no row was changed since (a compaction
+    /// nulls values) and their last record is still the store's (a suffix
+    /// undone and rewritten changes it).
     fn still_hold(&self, store: &Store, revision: i64) -> bool {
-        self.rewrites == store.rewrites()
+        std::fs::metadata(&self.path).is_ok_and(|m| m.len() == self.len)
+            && self.rewrites == store.rewrites()
             && self.last.revision < revision
             && store
                 .record_at(self.last.revision)
@@ -212,6 +216,14 @@ impl Frames {
 #[derive(Default)]
 pub struct SnapshotWriter {
     frames: Option<Frames>,
+}
+
+impl Drop for SnapshotWriter {
+    fn drop(&mut self) {
+        if let Some(frames) = &self.frames {
+            let _ = std::fs::remove_file(&frames.path);
+        }
+    }
 }
 
 impl SnapshotWriter {
@@ -277,9 +289,10 @@ fn write(
         continued,
     ) {
         // Kept only if no row changed while they were read.
-        Ok((progress, last)) if rewrites.is_multiple_of(2) && store.rewrites() == rewrites => {
+        Ok((progress, last, len)) if rewrites.is_multiple_of(2) && store.rewrites() == rewrites => {
             let kept = Frames {
                 path: frames_path,
+                len,
                 progress,
                 last,
                 rewrites,
@@ -295,7 +308,8 @@ fn write(
 
 /// Appends a frame of the records after `progress` up to `revision` to
 /// the frames file (created first unless `continued`), then writes the
-/// snapshot from it. Returns what the frames now hold and their last record.
+/// snapshot from it. Returns what the frames now hold, their last record
+/// and the file's length.
 fn write_continuing(
     store: &Store,
     path: &Path,
@@ -304,7 +318,7 @@ fn write_continuing(
     frames_path: &Path,
     progress: Progress,
     continued: bool,
-) -> Result<(Progress, Record), LogError> {
+) -> Result<(Progress, Record, u64), LogError> {
     let io = |what: &str, e: &dyn std::fmt::Display| {
         LogError::Invalid(format!("snapshot at revision {revision}: {what}: {e}"))
     };
@@ -313,7 +327,7 @@ fn write_continuing(
         error,
     };
     let file = std::fs::OpenOptions::new()
-        .create(true)
+        .create(!continued)
         .write(true)
         .append(continued)
         .truncate(!continued)
@@ -326,7 +340,12 @@ fn write_continuing(
             .write(r)
             .map_err(|e| crate::store::StoreError::Io(std::io::Error::other(e.to_string())))
     })?;
-    let (_, progress) = frame.finish().map_err(corrupt)?;
+    let (frames, progress) = frame.finish().map_err(corrupt)?;
+    let len = frames
+        .get_ref()
+        .metadata()
+        .map_err(|e| io("frames", &e))?
+        .len();
     // Contiguous 1..=revision, or not a snapshot.
     let last = store.record_at(revision)?;
     let last = match last {
@@ -354,7 +373,7 @@ fn write_continuing(
     std::io::copy(&mut frames, &mut out).map_err(|e| io("copying frames", &e))?;
     let out = datafile::footer_frame(out, &progress).map_err(corrupt)?;
     out.sync_all().map_err(|e| io("fsync", &e))?;
-    Ok((progress, last))
+    Ok((progress, last, len))
 }
 
 /// Runs `work` on a thread of its own at a lower CPU priority, so a
@@ -463,11 +482,26 @@ mod tests {
         append(&store, records(7..=8, "other"));
         writer.create(&store, &log, 8).await.unwrap();
         assert_eq!(snapshot_in_bucket(&log, &store, 8).await, 2, "rebuilt");
-        // Only the frames in use stay in the scratch directory.
+        // Frames cut behind the writer's back are written afresh.
+        let frames = std::fs::read_dir(dir.path().join("log/tmp"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect::<Vec<_>>();
+        assert_eq!(frames.len(), 1, "only the frames in use stay: {frames:?}");
+        std::fs::File::options()
+            .write(true)
+            .open(&frames[0])
+            .unwrap()
+            .set_len(10)
+            .unwrap();
+        append(&store, records(9..=9, "other"));
+        writer.create(&store, &log, 9).await.unwrap();
+        assert_eq!(snapshot_in_bucket(&log, &store, 9).await, 2, "rebuilt");
+        drop(writer);
         let left = std::fs::read_dir(dir.path().join("log/tmp"))
             .unwrap()
             .count();
-        assert_eq!(left, 1);
+        assert_eq!(left, 0, "the writer takes its frames with it");
     }
 
     #[test]
