@@ -204,7 +204,7 @@ impl Frames {
     /// undone and rewritten changes it).
     fn still_hold(&self, store: &Store, revision: i64) -> bool {
         std::fs::metadata(&self.path).is_ok_and(|m| m.len() == self.len)
-            && self.rewrites == store.rewrites()
+            && store.rewrites() == Some(self.rewrites)
             && self.last.revision < revision
             && store
                 .record_at(self.last.revision)
@@ -279,7 +279,7 @@ fn write(
         Some(f) => (f.path, f.progress, true),
         None => (fresh, Progress::default(), false),
     };
-    match write_continuing(
+    let written = write_continuing(
         store,
         path,
         leader,
@@ -287,9 +287,10 @@ fn write(
         &frames_path,
         progress,
         continued,
-    ) {
+    );
+    match (written, rewrites) {
         // Kept only if no row changed while they were read.
-        Ok((progress, last, len)) if rewrites.is_multiple_of(2) && store.rewrites() == rewrites => {
+        (Ok((progress, last, len)), Some(rewrites)) if store.rewrites() == Some(rewrites) => {
             let kept = Frames {
                 path: frames_path,
                 len,
@@ -299,9 +300,9 @@ fn write(
             };
             (Some(kept), Ok(()))
         }
-        result => {
+        (written, _) => {
             let _ = std::fs::remove_file(&frames_path);
-            (None, result.map(|_| ()))
+            (None, written.map(|_| ()))
         }
     }
 }

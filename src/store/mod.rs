@@ -279,10 +279,10 @@ pub struct Store {
     committed: AtomicI64,
     compacted: AtomicI64,
     leases: RwLock<BTreeMap<i64, LeaseRow>>,
-    /// Counts changes to rows already written (values nulled by a
-    /// compaction, rows undone): one before and one after each, so it is
-    /// odd while one is under way. See [`Store::rewrites`].
-    rewrites: AtomicU64,
+    /// Changes to rows already written (values nulled by a compaction,
+    /// rows undone) started and finished. See [`Store::rewrites`].
+    rewrites_started: AtomicU64,
+    rewrites_finished: AtomicU64,
 }
 
 impl Store {
@@ -331,24 +331,27 @@ impl Store {
             committed: AtomicI64::new(latest),
             compacted: AtomicI64::new(compacted),
             leases: RwLock::new(leases),
-            rewrites: AtomicU64::new(0),
+            rewrites_started: AtomicU64::new(0),
+            rewrites_finished: AtomicU64::new(0),
         })
     }
 
-    /// A count that moves whenever rows already written change, and is odd
-    /// while they do: whoever keeps something built from old rows (the
-    /// previous snapshot's records) reads it before and after and may keep
-    /// it while it stays the same even number.
-    pub fn rewrites(&self) -> u64 {
-        self.rewrites.load(Ordering::Acquire)
+    /// How many changes to rows already written there have been, or None
+    /// while one is under way: whoever keeps something built from old rows
+    /// (the previous snapshot's records) reads it before and after, and may
+    /// keep it while it stays the same number.
+    pub fn rewrites(&self) -> Option<u64> {
+        let finished = self.rewrites_finished.load(Ordering::Acquire);
+        let started = self.rewrites_started.load(Ordering::Acquire);
+        (started == finished).then_some(started)
     }
 
     /// Runs `change` (a change to rows already written) counted in
     /// [`Store::rewrites`].
     fn rewriting<T>(&self, change: impl FnOnce() -> T) -> T {
-        self.rewrites.fetch_add(1, Ordering::AcqRel);
+        self.rewrites_started.fetch_add(1, Ordering::AcqRel);
         let result = change();
-        self.rewrites.fetch_add(1, Ordering::AcqRel);
+        self.rewrites_finished.fetch_add(1, Ordering::AcqRel);
         result
     }
 
