@@ -600,5 +600,14 @@ pub fn open_file(
     Reader::open(f, expected)
 }
 
+/// How many zstd frames start in `bytes` (tests: a snapshot continued in
+/// frames; the magic number could also occur inside compressed data, which
+/// these small files do not hit).
+#[cfg(test)]
+pub(crate) fn zstd_frame_starts(bytes: &[u8]) -> usize {
+    const MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+    bytes.windows(4).filter(|w| *w == MAGIC).count()
+}
+
 #[cfg(test)]
 mod tests;
