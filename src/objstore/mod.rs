@@ -632,6 +632,21 @@ pub fn from_config(
     })
 }
 
+thread_local! {
+    static BLOCKING_IO_ALLOWED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Lets providers do their file I/O on this thread (a thread of its own
+/// that may block, such as the commit thread) instead of handing it to
+/// the runtime's blocking pool and back.
+pub fn allow_blocking_io_on_this_thread() {
+    BLOCKING_IO_ALLOWED.with(|a| a.set(true));
+}
+
+fn blocking_io_allowed_here() -> bool {
+    BLOCKING_IO_ALLOWED.with(|a| a.get())
+}
+
 /// CRC-64/XZ, slice-by-16: ETags and the fs provider's journal.
 static CRC64: crc::Crc<u64, crc::Table<16>> = crc::Crc::<u64, crc::Table<16>>::new(&crc::CRC_64_XZ);
 

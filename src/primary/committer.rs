@@ -244,6 +244,7 @@ struct Committer {
 
 impl Committer {
     fn run(mut self) {
+        crate::objstore::allow_blocking_io_on_this_thread();
         while let Some(first) = self.rx.blocking_recv() {
             let mut writes = Vec::new();
             let mut next = Some(first);

@@ -18,7 +18,7 @@ use std::borrow::Cow;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Condvar, Mutex};
 
 use super::super::CRC64;
 
@@ -182,18 +182,51 @@ fn new_epoch(old: u64) -> u64 {
 
 pub struct Journal {
     file: File,
-    /// Threads of this process (the file lock orders processes), and where
-    /// this process last saw the records end.
-    threads: Mutex<Header>,
+    /// Orders this process's threads (the file lock orders processes).
+    threads: Mutex<Threads>,
+    freed: Condvar,
+}
+
+struct Threads {
+    /// A thread of this process holds the journal.
+    busy: bool,
+    /// Where this process last saw the records end.
+    seen: Header,
 }
 
 /// The journal, locked against every other writer. `header.end` is where
 /// the records end, found by reading on from where this process (or the
-/// header, written only at a checkpoint) last saw them end.
+/// header, written only at a checkpoint) last saw them end. It may be
+/// handed to another thread (a write finished where it was not started).
 pub struct Held<'a> {
     journal: &'a Journal,
     header: Header,
-    seen: MutexGuard<'a, Header>,
+    /// Given back after the file lock (fields drop after `drop`).
+    turn: Turn<'a>,
+}
+
+/// This process's turn at the journal, given back when dropped; the file
+/// lock is taken on top of it.
+struct Turn<'a> {
+    journal: &'a Journal,
+    /// Where the records end when the turn is given back.
+    seen: Header,
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        // A poisoned lock still hands the turn on (nothing in it can be
+        // half-changed: two plain fields).
+        let mut threads = self
+            .journal
+            .threads
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        threads.busy = false;
+        threads.seen = self.seen;
+        drop(threads);
+        self.journal.freed.notify_one();
+    }
 }
 
 impl Journal {
@@ -209,18 +242,51 @@ impl Journal {
         File::open(root)?.sync_all()?;
         Ok(Journal {
             file,
-            threads: Mutex::new(Header { epoch: 0, end: 0 }),
+            threads: Mutex::new(Threads {
+                busy: false,
+                seen: Header { epoch: 0, end: 0 },
+            }),
+            freed: Condvar::new(),
         })
+    }
+
+    /// This process's turn, waiting for it unless `wait` is false.
+    fn turn(&self, wait: bool) -> std::io::Result<Option<Turn<'_>>> {
+        let poisoned = |_| std::io::Error::other("journal lock poisoned");
+        let mut threads = self.threads.lock().map_err(poisoned)?;
+        while threads.busy {
+            if !wait {
+                return Ok(None);
+            }
+            threads = self.freed.wait(threads).map_err(poisoned)?;
+        }
+        threads.busy = true;
+        Ok(Some(Turn {
+            journal: self,
+            seen: threads.seen,
+        }))
     }
 
     /// Takes the lock. A journal without a valid header (new, or its header
     /// cut by a crash during a checkpoint, which comes only after the flush
     /// of everything) holds nothing, and is given a header.
     pub fn lock(&self) -> std::io::Result<Held<'_>> {
-        let seen = self
-            .threads
-            .lock()
-            .map_err(|_| std::io::Error::other("journal lock poisoned"))?;
+        match self.turn(true)? {
+            Some(turn) => self.lock_file(turn),
+            None => Err(std::io::Error::other("journal turn not given")),
+        }
+    }
+
+    /// The lock, unless another thread of this process holds it (that
+    /// thread may be the caller's own, with a write staged).
+    pub fn try_lock(&self) -> std::io::Result<Option<Held<'_>>> {
+        match self.turn(false)? {
+            Some(turn) => self.lock_file(turn).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn lock_file<'a>(&'a self, turn: Turn<'a>) -> std::io::Result<Held<'a>> {
         self.file.lock()?;
         let mut buf = [0u8; HEADER_LEN];
         let read = self.file.read_at(&mut buf, 0).unwrap_or(0);
@@ -242,6 +308,7 @@ impl Journal {
                 fresh
             }
         };
+        let seen = turn.seen;
         let from = if seen.epoch == header.epoch {
             seen.end.max(header.end)
         } else {
@@ -254,13 +321,11 @@ impl Journal {
                 return Err(e);
             }
         };
-        let mut held = Held {
+        Ok(Held {
             journal: self,
             header: Header { end, ..header },
-            seen,
-        };
-        *held.seen = held.header;
-        Ok(held)
+            turn,
+        })
     }
 
     /// Where the records of `epoch` that continue at `from` end: another
@@ -359,11 +424,27 @@ impl Held<'_> {
         self.header.end += len;
         // The header is not rewritten: the next locker reads on from where
         // it last saw the end (one page flushed per append, not two).
-        *self.seen = self.header;
         if flush {
             file.sync_data()?;
         }
         Ok(())
+    }
+
+    /// Appends a record without flushing it, and starts writing it to the
+    /// disk; [`Held::flush`] later waits for it. Lets the caller do other
+    /// work while the device writes.
+    pub fn append_started(&mut self, record: &Record) -> std::io::Result<()> {
+        let at = self.header.end;
+        self.append(record, false)?;
+        if self.header.end > at {
+            start_writeback(&self.journal.file, at, self.header.end - at);
+        }
+        Ok(())
+    }
+
+    /// Makes every record appended so far durable.
+    pub fn flush(&self) -> std::io::Result<()> {
+        self.journal.file.sync_data()
     }
 
     /// Flushes the whole filesystem (every object file and directory this
@@ -377,7 +458,6 @@ impl Held<'_> {
         self.journal.file.write_all_at(&fresh.encode(), 0)?;
         self.journal.file.sync_data()?;
         self.header = fresh;
-        *self.seen = fresh;
         Ok(())
     }
 
@@ -395,6 +475,7 @@ impl Held<'_> {
 impl Drop for Held<'_> {
     fn drop(&mut self) {
         let _ = self.journal.file.unlock();
+        self.turn.seen = self.header;
     }
 }
 
@@ -411,6 +492,24 @@ fn read_up_to(file: &File, buf: &mut [u8], at: u64) -> std::io::Result<usize> {
         }
     }
     Ok(read)
+}
+
+/// Starts the disk write of a range of `file` without waiting for it (a
+/// hint: the flush that follows is what makes it durable).
+fn start_writeback(file: &File, at: u64, len: u64) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let (Ok(at), Ok(len)) = (i64::try_from(at), i64::try_from(len)) else {
+            return;
+        };
+        // SAFETY: plain system call on an open descriptor; no memory passed.
+        unsafe {
+            libc::sync_file_range(file.as_raw_fd(), at, len, libc::SYNC_FILE_RANGE_WRITE);
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (file, at, len);
 }
 
 /// Flushes everything written to the filesystem that holds `file`.
@@ -570,6 +669,40 @@ mod tests {
         );
         let end = held.header.end;
         assert_eq!(end, HEADER_SIZE + put("e", b"5").encoded_len() * 2);
+    }
+
+    #[test]
+    fn threads_of_one_process_take_turns_and_a_held_journal_may_change_threads() {
+        fn movable<T: Send>(_: &T) {}
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(dir.path()).unwrap();
+        let mut held = journal.lock().unwrap();
+        movable(&held);
+        assert!(
+            journal.try_lock().unwrap().is_none(),
+            "a second thread's turn while the first holds the journal"
+        );
+        held.append(&put("a", b"1"), false).unwrap();
+        // Finished on another thread than the one that took it.
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                held.append(&put("b", b"2"), true).unwrap();
+                drop(held);
+            });
+        });
+        let again = journal
+            .try_lock()
+            .unwrap()
+            .expect("the turn was given back");
+        assert_eq!(
+            again.records().unwrap(),
+            vec![put("a", b"1"), put("b", b"2")]
+        );
+        assert_eq!(
+            again.header.end,
+            HEADER_SIZE + put("a", b"1").encoded_len() * 2,
+            "this process saw where the other thread left the end"
+        );
     }
 
     #[test]

@@ -133,6 +133,60 @@ impl FsStore {
     }
 }
 
+/// Whether `condition` holds for `key` (whose file is `path`); checked
+/// under the journal's lock.
+fn check(root: &Path, key: &str, path: &Path, condition: &Condition) -> Result<(), ObjError> {
+    let refused = || Err(ObjError::PreconditionFailed(key.to_string()));
+    match condition {
+        Condition::None => Ok(()),
+        Condition::IfAbsent if fs::symlink_metadata(path).is_ok() => refused(),
+        Condition::IfAbsent => Ok(()),
+        Condition::IfMatch(etag) => match read(root, key) {
+            Ok(current) if current.etag == *etag => Ok(()),
+            Ok(_) | Err(ObjError::NotFound(_)) => refused(),
+            Err(e) => Err(e),
+        },
+    }
+}
+
+/// A small object's write between [`Dir::stage`] and [`Staged::finish`]:
+/// the journal stays locked, so no other writer sees or takes the key.
+struct Staged<'d> {
+    held: journal::Held<'d>,
+    key: String,
+    tmp: PathBuf,
+    path: PathBuf,
+    /// In place: nothing to take back when dropped.
+    placed: bool,
+}
+
+impl Staged<'_> {
+    /// Flushes the journal record, then moves the file into place.
+    fn finish(mut self) -> Result<(), ObjError> {
+        let key = &self.key;
+        self.held.flush().map_err(|e| Dir::journal_error(key, e))?;
+        fs::rename(&self.tmp, &self.path).map_err(|e| fatal(key, "renaming into place", e))?;
+        self.placed = true;
+        Ok(())
+    }
+}
+
+impl Drop for Staged<'_> {
+    /// Not finished (its future was cancelled, or it failed): the write did
+    /// not happen. The temporary file goes, and a flushed record taking the
+    /// object back follows its own, so a repair does not bring it back.
+    fn drop(&mut self) {
+        if self.placed {
+            return;
+        }
+        let _ = fs::remove_file(&self.tmp);
+        let back = Record::Delete {
+            key: self.key.clone(),
+        };
+        let _ = self.held.append(&back, true);
+    }
+}
+
 /// The file of a key; refuses keys that would escape the root.
 fn path_of(root: &Path, key: &str) -> Result<PathBuf, ObjError> {
     let bad = key.is_empty()
@@ -216,16 +270,65 @@ impl Dir {
         let result = self.place(key, &tmp, &path, condition, how);
         if let Err(e) = &result {
             let _ = fs::remove_file(&tmp);
-            // The directory was removed behind our back: forget it so the
-            // next write creates it again.
-            if matches!(e, ObjError::Fatal { .. }) {
-                if let Ok(mut k) = self.known_dirs.lock() {
-                    k.remove(&dir);
-                }
-            }
+            self.forget_dir_after(e, &dir);
         }
         result?;
         Ok(content_etag(data))
+    }
+
+    /// The first half of a small object's write, on the calling thread:
+    /// its temporary file written, the condition checked and its journal
+    /// record appended under the lock, the record's disk write started.
+    /// [`Staged::finish`] flushes the record and moves the file into place.
+    /// None, having done nothing, while another thread of this process
+    /// holds the journal (it may be the caller's own, with a write staged).
+    fn stage(
+        &self,
+        key: &str,
+        data: &[u8],
+        condition: &Condition,
+    ) -> Result<Option<Staged<'_>>, ObjError> {
+        let (path, dir) = self.dir_for(key)?;
+        let Some(mut held) = self
+            .journal
+            .try_lock()
+            .map_err(|e| Self::journal_error(key, e))?
+        else {
+            return Ok(None);
+        };
+        let tmp = self.write_temp(key, data, false)?;
+        let record = Record::Put {
+            key: key.to_string(),
+            data: Cow::Borrowed(data),
+        };
+        let appended = check(&self.root, key, &path, condition).and_then(|()| {
+            held.append_started(&record)
+                .map_err(|e| Self::journal_error(key, e))
+        });
+        match appended {
+            Ok(()) => Ok(Some(Staged {
+                held,
+                key: key.to_string(),
+                tmp,
+                path,
+                placed: false,
+            })),
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                self.forget_dir_after(&e, &dir);
+                Err(e)
+            }
+        }
+    }
+
+    /// A directory removed behind our back is forgotten, so the next write
+    /// creates it again.
+    fn forget_dir_after(&self, e: &ObjError, dir: &Path) {
+        if matches!(e, ObjError::Fatal { .. }) {
+            if let Ok(mut k) = self.known_dirs.lock() {
+                k.remove(dir);
+            }
+        }
     }
 
     /// Moves a written temporary file into place under the journal's lock,
@@ -245,21 +348,7 @@ impl Dir {
             .journal
             .lock()
             .map_err(|e| Self::journal_error(key, e))?;
-        match condition {
-            Condition::None => {}
-            Condition::IfAbsent => {
-                if fs::symlink_metadata(path).is_ok() {
-                    return Err(ObjError::PreconditionFailed(key.to_string()));
-                }
-            }
-            Condition::IfMatch(etag) => match read(&self.root, key) {
-                Ok(current) if current.etag == *etag => {}
-                Ok(_) | Err(ObjError::NotFound(_)) => {
-                    return Err(ObjError::PreconditionFailed(key.to_string()))
-                }
-                Err(e) => return Err(e),
-            },
-        }
+        check(&self.root, key, path, condition)?;
         match how {
             Placement::Journaled(data) => {
                 let record = Record::Put {
@@ -503,14 +592,22 @@ impl FsStore {
         key: &str,
         f: impl FnOnce(&Dir) -> Result<T, ObjError> + Send + 'static,
     ) -> Result<T, ObjError> {
-        let dir = self.dir.clone();
-        tokio::task::spawn_blocking(move || f(&dir))
-            .await
-            .map_err(|e| ObjError::Fatal {
-                key: key.to_string(),
-                message: format!("file task failed: {e}"),
-            })?
+        on_pool(key, self.dir.clone(), f).await
     }
+}
+
+/// Runs `f` on the runtime's blocking pool.
+async fn on_pool<T: Send + 'static>(
+    key: &str,
+    dir: Arc<Dir>,
+    f: impl FnOnce(&Dir) -> Result<T, ObjError> + Send + 'static,
+) -> Result<T, ObjError> {
+    tokio::task::spawn_blocking(move || f(&dir))
+        .await
+        .map_err(|e| ObjError::Fatal {
+            key: key.to_string(),
+            message: format!("file task failed: {e}"),
+        })?
 }
 
 impl ObjectStore for FsStore {
@@ -526,6 +623,21 @@ impl ObjectStore for FsStore {
         condition: Condition,
     ) -> BoxFut<'a, Result<String, ObjError>> {
         let k = key.to_string();
+        if super::blocking_io_allowed_here() && data.len() <= INLINE_LIMIT {
+            // On this thread, in two halves: the caller (the commit thread)
+            // does its own work while the device writes the record, and no
+            // thread hand-off comes between the write and the caller.
+            let dir = self.dir.clone();
+            return Box::pin(async move {
+                if let Some(staged) = dir.stage(&k, &data, &condition)? {
+                    yield_once().await;
+                    staged.finish()?;
+                    return Ok(content_etag(&data));
+                }
+                let key = k.clone();
+                on_pool(&key, dir.clone(), move |d| d.write(&k, &data, &condition)).await
+            });
+        }
         Box::pin(self.blocking(key, move |d| d.write(&k, &data, &condition)))
     }
 
@@ -584,4 +696,20 @@ impl ObjectStore for FsStore {
     fn describe(&self) -> String {
         format!("fs:{}", self.dir.root.display())
     }
+}
+
+/// Returns Pending once (waking at once), so whoever polls the future may
+/// do other work before it goes on.
+async fn yield_once() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            std::task::Poll::Ready(())
+        } else {
+            yielded = true;
+            cx.waker().wake_by_ref();
+            std::task::Poll::Pending
+        }
+    })
+    .await
 }
