@@ -128,6 +128,31 @@ async fn fs_refuses_keys_that_escape_the_root() {
     }
 }
 
+/// The preparing thread is woken only when the first key's directory is
+/// missing or spares run low, and then makes every directory asked for.
+#[tokio::test(flavor = "multi_thread")]
+async fn fs_prepare_wakes_its_thread_only_when_a_write_would_soon_lack_something() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = fs::FsStore::open(dir.path()).unwrap();
+    let made = |d: &str| dir.path().join(d).is_dir();
+    store.prepare(vec!["a/1".into(), "b/2".into()]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !(made("a") && made("b") && store.spares_available() >= fs::SPARES_READY) {
+        assert!(std::time::Instant::now() < deadline, "nothing prepared");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert_eq!(store.preparer_wakes(), 1);
+    // The next write's directory exists and spares are plenty: no wake.
+    store.prepare(vec!["a/3".into(), "c/4".into()]);
+    assert_eq!(store.preparer_wakes(), 1);
+    store.prepare(vec!["d/5".into()]);
+    assert_eq!(store.preparer_wakes(), 2);
+    while !made("d") {
+        assert!(std::time::Instant::now() < deadline, "d not prepared");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn fs_prepare_creates_directories_and_survives_their_removal() {
     let dir = tempfile::tempdir().unwrap();

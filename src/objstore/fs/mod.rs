@@ -30,6 +30,8 @@ pub struct FsStore {
     dir: Arc<Dir>,
     /// The thread that prepares keys' directories and tops up the spares.
     preparer: Mutex<Preparer>,
+    /// How often the preparing thread was handed work.
+    preparer_wakes: AtomicU64,
 }
 
 enum Preparer {
@@ -49,8 +51,11 @@ struct Dir {
     journal: Journal,
 }
 
-/// Spare files kept ready so a write need not allocate one.
-const SPARES_READY: usize = 8;
+/// Spare files kept ready so a write need not allocate one: the preparing
+/// thread tops them up to SPARES_READY once fewer than SPARES_LOW are left
+/// (woken every few writes, not every one).
+pub(crate) const SPARES_READY: usize = 16;
+const SPARES_LOW: usize = 8;
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
@@ -81,6 +86,7 @@ impl FsStore {
         Ok(FsStore {
             dir: Arc::new(dir),
             preparer: Mutex::new(Preparer::NotStarted),
+            preparer_wakes: AtomicU64::new(0),
         })
     }
 
@@ -102,6 +108,7 @@ impl FsStore {
             };
         }
         if let Preparer::Running(tx) = &*slot {
+            self.preparer_wakes.fetch_add(1, Ordering::Relaxed);
             let _ = tx.send(keys);
         }
     }
@@ -126,6 +133,16 @@ impl FsStore {
             },
         )?;
         Ok(tx)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn preparer_wakes(&self) -> u64 {
+        self.preparer_wakes.load(Ordering::Relaxed)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn spares_available(&self) -> usize {
+        self.dir.spares.available()
     }
 
     pub fn root(&self) -> &Path {
@@ -244,6 +261,15 @@ impl Dir {
             k.insert(dir.to_path_buf());
         }
         Ok(())
+    }
+
+    /// Whether the directory of a key's file is known to exist.
+    fn knows_dir_for(&self, key: &str) -> bool {
+        let Ok(path) = path_of(&self.root, key) else {
+            return true;
+        };
+        let dir = path.parent().unwrap_or(&self.root);
+        self.known_dirs.lock().is_ok_and(|k| k.contains(dir))
     }
 
     /// The directory of a key's file, created if needed.
@@ -688,9 +714,15 @@ impl ObjectStore for FsStore {
     }
 
     /// Creates the keys' directories and tops up the spare files, in the
-    /// background.
+    /// background. The thread is woken only when the first key's directory
+    /// is not made yet or spares run low: it then makes every directory
+    /// asked for, so with keys asked for ahead it wakes every few writes.
     fn prepare(&self, keys: Vec<String>) {
-        self.send_to_preparer(keys);
+        let ready = keys.first().is_none_or(|k| self.dir.knows_dir_for(k))
+            && self.dir.spares.available() >= SPARES_LOW;
+        if !ready {
+            self.send_to_preparer(keys);
+        }
     }
 
     fn describe(&self) -> String {

@@ -38,7 +38,7 @@ impl Spares {
         self.dir.join(format!("spare-{}-{n}", std::process::id()))
     }
 
-    fn available(&self) -> usize {
+    pub fn available(&self) -> usize {
         self.free.lock().map_or(0, |f| f.len())
     }
 
