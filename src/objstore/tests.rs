@@ -83,6 +83,15 @@ fn fs_a_write_on_the_calling_thread_appears_only_when_finished() {
         assert!(matches!(first.as_mut().poll(&mut cx), Poll::Ready(Ok(_))));
         handle.block_on(second).unwrap();
         assert_eq!(std::fs::read(root.join("c2")).unwrap(), b"2");
+
+        // Its directory removed behind the store's back: the write fails
+        // at the rename, and the next one makes the directory again.
+        std::fs::remove_dir_all(root.join("chunks")).unwrap();
+        let lost = handle.block_on(store.put("chunks/0001/z", data("z"), Condition::IfAbsent));
+        assert!(matches!(lost, Err(ObjError::Fatal { .. })), "{lost:?}");
+        handle
+            .block_on(store.put("chunks/0001/y", data("y"), Condition::IfAbsent))
+            .unwrap();
     })
     .join()
     .unwrap();
@@ -94,6 +103,11 @@ fn fs_a_write_on_the_calling_thread_appears_only_when_finished() {
         ObjError::NotFound("chunks/0002/b".into())
     );
     assert_eq!(&runtime.block_on(store.get("c1")).unwrap().data[..], b"1");
+    assert!(runtime.block_on(store.get("chunks/0001/z")).is_err());
+    assert_eq!(
+        &runtime.block_on(store.get("chunks/0001/y")).unwrap().data[..],
+        b"y"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -169,6 +169,7 @@ fn check(root: &Path, key: &str, path: &Path, condition: &Condition) -> Result<(
 /// A small object's write between [`Dir::stage`] and [`Staged::finish`]:
 /// the journal stays locked, so no other writer sees or takes the key.
 struct Staged<'d> {
+    dir: &'d Dir,
     held: journal::Held<'d>,
     key: String,
     tmp: PathBuf,
@@ -182,7 +183,13 @@ impl Staged<'_> {
     fn finish(mut self) -> Result<(), ObjError> {
         let key = &self.key;
         self.held.flush().map_err(|e| Dir::journal_error(key, e))?;
-        fs::rename(&self.tmp, &self.path).map_err(|e| fatal(key, "renaming into place", e))?;
+        if let Err(e) = fs::rename(&self.tmp, &self.path) {
+            let e = fatal(key, "renaming into place", e);
+            if let Some(parent) = self.path.parent() {
+                self.dir.forget_dir_after(&e, parent);
+            }
+            return Err(e);
+        }
         self.placed = true;
         Ok(())
     }
@@ -333,6 +340,7 @@ impl Dir {
         });
         match appended {
             Ok(()) => Ok(Some(Staged {
+                dir: self,
                 held,
                 key: key.to_string(),
                 tmp,
