@@ -18,23 +18,33 @@ async fn fs_store_behaves() {
     behaviour::check_all(Arc::new(store), "t").await;
 }
 
-/// The same, from a thread that allows blocking I/O (as the commit
-/// thread does): small objects are written there, in two halves.
-#[test]
-fn fs_store_behaves_writing_on_the_calling_thread() {
+/// Runs `f` on a thread of its own that allows blocking I/O (as the
+/// commit thread does), with a multi-thread runtime's handle; returns the
+/// runtime for what the test does after.
+fn on_blocking_io_thread(
+    f: impl FnOnce(tokio::runtime::Handle) + Send + 'static,
+) -> tokio::runtime::Runtime {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn ObjectStore> = Arc::new(fs::FsStore::open(dir.path()).unwrap());
     let handle = runtime.handle().clone();
     std::thread::spawn(move || {
         allow_blocking_io_on_this_thread();
-        handle.block_on(behaviour::check_all(store, "t"));
+        f(handle)
     })
     .join()
     .unwrap();
+    runtime
+}
+
+/// The same, from a thread that allows blocking I/O: small objects are
+/// written there, in two halves.
+#[test]
+fn fs_store_behaves_writing_on_the_calling_thread() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn ObjectStore> = Arc::new(fs::FsStore::open(dir.path()).unwrap());
+    on_blocking_io_thread(move |handle| handle.block_on(behaviour::check_all(store, "t")));
 }
 
 /// A write on the calling thread: its first half (temporary file, journal
@@ -45,15 +55,9 @@ fn fs_store_behaves_writing_on_the_calling_thread() {
 #[test]
 fn fs_a_write_on_the_calling_thread_appears_only_when_finished() {
     use std::task::{Context, Poll, Waker};
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_path_buf();
-    let handle = runtime.handle().clone();
-    std::thread::spawn(move || {
-        allow_blocking_io_on_this_thread();
+    let runtime = on_blocking_io_thread(move |handle| {
         let _context = handle.enter();
         let store = fs::FsStore::open(&root).unwrap();
         let mut cx = Context::from_waker(Waker::noop());
@@ -92,9 +96,7 @@ fn fs_a_write_on_the_calling_thread_appears_only_when_finished() {
         handle
             .block_on(store.put("chunks/0001/y", data("y"), Condition::IfAbsent))
             .unwrap();
-    })
-    .join()
-    .unwrap();
+    });
     // The dropped write's record was taken back: a repair does not make it.
     let store = fs::FsStore::open(dir.path()).unwrap();
     let again = runtime.block_on(store.get("chunks/0002/b"));

@@ -291,16 +291,30 @@ impl Dir {
         fatal(key, "writing the journal", e)
     }
 
+    /// Writes an object on this thread: a small one in two halves
+    /// back to back, a large one flushed in its own file.
     fn write(&self, key: &str, data: &[u8], condition: &Condition) -> Result<String, ObjError> {
+        if data.len() > INLINE_LIMIT {
+            return self.write_flushed(key, data, condition);
+        }
+        let held = self
+            .journal
+            .lock()
+            .map_err(|e| Self::journal_error(key, e))?;
+        self.stage(held, key, data, condition)?.finish()?;
+        Ok(content_etag(data))
+    }
+
+    /// A large object: flushed in its own file, then moved into place.
+    fn write_flushed(
+        &self,
+        key: &str,
+        data: &[u8],
+        condition: &Condition,
+    ) -> Result<String, ObjError> {
         let (path, dir) = self.dir_for(key)?;
-        let large = data.len() > INLINE_LIMIT;
-        let tmp = self.write_temp(key, data, large)?;
-        let how = if large {
-            Placement::Flushed
-        } else {
-            Placement::Journaled(data)
-        };
-        let result = self.place(key, &tmp, &path, condition, how);
+        let tmp = self.write_temp(key, data, true)?;
+        let result = self.place_flushed(key, &tmp, &path, condition);
         if let Err(e) = &result {
             let _ = fs::remove_file(&tmp);
             self.forget_dir_after(e, &dir);
@@ -309,26 +323,20 @@ impl Dir {
         Ok(content_etag(data))
     }
 
-    /// The first half of a small object's write, on the calling thread:
-    /// its temporary file written, the condition checked and its journal
-    /// record appended under the lock, the record's disk write started.
-    /// [`Staged::finish`] flushes the record and moves the file into place.
-    /// None, having done nothing, while another thread of this process
-    /// holds the journal (it may be the caller's own, with a write staged).
-    fn stage(
-        &self,
+    /// The first half of a small object's write, under the journal's lock
+    /// (`held`): its temporary file written, the condition checked, its
+    /// journal record appended and the record's disk write started.
+    /// [`Staged::finish`] flushes the record and moves the file into place;
+    /// the caller may do other work in between (the commit thread appends
+    /// to SQLite).
+    fn stage<'d>(
+        &'d self,
+        mut held: journal::Held<'d>,
         key: &str,
         data: &[u8],
         condition: &Condition,
-    ) -> Result<Option<Staged<'_>>, ObjError> {
+    ) -> Result<Staged<'d>, ObjError> {
         let (path, dir) = self.dir_for(key)?;
-        let Some(mut held) = self
-            .journal
-            .try_lock()
-            .map_err(|e| Self::journal_error(key, e))?
-        else {
-            return Ok(None);
-        };
         let tmp = self.write_temp(key, data, false)?;
         let record = Record::Put {
             key: key.to_string(),
@@ -339,14 +347,14 @@ impl Dir {
                 .map_err(|e| Self::journal_error(key, e))
         });
         match appended {
-            Ok(()) => Ok(Some(Staged {
+            Ok(()) => Ok(Staged {
                 dir: self,
                 held,
                 key: key.to_string(),
                 tmp,
                 path,
                 placed: false,
-            })),
+            }),
             Err(e) => {
                 let _ = fs::remove_file(&tmp);
                 self.forget_dir_after(&e, &dir);
@@ -365,61 +373,35 @@ impl Dir {
         }
     }
 
-    /// Moves a written temporary file into place under the journal's lock,
-    /// if `condition` holds. A journaled object is durable (its record
-    /// flushed) before it is visible; a flushed one (already in its own
-    /// file) is moved, its directories flushed, and the journal told that
-    /// its earlier records of the key no longer count.
-    fn place(
+    /// Moves a temporary file flushed on its own into place under the
+    /// journal's lock, if `condition` holds: its directories are flushed,
+    /// and the journal told that its earlier records of the key no longer
+    /// count.
+    fn place_flushed(
         &self,
         key: &str,
         tmp: &Path,
         path: &Path,
         condition: &Condition,
-        how: Placement,
     ) -> Result<(), ObjError> {
         let mut held = self
             .journal
             .lock()
             .map_err(|e| Self::journal_error(key, e))?;
         check(&self.root, key, path, condition)?;
-        match how {
-            Placement::Journaled(data) => {
-                let record = Record::Put {
-                    key: key.to_string(),
-                    data: Cow::Borrowed(data),
-                };
-                held.append(&record, true)
-                    .map_err(|e| Self::journal_error(key, e))?;
-                if let Err(e) = fs::rename(tmp, path) {
-                    // Durable in the journal but not in place: take it back
-                    // so a repair does not bring back a write that failed.
-                    let _ = held.append(
-                        &Record::Delete {
-                            key: key.to_string(),
-                        },
-                        true,
-                    );
-                    return Err(fatal(key, "renaming into place", e));
-                }
-            }
-            Placement::Flushed => {
-                fs::rename(tmp, path).map_err(|e| fatal(key, "renaming into place", e))?;
-                // Its own directories only: a flush of the whole filesystem
-                // here (under the lock) stalled every small write behind
-                // all the dirty data of the machine.
-                self.flush_dirs(path)
-                    .map_err(|e| fatal(key, "flushing its directories", e))?;
-                held.append(
-                    &Record::Durable {
-                        key: key.to_string(),
-                    },
-                    true,
-                )
-                .map_err(|e| Self::journal_error(key, e))?;
-            }
-        }
-        Ok(())
+        fs::rename(tmp, path).map_err(|e| fatal(key, "renaming into place", e))?;
+        // Its own directories only: a flush of the whole filesystem here
+        // (under the lock) stalled every small write behind all the dirty
+        // data of the machine.
+        self.flush_dirs(path)
+            .map_err(|e| fatal(key, "flushing its directories", e))?;
+        held.append(
+            &Record::Durable {
+                key: key.to_string(),
+            },
+            true,
+        )
+        .map_err(|e| Self::journal_error(key, e))
     }
 
     /// Flushes every directory from the file's up to the root, so its name
@@ -466,7 +448,7 @@ impl Dir {
                     .and_then(|f| f.sync_all())
                     .map_err(|e| fatal(key, "fsync", e))
             })
-            .and_then(|()| self.place(key, &tmp, &dest, &Condition::None, Placement::Flushed));
+            .and_then(|()| self.place_flushed(key, &tmp, &dest, &Condition::None));
         if copied.is_err() {
             let _ = fs::remove_file(&tmp);
         }
@@ -542,14 +524,6 @@ enum LastRecord {
     Put { at: u64, len: usize },
     Delete,
     Durable,
-}
-
-/// How a write becomes durable.
-enum Placement<'a> {
-    /// By its record (with these contents) in the journal.
-    Journaled(&'a [u8]),
-    /// By a flush of its own file, then of the filesystem.
-    Flushed,
 }
 
 fn read(root: &Path, key: &str) -> Result<Object, ObjError> {
@@ -663,7 +637,14 @@ impl ObjectStore for FsStore {
             // thread hand-off comes between the write and the caller.
             let dir = self.dir.clone();
             return Box::pin(async move {
-                if let Some(staged) = dir.stage(&k, &data, &condition)? {
+                // Unless another thread of this process holds the journal
+                // (it may be this one, with a write staged).
+                let held = dir
+                    .journal
+                    .try_lock()
+                    .map_err(|e| Dir::journal_error(&k, e))?;
+                if let Some(held) = held {
+                    let staged = dir.stage(held, &k, &data, &condition)?;
                     yield_once().await;
                     staged.finish()?;
                     return Ok(content_etag(&data));
