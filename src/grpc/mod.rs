@@ -14,6 +14,7 @@ pub mod server;
 pub mod status;
 pub mod streaming;
 pub mod timeout;
+mod write_batch;
 
 pub use call::{Finished, Inbound, Outbound, RequestContext};
 pub use client::{Channel, Keepalive};

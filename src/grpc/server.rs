@@ -196,14 +196,19 @@ impl Server {
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let cfg = &self.config;
-        let mut conn = match h2::server::Builder::new()
+        let (io, drain) = super::write_batch::batched(io);
+        let handshake = h2::server::Builder::new()
             .initial_window_size(cfg.stream_window)
             .initial_connection_window_size(cfg.connection_window)
             .max_concurrent_streams(cfg.max_concurrent_streams)
             .max_header_list_size(64 * 1024)
             .max_send_buffer_size(1024 * 1024)
-            .handshake::<_, Bytes>(io)
-            .await
+            .handshake::<_, Bytes>(io);
+        let mut handshake = std::pin::pin!(handshake);
+        let mut conn = match std::future::poll_fn(|cx| {
+            drain.after(cx, |cx| std::future::Future::poll(handshake.as_mut(), cx))
+        })
+        .await
         {
             Ok(c) => c,
             Err(e) => {
@@ -232,7 +237,7 @@ impl Server {
         );
         loop {
             tokio::select! {
-                next = conn.accept() => match next {
+                next = std::future::poll_fn(|cx| drain.turn(cx, |cx| conn.poll_accept(cx))) => match next {
                     Some(Ok((request, respond))) => {
                         idle_since = None;
                         let guard = StreamGuard::new(active.clone());

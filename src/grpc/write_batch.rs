@@ -1,0 +1,344 @@
+//! A connection's writes gathered into one system call per turn of its task.
+//! h2 writes a frame at a time (a DATA frame of more than 256 bytes ends a
+//! write), and a stream that sends wakes the connection's task first in
+//! line, so a commit that woke a thousand watch streams made a send (each
+//! through the whole TCP stack) every few frames. Here h2's writes fill a
+//! buffer; the connection's task lets the tasks queued before it run first,
+//! polls h2, and then writes the buffer out.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Above this many buffered bytes h2's writes go out at once, and past
+/// twice this they wait for the socket (backpressure, as without a buffer).
+const WRITE_AT: usize = 64 * 1024;
+
+struct Shared<IO> {
+    io: IO,
+    out: Vec<u8>,
+    /// Bytes of `out` already written.
+    written: usize,
+    /// Why writing failed: every later write fails with it.
+    failed: Option<io::ErrorKind>,
+}
+
+impl<IO: AsyncWrite + Unpin> Shared<IO> {
+    fn pending(&self) -> usize {
+        self.out.len() - self.written
+    }
+
+    /// Writes the buffer out until it is empty or the socket is full.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if let Some(kind) = self.failed {
+            return Poll::Ready(Err(kind.into()));
+        }
+        while self.written < self.out.len() {
+            match Pin::new(&mut self.io).poll_write(cx, &self.out[self.written..]) {
+                Poll::Ready(Ok(0)) => return self.fail(io::ErrorKind::WriteZero.into()),
+                Poll::Ready(Ok(n)) => self.written += n,
+                Poll::Ready(Err(e)) => return self.fail(e),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        self.out.clear();
+        self.written = 0;
+        match Pin::new(&mut self.io).poll_flush(cx) {
+            Poll::Ready(Err(e)) => self.fail(e),
+            other => other,
+        }
+    }
+
+    fn fail(&mut self, e: io::Error) -> Poll<io::Result<()>> {
+        self.failed = Some(e.kind());
+        Poll::Ready(Err(e))
+    }
+}
+
+/// The connection h2 reads and writes.
+pub struct Batched<IO>(Arc<Mutex<Shared<IO>>>);
+
+/// What the connection's task holds to write the batch out.
+pub struct Drain<IO> {
+    shared: Arc<Mutex<Shared<IO>>>,
+    /// This turn has let the tasks queued before it run.
+    waited: AtomicBool,
+}
+
+pub fn batched<IO>(io: IO) -> (Batched<IO>, Drain<IO>) {
+    let shared = Arc::new(Mutex::new(Shared {
+        io,
+        out: Vec::new(),
+        written: 0,
+        failed: None,
+    }));
+    let drain = Drain {
+        shared: shared.clone(),
+        waited: AtomicBool::new(false),
+    };
+    (Batched(shared), drain)
+}
+
+fn lock<IO>(shared: &Mutex<Shared<IO>>) -> io::Result<MutexGuard<'_, Shared<IO>>> {
+    shared
+        .lock()
+        .map_err(|_| io::Error::other("connection state poisoned"))
+}
+
+impl<IO: AsyncWrite + Unpin> Drain<IO> {
+    /// Writes out what h2 has written so far. Pending when the socket is
+    /// full: the task is woken when it can take more.
+    pub fn poll_drain(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        lock(&self.shared)?.poll_drain(cx)
+    }
+
+    /// Polls `poll` (which writes through h2), then writes out what it
+    /// wrote. A failed write is h2's to see: its next write fails.
+    pub fn after<T>(
+        &self,
+        cx: &mut Context<'_>,
+        poll: impl FnOnce(&mut Context<'_>) -> Poll<T>,
+    ) -> Poll<T> {
+        let polled = poll(cx);
+        let _ = self.poll_drain(cx);
+        polled
+    }
+
+    /// As [`Drain::after`], but each time the task is woken it first goes
+    /// to the back of its worker's queue, so the streams woken with it (a
+    /// commit wakes every watch stream) queue their frames before h2 writes.
+    pub fn turn<T>(
+        &self,
+        cx: &mut Context<'_>,
+        poll: impl FnOnce(&mut Context<'_>) -> Poll<T>,
+    ) -> Poll<T> {
+        if !self.waited.swap(true, Ordering::Relaxed) {
+            // A task woken while it runs is queued last, not first in line
+            // as a task woken by another is.
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        self.waited.store(false, Ordering::Relaxed);
+        self.after(cx, poll)
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Batched<IO> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut lock(&self.0)?.io).poll_read(cx, buf)
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> Batched<IO> {
+    /// Room for more: Pending while the buffer is over its limit and the
+    /// socket takes no more.
+    fn poll_room(shared: &mut Shared<IO>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if let Some(kind) = shared.failed {
+            return Poll::Ready(Err(kind.into()));
+        }
+        if shared.pending() >= WRITE_AT {
+            match shared.poll_drain(cx) {
+                Poll::Ready(r) => r?,
+                Poll::Pending if shared.pending() >= 2 * WRITE_AT => return Poll::Pending,
+                Poll::Pending => {}
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Batched<IO> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let mut shared = lock(&self.0)?;
+        std::task::ready!(Self::poll_room(&mut shared, cx))?;
+        shared.out.extend_from_slice(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let mut shared = lock(&self.0)?;
+        std::task::ready!(Self::poll_room(&mut shared, cx))?;
+        let mut n = 0;
+        for b in bufs {
+            shared.out.extend_from_slice(b);
+            n += b.len();
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    /// h2 flushes after every large frame; the batch goes out when the
+    /// connection's task drains it (or here once it is large).
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut shared = lock(&self.0)?;
+        Self::poll_room(&mut shared, cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut shared = lock(&self.0)?;
+        std::task::ready!(shared.poll_drain(cx))?;
+        std::task::ready!(Pin::new(&mut shared.io).poll_flush(cx))?;
+        Pin::new(&mut shared.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::task::Waker;
+
+    /// A socket that records each write; it can be made full or broken.
+    #[derive(Clone, Default)]
+    struct Socket(Arc<Mutex<SocketState>>);
+
+    #[derive(Default)]
+    struct SocketState {
+        writes: Vec<Vec<u8>>,
+        full: bool,
+        broken: bool,
+        shut: bool,
+    }
+
+    impl Socket {
+        fn state(&self) -> MutexGuard<'_, SocketState> {
+            self.0.lock().unwrap()
+        }
+    }
+
+    impl AsyncWrite for Socket {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let mut s = self.state();
+            if s.broken {
+                return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+            }
+            if s.full {
+                return Poll::Pending;
+            }
+            s.writes.push(buf.to_vec());
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            self.state().shut = true;
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn cx() -> Context<'static> {
+        Context::from_waker(Waker::noop())
+    }
+
+    fn write(b: &mut Batched<Socket>, data: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(b).poll_write(&mut cx(), data)
+    }
+
+    fn flush(b: &mut Batched<Socket>) -> Poll<io::Result<()>> {
+        Pin::new(b).poll_flush(&mut cx())
+    }
+
+    #[test]
+    fn writes_and_flushes_go_out_as_one_write_when_drained() {
+        let socket = Socket::default();
+        let (mut b, drain) = batched(socket.clone());
+        for frame in [&b"one"[..], b"two", b"three"] {
+            assert!(matches!(write(&mut b, frame), Poll::Ready(Ok(n)) if n == frame.len()));
+            assert!(matches!(flush(&mut b), Poll::Ready(Ok(()))));
+        }
+        assert!(socket.state().writes.is_empty(), "held until the turn ends");
+        assert!(matches!(drain.poll_drain(&mut cx()), Poll::Ready(Ok(()))));
+        assert_eq!(socket.state().writes, vec![b"onetwothree".to_vec()]);
+        assert!(matches!(drain.poll_drain(&mut cx()), Poll::Ready(Ok(()))));
+        assert_eq!(socket.state().writes.len(), 1, "nothing left to write");
+    }
+
+    #[test]
+    fn a_full_socket_holds_writes_back_once_the_buffer_is_over_its_limit() {
+        let socket = Socket::default();
+        socket.state().full = true;
+        let (mut b, drain) = batched(socket.clone());
+        let frame = vec![7u8; 16 * 1024];
+        let mut taken = 0;
+        while let Poll::Ready(r) = write(&mut b, &frame) {
+            taken += r.unwrap();
+            assert!(
+                taken <= 2 * WRITE_AT + frame.len(),
+                "the buffer grows without bound"
+            );
+        }
+        assert!(taken >= 2 * WRITE_AT);
+        assert!(drain.poll_drain(&mut cx()).is_pending());
+        socket.state().full = false;
+        assert!(matches!(drain.poll_drain(&mut cx()), Poll::Ready(Ok(()))));
+        let written: usize = socket.state().writes.iter().map(Vec::len).sum();
+        assert_eq!(written, taken, "every byte taken was written");
+        assert!(write(&mut b, &frame).is_ready(), "room again");
+    }
+
+    #[test]
+    fn a_failed_write_fails_every_later_one() {
+        let socket = Socket::default();
+        let (mut b, drain) = batched(socket.clone());
+        assert!(write(&mut b, b"frame").is_ready());
+        socket.state().broken = true;
+        assert!(matches!(drain.poll_drain(&mut cx()), Poll::Ready(Err(_))));
+        socket.state().broken = false;
+        assert!(matches!(write(&mut b, b"more"), Poll::Ready(Err(_))));
+        assert!(matches!(flush(&mut b), Poll::Ready(Err(_))));
+        assert!(socket.state().writes.is_empty());
+    }
+
+    #[test]
+    fn shutdown_writes_what_is_held_first() {
+        let socket = Socket::default();
+        let (mut b, _drain) = batched(socket.clone());
+        assert!(write(&mut b, b"goaway").is_ready());
+        assert!(matches!(
+            Pin::new(&mut b).poll_shutdown(&mut cx()),
+            Poll::Ready(Ok(()))
+        ));
+        let s = socket.state();
+        assert_eq!(s.writes, vec![b"goaway".to_vec()]);
+        assert!(s.shut);
+    }
+
+    #[test]
+    fn a_turn_lets_the_queued_tasks_run_before_it_polls() {
+        let (_b, drain) = batched(Socket::default());
+        let polls = std::cell::Cell::new(0);
+        let poll = |_: &mut Context<'_>| {
+            polls.set(polls.get() + 1);
+            Poll::<()>::Pending
+        };
+        assert!(drain.turn(&mut cx(), poll).is_pending());
+        assert_eq!(polls.get(), 0, "first it wakes itself and waits its turn");
+        assert!(drain.turn(&mut cx(), poll).is_pending());
+        assert_eq!(polls.get(), 1);
+        assert!(drain.turn(&mut cx(), poll).is_pending());
+        assert_eq!(polls.get(), 1, "and again on the next wake");
+    }
+}
