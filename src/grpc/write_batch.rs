@@ -42,11 +42,23 @@ impl<IO: AsyncWrite + Unpin> Shared<IO> {
                 Poll::Ready(Ok(0)) => return self.fail(io::ErrorKind::WriteZero.into()),
                 Poll::Ready(Ok(n)) => self.written += n,
                 Poll::Ready(Err(e)) => return self.fail(e),
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    // A socket that keeps taking part of the buffer must
+                    // not leave it growing at the front.
+                    if self.written >= WRITE_AT {
+                        self.out.drain(..self.written);
+                        self.written = 0;
+                    }
+                    return Poll::Pending;
+                }
             }
         }
         self.out.clear();
         self.written = 0;
+        if self.out.capacity() > 4 * WRITE_AT {
+            // After a burst: an idle connection keeps a small buffer.
+            self.out.shrink_to(WRITE_AT);
+        }
         match Pin::new(&mut self.io).poll_flush(cx) {
             Poll::Ready(Err(e)) => self.fail(e),
             other => other,
@@ -214,6 +226,9 @@ mod tests {
     struct SocketState {
         writes: Vec<Vec<u8>>,
         full: bool,
+        /// Takes at most this many bytes a write, then is full until
+        /// `full` is cleared.
+        takes: Option<usize>,
         broken: bool,
         shut: bool,
     }
@@ -237,8 +252,12 @@ mod tests {
             if s.full {
                 return Poll::Pending;
             }
-            s.writes.push(buf.to_vec());
-            Poll::Ready(Ok(buf.len()))
+            let n = s.takes.map_or(buf.len(), |t| t.min(buf.len()));
+            if s.takes.is_some() {
+                s.full = true;
+            }
+            s.writes.push(buf[..n].to_vec());
+            Poll::Ready(Ok(n))
         }
         fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
             Poll::Ready(Ok(()))
@@ -297,6 +316,29 @@ mod tests {
         let written: usize = socket.state().writes.iter().map(Vec::len).sum();
         assert_eq!(written, taken, "every byte taken was written");
         assert!(write(&mut b, &frame).is_ready(), "room again");
+    }
+
+    #[test]
+    fn a_socket_that_takes_part_of_each_write_keeps_the_buffer_bounded() {
+        let socket = Socket::default();
+        socket.state().takes = Some(8 * 1024);
+        let (mut b, drain) = batched(socket.clone());
+        let frame = vec![1u8; 10 * 1024];
+        let mut taken = 0;
+        for _ in 0..1000 {
+            socket.state().full = false;
+            if let Poll::Ready(r) = write(&mut b, &frame) {
+                taken += r.unwrap();
+            }
+            let _ = drain.poll_drain(&mut cx());
+            let held = lock(&b.0).unwrap().out.len();
+            assert!(held <= 4 * WRITE_AT, "{held} bytes held");
+        }
+        socket.state().takes = None;
+        socket.state().full = false;
+        assert!(matches!(drain.poll_drain(&mut cx()), Poll::Ready(Ok(()))));
+        let written: usize = socket.state().writes.iter().map(Vec::len).sum();
+        assert_eq!(written, taken, "every byte taken was written, once");
     }
 
     #[test]
