@@ -265,6 +265,7 @@ impl Server {
                     break;
                 }
                 _ = idle_check.tick(), if idle_timeout.is_some() && !draining => {
+                    drain.release_capacity();
                     if active.load(Ordering::Acquire) > 0 {
                         idle_since = None;
                     } else {

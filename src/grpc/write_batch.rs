@@ -18,6 +18,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// twice this they wait for the socket (backpressure, as without a buffer).
 const WRITE_AT: usize = 64 * 1024;
 
+/// What an idle connection's buffer may keep (h2's own write buffer size).
+const KEPT: usize = 16 * 1024;
+
 struct Shared<IO> {
     io: IO,
     out: Vec<u8>,
@@ -106,6 +109,18 @@ impl<IO: AsyncWrite + Unpin> Drain<IO> {
     /// full: the task is woken when it can take more.
     pub fn poll_drain(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         lock(&self.shared)?.poll_drain(cx)
+    }
+
+    /// Gives back the buffer's memory while nothing waits in it: run now
+    /// and then, so a connection that once had a burst does not keep its
+    /// buffer while it sits idle.
+    pub fn release_capacity(&self) {
+        if let Ok(mut shared) = lock(&self.shared) {
+            if shared.pending() == 0 && shared.out.capacity() > KEPT {
+                shared.out = Vec::new();
+                shared.written = 0;
+            }
+        }
     }
 
     /// Polls `poll` (which writes through h2), then writes out what it
@@ -339,6 +354,28 @@ mod tests {
         assert!(matches!(drain.poll_drain(&mut cx()), Poll::Ready(Ok(()))));
         let written: usize = socket.state().writes.iter().map(Vec::len).sum();
         assert_eq!(written, taken, "every byte taken was written, once");
+    }
+
+    #[test]
+    fn an_idle_connection_gives_its_buffer_back() {
+        let socket = Socket::default();
+        let (mut b, drain) = batched(socket.clone());
+        socket.state().full = true;
+        assert!(write(&mut b, &vec![0u8; 100 * 1024]).is_ready());
+        drain.release_capacity();
+        assert_eq!(
+            lock(&b.0).unwrap().pending(),
+            100 * 1024,
+            "kept while it waits"
+        );
+        socket.state().full = false;
+        assert!(matches!(drain.poll_drain(&mut cx()), Poll::Ready(Ok(()))));
+        assert!(lock(&b.0).unwrap().out.capacity() >= 100 * 1024);
+        drain.release_capacity();
+        assert!(lock(&b.0).unwrap().out.capacity() <= KEPT);
+        assert!(write(&mut b, b"next").is_ready());
+        assert!(matches!(drain.poll_drain(&mut cx()), Poll::Ready(Ok(()))));
+        assert_eq!(socket.state().writes.last().unwrap(), b"next");
     }
 
     #[test]
