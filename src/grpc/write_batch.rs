@@ -28,6 +28,8 @@ struct Shared<IO> {
     written: usize,
     /// Why writing failed: every later write fails with it.
     failed: Option<io::ErrorKind>,
+    /// Something was written since the last [`Drain::release_capacity`].
+    busy: bool,
 }
 
 impl<IO: AsyncWrite + Unpin> Shared<IO> {
@@ -43,7 +45,10 @@ impl<IO: AsyncWrite + Unpin> Shared<IO> {
         while self.written < self.out.len() {
             match Pin::new(&mut self.io).poll_write(cx, &self.out[self.written..]) {
                 Poll::Ready(Ok(0)) => return self.fail(io::ErrorKind::WriteZero.into()),
-                Poll::Ready(Ok(n)) => self.written += n,
+                Poll::Ready(Ok(n)) => {
+                    self.written += n;
+                    self.busy = true;
+                }
                 Poll::Ready(Err(e)) => return self.fail(e),
                 Poll::Pending => {
                     // A socket that keeps taking part of the buffer must
@@ -90,6 +95,7 @@ pub fn batched<IO>(io: IO) -> (Batched<IO>, Drain<IO>) {
         out: Vec::new(),
         written: 0,
         failed: None,
+        busy: false,
     }));
     let drain = Drain {
         shared: shared.clone(),
@@ -111,12 +117,14 @@ impl<IO: AsyncWrite + Unpin> Drain<IO> {
         lock(&self.shared)?.poll_drain(cx)
     }
 
-    /// Gives back the buffer's memory while nothing waits in it: run now
-    /// and then, so a connection that once had a burst does not keep its
-    /// buffer while it sits idle.
+    /// Gives back the buffer's memory if nothing was written since the
+    /// last call and nothing waits: run now and then, so a connection that
+    /// once had a burst does not keep its buffer while it sits idle (and a
+    /// busy one keeps it).
     pub fn release_capacity(&self) {
         if let Ok(mut shared) = lock(&self.shared) {
-            if shared.pending() == 0 && shared.out.capacity() > KEPT {
+            let busy = std::mem::replace(&mut shared.busy, false);
+            if !busy && shared.pending() == 0 && shared.out.capacity() > KEPT {
                 shared.out = Vec::new();
                 shared.written = 0;
             }
@@ -357,7 +365,7 @@ mod tests {
     }
 
     #[test]
-    fn an_idle_connection_gives_its_buffer_back() {
+    fn a_connection_idle_between_two_looks_gives_its_buffer_back() {
         let socket = Socket::default();
         let (mut b, drain) = batched(socket.clone());
         socket.state().full = true;
@@ -372,7 +380,13 @@ mod tests {
         assert!(matches!(drain.poll_drain(&mut cx()), Poll::Ready(Ok(()))));
         assert!(lock(&b.0).unwrap().out.capacity() >= 100 * 1024);
         drain.release_capacity();
-        assert!(lock(&b.0).unwrap().out.capacity() <= KEPT);
+        let capacity = lock(&b.0).unwrap().out.capacity();
+        assert!(capacity >= 100 * 1024, "it wrote since the last look: kept");
+        drain.release_capacity();
+        assert!(
+            lock(&b.0).unwrap().out.capacity() <= KEPT,
+            "idle since: given back"
+        );
         assert!(write(&mut b, b"next").is_ready());
         assert!(matches!(drain.poll_drain(&mut cx()), Poll::Ready(Ok(()))));
         assert_eq!(socket.state().writes.last().unwrap(), b"next");
