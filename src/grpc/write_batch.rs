@@ -64,7 +64,8 @@ impl<IO: AsyncWrite + Unpin> Shared<IO> {
         self.out.clear();
         self.written = 0;
         if self.out.capacity() > 4 * WRITE_AT {
-            // After a burst: an idle connection keeps a small buffer.
+            // One frame larger than the usual batch (a peer may allow DATA
+            // frames of up to 16 MiB) does not leave its size behind.
             self.out.shrink_to(WRITE_AT);
         }
         match Pin::new(&mut self.io).poll_flush(cx) {
