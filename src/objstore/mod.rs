@@ -643,6 +643,26 @@ pub fn allow_blocking_io_on_this_thread() {
     BLOCKING_IO_ALLOWED.with(|a| a.set(true));
 }
 
+/// Allows blocking file I/O on this thread until dropped (a runtime
+/// worker committing a write itself, which waits for that I/O anyway).
+pub struct BlockingIoAllowed {
+    before: bool,
+}
+
+impl BlockingIoAllowed {
+    pub fn here() -> BlockingIoAllowed {
+        BlockingIoAllowed {
+            before: BLOCKING_IO_ALLOWED.with(|a| a.replace(true)),
+        }
+    }
+}
+
+impl Drop for BlockingIoAllowed {
+    fn drop(&mut self) {
+        BLOCKING_IO_ALLOWED.with(|a| a.set(self.before));
+    }
+}
+
 fn blocking_io_allowed_here() -> bool {
     BLOCKING_IO_ALLOWED.with(|a| a.get())
 }

@@ -1,7 +1,9 @@
 //! Group commit, the driver around [`WriteCore`]: one thread takes every
 //! write waiting in its queue, has the core evaluate them as one batch,
 //! makes the batch durable on one of two routes, then commits it, publishes
-//! it to watchers and replicas and answers every caller together.
+//! it to watchers and replicas and answers every caller together. A write
+//! that comes alone to an idle single node is committed the same way on
+//! its caller's thread ([`Writer`]), without the two thread hand-offs.
 //!
 //! * Sync: the batch is appended to SQLite while the [`Durability`] writes
 //!   it to the bucket (after anything still buffered there).
@@ -15,7 +17,8 @@
 //! the node is told through [`WritePathEvent`]s and decides when writes
 //! resume.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use futures_util::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot};
@@ -40,6 +43,9 @@ use super::view::BatchView;
 /// Largest number of commands folded into one commit.
 const MAX_BATCH: usize = 1024;
 
+/// Most watch streams a commit made on a caller's thread may wake.
+const MAX_LISTENERS_ON_CALLER: usize = 16;
+
 /// Work for the commit thread.
 enum Request {
     Write {
@@ -57,6 +63,19 @@ pub struct Writer {
     tx: mpsc::Sender<Request>,
     gate: Arc<WriteGate>,
     metrics: Arc<Metrics>,
+    /// The committer, when a caller may commit on its own thread.
+    on_caller: Option<Arc<Mutex<Committer>>>,
+    /// Writes submitted and not yet answered.
+    in_flight: Arc<AtomicUsize>,
+}
+
+/// Counts a write in flight until dropped.
+struct InFlightWrite<'a>(&'a AtomicUsize);
+
+impl Drop for InFlightWrite<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Writer {
@@ -64,12 +83,46 @@ impl Writer {
         // While a Primary is being chosen or is starting, wait for it a
         // little rather than fail at once (etcd waits for a leader too).
         self.gate.wait(WRITE_PATIENCE).await?;
+        let alone = self.in_flight.fetch_add(1, Ordering::Relaxed) == 0;
+        let _counted = InFlightWrite(&self.in_flight);
+        let command = match self.commit_here(command, alone) {
+            Ok(answer) => return Ok(answer),
+            Err(command) => command,
+        };
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Request::Write { command, reply })
             .await
             .map_err(|_| WriteError::Stopped)?;
         rx.await.map_err(|_| WriteError::Stopped)
+    }
+
+    /// Commits `command` as a batch of its own on this thread when it is
+    /// the only write in flight (`alone`) and the commit thread is idle: a
+    /// lone write then makes no thread hand-off, to the commit thread or
+    /// back (each a wake of an idle CPU). Under load writes go to the
+    /// commit thread, which batches them. Gives the command back otherwise.
+    fn commit_here(&self, command: Command, alone: bool) -> Result<(Reply, Route), Command> {
+        let Some(committer) = &self.on_caller else {
+            return Err(command);
+        };
+        if !alone || self.tx.capacity() < self.tx.max_capacity() {
+            return Err(command);
+        }
+        let Ok(mut committer) = committer.try_lock() else {
+            return Err(command);
+        };
+        if !committer.commits_on_caller() {
+            return Err(command);
+        }
+        let (reply, mut rx) = oneshot::channel();
+        let _blocking = crate::objstore::BlockingIoAllowed::here();
+        committer.commit(vec![(command, reply)], Thread::Caller);
+        drop(committer);
+        // Every sender is answered before commit returns.
+        Ok(rx
+            .try_recv()
+            .unwrap_or_else(|_| (Reply::Txn(Err(WriteError::Stopped)), Route::Sync)))
     }
 
     /// Runs `f` on the commit thread between two batches: it sees the
@@ -171,6 +224,10 @@ pub struct WritePathParts {
     /// Whether this node may still acknowledge writes (a cluster's
     /// heartbeat lease); None: always.
     pub tenure: Option<Arc<dyn Tenure>>,
+    /// Whether a caller may commit its write on its own thread while the
+    /// commit thread is idle: only where the durable write finishes on the
+    /// calling thread (the fs provider) and there are no replicas.
+    pub commit_on_caller: bool,
 }
 
 /// A running write path.
@@ -189,11 +246,8 @@ pub fn start(mut parts: WritePathParts) -> Result<WritePath, String> {
     let (tx, rx) = mpsc::channel(4096);
     let (events_tx, events) = mpsc::unbounded_channel();
     let gate = Arc::new(WriteGate::default());
-    let writer = Writer {
-        tx,
-        gate: gate.clone(),
-        metrics: parts.metrics.clone(),
-    };
+    let on_caller = parts.commit_on_caller && parts.replicas.is_none();
+    let metrics = parts.metrics.clone();
     let policy = std::mem::replace(&mut parts.buffer, ChunkBuffer::new(0, 0));
     let buffer = Arc::new(Buffer::new(
         policy,
@@ -209,18 +263,25 @@ pub fn start(mut parts: WritePathParts) -> Result<WritePath, String> {
         .primary_write_path
         .get_or_create(&labels(&[("path", "sync")]))
         .set(1);
-    let committer = Committer {
+    let committer = Arc::new(Mutex::new(Committer {
         core: WriteCore::new(&parts.leader_id),
         parts,
-        rx,
         gate: gate.clone(),
         events: events_tx,
         buffer: buffer.clone(),
         route: Route::Sync,
+        last_batch: 0,
+    }));
+    let writer = Writer {
+        tx,
+        gate: gate.clone(),
+        metrics,
+        on_caller: on_caller.then(|| committer.clone()),
+        in_flight: Arc::default(),
     };
     let thread = std::thread::Builder::new()
         .name("netsy-committer".into())
-        .spawn(move || committer.run())
+        .spawn(move || run(&committer, rx))
         .map_err(|e| format!("cannot start the commit thread: {e}"))?;
     Ok(WritePath {
         writer,
@@ -234,42 +295,73 @@ pub fn start(mut parts: WritePathParts) -> Result<WritePath, String> {
 struct Committer {
     core: WriteCore,
     parts: WritePathParts,
-    rx: mpsc::Receiver<Request>,
     gate: Arc<WriteGate>,
     events: mpsc::UnboundedSender<WritePathEvent>,
     buffer: Arc<Buffer>,
     /// The route of the last batch (switches are logged).
     route: Route,
+    /// How many writes the last batch held.
+    last_batch: usize,
+}
+
+/// Where a batch is committed: how it waits for its durable write.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Thread {
+    /// The commit thread: outside the runtime, it may block on it.
+    Committer,
+    /// A caller's thread (a runtime worker): it waits by parking.
+    Caller,
+}
+
+/// The commit thread: takes every request waiting in the queue, commits
+/// the writes as one batch (runs `Between` work between two batches).
+fn run(committer: &Mutex<Committer>, mut rx: mpsc::Receiver<Request>) {
+    crate::objstore::allow_blocking_io_on_this_thread();
+    while let Some(first) = rx.blocking_recv() {
+        // A caller may be committing its own write: this batch follows.
+        let mut committer = committer.lock().unwrap_or_else(|p| p.into_inner());
+        let mut writes = Vec::new();
+        let mut next = Some(first);
+        while let Some(request) = next.take() {
+            match request {
+                Request::Write { command, reply } => writes.push((command, reply)),
+                // Whatever came before it is committed first.
+                Request::Between(f) => {
+                    committer.commit(std::mem::take(&mut writes), Thread::Committer);
+                    f();
+                }
+            }
+            if writes.len() < MAX_BATCH {
+                next = rx.try_recv().ok();
+            }
+        }
+        committer.commit(writes, Thread::Committer);
+    }
+    log::debug!("commit thread stopped");
 }
 
 impl Committer {
-    fn run(mut self) {
-        crate::objstore::allow_blocking_io_on_this_thread();
-        while let Some(first) = self.rx.blocking_recv() {
-            let mut writes = Vec::new();
-            let mut next = Some(first);
-            while let Some(request) = next.take() {
-                match request {
-                    Request::Write { command, reply } => writes.push((command, reply)),
-                    // Whatever came before it is committed first.
-                    Request::Between(f) => {
-                        self.commit(std::mem::take(&mut writes));
-                        f();
-                    }
-                }
-                if writes.len() < MAX_BATCH {
-                    next = self.rx.try_recv().ok();
-                }
-            }
-            self.commit(writes);
-        }
-        log::debug!("commit thread stopped");
+    /// Whether a caller may commit a batch on its own thread now: while
+    /// writes come one at a time (the last batch held one) and few watch
+    /// streams listen, and only a batch that never waits on the runtime
+    /// (no quorum route, nothing buffered to flush first).
+    ///
+    /// A commit published from a runtime worker queues every watch stream
+    /// it wakes on that worker; from the commit thread they are shared
+    /// among the workers. With 1,000 streams the former cost more than
+    /// the hand-offs saved.
+    fn commits_on_caller(&self) -> bool {
+        self.last_batch <= 1
+            && self.parts.hub.listeners() <= MAX_LISTENERS_ON_CALLER
+            && self.parts.replicas.is_none()
+            && self.buffer.is_empty()
     }
 
-    fn commit(&mut self, writes: Vec<(Command, oneshot::Sender<(Reply, Route)>)>) {
+    fn commit(&mut self, writes: Vec<(Command, oneshot::Sender<(Reply, Route)>)>, thread: Thread) {
         if writes.is_empty() {
             return;
         }
+        self.last_batch = writes.len();
         let (commands, senders): (Vec<Command>, Vec<_>) = writes.into_iter().unzip();
         if let Err(e) = self.gate.check() {
             for (command, reply) in commands.iter().zip(senders) {
@@ -297,7 +389,7 @@ impl Committer {
             }
             let result = match route {
                 Route::Quorum { required } => self.quorum(batch, required),
-                Route::Sync => self.sync(batch),
+                Route::Sync => self.sync(batch, thread),
             };
             match result {
                 // Nothing was committed: every answer of this batch may have
@@ -365,7 +457,7 @@ impl Committer {
     /// revision. On a timeout it is rolled back and takes the sync route.
     fn quorum(&mut self, batch: Batch, required: usize) -> Durable {
         let Some(replicas) = self.parts.replicas.clone() else {
-            return self.sync(batch);
+            return self.sync(batch, Thread::Committer);
         };
         let p = &self.parts;
         let records: Arc<[Record]> = batch.records.clone().into();
@@ -408,12 +500,12 @@ impl Committer {
         // A switch like any other: without it the metric kept showing the
         // quorum route while every batch went to the bucket.
         self.record_route(Route::Sync);
-        self.sync(batch)
+        self.sync(batch, Thread::Committer)
     }
 
     /// The sync route: anything buffered reaches the bucket first (the
     /// bucket never has a gap), then the batch is one chunk.
-    fn sync(&mut self, batch: Batch) -> Durable {
+    fn sync(&mut self, batch: Batch, thread: Thread) -> Durable {
         if !self.buffer.is_empty() {
             let flushed = self
                 .parts
@@ -427,7 +519,7 @@ impl Committer {
                 return Err(WriteError::NotDurable(message));
             }
         }
-        let records = self.make_durable(batch)?;
+        let records = self.make_durable(batch, thread)?;
         if let Some(replicas) = &self.parts.replicas {
             replicas.send_records(&records);
         }
@@ -492,14 +584,15 @@ impl Committer {
     /// succeed. On failure the appended batch is
     /// discarded, the gate closes and recovery starts. The store keeps the
     /// batch; the records come back, shared with the durable write.
-    fn make_durable(&mut self, batch: Batch) -> Result<Arc<[Record]>, WriteError> {
+    fn make_durable(&mut self, batch: Batch, thread: Thread) -> Result<Arc<[Record]>, WriteError> {
         let p = &self.parts;
         let records: Arc<[Record]> = batch.records.clone().into();
         let mut durable =
             (!records.is_empty()).then(|| started(p, p.durability.persist(records.clone())));
-        let join = |write: InFlight| match write {
-            InFlight::Done(result) => result,
-            InFlight::Pending(future) => p.runtime.block_on(future),
+        let join = |write: InFlight| match (write, thread) {
+            (InFlight::Done(result), _) => result,
+            (InFlight::Pending(future), Thread::Committer) => p.runtime.block_on(future),
+            (InFlight::Pending(future), Thread::Caller) => wait_here(future),
         };
         // Tests only: with the fault point set, the upload finishes before
         // the SQLite commit starts, so the point sits between the two.
@@ -636,6 +729,27 @@ fn started(parts: &WritePathParts, mut future: BoxFuture<'static, Result<(), Str
     }
 }
 
+/// Finishes a durable write on this thread, parked between polls: a
+/// runtime worker cannot `block_on` the runtime. The fs provider's write
+/// is ready at its second poll; one handed to the blocking pool wakes
+/// this thread when done.
+fn wait_here(mut future: BoxFuture<'static, Result<(), String>>) -> Result<(), String> {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = std::task::Context::from_waker(&waker);
+    loop {
+        if let std::task::Poll::Ready(result) = future.as_mut().poll(&mut cx) {
+            return result;
+        }
+        std::thread::park();
+    }
+}
+
 /// The answer to a command the gate refused.
 fn refused(command: &Command, e: &WriteError) -> Reply {
     match command {
@@ -675,12 +789,16 @@ mod tests {
         settled_at: Mutex<Vec<tokio::time::Instant>>,
         /// The revisions of every persist, in order.
         persisted: Mutex<Vec<Vec<i64>>>,
+        /// Whether each persist ran on the commit thread, in order.
+        on_commit_thread: Mutex<Vec<bool>>,
     }
 
     impl Durability for Scripted {
         fn persist(&self, records: Arc<[Record]>) -> BoxFuture<'static, Result<(), String>> {
             let revisions = records.iter().map(|r| r.revision).collect();
             self.persisted.lock().unwrap().push(revisions);
+            let here = std::thread::current().name() == Some("netsy-committer");
+            self.on_commit_thread.lock().unwrap().push(here);
             let next = self.persists.lock().unwrap().pop_front().unwrap_or(Ok(()));
             Box::pin(async move { next })
         }
@@ -766,6 +884,17 @@ mod tests {
         replicas: Option<Arc<dyn Replicas>>,
         tenure: Option<Arc<dyn Tenure>>,
     ) -> (tempfile::TempDir, Arc<Store>, WritePath) {
+        let hub = Arc::new(WatchHub::new(1, RingLimits::default()));
+        write_path_from(durability, replicas, tenure, hub, false)
+    }
+
+    fn write_path_from(
+        durability: Arc<dyn Durability>,
+        replicas: Option<Arc<dyn Replicas>>,
+        tenure: Option<Arc<dyn Tenure>>,
+        hub: Arc<WatchHub>,
+        commit_on_caller: bool,
+    ) -> (tempfile::TempDir, Arc<Store>, WritePath) {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(dir.path()).unwrap());
         let first = Batch {
@@ -775,7 +904,7 @@ mod tests {
         store.append_committed(first).unwrap();
         let path = start(WritePathParts {
             store: store.clone(),
-            hub: Arc::new(WatchHub::new(1, RingLimits::default())),
+            hub,
             leader_id: "n1".into(),
             durability,
             snapshots: None,
@@ -784,6 +913,7 @@ mod tests {
             replicas,
             buffer: ChunkBuffer::new(0, 0),
             tenure,
+            commit_on_caller,
         })
         .unwrap();
         (dir, store, path)
@@ -816,6 +946,102 @@ mod tests {
         );
         // Durable all the same: whoever leads next finds it.
         assert_eq!(store.latest_revision(), 3);
+    }
+
+    /// A write alone commits on its caller's thread; one that finds the
+    /// commit thread busy, another write in flight, a last batch of more
+    /// than one or many watch streams goes to the commit thread.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lone_write_commits_on_its_callers_thread() {
+        let durability = Arc::new(Scripted::default());
+        let hub = Arc::new(WatchHub::new(1, RingLimits::default()));
+        let (_dir, store, path) =
+            write_path_from(durability.clone(), None, None, hub.clone(), true);
+        path.gate.open();
+        let on_commit_thread = || durability.on_commit_thread.lock().unwrap().clone();
+        // The commit thread answers before it lets go of the committer.
+        let committer_free = || async {
+            let committer = path.writer.on_caller.as_ref().unwrap();
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while committer.try_lock().is_err() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the commit thread holds on"
+                );
+                tokio::task::yield_now().await;
+            }
+        };
+
+        assert_eq!(path.writer.txn(put("a")).await.unwrap().revision, 2);
+        assert_eq!(on_commit_thread(), [false]);
+
+        // The commit thread busy between two batches: two writes wait for
+        // it, the second not alone, and it commits them as one batch.
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let (entered, busy) = tokio::sync::oneshot::channel();
+        let between = {
+            let writer = path.writer.clone();
+            tokio::spawn(async move {
+                let f = move || {
+                    let _ = entered.send(());
+                    let _ = held.recv();
+                };
+                writer.between(Box::new(f)).await
+            })
+        };
+        busy.await.unwrap();
+        let first = tokio::spawn({
+            let writer = path.writer.clone();
+            async move { writer.txn(put("b")).await }
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while path.writer.in_flight.load(Ordering::Relaxed) == 0 {
+            assert!(std::time::Instant::now() < deadline, "the write never came");
+            tokio::task::yield_now().await;
+        }
+        let second = tokio::spawn({
+            let writer = path.writer.clone();
+            async move { writer.txn(put("c")).await }
+        });
+        while path.writer.tx.capacity() > path.writer.tx.max_capacity() - 2 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the writes never queued"
+            );
+            tokio::task::yield_now().await;
+        }
+        release.send(()).unwrap();
+        between.await.unwrap().unwrap();
+        first.await.unwrap().unwrap();
+        second.await.unwrap().unwrap();
+        assert_eq!(durability.persisted.lock().unwrap()[1], [3, 4]);
+        assert_eq!(on_commit_thread(), [false, true]);
+
+        // After a batch of two, the next lone write still goes to the
+        // commit thread; the one after it, alone again, does not.
+        committer_free().await;
+        path.writer.txn(put("d")).await.unwrap();
+        committer_free().await;
+        path.writer.txn(put("e")).await.unwrap();
+        assert_eq!(on_commit_thread(), [false, true, true, false]);
+
+        // Many watch streams listening: published from the commit thread.
+        let listeners: Vec<_> = (0..=MAX_LISTENERS_ON_CALLER)
+            .map(|_| hub.subscribe())
+            .collect();
+        path.writer.txn(put("f")).await.unwrap();
+        drop(listeners);
+        committer_free().await;
+        path.writer.txn(put("g")).await.unwrap();
+        assert_eq!(on_commit_thread(), [false, true, true, false, true, false]);
+
+        // Another write in flight (say, between its answer and its
+        // caller's next poll): to the commit thread.
+        path.writer.in_flight.fetch_add(1, Ordering::Relaxed);
+        path.writer.txn(put("h")).await.unwrap();
+        path.writer.in_flight.fetch_sub(1, Ordering::Relaxed);
+        assert_eq!(on_commit_thread().last(), Some(&true));
+        assert_eq!(store.latest_revision(), 9);
     }
 
     #[tokio::test(start_paused = true)]

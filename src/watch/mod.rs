@@ -267,6 +267,11 @@ impl WatchHub {
     }
 
     /// A receiver that wakes when the committed revision moves.
+    /// How many listen for committed revisions (watch streams, mostly).
+    pub fn listeners(&self) -> usize {
+        self.committed.receiver_count()
+    }
+
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<i64> {
         self.committed.subscribe()
     }
