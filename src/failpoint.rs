@@ -40,7 +40,8 @@ pub const POINTS: &[(&str, &str)] = &[
     ),
     (
         "chunk_uploaded",
-        "sync write path: the batch's chunk is in the bucket, not yet in SQLite (commit thread)",
+        "sync write path: the batch's chunk is in the bucket, not yet in SQLite (the commit \
+         thread, or the worker committing a lone write)",
     ),
     (
         "quorum_committed",
@@ -242,7 +243,8 @@ pub async fn hit(name: &str) {
     }
 }
 
-/// Fault point `name`, on a thread that may block (the commit thread).
+/// Fault point `name`, on a thread that may block (the commit thread, or a
+/// worker committing a lone write).
 #[cfg(debug_assertions)]
 pub fn hit_blocking(name: &str) {
     match armed::reached(name) {

@@ -106,7 +106,10 @@ impl Writer {
         let Some(committer) = &self.on_caller else {
             return Err(command);
         };
-        if !alone || self.tx.capacity() < self.tx.max_capacity() {
+        // Leases and compaction keep to the commit thread: a compaction's
+        // work on the index and old values is long for a worker to block.
+        let is_txn = matches!(command, Command::Txn(_));
+        if !is_txn || !alone || self.tx.capacity() < self.tx.max_capacity() {
             return Err(command);
         }
         let Ok(mut committer) = committer.try_lock() else {
@@ -225,8 +228,9 @@ pub struct WritePathParts {
     /// heartbeat lease); None: always.
     pub tenure: Option<Arc<dyn Tenure>>,
     /// Whether a caller may commit its write on its own thread while the
-    /// commit thread is idle: only where the durable write finishes on the
-    /// calling thread (the fs provider) and there are no replicas.
+    /// commit thread is idle: only where the durable write needs no
+    /// runtime I/O (the fs provider writes a small chunk on the calling
+    /// thread) and there are no replicas.
     pub commit_on_caller: bool,
 }
 
@@ -319,7 +323,13 @@ fn run(committer: &Mutex<Committer>, mut rx: mpsc::Receiver<Request>) {
     crate::objstore::allow_blocking_io_on_this_thread();
     while let Some(first) = rx.blocking_recv() {
         // A caller may be committing its own write: this batch follows.
-        let mut committer = committer.lock().unwrap_or_else(|p| p.into_inner());
+        // One that panicked left the committer in an unknown state: the
+        // write path stops (every writer is told so), as it did when the
+        // panic was the commit thread's own.
+        let Ok(mut committer) = committer.lock() else {
+            log::error!("the write path stopped: a commit panicked");
+            return;
+        };
         let mut writes = Vec::new();
         let mut next = Some(first);
         while let Some(request) = next.take() {
@@ -343,8 +353,8 @@ fn run(committer: &Mutex<Committer>, mut rx: mpsc::Receiver<Request>) {
 impl Committer {
     /// Whether a caller may commit a batch on its own thread now: while
     /// writes come one at a time (the last batch held one) and few watch
-    /// streams listen, and only a batch that never waits on the runtime
-    /// (no quorum route, nothing buffered to flush first).
+    /// streams listen, and only a batch that needs no `block_on` (no
+    /// quorum route, nothing buffered to flush first).
     ///
     /// A commit published from a runtime worker queues every watch stream
     /// it wakes on that worker; from the commit thread they are shared
@@ -715,10 +725,10 @@ enum InFlight {
     Pending(BoxFuture<'static, Result<(), String>>),
 }
 
-/// Polls a durable write once, here on the commit thread and in the
+/// Polls a durable write once, here on the committing thread and in the
 /// runtime's context, so its work starts (the batch is encoded and its
 /// I/O handed to the runtime's threads) while the thread commits locally;
-/// `block_on` finishes it. Spawning it as a task instead put two more
+/// `block_on` (or [`wait_here`]) finishes it. Spawning it as a task instead put two more
 /// thread hand-offs on every batch's path (to a runtime worker and back).
 fn started(parts: &WritePathParts, mut future: BoxFuture<'static, Result<(), String>>) -> InFlight {
     let _context = parts.runtime.enter();
@@ -732,8 +742,12 @@ fn started(parts: &WritePathParts, mut future: BoxFuture<'static, Result<(), Str
 /// Finishes a durable write on this thread, parked between polls: a
 /// runtime worker cannot `block_on` the runtime. The fs provider's write
 /// is ready at its second poll; one handed to the blocking pool wakes
-/// this thread when done.
-fn wait_here(mut future: BoxFuture<'static, Result<(), String>>) -> Result<(), String> {
+/// this thread when done. Outside the task's budget: a spent budget would
+/// make a tokio future wake itself and stay pending, for ever here. (A
+/// future that defers its wake to the worker, as `yield_now` does, would
+/// never finish here either; the fs provider's write has none.)
+fn wait_here(future: BoxFuture<'static, Result<(), String>>) -> Result<(), String> {
+    let mut future = std::pin::pin!(tokio::task::unconstrained(future));
     struct Unpark(std::thread::Thread);
     impl std::task::Wake for Unpark {
         fn wake(self: Arc<Self>) {
@@ -743,7 +757,8 @@ fn wait_here(mut future: BoxFuture<'static, Result<(), String>>) -> Result<(), S
     let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
     let mut cx = std::task::Context::from_waker(&waker);
     loop {
-        if let std::task::Poll::Ready(result) = future.as_mut().poll(&mut cx) {
+        if let std::task::Poll::Ready(result) = std::future::Future::poll(future.as_mut(), &mut cx)
+        {
             return result;
         }
         std::thread::park();
@@ -791,6 +806,8 @@ mod tests {
         persisted: Mutex<Vec<Vec<i64>>>,
         /// Whether each persist ran on the commit thread, in order.
         on_commit_thread: Mutex<Vec<bool>>,
+        /// Persists are pending at their first poll (woken at once).
+        pending_first: bool,
     }
 
     impl Durability for Scripted {
@@ -800,7 +817,14 @@ mod tests {
             let here = std::thread::current().name() == Some("netsy-committer");
             self.on_commit_thread.lock().unwrap().push(here);
             let next = self.persists.lock().unwrap().pop_front().unwrap_or(Ok(()));
-            Box::pin(async move { next })
+            let mut pending = self.pending_first;
+            Box::pin(std::future::poll_fn(move |cx| {
+                if std::mem::take(&mut pending) {
+                    cx.waker().wake_by_ref();
+                    return std::task::Poll::Pending;
+                }
+                std::task::Poll::Ready(next.clone())
+            }))
         }
 
         fn settle(&self, _records: Arc<[Record]>) -> BoxFuture<'static, Result<(), String>> {
@@ -953,7 +977,11 @@ mod tests {
     /// than one or many watch streams goes to the commit thread.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_lone_write_commits_on_its_callers_thread() {
-        let durability = Arc::new(Scripted::default());
+        // Its durable write pending once: the caller's thread waits for it.
+        let durability = Arc::new(Scripted {
+            pending_first: true,
+            ..Scripted::default()
+        });
         let hub = Arc::new(WatchHub::new(1, RingLimits::default()));
         let (_dir, store, path) =
             write_path_from(durability.clone(), None, None, hub.clone(), true);
@@ -972,8 +1000,14 @@ mod tests {
             }
         };
 
-        assert_eq!(path.writer.txn(put("a")).await.unwrap().revision, 2);
+        // On a runtime worker, as a request's handler runs.
+        let writer = path.writer.clone();
+        let a = tokio::spawn(async move { writer.txn(put("a")).await });
+        assert_eq!(a.await.unwrap().unwrap().revision, 2);
         assert_eq!(on_commit_thread(), [false]);
+        // Compaction and leases keep to the commit thread.
+        let compact = Command::Compact { revision: 1 };
+        assert!(path.writer.commit_here(compact, true).is_err());
 
         // The commit thread busy between two batches: two writes wait for
         // it, the second not alone, and it commits them as one batch.
@@ -1025,14 +1059,16 @@ mod tests {
         path.writer.txn(put("e")).await.unwrap();
         assert_eq!(on_commit_thread(), [false, true, true, false]);
 
-        // Many watch streams listening: published from the commit thread.
-        let listeners: Vec<_> = (0..=MAX_LISTENERS_ON_CALLER)
+        // More watch streams listening than the limit: published from the
+        // commit thread; at the limit, from the caller's.
+        let mut listeners: Vec<_> = (0..=MAX_LISTENERS_ON_CALLER)
             .map(|_| hub.subscribe())
             .collect();
         path.writer.txn(put("f")).await.unwrap();
-        drop(listeners);
+        listeners.pop();
         committer_free().await;
         path.writer.txn(put("g")).await.unwrap();
+        drop(listeners);
         assert_eq!(on_commit_thread(), [false, true, true, false, true, false]);
 
         // Another write in flight (say, between its answer and its

@@ -17,10 +17,11 @@ use futures_util::future::BoxFuture;
 
 pub trait Durability: Send + Sync + 'static {
     /// Makes consecutive records durable; resolves once they are, or with
-    /// why they are not. The commit thread builds the future and polls it
-    /// once in the runtime's context to start it (work before its first
-    /// await, such as encoding, runs there), commits locally meanwhile, then
-    /// waits for it.
+    /// why they are not. The committing thread (the commit thread, or a
+    /// worker committing a lone write) builds the future and polls it once
+    /// in the runtime's context to start it (work before its first await,
+    /// such as encoding, runs there), commits locally meanwhile, then waits
+    /// for it.
     fn persist(&self, records: Arc<[Record]>) -> BoxFuture<'static, Result<(), String>>;
 
     /// After a failed persist: one attempt to settle the records' fate, so
@@ -66,7 +67,7 @@ impl ObjectStorageDurability {
 
 /// The chunk for `records` and, when `claims`, its claim; encoded once so
 /// that every retry sends the same bytes. (Inside the returned futures: the
-/// commit thread only builds them.)
+/// committing thread only builds them.)
 fn encode(log: &ObjectLog, claims: bool, records: &[Record]) -> Result<Option<Encoded>, String> {
     let Some(chunk) = log.encode_chunk(records).map_err(|e| e.to_string())? else {
         return Ok(None);

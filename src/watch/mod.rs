@@ -266,12 +266,12 @@ impl WatchHub {
         bytes
     }
 
-    /// A receiver that wakes when the committed revision moves.
     /// How many listen for committed revisions (watch streams, mostly).
     pub fn listeners(&self) -> usize {
         self.committed.receiver_count()
     }
 
+    /// A receiver that wakes when the committed revision moves.
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<i64> {
         self.committed.subscribe()
     }
