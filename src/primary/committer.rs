@@ -250,6 +250,8 @@ pub fn start(mut parts: WritePathParts) -> Result<WritePath, String> {
     let (tx, rx) = mpsc::channel(4096);
     let (events_tx, events) = mpsc::unbounded_channel();
     let gate = Arc::new(WriteGate::default());
+    // Without replicas no batch takes the quorum route or is buffered, so
+    // none needs `block_on`, which a runtime worker cannot run.
     let on_caller = parts.commit_on_caller && parts.replicas.is_none();
     let metrics = parts.metrics.clone();
     let policy = std::mem::replace(&mut parts.buffer, ChunkBuffer::new(0, 0));
@@ -353,18 +355,15 @@ fn run(committer: &Mutex<Committer>, mut rx: mpsc::Receiver<Request>) {
 impl Committer {
     /// Whether a caller may commit a batch on its own thread now: while
     /// writes come one at a time (the last batch held one) and few watch
-    /// streams listen, and only a batch that needs no `block_on` (no
-    /// quorum route, nothing buffered to flush first).
+    /// streams listen. (Callers commit only where [`start`] found no
+    /// replicas: no quorum route, nothing buffered, no `block_on`.)
     ///
     /// A commit published from a runtime worker queues every watch stream
     /// it wakes on that worker; from the commit thread they are shared
     /// among the workers. With 1,000 streams the former cost more than
     /// the hand-offs saved.
     fn commits_on_caller(&self) -> bool {
-        self.last_batch <= 1
-            && self.parts.hub.listeners() <= MAX_LISTENERS_ON_CALLER
-            && self.parts.replicas.is_none()
-            && self.buffer.is_empty()
+        self.last_batch <= 1 && self.parts.hub.listeners() <= MAX_LISTENERS_ON_CALLER
     }
 
     fn commit(&mut self, writes: Vec<(Command, oneshot::Sender<(Reply, Route)>)>, thread: Thread) {
@@ -728,8 +727,9 @@ enum InFlight {
 /// Polls a durable write once, here on the committing thread and in the
 /// runtime's context, so its work starts (the batch is encoded and its
 /// I/O handed to the runtime's threads) while the thread commits locally;
-/// `block_on` (or [`wait_here`]) finishes it. Spawning it as a task instead put two more
-/// thread hand-offs on every batch's path (to a runtime worker and back).
+/// `block_on` (or [`wait_here`]) finishes it. Spawning it as a task
+/// instead put two more thread hand-offs on every batch's path (to a
+/// runtime worker and back).
 fn started(parts: &WritePathParts, mut future: BoxFuture<'static, Result<(), String>>) -> InFlight {
     let _context = parts.runtime.enter();
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
@@ -1078,6 +1078,22 @@ mod tests {
         path.writer.in_flight.fetch_sub(1, Ordering::Relaxed);
         assert_eq!(on_commit_thread().last(), Some(&true));
         assert_eq!(store.latest_revision(), 9);
+    }
+
+    /// With replicas a batch may take the quorum route (`block_on`): every
+    /// write goes to the commit thread, whatever the node asked for.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn with_replicas_no_write_commits_on_its_callers_thread() {
+        let durability = Arc::new(Scripted::default());
+        let replicas: Arc<dyn Replicas> = Arc::new(FakeReplicas::default());
+        let hub = Arc::new(WatchHub::new(1, RingLimits::default()));
+        let (_dir, _store, path) =
+            write_path_from(durability.clone(), Some(replicas), None, hub, true);
+        path.gate.open();
+        let writer = path.writer.clone();
+        let a = tokio::spawn(async move { writer.txn(put("a")).await });
+        assert_eq!(a.await.unwrap().unwrap().revision, 2);
+        assert_eq!(*durability.on_commit_thread.lock().unwrap(), [true]);
     }
 
     #[tokio::test(start_paused = true)]
