@@ -50,11 +50,13 @@ fn fs_store_behaves_writing_on_the_calling_thread() {
 /// A write on the calling thread: its first half (temporary file, journal
 /// record) runs at the first poll and the object appears only at the
 /// second; one dropped between the halves never happens, not even after a
-/// repair; another write started on the thread meanwhile waits its turn
+/// repair, and an overwrite dropped so keeps the object it would have
+/// replaced; another write started on the thread meanwhile waits its turn
 /// on the blocking pool instead of for itself.
 #[test]
 fn fs_a_write_on_the_calling_thread_appears_only_when_finished() {
     use std::task::{Context, Poll, Waker};
+    let large = || Bytes::from(vec![7u8; (1 << 20) + 1]);
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_path_buf();
     let runtime = on_blocking_io_thread(move |handle| {
@@ -80,6 +82,23 @@ fn fs_a_write_on_the_calling_thread_appears_only_when_finished() {
         drop(cancelled);
         assert!(!root.join("chunks/0002/b").exists());
 
+        // An overwrite dropped between its halves leaves the object it
+        // would have replaced (a large one too), even after a repair.
+        handle
+            .block_on(store.put("lock", data("old"), Condition::None))
+            .unwrap();
+        let if_old = Condition::IfMatch(content_etag(b"old"));
+        let mut abandoned = store.put("lock", data("new"), if_old);
+        assert!(abandoned.as_mut().poll(&mut cx).is_pending());
+        drop(abandoned);
+        handle
+            .block_on(store.put("big", large(), Condition::None))
+            .unwrap();
+        let mut abandoned = store.put("big", data("small"), Condition::None);
+        assert!(abandoned.as_mut().poll(&mut cx).is_pending());
+        drop(abandoned);
+        assert_eq!(std::fs::read(root.join("lock")).unwrap(), b"old");
+
         let mut first = store.put("c1", data("1"), Condition::None);
         assert!(first.as_mut().poll(&mut cx).is_pending());
         let mut second = store.put("c2", data("2"), Condition::None);
@@ -97,8 +116,16 @@ fn fs_a_write_on_the_calling_thread_appears_only_when_finished() {
             .block_on(store.put("chunks/0001/y", data("y"), Condition::IfAbsent))
             .unwrap();
     });
-    // The dropped write's record was taken back: a repair does not make it.
+    // The dropped writes' records were taken back: a repair does not make
+    // them, and brings back what they would have replaced (a machine
+    // crash lost the small object's file, which was never flushed).
+    std::fs::remove_file(dir.path().join("lock")).unwrap();
     let store = fs::FsStore::open(dir.path()).unwrap();
+    assert_eq!(
+        &runtime.block_on(store.get("lock")).unwrap().data[..],
+        b"old"
+    );
+    assert_eq!(runtime.block_on(store.get("big")).unwrap().data, large());
     let again = runtime.block_on(store.get("chunks/0002/b"));
     assert_eq!(
         again.unwrap_err(),

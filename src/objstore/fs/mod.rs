@@ -204,10 +204,31 @@ impl Drop for Staged<'_> {
             return;
         }
         let _ = fs::remove_file(&self.tmp);
-        let back = Record::Delete {
-            key: self.key.clone(),
-        };
+        let back = taken_back(&self.key, &self.path);
         let _ = self.held.append(&back, true);
+    }
+}
+
+/// The record that undoes a write of `key` that did not happen: the key
+/// goes back to what its file (at `path`, untouched by that write) holds.
+/// A key overwritten (If-Match: the election lock, discovery) keeps its
+/// object after a repair, instead of losing it to a removal record.
+fn taken_back(key: &str, path: &Path) -> Record<'static> {
+    let key = key.to_string();
+    match fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Record::Delete { key },
+        // Its contents again: a small object may be durable only through
+        // its record, which is now behind the abandoned one.
+        Ok(meta) if meta.len() <= INLINE_LIMIT as u64 => match fs::read(path) {
+            Ok(data) => Record::Put {
+                key,
+                data: Cow::Owned(data),
+            },
+            Err(_) => Record::Durable { key },
+        },
+        // A large object was flushed in its own file; and a file that
+        // cannot be read is left as it is rather than removed.
+        _ => Record::Durable { key },
     }
 }
 
