@@ -199,37 +199,58 @@ impl Drop for Staged<'_> {
     /// Not finished (its future was cancelled, or it failed): the write did
     /// not happen. The temporary file goes, and a flushed record taking the
     /// object back follows its own, so a repair does not bring it back.
+    /// Where no such record can be written, a checkpoint flushes every file
+    /// as it is and empties the journal, the abandoned record with it.
     fn drop(&mut self) {
         if self.placed {
             return;
         }
         let _ = fs::remove_file(&self.tmp);
-        let back = taken_back(&self.key, &self.path);
-        let _ = self.held.append(&back, true);
+        let appended = match taken_back(&self.key, &self.path) {
+            Some(back) => self.held.append(&back, true).is_ok(),
+            None => false,
+        };
+        if !appended {
+            let _ = self.held.checkpoint();
+        }
     }
 }
 
 /// The record that undoes a write of `key` that did not happen: the key
 /// goes back to what its file (at `path`, untouched by that write) holds.
 /// A key overwritten (If-Match: the election lock, discovery) keeps its
-/// object after a repair, instead of losing it to a removal record.
-fn taken_back(key: &str, path: &Path) -> Record<'static> {
+/// object after a repair, instead of losing it to a removal record. None
+/// when the file is not one this store wrote, or cannot be read.
+fn taken_back(key: &str, path: &Path) -> Option<Record<'static>> {
+    use std::io::{ErrorKind, Read};
     let key = key.to_string();
-    match fs::symlink_metadata(path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Record::Delete { key },
-        // Its contents again: a small object may be durable only through
-        // its record, which is now behind the abandoned one.
-        Ok(meta) if meta.len() <= INLINE_LIMIT as u64 => match fs::read(path) {
-            Ok(data) => Record::Put {
-                key,
-                data: Cow::Owned(data),
-            },
-            Err(_) => Record::Durable { key },
-        },
-        // A large object was flushed in its own file; and a file that
-        // cannot be read is left as it is rather than removed.
-        _ => Record::Durable { key },
+    let meta = match fs::symlink_metadata(path) {
+        Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory) => {
+            return Some(Record::Delete { key })
+        }
+        Err(_) => return None,
+        Ok(meta) => meta,
+    };
+    if !meta.is_file() {
+        return None;
     }
+    // A large object was flushed in its own file.
+    if meta.len() > INLINE_LIMIT as u64 {
+        return Some(Record::Durable { key });
+    }
+    // A small one may be durable only through its record, which is now
+    // behind the abandoned one: its contents again.
+    let mut data = Vec::new();
+    File::open(path)
+        .and_then(|f| f.take(INLINE_LIMIT as u64 + 1).read_to_end(&mut data))
+        .ok()?;
+    if data.len() > INLINE_LIMIT {
+        return None;
+    }
+    Some(Record::Put {
+        key,
+        data: Cow::Owned(data),
+    })
 }
 
 /// The file of a key; refuses keys that would escape the root.
