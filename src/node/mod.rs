@@ -221,9 +221,10 @@ async fn start(config: Config, role: Arc<RoleCell>) -> Result<Running, Failed> {
         tenure: membership
             .as_ref()
             .map(|m| m.lease.clone() as Arc<dyn crate::primary::Tenure>),
-        // The fs provider writes a chunk on the calling thread.
-        commit_on_caller: membership.is_none()
-            && config.cluster.storage.provider == crate::config::Provider::Fs,
+        // The fs provider writes a chunk on the calling thread, with no
+        // runtime I/O to wait for (the write path itself refuses callers
+        // when there are replicas).
+        commit_on_caller: config.cluster.storage.provider == crate::config::Provider::Fs,
     })
     .map_err(failed)?;
     let followed = Arc::new(AtomicBool::new(false));
