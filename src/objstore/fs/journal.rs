@@ -18,6 +18,7 @@ use std::borrow::Cow;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex};
 
 use super::super::CRC64;
@@ -34,6 +35,11 @@ const PREFIX_LEN: usize = 12;
 pub const JOURNAL_LIMIT: u64 = 16 << 20;
 /// Larger objects are flushed in their own file instead (see Record::Durable).
 pub const INLINE_LIMIT: usize = 1 << 20;
+/// The file is grown ahead of the records by this much at a time, with
+/// zeros (where records end): a flush of an append that stays inside the
+/// file writes its data only, where one that grows the file must also write
+/// the file's size (some 60-90 µs more per flush on ext4).
+const GROW_STEP: u64 = 1 << 20;
 
 /// What happened to a key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -182,6 +188,8 @@ fn new_epoch(old: u64) -> u64 {
 
 pub struct Journal {
     file: File,
+    /// The file is known to be at least this long (grown with zeros).
+    grown_to: AtomicU64,
     /// Orders this process's threads (the file lock orders processes).
     threads: Mutex<Threads>,
     freed: Condvar,
@@ -242,6 +250,7 @@ impl Journal {
         File::open(root)?.sync_all()?;
         Ok(Journal {
             file,
+            grown_to: AtomicU64::new(0),
             threads: Mutex::new(Threads {
                 busy: false,
                 seen: Header { epoch: 0, end: 0 },
@@ -417,6 +426,7 @@ impl Held<'_> {
             self.checkpoint()?;
             return self.append(record, flush);
         }
+        self.grow_past(self.header.end + len)?;
         let (head, data) = record.encode(self.header.epoch);
         let file = &self.journal.file;
         file.write_all_at(&head, self.header.end)?;
@@ -427,6 +437,29 @@ impl Held<'_> {
         if flush {
             file.sync_data()?;
         }
+        Ok(())
+    }
+
+    /// Makes the file at least `end` long, growing it with zeros to the
+    /// next GROW_STEP. Only under the lock: zeros written past the end
+    /// another process last saw would otherwise cut its records.
+    fn grow_past(&self, end: u64) -> std::io::Result<()> {
+        let grown_to = &self.journal.grown_to;
+        if end <= grown_to.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let file = &self.journal.file;
+        let mut len = file.metadata()?.len();
+        if len < end {
+            let target = end.div_ceil(GROW_STEP) * GROW_STEP;
+            let zeros = vec![0u8; (target - len).min(GROW_STEP) as usize];
+            while len < target {
+                let piece = (target - len).min(zeros.len() as u64) as usize;
+                file.write_all_at(&zeros[..piece], len)?;
+                len += piece as u64;
+            }
+        }
+        grown_to.store(len, Ordering::Relaxed);
         Ok(())
     }
 
@@ -566,6 +599,33 @@ mod tests {
                 Record::Durable { key: "b".into() },
             ]
         );
+    }
+
+    #[test]
+    fn the_file_grows_ahead_of_its_records_with_zeros_that_end_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(dir.path()).unwrap();
+        let len = || journal.file.metadata().unwrap().len();
+        {
+            let mut held = journal.lock().unwrap();
+            held.append(&put("a", b"one"), true).unwrap();
+            assert_eq!(len(), GROW_STEP);
+            // A record that does not fit grows the file by whole steps.
+            let big = vec![7u8; GROW_STEP as usize];
+            held.append(&put("b", &big), true).unwrap();
+            assert_eq!(len(), 2 * GROW_STEP);
+            held.append(&put("c", b"three"), true).unwrap();
+            assert_eq!(len(), 2 * GROW_STEP);
+        }
+        let again = Journal::open(dir.path()).unwrap();
+        let held = again.lock().unwrap();
+        let keys: Vec<String> = held
+            .records()
+            .unwrap()
+            .iter()
+            .map(|r| r.key().to_string())
+            .collect();
+        assert_eq!(keys, ["a", "b", "c"]);
     }
 
     #[test]
