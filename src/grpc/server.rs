@@ -237,7 +237,10 @@ impl Server {
         );
         loop {
             tokio::select! {
-                next = std::future::poll_fn(|cx| drain.turn(cx, |cx| conn.poll_accept(cx))) => match next {
+                next = std::future::poll_fn(|cx| {
+                    let others_run = active.load(Ordering::Acquire) > 0;
+                    drain.turn(cx, others_run, |cx| conn.poll_accept(cx))
+                }) => match next {
                     Some(Ok((request, respond))) => {
                         idle_since = None;
                         let guard = StreamGuard::new(active.clone());
