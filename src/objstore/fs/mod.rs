@@ -12,7 +12,7 @@ mod spares;
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
-use std::io::Write;
+use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
@@ -222,7 +222,7 @@ impl Drop for Staged<'_> {
 /// object after a repair, instead of losing it to a removal record. None
 /// when the file is not one this store wrote, or cannot be read.
 fn taken_back(key: &str, path: &Path) -> Option<Record<'static>> {
-    use std::io::{ErrorKind, Read};
+    use std::io::Read;
     let key = key.to_string();
     let meta = match fs::symlink_metadata(path) {
         Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory) => {
@@ -251,6 +251,30 @@ fn taken_back(key: &str, path: &Path) -> Option<Record<'static>> {
         key,
         data: Cow::Owned(data),
     })
+}
+
+/// Creates `dir` and whatever of its parents is missing. What is already
+/// there counts as a directory without being looked at (unlike
+/// `create_dir_all`): on Linux a directory whose times were asked for gets
+/// a fine-grained time when a file is next moved into it, and that moves
+/// every file's next time on, the journal's too, whose flush must then
+/// write its inode as well. Something else there fails the write that
+/// follows.
+fn make_dir(dir: &Path) -> std::io::Result<()> {
+    match fs::create_dir(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(()),
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                make_dir(parent)?;
+            }
+            match fs::create_dir(dir) {
+                Err(e) if e.kind() != ErrorKind::AlreadyExists => Err(e),
+                _ => Ok(()),
+            }
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// The file of a key; refuses keys that would escape the root.
@@ -305,7 +329,7 @@ impl Dir {
         if self.known_dirs.lock().is_ok_and(|k| k.contains(dir)) {
             return Ok(());
         }
-        fs::create_dir_all(dir).map_err(|e| fatal(key, "creating the directory", e))?;
+        make_dir(dir).map_err(|e| fatal(key, "creating the directory", e))?;
         if let Ok(mut k) = self.known_dirs.lock() {
             k.insert(dir.to_path_buf());
         }
@@ -775,4 +799,23 @@ async fn yield_once() {
         }
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn make_dir_creates_missing_parents_and_accepts_what_is_there() {
+        let root = tempfile::tempdir().unwrap();
+        let deep = root.path().join("a/b/c");
+        make_dir(&deep).unwrap();
+        assert!(deep.is_dir());
+        make_dir(&deep).unwrap();
+        make_dir(&root.path().join("a/b/d")).unwrap();
+        assert!(root.path().join("a/b/d").is_dir());
+        // Under a file nothing can be made.
+        fs::write(root.path().join("f"), b"x").unwrap();
+        assert!(make_dir(&root.path().join("f/g")).is_err());
+    }
 }

@@ -4,6 +4,7 @@
 //! (ext4 without a journal scans past every inode freed in the last 30 s).
 
 use std::fs::{self, File, OpenOptions};
+use std::io::{Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -50,12 +51,17 @@ impl Spares {
             // opened with O_TRUNC: on ext4 truncating makes the close start
             // writing the file back at once, competing with the journal's
             // flush; a spare is empty, and one that is not is emptied.
-            let Ok(f) = OpenOptions::new().write(true).open(&path) else {
+            let Ok(mut f) = OpenOptions::new().write(true).open(&path) else {
                 continue;
             };
-            let empty = match f.metadata() {
-                Ok(m) if m.len() == 0 => true,
-                _ => f.set_len(0).is_ok(),
+            // Its length by seeking, not by asking for its attributes: on
+            // Linux, a file whose times were asked for gets a fine-grained
+            // time when it is next written, which moves every file's next
+            // time on, the journal's too, whose flush must then write its
+            // inode as well.
+            let empty = match f.seek(SeekFrom::End(0)) {
+                Ok(0) => true,
+                _ => f.set_len(0).is_ok() && f.rewind().is_ok(),
             };
             if empty {
                 return Some((path, f));
@@ -189,8 +195,11 @@ mod tests {
         spares.fill(1);
         let name = fs::read_dir(dir.path()).unwrap().flatten().next().unwrap();
         fs::write(name.path(), b"left over").unwrap();
-        let (path, _f) = spares.take().unwrap();
+        let (path, mut f) = spares.take().unwrap();
         assert_eq!(fs::metadata(&path).unwrap().len(), 0);
+        // And what is written next starts at its beginning.
+        std::io::Write::write_all(&mut f, b"new").unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"new");
     }
 
     #[test]
