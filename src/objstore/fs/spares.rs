@@ -1,7 +1,8 @@
 //! Spare files for the fs provider: files of deleted objects, and files
 //! made ahead of time, reused for new objects so that a write allocates no
 //! inode on its path. Allocation can cost far more than the write itself
-//! (ext4 without a journal scans past every inode freed in the last 30 s).
+//! (ext4 without a journal scans past every inode freed in the last minute,
+//! six while their inode table blocks are unwritten).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Seek, SeekFrom};
