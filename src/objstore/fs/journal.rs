@@ -16,6 +16,7 @@
 
 use std::borrow::Cow;
 use std::fs::{File, OpenOptions};
+use std::io::Seek;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -448,8 +449,10 @@ impl Held<'_> {
         if end <= grown_to.load(Ordering::Relaxed) {
             return Ok(());
         }
-        let file = &self.journal.file;
-        let mut len = file.metadata()?.len();
+        let mut file = &self.journal.file;
+        // Its length by seeking (appends use offsets, not the position),
+        // not by asking for its attributes: see the fs provider's spares.
+        let mut len = file.seek(std::io::SeekFrom::End(0))?;
         if len < end {
             let target = end.div_ceil(GROW_STEP) * GROW_STEP;
             let zeros = vec![0u8; (target - len).min(GROW_STEP) as usize];
