@@ -261,19 +261,18 @@ fn taken_back(key: &str, path: &Path) -> Option<Record<'static>> {
 /// write its inode as well. Something else there fails the write that
 /// follows.
 fn make_dir(dir: &Path) -> std::io::Result<()> {
-    match fs::create_dir(dir) {
-        Ok(()) => Ok(()),
+    let create = || match fs::create_dir(dir) {
         Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(()),
+        made => made,
+    };
+    match create() {
         Err(e) if e.kind() == ErrorKind::NotFound => {
             if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
                 make_dir(parent)?;
             }
-            match fs::create_dir(dir) {
-                Err(e) if e.kind() != ErrorKind::AlreadyExists => Err(e),
-                _ => Ok(()),
-            }
+            create()
         }
-        Err(e) => Err(e),
+        made => made,
     }
 }
 
