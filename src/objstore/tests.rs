@@ -47,6 +47,34 @@ fn fs_store_behaves_writing_on_the_calling_thread() {
     on_blocking_io_thread(move |handle| handle.block_on(behaviour::check_all(store, "t")));
 }
 
+/// A small object's temporary file is written after its journal record,
+/// while the device writes the record: when it cannot be written, the
+/// write fails and its record is taken back, so a repair does not make the
+/// object.
+#[test]
+fn fs_a_temporary_file_that_cannot_be_written_takes_its_record_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let tmp = dir.path().join(".netsy-tmp");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    {
+        let store = fs::FsStore::open(dir.path()).unwrap();
+        // No spare made yet, and no directory to make a temporary file in.
+        std::fs::remove_dir_all(&tmp).unwrap();
+        std::fs::write(&tmp, b"not a directory").unwrap();
+        let data = Bytes::from_static(b"a");
+        let failed = runtime.block_on(store.put("chunks/0001/a", data, Condition::IfAbsent));
+        assert!(matches!(failed, Err(ObjError::Fatal { .. })), "{failed:?}");
+        assert!(!dir.path().join("chunks/0001/a").exists());
+    }
+    std::fs::remove_file(&tmp).unwrap();
+    let store = fs::FsStore::open(dir.path()).unwrap();
+    let after = runtime.block_on(store.get("chunks/0001/a"));
+    assert!(matches!(after, Err(ObjError::NotFound(_))), "{after:?}");
+}
+
 /// A write on the calling thread: its first half (temporary file, journal
 /// record) runs at the first poll and the object appears only at the
 /// second; one dropped between the halves never happens, not even after a

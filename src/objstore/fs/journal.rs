@@ -201,6 +201,9 @@ struct Threads {
     busy: bool,
     /// Where this process last saw the records end.
     seen: Header,
+    /// Threads waiting for the turn: the turn is handed on without a
+    /// wake (a system call) when there is none.
+    waiting: usize,
 }
 
 /// The journal, locked against every other writer. `header.end` is where
@@ -233,8 +236,11 @@ impl Drop for Turn<'_> {
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         threads.busy = false;
         threads.seen = self.seen;
+        let waiting = threads.waiting > 0;
         drop(threads);
-        self.journal.freed.notify_one();
+        if waiting {
+            self.journal.freed.notify_one();
+        }
     }
 }
 
@@ -255,6 +261,7 @@ impl Journal {
             threads: Mutex::new(Threads {
                 busy: false,
                 seen: Header { epoch: 0, end: 0 },
+                waiting: 0,
             }),
             freed: Condvar::new(),
         })
@@ -268,7 +275,10 @@ impl Journal {
             if !wait {
                 return Ok(None);
             }
-            threads = self.freed.wait(threads).map_err(poisoned)?;
+            threads.waiting += 1;
+            let woken = self.freed.wait(threads);
+            threads = woken.map_err(poisoned)?;
+            threads.waiting -= 1;
         }
         threads.busy = true;
         Ok(Some(Turn {
@@ -766,6 +776,34 @@ mod tests {
             HEADER_SIZE + put("a", b"1").encoded_len() * 2,
             "this process saw where the other thread left the end"
         );
+    }
+
+    #[test]
+    fn a_thread_waiting_for_its_turn_is_woken_when_it_is_given_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = std::sync::Arc::new(Journal::open(dir.path()).unwrap());
+        let held = journal.lock().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        // Not a scoped thread: one never woken must fail the test, not hang it.
+        let waiter = {
+            let journal = journal.clone();
+            std::thread::spawn(move || {
+                let mut h = journal.lock().unwrap();
+                h.append(&put("waited", b"1"), false).unwrap();
+                tx.send(()).unwrap();
+            })
+        };
+        // Given back only once the other thread waits for it: a turn given
+        // back with nobody waiting wakes nobody.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while journal.threads.lock().unwrap().waiting == 0 {
+            assert!(std::time::Instant::now() < deadline, "never waited");
+            std::thread::yield_now();
+        }
+        drop(held);
+        rx.recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the waiting thread was not woken");
+        waiter.join().unwrap();
     }
 
     #[test]

@@ -205,7 +205,9 @@ impl Drop for Staged<'_> {
         if self.placed {
             return;
         }
-        let _ = fs::remove_file(&self.tmp);
+        if !self.tmp.as_os_str().is_empty() {
+            let _ = fs::remove_file(&self.tmp);
+        }
         let appended = match taken_back(&self.key, &self.path) {
             Some(back) => self.held.append(&back, true).is_ok(),
             None => false,
@@ -389,11 +391,11 @@ impl Dir {
     }
 
     /// The first half of a small object's write, under the journal's lock
-    /// (`held`): its temporary file written, the condition checked, its
-    /// journal record appended and the record's disk write started.
-    /// [`Staged::finish`] flushes the record and moves the file into place;
-    /// the caller may do other work in between (the commit thread appends
-    /// to SQLite).
+    /// (`held`): the condition checked, its journal record appended and the
+    /// record's disk write started, then its temporary file written while
+    /// the device writes. [`Staged::finish`] flushes the record and moves
+    /// the file into place; the caller may do other work in between (the
+    /// commit thread appends to SQLite).
     fn stage<'d>(
         &'d self,
         mut held: journal::Held<'d>,
@@ -402,7 +404,6 @@ impl Dir {
         condition: &Condition,
     ) -> Result<Staged<'d>, ObjError> {
         let (path, dir) = self.dir_for(key)?;
-        let tmp = self.write_temp(key, data, false)?;
         let record = Record::Put {
             key: key.to_string(),
             data: Cow::Borrowed(data),
@@ -411,21 +412,21 @@ impl Dir {
             held.append_started(&record)
                 .map_err(|e| Self::journal_error(key, e))
         });
-        match appended {
-            Ok(()) => Ok(Staged {
-                dir: self,
-                held,
-                key: key.to_string(),
-                tmp,
-                path,
-                placed: false,
-            }),
-            Err(e) => {
-                let _ = fs::remove_file(&tmp);
-                self.forget_dir_after(&e, &dir);
-                Err(e)
-            }
+        if let Err(e) = appended {
+            self.forget_dir_after(&e, &dir);
+            return Err(e);
         }
+        let mut staged = Staged {
+            dir: self,
+            held,
+            key: key.to_string(),
+            tmp: PathBuf::new(),
+            path,
+            placed: false,
+        };
+        // On failure the staged write drops, and its record is taken back.
+        staged.tmp = self.write_temp(key, data, false)?;
+        Ok(staged)
     }
 
     /// A directory removed behind our back is forgotten, so the next write
