@@ -238,8 +238,8 @@ impl Server {
         loop {
             tokio::select! {
                 next = std::future::poll_fn(|cx| {
-                    let others_run = active.load(Ordering::Acquire) > 0;
-                    drain.turn(cx, others_run, |cx| conn.poll_accept(cx))
+                    let served = active.load(Ordering::Acquire);
+                    drain.turn(cx, served, |cx| conn.poll_accept(cx))
                 }) => match next {
                     Some(Ok((request, respond))) => {
                         idle_since = None;
