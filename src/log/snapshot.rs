@@ -99,14 +99,69 @@ impl SnapshotClock {
         self.last_time = Some(now);
         self.bytes = 0;
     }
+
+    /// The first report that could make a snapshot due, `seen_bytes`
+    /// being every byte reported so far (those observed included). Before
+    /// it, [`SnapshotClock::observe`] would answer None.
+    pub fn next_wake(&self, seen_bytes: u64) -> WakeAt {
+        let p = &self.policy;
+        let mut revision = if p.threshold_records > 0 {
+            self.last_revision.saturating_add(p.threshold_records)
+        } else {
+            i64::MAX
+        };
+        let mut at = None;
+        if let Some(age) = p.threshold_age {
+            match self.last_time {
+                // The first snapshot: at the next revision.
+                None => revision = revision.min(self.last_revision.saturating_add(1)),
+                Some(t) => at = Some(t + age),
+            }
+        }
+        let bytes = if p.threshold_size_mb > 0 {
+            let threshold = p.threshold_size_mb.saturating_mul(1024 * 1024);
+            seen_bytes.saturating_add(threshold.saturating_sub(self.bytes))
+        } else {
+            u64::MAX
+        };
+        WakeAt {
+            revision,
+            bytes,
+            at,
+        }
+    }
+}
+
+/// When the write path wakes the snapshot worker: a report reaching one
+/// of these. Most commits make no snapshot due, and waking the worker for
+/// each put a task on the other runtime worker, a wake of an idle CPU,
+/// on every write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct WakeAt {
+    /// The latest revision reported (0 before the worker first looked:
+    /// any report wakes it).
+    revision: i64,
+    /// The bytes reported in all.
+    bytes: u64,
+    /// The time of a report.
+    at: Option<Instant>,
+}
+
+impl WakeAt {
+    fn reached_by(&self, r: &Reported) -> bool {
+        r.revision >= self.revision
+            || r.bytes >= self.bytes
+            || self.at.is_some_and(|at| Instant::now() >= at)
+    }
 }
 
 /// What the write path has reported: the latest committed revision and
-/// the bytes committed in all.
+/// the bytes committed in all, and when the worker wants to hear of them.
 #[derive(Clone, Copy, Default)]
 struct Reported {
     revision: i64,
     bytes: u64,
+    wake: WakeAt,
 }
 
 /// The handle the write path uses to report committed revisions. Reports
@@ -119,11 +174,12 @@ pub struct SnapshotRequests {
 }
 
 impl SnapshotRequests {
-    /// Never blocks.
+    /// Never blocks; wakes the worker only when a snapshot may be due.
     pub fn request(&self, revision: i64, size: u64) {
-        self.reported.send_modify(|r| {
+        self.reported.send_if_modified(|r| {
             r.revision = r.revision.max(revision);
             r.bytes += size;
+            r.wake.reached_by(r)
         });
     }
 }
@@ -138,40 +194,76 @@ pub fn start(
     metrics: Arc<Metrics>,
 ) -> SnapshotRequests {
     let (requests, mut rx) = reports();
+    // Not a strong handle: the worker ends with the write path's.
+    let reported = Arc::downgrade(&requests.reported);
+    let mut worker = Worker {
+        store,
+        log,
+        writer: SnapshotWriter::default(),
+        clock,
+        cleaner,
+        metrics,
+    };
     tokio::spawn(async move {
-        let mut clock = clock;
-        let mut writer = SnapshotWriter::default();
         let mut seen_bytes = 0;
         while rx.changed().await.is_ok() {
-            let reported = *rx.borrow_and_update();
-            let size = reported.bytes - seen_bytes;
-            seen_bytes = reported.bytes;
-            let revision = reported.revision;
-            let Some(reason) = clock.observe(revision, Instant::now(), size) else {
-                continue;
-            };
-            log::info!("taking snapshot at revision {revision} (reason: {reason:?})");
-            let started = Instant::now();
-            let result = writer.create(&store, &log, revision).await;
-            let m = &metrics;
-            let outcome = if result.is_ok() { "success" } else { "error" };
-            let l = labels(&[("result", outcome)]);
-            m.primary_snapshot_creations.get_or_create(&l).inc();
-            m.primary_snapshot_creation_duration
-                .get_or_create(&l)
-                .observe(started.elapsed().as_secs_f64());
-            match result {
-                Ok(key) => {
-                    log::info!("snapshot {key} written in {:?}", started.elapsed());
-                    clock.taken(revision, Instant::now());
-                    m.snapshot_taken(Timestamp::now().seconds);
-                    cleaner.enqueue(revision);
-                }
-                Err(e) => log::error!("snapshot at revision {revision} failed: {e}"),
+            let report = *rx.borrow_and_update();
+            let size = report.bytes - seen_bytes;
+            seen_bytes = report.bytes;
+            let revision = report.revision;
+            let due = worker.clock.observe(revision, Instant::now(), size);
+            if let Some(reason) = due {
+                worker.take(revision, reason).await;
             }
+            // Only ever later than the one before (or the same, after a
+            // failed snapshot: the next report tries again), so a report
+            // checked against the one before and not woken for could not
+            // have made a snapshot due.
+            let wake = worker.clock.next_wake(seen_bytes);
+            let Some(reported) = reported.upgrade() else {
+                break;
+            };
+            reported.send_if_modified(|r| {
+                r.wake = wake;
+                false
+            });
         }
     });
     requests
+}
+
+/// What the snapshot worker keeps between snapshots.
+struct Worker {
+    store: Arc<Store>,
+    log: Arc<ObjectLog>,
+    writer: SnapshotWriter,
+    clock: SnapshotClock,
+    cleaner: Cleaner,
+    metrics: Arc<Metrics>,
+}
+
+impl Worker {
+    async fn take(&mut self, revision: i64, reason: Reason) {
+        log::info!("taking snapshot at revision {revision} (reason: {reason:?})");
+        let started = Instant::now();
+        let result = self.writer.create(&self.store, &self.log, revision).await;
+        let m = &self.metrics;
+        let outcome = if result.is_ok() { "success" } else { "error" };
+        let l = labels(&[("result", outcome)]);
+        m.primary_snapshot_creations.get_or_create(&l).inc();
+        m.primary_snapshot_creation_duration
+            .get_or_create(&l)
+            .observe(started.elapsed().as_secs_f64());
+        match result {
+            Ok(key) => {
+                log::info!("snapshot {key} written in {:?}", started.elapsed());
+                self.clock.taken(revision, Instant::now());
+                m.snapshot_taken(Timestamp::now().seconds);
+                self.cleaner.enqueue(revision);
+            }
+            Err(e) => log::error!("snapshot at revision {revision} failed: {e}"),
+        }
+    }
 }
 
 fn reports() -> (SnapshotRequests, watch::Receiver<Reported>) {
@@ -517,6 +609,75 @@ mod tests {
         assert!(
             rx.has_changed().is_err(),
             "the worker ends with the write path"
+        );
+    }
+
+    #[test]
+    fn the_worker_is_woken_only_by_a_report_that_may_make_a_snapshot_due() {
+        let t0 = Instant::now();
+        let (requests, mut rx) = reports();
+        let mut clock = SnapshotClock::new(policy(10, 1, None), 0, t0);
+        requests.request(1, 100);
+        assert!(
+            rx.has_changed().unwrap(),
+            "the first report always wakes it"
+        );
+        let r = *rx.borrow_and_update();
+        assert_eq!(clock.observe(r.revision, t0, r.bytes), None);
+        let wake = clock.next_wake(r.bytes);
+        requests.reported.send_if_modified(|r| {
+            r.wake = wake;
+            false
+        });
+        assert!(
+            !rx.has_changed().unwrap(),
+            "setting when to wake wakes nobody"
+        );
+        for revision in 2..10 {
+            requests.request(revision, 100);
+        }
+        assert!(!rx.has_changed().unwrap(), "woken before anything was due");
+        requests.request(10, 100);
+        assert!(
+            rx.has_changed().unwrap(),
+            "not woken at the record threshold"
+        );
+        let r = *rx.borrow_and_update();
+        assert_eq!((r.revision, r.bytes), (10, 1000), "every report counted");
+        assert_eq!(clock.observe(10, t0, 900), Some(Reason::RecordCount));
+    }
+
+    #[test]
+    fn the_next_wake_is_the_first_report_observe_would_find_due() {
+        let t0 = Instant::now();
+        let mib = 1024 * 1024;
+        // Records: the threshold's revision, not one before.
+        let c = SnapshotClock::new(policy(10, 0, None), 20, t0);
+        let wake = c.next_wake(0);
+        assert_eq!((wake.revision, wake.bytes, wake.at), (30, u64::MAX, None));
+        // Bytes: what is still missing, on top of every byte reported.
+        let mut c = SnapshotClock::new(policy(0, 2, None), 0, t0);
+        assert_eq!(c.observe(1, t0, mib), None);
+        let wake = c.next_wake(5 * mib);
+        assert_eq!((wake.revision, wake.bytes), (i64::MAX, 6 * mib));
+        assert_eq!(c.observe(2, t0, mib - 1), None);
+        assert_eq!(c.observe(3, t0, 1), Some(Reason::Size));
+        // Age: the first snapshot at the next revision, then by time.
+        let mut c = SnapshotClock::new(policy(0, 0, Some(60)), 4, t0);
+        c.last_time = None;
+        assert_eq!(c.next_wake(0).revision, 5);
+        c.taken(5, t0);
+        let wake = c.next_wake(0);
+        assert_eq!(
+            (wake.revision, wake.at),
+            (i64::MAX, Some(t0 + Duration::from_secs(60)))
+        );
+        // Nothing configured: never.
+        let c = SnapshotClock::new(policy(0, 0, None), 0, t0);
+        let wake = c.next_wake(0);
+        assert_eq!(
+            (wake.revision, wake.bytes, wake.at),
+            (i64::MAX, u64::MAX, None)
         );
     }
 
