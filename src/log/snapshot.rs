@@ -133,17 +133,17 @@ impl SnapshotClock {
 }
 
 /// When the write path wakes the snapshot worker: a report reaching one
-/// of these. Most commits make no snapshot due, and waking the worker for
-/// each put a task on the other runtime worker, a wake of an idle CPU,
-/// on every write.
+/// of these. Most commits make no snapshot due; waking the worker for each
+/// one queued its task on the other runtime worker, a wake of an idle CPU
+/// per write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct WakeAt {
-    /// The latest revision reported (0 before the worker first looked:
-    /// any report wakes it).
+    /// A revision reported at or past this (0 until the worker first
+    /// looked: any report).
     revision: i64,
-    /// The bytes reported in all.
+    /// The bytes reported in all reaching this.
     bytes: u64,
-    /// The time of a report.
+    /// A report at or after this time.
     at: Option<Instant>,
 }
 
