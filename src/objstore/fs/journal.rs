@@ -246,12 +246,16 @@ impl Drop for Turn<'_> {
 
 impl Journal {
     pub fn open(root: &Path) -> std::io::Result<Journal> {
+        let path = root.join(JOURNAL_FILE);
+        if !path.exists() {
+            super::alone::make_journal(root, &path)?;
+        }
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
-            .open(root.join(JOURNAL_FILE))?;
+            .open(&path)?;
         // The journal's own name must survive a crash before any record
         // in it counts (a new file's flush does not flush its directory).
         File::open(root)?.sync_all()?;

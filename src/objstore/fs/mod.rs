@@ -6,6 +6,7 @@
 //! so create-only and If-Match hold across processes. Opening the store
 //! repairs, from the journal, files a machine crash lost.
 
+mod alone;
 mod journal;
 mod spares;
 
