@@ -248,7 +248,9 @@ impl Journal {
     pub fn open(root: &Path) -> std::io::Result<Journal> {
         let path = root.join(JOURNAL_FILE);
         if !path.exists() {
-            super::alone::make_journal(root, &path)?;
+            // Best effort: where it fails, the journal is made as any file
+            // below (and a directory that takes no files fails there).
+            let _ = super::alone::make_journal(root, &path);
         }
         let file = OpenOptions::new()
             .read(true)
