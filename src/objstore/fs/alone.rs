@@ -25,7 +25,7 @@ const TRIES: usize = 3 * INODES_PER_BLOCK as usize;
 /// block, the rest of the block filled. Another process's journal made
 /// meanwhile wins: this one's files go. Best effort: when no inode opening
 /// a block comes, or the filesystem is not ext4, it makes nothing, and the
-/// caller creates the journal as any file.
+/// caller creates the journal as any file (as it does when this fails).
 pub fn make_journal(root: &Path, journal: &Path) -> std::io::Result<()> {
     if !is_ext4(root) {
         return Ok(());
