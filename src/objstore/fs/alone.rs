@@ -31,10 +31,7 @@ pub fn make_journal(root: &Path, journal: &Path) -> std::io::Result<()> {
         return Ok(());
     }
     let dir = root.join(NEIGHBOURS_DIR);
-    match fs::create_dir(&dir) {
-        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
-        _ => {}
-    }
+    super::make_dir(&dir)?;
     let mut made = Made::new(dir);
     let Some(first) = made.until_block_opens()? else {
         return Ok(());

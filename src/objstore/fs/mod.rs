@@ -173,7 +173,8 @@ struct Staged<'d> {
     dir: &'d Dir,
     held: journal::Held<'d>,
     key: String,
-    tmp: PathBuf,
+    /// Written after the record, while the device writes it.
+    tmp: Option<PathBuf>,
     path: PathBuf,
     /// In place: nothing to take back when dropped.
     placed: bool,
@@ -184,7 +185,11 @@ impl Staged<'_> {
     fn finish(mut self) -> Result<(), ObjError> {
         let key = &self.key;
         self.held.flush().map_err(|e| Dir::journal_error(key, e))?;
-        if let Err(e) = fs::rename(&self.tmp, &self.path) {
+        let renamed = match &self.tmp {
+            Some(tmp) => fs::rename(tmp, &self.path),
+            None => Err(ErrorKind::NotFound.into()),
+        };
+        if let Err(e) = renamed {
             let e = fatal(key, "renaming into place", e);
             if let Some(parent) = self.path.parent() {
                 self.dir.forget_dir_after(&e, parent);
@@ -206,8 +211,8 @@ impl Drop for Staged<'_> {
         if self.placed {
             return;
         }
-        if !self.tmp.as_os_str().is_empty() {
-            let _ = fs::remove_file(&self.tmp);
+        if let Some(tmp) = &self.tmp {
+            let _ = fs::remove_file(tmp);
         }
         let appended = match taken_back(&self.key, &self.path) {
             Some(back) => self.held.append(&back, true).is_ok(),
@@ -421,12 +426,12 @@ impl Dir {
             dir: self,
             held,
             key: key.to_string(),
-            tmp: PathBuf::new(),
+            tmp: None,
             path,
             placed: false,
         };
         // On failure the staged write drops, and its record is taken back.
-        staged.tmp = self.write_temp(key, data, false)?;
+        staged.tmp = Some(self.write_temp(key, data, false)?);
         Ok(staged)
     }
 
