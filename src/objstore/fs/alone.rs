@@ -3,8 +3,8 @@
 //! block of its inode when that block is dirty, and any of the 16 inodes in
 //! it dirties it: with the spare directory or SQLite's WAL beside the
 //! journal, each write's flush was two device writes in series. The
-//! journal is made from the first new inode that opens a block, and the
-//! block's other inodes go to empty files that never change.
+//! journal is made from a new inode that opens a block whose other inodes
+//! went, in order, to empty files made after it, which never change.
 
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::MetadataExt;
@@ -17,15 +17,16 @@ pub const NEIGHBOURS_DIR: &str = ".netsy-journal-neighbours";
 const INODES_PER_BLOCK: u64 = 16;
 /// Names the files made by this process.
 static MADE: AtomicU64 = AtomicU64::new(0);
-/// New inodes tried before giving up (on other filesystems, or where they
-/// are not handed out in order).
-const TRIES: usize = 3 * INODES_PER_BLOCK as usize;
+/// New inodes tried before giving up (where they are not handed out in
+/// order, or blocks have slots taken).
+const TRIES: usize = 8 * INODES_PER_BLOCK as usize;
 
 /// Makes the journal at `journal` (absent) from an inode that opens its
-/// block, the rest of the block filled. Another process's journal made
-/// meanwhile wins: this one's files go. Best effort: when no inode opening
-/// a block comes, or the filesystem is not ext4, it makes nothing, and the
-/// caller creates the journal as any file (as it does when this fails).
+/// block, once every other inode of the block went to an empty file made
+/// after it. Another process's journal made meanwhile wins: this one's
+/// files go. Best effort: when no such block comes, or the filesystem is
+/// not ext4, it makes nothing, and the caller creates the journal as any
+/// file (as it does when this fails).
 pub fn make_journal(root: &Path, journal: &Path) -> std::io::Result<()> {
     if !is_ext4(root) {
         return Ok(());
@@ -33,16 +34,12 @@ pub fn make_journal(root: &Path, journal: &Path) -> std::io::Result<()> {
     let dir = root.join(NEIGHBOURS_DIR);
     super::make_dir(&dir)?;
     let mut made = Made::new(dir);
-    let Some(first) = made.until_block_opens()? else {
+    let Some((first, block)) = made.block_of_its_own()? else {
         return Ok(());
     };
-    let block = (first.1 - 1) / INODES_PER_BLOCK;
-    for _ in 1..INODES_PER_BLOCK {
-        made.one()?;
-    }
-    match fs::hard_link(&first.0, journal) {
+    match fs::hard_link(&first, journal) {
         Ok(()) => {
-            let _ = fs::remove_file(&first.0);
+            let _ = fs::remove_file(&first);
             made.keep_block(block);
             Ok(())
         }
@@ -50,6 +47,16 @@ pub fn make_journal(root: &Path, journal: &Path) -> std::io::Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
         Err(e) => Err(e),
     }
+}
+
+/// The block that `inos`, the inode numbers of the last files made (one
+/// block's worth), fill in order from its first slot, if they do.
+fn fills_a_block(inos: &[u64]) -> Option<u64> {
+    let block = inos.first()?.checked_sub(1)? / INODES_PER_BLOCK;
+    let in_order = (block * INODES_PER_BLOCK + 1..).zip(inos);
+    (inos.len() == INODES_PER_BLOCK as usize
+        && in_order.into_iter().all(|(want, ino)| want == *ino))
+    .then_some(block)
 }
 
 /// The empty files made, removed when dropped unless kept.
@@ -79,12 +86,21 @@ impl Made {
         Ok((path, ino))
     }
 
-    /// New files until one's inode opens an inode table block.
-    fn until_block_opens(&mut self) -> std::io::Result<Option<(PathBuf, u64)>> {
-        for _ in 0..TRIES {
-            let (path, ino) = self.one()?;
-            if ino > 0 && (ino - 1) % INODES_PER_BLOCK == 0 {
-                return Ok(Some((path, ino)));
+    /// New files until one's inode opens an inode table block and the 15
+    /// made after it fill the rest of that block: the first one's name and
+    /// the block. A slot of the block already taken, or freed too recently
+    /// to be handed out again, sends one of them elsewhere, and the search
+    /// goes on.
+    fn block_of_its_own(&mut self) -> std::io::Result<Option<(PathBuf, u64)>> {
+        while self.files.len() < TRIES {
+            self.one()?;
+            let made = self.files.len();
+            let Some(last) = made.checked_sub(INODES_PER_BLOCK as usize) else {
+                continue;
+            };
+            let inos: Vec<u64> = self.files[last..].iter().map(|f| f.1).collect();
+            if let Some(block) = fills_a_block(&inos) {
+                return Ok(Some((self.files[last].0.clone(), block)));
             }
         }
         Ok(None)
@@ -135,6 +151,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_block_is_taken_only_when_the_files_fill_it_in_order_from_its_start() {
+        let block = |first: u64| (first..first + 16).collect::<Vec<u64>>();
+        assert_eq!(fills_a_block(&block(33)), Some(2));
+        assert_eq!(fills_a_block(&block(1)), Some(0));
+        // Not at a block's first slot.
+        assert_eq!(fills_a_block(&block(34)), None);
+        // A slot taken by another file: one of them went past the block.
+        let mut gap = block(33);
+        gap[7] = 49;
+        assert_eq!(fills_a_block(&gap), None);
+        // Fewer than a block's worth.
+        assert_eq!(fills_a_block(&block(33)[..15]), None);
+        assert_eq!(fills_a_block(&[]), None);
+    }
+
+    #[test]
     fn a_new_journal_opens_an_inode_table_block_kept_for_files_that_never_change() {
         let dir = tempfile::tempdir().unwrap();
         let journal = dir.path().join(".netsy-journal");
@@ -145,29 +177,23 @@ mod tests {
                 .collect(),
             Err(_) => Vec::new(),
         };
-        if !is_ext4(dir.path()) {
-            assert!(!journal.exists() && neighbours.is_empty());
+        let Ok(ino) = fs::metadata(&journal).map(|m| m.ino()) else {
+            // Not ext4, or no block of its own came (other tests make and
+            // remove files meanwhile): nothing made, nothing left behind.
+            assert!(neighbours.is_empty(), "{neighbours:?} left");
             return;
-        }
-        let ino = fs::metadata(&journal).unwrap().ino();
+        };
+        // Its inode opens a block whose every other inode is a file kept
+        // for it.
         assert_eq!(
             (ino - 1) % INODES_PER_BLOCK,
             0,
             "inode {ino} opens no block"
         );
-        let block = (ino - 1) / INODES_PER_BLOCK;
-        // Other tests make files meanwhile: some of the block may be theirs,
-        // but every file kept is in it, and none of it is the journal's
-        // old name.
-        assert!(!neighbours.is_empty() && neighbours.len() < INODES_PER_BLOCK as usize);
-        for n in &neighbours {
-            assert_eq!(
-                (n - 1) / INODES_PER_BLOCK,
-                block,
-                "inode {n} kept outside the block"
-            );
-            assert_ne!(*n, ino);
-        }
+        let mut block: Vec<u64> = neighbours.clone();
+        block.push(ino);
+        block.sort();
+        assert_eq!(fills_a_block(&block), Some((ino - 1) / INODES_PER_BLOCK));
         // One made meanwhile by another process wins, and this one's
         // files go.
         fs::write(&journal, b"records").unwrap();
