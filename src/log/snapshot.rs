@@ -223,13 +223,18 @@ pub fn start(
             let Some(reported) = reported.upgrade() else {
                 break;
             };
-            reported.send_if_modified(|r| {
-                r.wake = wake;
-                false
-            });
+            wake_at(&reported, wake);
         }
     });
     requests
+}
+
+/// Tells the write path when to wake the worker next, waking nobody.
+fn wake_at(reported: &watch::Sender<Reported>, wake: WakeAt) {
+    reported.send_if_modified(|r| {
+        r.wake = wake;
+        false
+    });
 }
 
 /// What the snapshot worker keeps between snapshots.
@@ -624,11 +629,7 @@ mod tests {
         );
         let r = *rx.borrow_and_update();
         assert_eq!(clock.observe(r.revision, t0, r.bytes), None);
-        let wake = clock.next_wake(r.bytes);
-        requests.reported.send_if_modified(|r| {
-            r.wake = wake;
-            false
-        });
+        wake_at(&requests.reported, clock.next_wake(r.bytes));
         assert!(
             !rx.has_changed().unwrap(),
             "setting when to wake wakes nobody"
