@@ -16,6 +16,9 @@ use super::codec::{self, FrameDecoder};
 use super::flow::write_all;
 use super::status::Status;
 
+/// How long an answered call waits for the end of the client's request.
+const END_OF_REQUEST_GRACE: Duration = Duration::from_secs(10);
+
 /// What a handler knows about the caller.
 #[derive(Clone, Debug)]
 pub struct RequestContext {
@@ -105,6 +108,29 @@ impl Inbound {
             Some(bytes) => codec::decode(bytes, "request").map(Some),
             None => Ok(None),
         }
+    }
+
+    /// Lets the call's stream close once the client ends its side, after
+    /// a unary or server-streaming answer. A client may send the end of its
+    /// request in a frame of its own (tonic does) that arrives after the
+    /// answer; dropping the stream before it would reset the
+    /// stream, and h2 counts each late frame on a forgotten stream as an
+    /// error of its own, closing the connection with ENHANCE_YOUR_CALM past
+    /// 1,024. etcd's Go server ignores such frames. A client that sends
+    /// nothing within END_OF_REQUEST_GRACE gets the reset after all.
+    pub fn close_after_answer(self) {
+        if self.ended || self.body.is_end_stream() {
+            return;
+        }
+        let mut body = self.body;
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(END_OF_REQUEST_GRACE, async {
+                while let Some(Ok(chunk)) = body.data().await {
+                    let _ = body.flow_control().release_capacity(chunk.len());
+                }
+            })
+            .await;
+        });
     }
 
     /// Exactly one message (unary and server-streaming calls).

@@ -19,7 +19,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::codec::{self, FrameDecoder};
-use super::flow::write_all;
+use super::flow::write;
 use super::status::{Code, Status};
 use super::timeout;
 
@@ -217,7 +217,7 @@ impl Channel {
         timeout: Option<Duration>,
     ) -> Result<Resp, Status> {
         let mut call = self.start(path, timeout).await?;
-        if let Err(send_error) = call.sender.send(request).await {
+        if let Err(send_error) = call.sender.send_last(request).await {
             // The server may have answered (and closed the stream) before
             // reading the request, e.g. Unimplemented: prefer its status.
             return match call.receiver.next::<Resp>().await {
@@ -225,7 +225,6 @@ impl Channel {
                 Ok(_) => Err(send_error),
             };
         }
-        call.sender.close();
         let resp = call.receiver.next().await?;
         match resp {
             Some(r) => {
@@ -320,10 +319,21 @@ pub struct CallSender {
 
 impl CallSender {
     pub async fn send<M: Message>(&mut self, message: &M) -> Result<(), Status> {
+        self.write(message, false).await
+    }
+
+    /// Sends the call's last message, ending the request stream in the
+    /// same frame (as grpc-go does for unary calls): no separate end that
+    /// could reach the server after its answer.
+    pub async fn send_last<M: Message>(&mut self, message: &M) -> Result<(), Status> {
+        self.write(message, true).await
+    }
+
+    async fn write<M: Message>(&mut self, message: &M, end: bool) -> Result<(), Status> {
         let frame = codec::encode(message);
         let stream = &mut self.stream;
         until(self.deadline, async move {
-            write_all(stream, frame)
+            write(stream, frame, end)
                 .await
                 .map_err(|e| Status::unavailable(format!("send: {e}")))
         })

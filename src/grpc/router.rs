@@ -107,7 +107,9 @@ where
                 Ok(response) => outbound.send(&response).await,
                 Err(status) => Err(status),
             };
-            outbound.finish(result)
+            let finished = outbound.finish(result);
+            inbound.close_after_answer();
+            finished
         }
     })
 }

@@ -70,7 +70,9 @@ where
                 Ok(r) => r,
                 Err(status) => return outbound.finish(Err(status)),
             };
-            respond(ctx, outbound, |ctx, out| f(request, ctx, out)).await
+            let finished = respond(ctx, outbound, |ctx, out| f(request, ctx, out)).await;
+            inbound.close_after_answer();
+            finished
         }
     })
 }

@@ -524,3 +524,106 @@ async fn the_connector_reconnects_once_the_server_is_back() {
     .await;
     assert_eq!(answer.version, "again");
 }
+
+/// One HTTP/2 frame: length, type, flags, stream, payload.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    f.extend_from_slice(&[kind, flags]);
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// HPACK: each header as a literal without indexing, new name.
+fn hpack_literals(headers: &[(&str, &str)]) -> Vec<u8> {
+    let mut block = Vec::new();
+    for (name, value) in headers {
+        block.push(0);
+        block.push(name.len() as u8);
+        block.extend_from_slice(name.as_bytes());
+        block.push(value.len() as u8);
+        block.extend_from_slice(value.as_bytes());
+    }
+    block
+}
+
+/// A client may end its request stream only after the answer has come
+/// (tonic sends the end in a frame of its own, which can reach the server
+/// after it has answered; so did our own client). Such a call must not cost
+/// the connection: were the server to reset the stream and forget it, h2
+/// would count every late end as an error of its own and, past 1,024,
+/// close the connection with ENHANCE_YOUR_CALM ("too_many_internal_resets").
+/// Written frame by frame, as a client library would not send the end of
+/// a stream the server has already reset.
+#[tokio::test]
+async fn a_request_stream_ended_after_the_answer_keeps_the_connection() {
+    const DATA: u8 = 0;
+    const HEADERS: u8 = 1;
+    const RST_STREAM: u8 = 3;
+    const SETTINGS: u8 = 4;
+    const GOAWAY: u8 = 7;
+    const END_STREAM: u8 = 0x1;
+    const END_HEADERS: u8 = 0x4;
+    let (addr, _stop) = start(ServerConfig::default()).await;
+    let mut tcp = TcpStream::connect(&addr).await.unwrap();
+    tcp.set_nodelay(true).unwrap();
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend(h2_frame(SETTINGS, 0, 0, &[]));
+    tcp.write_all(&hello).await.unwrap();
+    let headers = hpack_literals(&[
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", "/test.Svc/Echo"),
+        (":authority", "netsy"),
+        ("content-type", "application/grpc"),
+        ("te", "trailers"),
+    ]);
+    let message = codec::encode(&StatusRequest {});
+    let mut resets_without_error = 0;
+    let mut buf = Vec::new();
+    for call in 0..1_200u32 {
+        let stream = 2 * call + 1;
+        let mut out = h2_frame(HEADERS, END_HEADERS, stream, &headers);
+        out.extend(h2_frame(DATA, 0, stream, &message));
+        tcp.write_all(&out).await.unwrap();
+        // Read frames until this call's trailers (HEADERS with END_STREAM).
+        let mut answered = false;
+        while !answered {
+            while buf.len() >= 9 {
+                let len = u32::from_be_bytes([0, buf[0], buf[1], buf[2]]) as usize;
+                if buf.len() < 9 + len {
+                    break;
+                }
+                let (kind, flags) = (buf[3], buf[4]);
+                let id = u32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]]) & 0x7fff_ffff;
+                let payload = buf[9..9 + len].to_vec();
+                buf.drain(..9 + len);
+                match kind {
+                    SETTINGS if flags & 0x1 == 0 => tcp
+                        .write_all(&h2_frame(SETTINGS, 0x1, 0, &[]))
+                        .await
+                        .unwrap(),
+                    GOAWAY => panic!(
+                        "call {call}: the server closed the connection: {:?}",
+                        String::from_utf8_lossy(payload.get(8..).unwrap_or_default())
+                    ),
+                    RST_STREAM if payload == [0, 0, 0, 0] => resets_without_error += 1,
+                    RST_STREAM => panic!("call {call}: stream {id} reset with {payload:?}"),
+                    HEADERS if id == stream && flags & END_STREAM != 0 => answered = true,
+                    _ => {}
+                }
+            }
+            if !answered {
+                let mut chunk = [0u8; 4096];
+                let n = within("the answer", tcp.read(&mut chunk)).await.unwrap();
+                assert!(n > 0, "call {call}: the server closed the socket");
+                buf.extend_from_slice(&chunk[..n]);
+            }
+        }
+        // Only now does the client end its side.
+        tcp.write_all(&h2_frame(DATA, END_STREAM, stream, &[]))
+            .await
+            .unwrap();
+    }
+    assert_eq!(resets_without_error, 0, "streams were reset, not closed");
+}
