@@ -627,3 +627,52 @@ async fn a_request_stream_ended_after_the_answer_keeps_the_connection() {
     }
     assert_eq!(resets_without_error, 0, "streams were reset, not closed");
 }
+
+/// Our client ends a unary request in its message's own DATA frame, as
+/// grpc-go does: a separate empty frame with the end can reach a server
+/// after its answer (see the test above).
+#[tokio::test]
+async fn a_unary_request_ends_its_stream_in_the_frame_of_its_message() {
+    const DATA: u8 = 0;
+    const SETTINGS: u8 = 4;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let client = tokio::spawn(async move {
+        let ch = Channel::connect(&addr).await?;
+        ch.unary::<_, StatusResponse>("/test.Svc/Echo", &StatusRequest {})
+            .await
+            .map(|_| ())
+    });
+    let (mut tcp, _) = within("the client", listener.accept()).await.unwrap();
+    tcp.write_all(&h2_frame(SETTINGS, 0, 0, &[])).await.unwrap();
+    // The preface, then frames until the first DATA frame.
+    let mut buf = Vec::new();
+    let mut at = 24;
+    let data_flags = within("the request's DATA frame", async {
+        loop {
+            while buf.len() >= at + 9 {
+                let len = u32::from_be_bytes([0, buf[at], buf[at + 1], buf[at + 2]]) as usize;
+                if buf.len() < at + 9 + len {
+                    break;
+                }
+                let (kind, flags) = (buf[at + 3], buf[at + 4]);
+                at += 9 + len;
+                if kind == DATA {
+                    return flags;
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            let n = tcp.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "the client closed the socket first");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await;
+    assert_eq!(
+        data_flags & 0x1,
+        0x1,
+        "the message's DATA frame ends the stream"
+    );
+    drop(tcp);
+    let _ = within("the client to give up", client).await;
+}
