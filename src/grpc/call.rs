@@ -112,12 +112,12 @@ impl Inbound {
 
     /// Lets the call's stream close once the client ends its side, after
     /// a unary or server-streaming answer. A client may send the end of its
-    /// request in a frame of its own (tonic does) that arrives after the
-    /// answer; dropping the stream before it would reset the
-    /// stream, and h2 counts each late frame on a forgotten stream as an
-    /// error of its own, closing the connection with ENHANCE_YOUR_CALM past
-    /// 1,024. etcd's Go server ignores such frames. A client that sends
-    /// nothing within END_OF_REQUEST_GRACE gets the reset after all.
+    /// request in an empty frame of its own (our client did), which can
+    /// arrive after the answer. Dropping the stream before then resets it,
+    /// and h2 counts each late frame on a forgotten stream as an error of
+    /// its own, closing the connection with ENHANCE_YOUR_CALM past 1,024;
+    /// etcd's Go server ignores such frames. A client that sends nothing
+    /// within END_OF_REQUEST_GRACE gets the reset after all.
     pub fn close_after_answer(self) {
         if self.ended || self.body.is_end_stream() {
             return;

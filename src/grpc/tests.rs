@@ -548,8 +548,8 @@ fn hpack_literals(headers: &[(&str, &str)]) -> Vec<u8> {
 }
 
 /// A client may end its request stream only after the answer has come
-/// (tonic sends the end in a frame of its own, which can reach the server
-/// after it has answered; so did our own client). Such a call must not cost
+/// (our own client sent the end in an empty frame of its own, which could
+/// reach the server after it had answered). Such a call must not cost
 /// the connection: were the server to reset the stream and forget it, h2
 /// would count every late end as an error of its own and, past 1,024,
 /// close the connection with ENHANCE_YOUR_CALM ("too_many_internal_resets").
