@@ -9,14 +9,11 @@
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Holds the empty files that fill the journal's inode table block.
 pub const NEIGHBOURS_DIR: &str = ".netsy-journal-neighbours";
 /// Inodes per inode table block: ext4's 256-byte inodes in 4 KiB blocks.
 const INODES_PER_BLOCK: u64 = 16;
-/// Names the files made by this process.
-static MADE: AtomicU64 = AtomicU64::new(0);
 /// New inodes tried before giving up (where they are not handed out in
 /// order, or blocks have slots taken).
 const TRIES: usize = 8 * INODES_PER_BLOCK as usize;
@@ -75,8 +72,7 @@ impl Made {
 
     /// A new empty file and its inode number.
     fn one(&mut self) -> std::io::Result<(PathBuf, u64)> {
-        let n = MADE.fetch_add(1, Ordering::Relaxed);
-        let path = self.dir.join(format!("{}-{n}", std::process::id()));
+        let path = self.dir.join(super::unique_name());
         let file = OpenOptions::new()
             .write(true)
             .create_new(true)

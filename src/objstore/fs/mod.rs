@@ -60,6 +60,13 @@ const SPARES_LOW: usize = 8;
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
+/// A file name no other file made by this or another process has:
+/// `{pid}-{n}`.
+fn unique_name() -> String {
+    let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{}-{n}", std::process::id())
+}
+
 fn fatal(key: &str, what: &str, e: std::io::Error) -> ObjError {
     ObjError::Fatal {
         key: key.to_string(),
@@ -302,10 +309,7 @@ fn path_of(root: &Path, key: &str) -> Result<PathBuf, ObjError> {
 
 impl Dir {
     fn tmp_name(&self) -> PathBuf {
-        let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-        self.root
-            .join(TMP_DIR)
-            .join(format!("{}-{n}", std::process::id()))
+        self.root.join(TMP_DIR).join(unique_name())
     }
 
     /// Writes `data` to a temporary file (a spare when there is one),
