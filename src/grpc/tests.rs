@@ -525,6 +525,16 @@ async fn the_connector_reconnects_once_the_server_is_back() {
     assert_eq!(answer.version, "again");
 }
 
+// HTTP/2 frame types and flags, for the tests that speak it frame by frame.
+const DATA: u8 = 0;
+const HEADERS: u8 = 1;
+const RST_STREAM: u8 = 3;
+const SETTINGS: u8 = 4;
+const GOAWAY: u8 = 7;
+const END_STREAM: u8 = 0x1;
+const ACK: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
+
 /// One HTTP/2 frame: length, type, flags, stream, payload.
 fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
@@ -532,6 +542,37 @@ fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     f.extend_from_slice(&stream.to_be_bytes());
     f.extend_from_slice(payload);
     f
+}
+
+/// A frame read back: type, flags, stream, payload.
+struct Frame {
+    kind: u8,
+    flags: u8,
+    stream: u32,
+    payload: Vec<u8>,
+}
+
+/// The next frame from `tcp`, `buf` holding what was read past it.
+async fn read_frame(tcp: &mut TcpStream, buf: &mut Vec<u8>) -> Frame {
+    loop {
+        if buf.len() >= 9 {
+            let len = u32::from_be_bytes([0, buf[0], buf[1], buf[2]]) as usize;
+            if buf.len() >= 9 + len {
+                let frame = Frame {
+                    kind: buf[3],
+                    flags: buf[4],
+                    stream: u32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]]) & 0x7fff_ffff,
+                    payload: buf[9..9 + len].to_vec(),
+                };
+                buf.drain(..9 + len);
+                return frame;
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        let n = tcp.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "the peer closed the socket");
+        buf.extend_from_slice(&chunk[..n]);
+    }
 }
 
 /// HPACK: each header as a literal without indexing, new name.
@@ -557,13 +598,6 @@ fn hpack_literals(headers: &[(&str, &str)]) -> Vec<u8> {
 /// a stream the server has already reset.
 #[tokio::test]
 async fn a_request_stream_ended_after_the_answer_keeps_the_connection() {
-    const DATA: u8 = 0;
-    const HEADERS: u8 = 1;
-    const RST_STREAM: u8 = 3;
-    const SETTINGS: u8 = 4;
-    const GOAWAY: u8 = 7;
-    const END_STREAM: u8 = 0x1;
-    const END_HEADERS: u8 = 0x4;
     let (addr, _stop) = start(ServerConfig::default()).await;
     let mut tcp = TcpStream::connect(&addr).await.unwrap();
     tcp.set_nodelay(true).unwrap();
@@ -587,37 +621,24 @@ async fn a_request_stream_ended_after_the_answer_keeps_the_connection() {
         out.extend(h2_frame(DATA, 0, stream, &message));
         tcp.write_all(&out).await.unwrap();
         // Read frames until this call's trailers (HEADERS with END_STREAM).
-        let mut answered = false;
-        while !answered {
-            while buf.len() >= 9 {
-                let len = u32::from_be_bytes([0, buf[0], buf[1], buf[2]]) as usize;
-                if buf.len() < 9 + len {
-                    break;
-                }
-                let (kind, flags) = (buf[3], buf[4]);
-                let id = u32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]]) & 0x7fff_ffff;
-                let payload = buf[9..9 + len].to_vec();
-                buf.drain(..9 + len);
-                match kind {
-                    SETTINGS if flags & 0x1 == 0 => tcp
-                        .write_all(&h2_frame(SETTINGS, 0x1, 0, &[]))
-                        .await
-                        .unwrap(),
-                    GOAWAY => panic!(
-                        "call {call}: the server closed the connection: {:?}",
-                        String::from_utf8_lossy(payload.get(8..).unwrap_or_default())
-                    ),
-                    RST_STREAM if payload == [0, 0, 0, 0] => resets_without_error += 1,
-                    RST_STREAM => panic!("call {call}: stream {id} reset with {payload:?}"),
-                    HEADERS if id == stream && flags & END_STREAM != 0 => answered = true,
-                    _ => {}
-                }
-            }
-            if !answered {
-                let mut chunk = [0u8; 4096];
-                let n = within("the answer", tcp.read(&mut chunk)).await.unwrap();
-                assert!(n > 0, "call {call}: the server closed the socket");
-                buf.extend_from_slice(&chunk[..n]);
+        loop {
+            let f = within("the answer", read_frame(&mut tcp, &mut buf)).await;
+            match f.kind {
+                SETTINGS if f.flags & ACK == 0 => tcp
+                    .write_all(&h2_frame(SETTINGS, ACK, 0, &[]))
+                    .await
+                    .unwrap(),
+                GOAWAY => panic!(
+                    "call {call}: the server closed the connection: {:?}",
+                    String::from_utf8_lossy(f.payload.get(8..).unwrap_or_default())
+                ),
+                RST_STREAM if f.payload == [0, 0, 0, 0] => resets_without_error += 1,
+                RST_STREAM => panic!(
+                    "call {call}: stream {} reset with {:?}",
+                    f.stream, f.payload
+                ),
+                HEADERS if f.stream == stream && f.flags & END_STREAM != 0 => break,
+                _ => {}
             }
         }
         // Only now does the client end its side.
@@ -633,8 +654,6 @@ async fn a_request_stream_ended_after_the_answer_keeps_the_connection() {
 /// after its answer (see the test above).
 #[tokio::test]
 async fn a_unary_request_ends_its_stream_in_the_frame_of_its_message() {
-    const DATA: u8 = 0;
-    const SETTINGS: u8 = 4;
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let client = tokio::spawn(async move {
@@ -645,32 +664,23 @@ async fn a_unary_request_ends_its_stream_in_the_frame_of_its_message() {
     });
     let (mut tcp, _) = within("the client", listener.accept()).await.unwrap();
     tcp.write_all(&h2_frame(SETTINGS, 0, 0, &[])).await.unwrap();
-    // The preface, then frames until the first DATA frame.
+    let mut preface = [0u8; 24];
+    within("the preface", tcp.read_exact(&mut preface))
+        .await
+        .unwrap();
     let mut buf = Vec::new();
-    let mut at = 24;
     let data_flags = within("the request's DATA frame", async {
         loop {
-            while buf.len() >= at + 9 {
-                let len = u32::from_be_bytes([0, buf[at], buf[at + 1], buf[at + 2]]) as usize;
-                if buf.len() < at + 9 + len {
-                    break;
-                }
-                let (kind, flags) = (buf[at + 3], buf[at + 4]);
-                at += 9 + len;
-                if kind == DATA {
-                    return flags;
-                }
+            let f = read_frame(&mut tcp, &mut buf).await;
+            if f.kind == DATA {
+                return f.flags;
             }
-            let mut chunk = [0u8; 4096];
-            let n = tcp.read(&mut chunk).await.unwrap();
-            assert!(n > 0, "the client closed the socket first");
-            buf.extend_from_slice(&chunk[..n]);
         }
     })
     .await;
     assert_eq!(
-        data_flags & 0x1,
-        0x1,
+        data_flags & END_STREAM,
+        END_STREAM,
         "the message's DATA frame ends the stream"
     );
     drop(tcp);
