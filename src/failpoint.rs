@@ -16,6 +16,10 @@
 //! link from one node to another, so it can cut a node off from the others
 //! (both directions) while the rest stay connected.
 //!
+//! And `NETSY_TEST_BOOT_ID=<id>` is the machine boot the local store is
+//! opened on ([`test_boot_id`]): a node restarted with another id acts as
+//! one whose machine restarted.
+//!
 //! Only debug builds (the tests') have them. A release build compiles
 //! every point to an empty inline function and never reads the variables
 //! (only [`init`] warns that they are ignored). In a debug build the
@@ -185,9 +189,10 @@ pub fn init() -> Result<Vec<String>, Vec<String>> {
 pub fn init() -> Result<Vec<String>, Vec<String>> {
     let prefix = crate::config::env_vars::FAILPOINT.name;
     let dial_via = crate::config::env_vars::TEST_DIAL_VIA.name;
+    let boot_id = crate::config::env_vars::TEST_BOOT_ID.name;
     Ok(std::env::vars_os()
         .filter_map(|(name, _)| name.into_string().ok())
-        .filter(|name| name.starts_with(prefix) || name == dial_via)
+        .filter(|name| name.starts_with(prefix) || name == dial_via || name == boot_id)
         .map(|name| format!("{name} is ignored: fault points exist only in debug builds"))
         .collect())
 }
@@ -225,6 +230,20 @@ pub fn dial_address(addr: &str) -> &str {
 #[inline(always)]
 pub fn dial_address(addr: &str) -> &str {
     addr
+}
+
+/// The boot id `NETSY_TEST_BOOT_ID` sets, if any (not empty).
+#[cfg(debug_assertions)]
+pub fn test_boot_id() -> Option<String> {
+    std::env::var(crate::config::env_vars::TEST_BOOT_ID.name)
+        .ok()
+        .filter(|id| !id.trim().is_empty())
+}
+
+#[cfg(not(debug_assertions))]
+#[inline(always)]
+pub fn test_boot_id() -> Option<String> {
+    None
 }
 
 /// Fault point `name`, in async code.

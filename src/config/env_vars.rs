@@ -145,6 +145,14 @@ pub const TEST_DIAL_VIA: EnvVar = EnvVar::new(
     "tests only (debug builds): ADDR=PROXY,... dial PROXY wherever ADDR would be dialled \
      (peer and election links, so a test can cut them one by one)",
 );
+/// Tests only: the machine boot the node takes itself to run on
+/// (`crate::failpoint`).
+pub const TEST_BOOT_ID: EnvVar = EnvVar::new(
+    "NETSY_TEST_BOOT_ID",
+    "",
+    "tests only (debug builds): the boot id the local store is opened on, in place of the \
+     kernel's (a restart with another one acts as a machine restart)",
+);
 /// Tests only: fault points (`crate::failpoint`).
 pub const FAILPOINT: EnvVar = EnvVar {
     name: "NETSY_FAILPOINT_",
@@ -207,6 +215,7 @@ pub const ALL: &[EnvVar] = &[
     DEBUG,
     TEST_ELECTION_SPEEDUP,
     TEST_DIAL_VIA,
+    TEST_BOOT_ID,
     FAILPOINT,
     LAUNCH_KEEP,
     CLUSTER_ECHO,

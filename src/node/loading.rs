@@ -7,26 +7,59 @@ use std::sync::Arc;
 use crate::http::metrics::{labels, Metrics};
 use crate::log::restore::{self, CaughtUp};
 use crate::log::{LogError, ObjectLog};
-use crate::store::{Store, StoreError, Timestamp};
+use crate::store::{unsynced, Store, StoreError, Timestamp};
 
-async fn open_store(data_dir: &Path) -> Result<Arc<Store>, String> {
-    let dir = data_dir.to_path_buf();
-    let opened = tokio::task::spawn_blocking(move || Store::open(&dir))
-        .await
-        .map_err(|e| format!("opening the local store failed: {e}"))?;
-    Ok(Arc::new(opened.map_err(|e| {
+/// Opens the local store. One written without flushes under another
+/// machine boot may have lost pages: it is set aside and rebuilt from the
+/// bucket, which holds every batch so written.
+async fn open_store(data_dir: &Path, metrics: &Metrics) -> Result<Arc<Store>, String> {
+    let boot = crate::failpoint::test_boot_id().or_else(unsynced::current_boot);
+    let cannot = |e: StoreError| {
         format!(
             "NETSY_DATA_DIR ({}): cannot open the local store: {e}",
             data_dir.display()
         )
-    })?))
+    };
+    match open_on_boot(data_dir, boot.clone()).await? {
+        Ok(store) => Ok(store),
+        Err(e @ StoreError::LeftUnsynced { .. }) => {
+            log::warn!("{e}; rebuilding the local store from the bucket");
+            set_aside(data_dir)?;
+            count_rebuild(metrics, "machine_restarted");
+            open_on_boot(data_dir, boot).await?.map_err(cannot)
+        }
+        Err(e) => Err(cannot(e)),
+    }
 }
 
-/// Moves a local database that disagrees with object storage aside, so the
-/// node rebuilds it from the bucket.
+async fn open_on_boot(
+    data_dir: &Path,
+    boot: Option<String>,
+) -> Result<Result<Arc<Store>, StoreError>, String> {
+    let dir = data_dir.to_path_buf();
+    let opened = tokio::task::spawn_blocking(move || Store::open_on_boot(&dir, boot))
+        .await
+        .map_err(|e| format!("opening the local store failed: {e}"))?;
+    Ok(opened.map(Arc::new))
+}
+
+fn count_rebuild(metrics: &Metrics, reason: &str) {
+    let reason = labels(&[("reason", reason)]);
+    metrics.local_db_rebuilds.get_or_create(&reason).inc();
+    metrics.loading_restarts.get_or_create(&reason).inc();
+}
+
+/// Moves a local database that disagrees with object storage, or may have
+/// lost pages, aside (with its mark), so the node rebuilds it from the
+/// bucket.
 fn set_aside(data_dir: &Path) -> Result<(), String> {
     let stamp = Timestamp::now().seconds;
-    for name in ["db.sqlite3", "db.sqlite3-wal", "db.sqlite3-shm"] {
+    for name in [
+        "db.sqlite3",
+        "db.sqlite3-wal",
+        "db.sqlite3-shm",
+        unsynced::MARK_FILE,
+    ] {
         let from = data_dir.join(name);
         if from.exists() {
             let to = data_dir.join(format!("{name}.diverged-{stamp}"));
@@ -54,7 +87,7 @@ pub async fn load(
     log: &ObjectLog,
     metrics: &Metrics,
 ) -> Result<(Arc<Store>, CaughtUp), String> {
-    let store = open_store(data_dir).await?;
+    let store = open_store(data_dir, metrics).await?;
     match restore::catch_up(&store, log).await {
         Ok(report) => return Ok((store, report)),
         Err(e) if diverged(&e) => {
@@ -67,10 +100,8 @@ pub async fn load(
     }
     drop(store);
     set_aside(data_dir)?;
-    let reason = labels(&[("reason", "integrity_check_failed")]);
-    metrics.local_db_rebuilds.get_or_create(&reason).inc();
-    metrics.loading_restarts.get_or_create(&reason).inc();
-    let store = open_store(data_dir).await?;
+    count_rebuild(metrics, "integrity_check_failed");
+    let store = open_store(data_dir, metrics).await?;
     let report = restore::catch_up(&store, log).await.map_err(|e| {
         format!(
             "restoring from {} after a rebuild: {e}",

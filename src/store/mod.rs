@@ -1,5 +1,6 @@
-//! Local MVCC store: SQLite keeps every record durably (one row per
-//! revision, history kept, compaction nulls values); an in-memory key index
+//! Local MVCC store: SQLite keeps every record (one row per revision,
+//! history kept, compaction nulls values), durably or, for batches the
+//! bucket holds, under the mark of [`unsynced`]; an in-memory key index
 //! answers reads without scanning history. The etcd layer never sees SQL.
 
 pub mod checkpoint;
@@ -8,6 +9,7 @@ pub mod keyrange;
 pub mod query;
 pub mod record;
 pub mod sqlite;
+pub mod unsynced;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -62,6 +64,11 @@ pub enum StoreError {
     Conflict {
         revision: i64,
     },
+    /// The database was written without flushes under another boot: the
+    /// machine went down meanwhile, and pages may be lost or torn.
+    LeftUnsynced {
+        boot: String,
+    },
 }
 
 impl std::fmt::Display for StoreError {
@@ -99,6 +106,12 @@ impl std::fmt::Display for StoreError {
             StoreError::Conflict { revision } => {
                 write!(f, "replicate conflict: revision {revision} already exists with different contents")
             }
+            StoreError::LeftUnsynced { boot } => write!(
+                f,
+                "the database was written without flushes before the machine restarted \
+                 (boot {boot:?}, see {})",
+                unsynced::MARK_FILE
+            ),
         }
     }
 }
@@ -168,6 +181,11 @@ impl Batch {
 /// How many imported records are published to the index at a time; an
 /// import at least this large also shrinks the write-ahead log afterwards.
 const IMPORT_PUBLISH_BATCH: usize = 10_000;
+
+/// Where the writer checkpoints while it commits without flushes (SQLite's
+/// default): a copy in memory, cheap enough to keep the WAL short, so its
+/// pages are written over in the page cache instead of reaching the disk.
+const UNFLUSHED_CHECKPOINT_PAGES: i64 = 1000;
 
 /// Receives the records of one [`Store::import_all`], inside its transaction.
 pub struct Importer<'c> {
@@ -270,9 +288,15 @@ pub struct Store {
     /// Appended batches above the committed revision, oldest first.
     pending: Mutex<VecDeque<Pending>>,
     writer: Mutex<Connection>,
-    /// The writer commits without an fsync (synchronous=NORMAL) at the
+    /// The writer commits batches the bucket holds without an fsync at the
     /// moment; read and changed only under the writer lock.
     relaxed: std::sync::atomic::AtomicBool,
+    /// This boot's id: where there is one, those commits (and the writer's
+    /// checkpoints) flush nothing, under the mark of [`unsynced`];
+    /// elsewhere they are synchronous=NORMAL.
+    boot: Option<String>,
+    /// The mark is down (changed only under the writer lock).
+    marked: std::sync::atomic::AtomicBool,
     readers: Mutex<Vec<Connection>>,
     checkpoints: checkpoint::Checkpointer,
     latest: AtomicI64,
@@ -285,11 +309,37 @@ pub struct Store {
     rewrites_finished: AtomicU64,
 }
 
+impl Drop for Store {
+    /// A store closed cleanly leaves no mark, so the next boot keeps it.
+    fn drop(&mut self) {
+        let conn = match self.writer.lock() {
+            Ok(c) => c,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Err(e) = self.unmark(&conn) {
+            log::warn!("flushing the local database at close failed: {e}");
+        }
+    }
+}
+
 impl Store {
     /// Opens `{data_dir}/db.sqlite3`, checks integrity and builds the index.
     pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
+        Store::open_on_boot(data_dir, unsynced::current_boot())
+    }
+
+    /// [`Store::open`] on the machine boot `boot` (None: the store cannot
+    /// tell boots apart). A database another boot wrote without flushes is
+    /// refused ([`StoreError::LeftUnsynced`]): rebuild it from the bucket.
+    pub fn open_on_boot(data_dir: &Path, boot: Option<String>) -> Result<Store, StoreError> {
         std::fs::create_dir_all(data_dir)?;
         let path = data_dir.join("db.sqlite3");
+        match unsynced::left(data_dir, boot.as_deref())? {
+            unsynced::Left::Flushed => {}
+            // A process of this boot crashed: the kernel has every page.
+            unsynced::Left::ThisBoot => unsynced::clear(data_dir, &path)?,
+            unsynced::Left::AnotherBoot(boot) => return Err(StoreError::LeftUnsynced { boot }),
+        }
         let mut writer = sqlite::open_writer(&path)?;
         let latest = sqlite::latest_revision(&writer)?;
         let count = sqlite::record_count(&writer)?;
@@ -325,6 +375,8 @@ impl Store {
             pending: Mutex::new(VecDeque::new()),
             writer: Mutex::new(writer),
             relaxed: std::sync::atomic::AtomicBool::new(false),
+            boot,
+            marked: std::sync::atomic::AtomicBool::new(false),
             readers: Mutex::new(Vec::new()),
             checkpoints,
             latest: AtomicI64::new(latest),
@@ -577,7 +629,10 @@ impl Store {
             }
         }
         sqlite::commit_batch(&mut conn, &batch.records, &batch.leases, batch.compaction)?;
-        self.checkpoints.committed(batch.records.len());
+        // Unflushed, the writer's own checkpoints cost a copy in memory.
+        if !self.marked.load(Ordering::Relaxed) {
+            self.checkpoints.committed(batch.records.len());
+        }
         let upto = batch.records.last().map_or(latest, |r| r.revision);
         self.pending_batches().push_back(Pending { upto, batch });
         self.latest.store(upto, Ordering::Release);
@@ -810,11 +865,42 @@ impl Store {
             Err(poisoned) => poisoned.into_inner(),
         };
         if self.relaxed.load(Ordering::Acquire) == flushed {
-            let mode = if flushed { "FULL" } else { "NORMAL" };
-            conn.pragma_update(None, "synchronous", mode)?;
+            if flushed {
+                self.unmark(&conn)?;
+                conn.pragma_update(None, "synchronous", "FULL")?;
+            } else if let Some(boot) = &self.boot {
+                unsynced::mark(self.dir(), boot)?;
+                self.marked.store(true, Ordering::Relaxed);
+                conn.pragma_update(None, "synchronous", "OFF")?;
+                conn.pragma_update(None, "wal_autocheckpoint", UNFLUSHED_CHECKPOINT_PAGES)?;
+            } else {
+                conn.pragma_update(None, "synchronous", "NORMAL")?;
+            }
             self.relaxed.store(!flushed, Ordering::Release);
         }
         Ok(conn)
+    }
+
+    /// Flushes what was written without flushes and takes the mark away;
+    /// checkpoints are flushed again (the thread's, and the writer's past
+    /// its threshold). Under the writer lock, `conn` its connection.
+    fn unmark(&self, conn: &Connection) -> Result<(), StoreError> {
+        if self.marked.load(Ordering::Relaxed) {
+            conn.pragma_update(None, "synchronous", "FULL")?;
+            conn.pragma_update(
+                None,
+                "wal_autocheckpoint",
+                checkpoint::WRITER_CHECKPOINT_PAGES,
+            )?;
+            unsynced::clear(self.dir(), &self.path)?;
+            self.marked.store(false, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// The data directory, which holds the database and its mark.
+    fn dir(&self) -> &Path {
+        self.path.parent().unwrap_or(Path::new("."))
     }
 
     /// Imports records written elsewhere (object storage, a Primary), with
@@ -980,39 +1066,122 @@ mod tests {
         store.index().get(b"k", at).map(|e| e.rev.revision)
     }
 
-    /// The writer's `PRAGMA synchronous`: 1 NORMAL, 2 FULL.
+    /// The writer's `PRAGMA synchronous`: 0 OFF, 1 NORMAL, 2 FULL.
     fn synchronous(store: &Store) -> i64 {
         let conn = store.writer.lock().unwrap();
         conn.pragma_query_value(None, "synchronous", |r| r.get(0))
             .unwrap()
     }
 
+    fn mark(dir: &Path, boot: &str) -> unsynced::Left {
+        unsynced::left(dir, Some(boot)).unwrap()
+    }
+
     #[test]
     fn only_batches_the_bucket_holds_skip_the_flush() {
+        // With a boot id they flush nothing (OFF); without, the WAL's
+        // append only (NORMAL).
+        for (boot, relaxed) in [(Some("boot-1"), 0), (None, 1)] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open_on_boot(dir.path(), boot.map(String::from)).unwrap();
+            assert_eq!(synchronous(&store), 2);
+            store
+                .append_backed(batch(vec![Record::internal("n"), put(2)]))
+                .unwrap();
+            assert_eq!(synchronous(&store), relaxed, "the bucket holds it");
+            store.commit(2);
+            // Everything else is flushed again, whatever came before.
+            store.append(batch(vec![put(3)])).unwrap();
+            assert_eq!(synchronous(&store), 2);
+            store.append_backed(batch(vec![put(4)])).unwrap();
+            store.discard_above(3).unwrap();
+            assert_eq!(synchronous(&store), 2, "an undo is flushed");
+            store.append_backed(batch(vec![put(4)])).unwrap();
+            store.commit(4);
+            store.replicate(&[put(5)]).unwrap();
+            assert_eq!(synchronous(&store), 2, "a replica's append is flushed");
+        }
+    }
+
+    #[test]
+    fn a_store_written_without_flushes_is_refused_on_another_boot() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        assert_eq!(synchronous(&store), 2);
+        let boot = |id: &str| Some(id.to_string());
+        let store = Store::open_on_boot(dir.path(), boot("boot-1")).unwrap();
+        assert_eq!(mark(dir.path(), "boot-1"), unsynced::Left::Flushed);
         store
             .append_backed(batch(vec![Record::internal("n"), put(2)]))
             .unwrap();
-        assert_eq!(synchronous(&store), 1, "the bucket holds it");
         store.commit(2);
-        // Everything else is flushed again, whatever came before.
+        assert_eq!(mark(dir.path(), "boot-1"), unsynced::Left::ThisBoot);
+        // The process dies (no close); the machine keeps running.
+        std::mem::forget(store);
+        let store = Store::open_on_boot(dir.path(), boot("boot-1")).unwrap();
+        assert_eq!(store.latest_revision(), 2, "the kernel kept every page");
+        assert_eq!(mark(dir.path(), "boot-1"), unsynced::Left::Flushed);
+        store.append_backed(batch(vec![put(3)])).unwrap();
+        store.commit(3);
+        std::mem::forget(store);
+        // The machine restarted too: the pages may be gone.
+        match Store::open_on_boot(dir.path(), boot("boot-2")) {
+            Err(StoreError::LeftUnsynced { boot }) => assert_eq!(boot, "boot-1"),
+            Err(e) => panic!("refused for another reason: {e}"),
+            Ok(_) => panic!("opened a store another boot left unflushed"),
+        }
+        // A store that cannot tell boots apart cannot trust it either.
+        assert!(matches!(
+            Store::open_on_boot(dir.path(), None),
+            Err(StoreError::LeftUnsynced { .. })
+        ));
+    }
+
+    #[test]
+    fn a_flushed_commit_or_a_clean_close_takes_the_mark_away() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_on_boot(dir.path(), Some("boot-1".into())).unwrap();
+        store
+            .append_backed(batch(vec![Record::internal("n"), put(2)]))
+            .unwrap();
+        store.commit(2);
         store.append(batch(vec![put(3)])).unwrap();
-        assert_eq!(synchronous(&store), 2);
-        store.append_backed(batch(vec![put(4)])).unwrap();
-        store.discard_above(3).unwrap();
-        assert_eq!(synchronous(&store), 2, "an undo is flushed");
+        store.commit(3);
+        assert_eq!(mark(dir.path(), "boot-1"), unsynced::Left::Flushed);
         store.append_backed(batch(vec![put(4)])).unwrap();
         store.commit(4);
-        store.replicate(&[put(5)]).unwrap();
-        assert_eq!(synchronous(&store), 2, "a replica's append is flushed");
+        assert_eq!(mark(dir.path(), "boot-1"), unsynced::Left::ThisBoot);
+        drop(store);
+        assert_eq!(mark(dir.path(), "boot-1"), unsynced::Left::Flushed);
+        let reopened = Store::open_on_boot(dir.path(), Some("boot-2".into())).unwrap();
+        assert_eq!(reopened.latest_revision(), 4);
+    }
+
+    #[test]
+    fn without_flushes_the_writer_keeps_the_wal_short() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_on_boot(dir.path(), Some("boot-1".into())).unwrap();
+        store
+            .append_backed(batch(vec![Record::internal("n"), put(2)]))
+            .unwrap();
+        for r in 3..5000 {
+            store.append_backed(batch(vec![put(r)])).unwrap();
+        }
+        let wal = std::fs::metadata(dir.path().join("db.sqlite3-wal"))
+            .unwrap()
+            .len();
+        // Some 5,000 commits of a few pages each: far past the threshold
+        // of flushed checkpoints (8,192 pages) if nothing folded them in.
+        assert!(
+            wal < 2 * UNFLUSHED_CHECKPOINT_PAGES as u64 * 4096,
+            "the WAL grew to {wal} bytes"
+        );
+        assert_eq!(store.checkpoints.done(), 0, "no thread, no flushes");
     }
 
     #[test]
     fn the_wal_is_folded_into_the_database_off_the_commit_thread() {
+        // Where commits are flushed at checkpoints (no boot id here).
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::open_on_boot(dir.path(), None).unwrap();
         let db = dir.path().join("db.sqlite3");
         let size = || std::fs::metadata(&db).unwrap().len();
         let before = size();

@@ -7,7 +7,10 @@ use std::sync::{Arc, Mutex};
 
 use etcd_client::GetOptions;
 
-use crate::support::{poll_async, Netsy, DEADLINE};
+use crate::support::{
+    assert_metric_line, assert_present, count_prefix, http_get, poll_async, AckedWrites, Netsy,
+    NetsyOptions, DEADLINE,
+};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn acknowledged_writes_survive_sigkill() {
@@ -224,5 +227,78 @@ async fn a_second_process_on_a_data_directory_in_use_is_refused_and_changes_noth
         got.kvs()[0].mod_revision(),
         rev.header().unwrap().revision(),
         "the first process still serves"
+    );
+}
+
+/// A node that wrote its database without flushes (every batch was in the
+/// bucket first) and comes back on another machine boot may have lost or
+/// torn pages: it sets the database aside and rebuilds it from the bucket,
+/// with every acknowledged write. Back on the same boot (only the process
+/// died) the database is kept.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_back_on_another_boot_rebuilds_its_store_from_the_bucket() {
+    let dir = tempfile::tempdir().unwrap();
+    let on_boot = |id: &str| NetsyOptions {
+        env: vec![("NETSY_TEST_BOOT_ID".into(), id.into())],
+        ..NetsyOptions::default()
+    };
+    let rebuilt = r#"netsy_local_db_rebuilds_total{reason="machine_restarted"} 1"#;
+    let set_aside = |dir: &std::path::Path| {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                name.split_once(".diverged-")
+                    .map(|(kept, _)| kept.to_string())
+            })
+            .collect::<std::collections::BTreeSet<String>>()
+    };
+
+    let n = Netsy::start(dir.path(), on_boot("boot-1"));
+    let writes = AckedWrites::start(&n, 4, "/b/").await;
+    writes.wait_for(200).await;
+    assert!(
+        dir.path().join("db.sqlite3-unsynced").exists(),
+        "the database is written without flushes, under its mark"
+    );
+    n.kill9();
+    let mut acked = writes.finish().await;
+
+    let n = Netsy::start(dir.path(), on_boot("boot-1"));
+    let (_, metrics) = http_get(&n.health_addr, "/metrics");
+    assert!(!metrics.contains("machine_restarted"), "{metrics}");
+    assert!(set_aside(dir.path()).is_empty(), "kept on the same boot");
+    // Enough writes for the writer to fold the WAL into the database.
+    let writes = AckedWrites::start(&n, 8, "/c/").await;
+    writes.wait_for(3000).await;
+    n.kill9();
+    acked.extend(writes.finish().await);
+
+    // What a machine that went down may leave: pages of the database
+    // never written (zeros) and the WAL gone.
+    let db = dir.path().join("db.sqlite3");
+    let len = std::fs::metadata(&db).unwrap().len();
+    assert!(len > 8192, "the database has pages to lose: {len} bytes");
+    let mut torn = std::fs::read(&db).unwrap();
+    torn[4096..].fill(0);
+    std::fs::write(&db, torn).unwrap();
+    let _ = std::fs::remove_file(dir.path().join("db.sqlite3-wal"));
+
+    let n = Netsy::start(dir.path(), on_boot("boot-2"));
+    assert_metric_line(&n.health_addr, rebuilt);
+    let aside = set_aside(dir.path());
+    assert!(
+        aside.contains("db.sqlite3") && aside.contains("db.sqlite3-unsynced"),
+        "the database and its mark are set aside: {aside:?}"
+    );
+    let mut c = n.client().await;
+    assert_present(&mut c, &acked).await;
+    // Writes in flight at a kill may be there too, unacknowledged.
+    let keys = count_prefix(&mut c, "/b/").await + count_prefix(&mut c, "/c/").await;
+    assert!(
+        keys >= acked.len() as i64,
+        "{keys} keys, {} acknowledged",
+        acked.len()
     );
 }
