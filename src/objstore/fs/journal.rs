@@ -34,6 +34,11 @@ const PREFIX_LEN: usize = 12;
 
 /// The journal is checkpointed when a record would take it past this.
 pub const JOURNAL_LIMIT: u64 = 16 << 20;
+/// Past this, a thread of its own flushes the filesystem ahead of the
+/// checkpoint, outside the lock: the checkpoint's own flush, which every
+/// writer waits for, then finds little left to write (it took 75-105 ms
+/// at 16 clients when it found everything).
+const PREFLUSH_AT: u64 = JOURNAL_LIMIT / 4 * 3;
 /// Larger objects are flushed in their own file instead (see Record::Durable).
 pub const INLINE_LIMIT: usize = 1 << 20;
 /// The file is grown ahead of the records by this much at a time, with
@@ -191,6 +196,8 @@ pub struct Journal {
     file: File,
     /// The file is known to be at least this long (grown with zeros).
     grown_to: AtomicU64,
+    /// The epoch whose records last passed PREFLUSH_AT in this process.
+    preflushed: AtomicU64,
     /// Orders this process's threads (the file lock orders processes).
     threads: Mutex<Threads>,
     freed: Condvar,
@@ -264,6 +271,7 @@ impl Journal {
         Ok(Journal {
             file,
             grown_to: AtomicU64::new(0),
+            preflushed: AtomicU64::new(0),
             threads: Mutex::new(Threads {
                 busy: false,
                 seen: Header { epoch: 0, end: 0 },
@@ -271,6 +279,31 @@ impl Journal {
             }),
             freed: Condvar::new(),
         })
+    }
+
+    /// Flushes the filesystem on a thread of its own (best effort: where the
+    /// thread cannot start, the checkpoint flushes everything itself).
+    fn preflush(&self) {
+        let Ok(file) = self.file.try_clone() else {
+            return;
+        };
+        let started = crate::background::spawn(
+            "netsy-fs-preflush",
+            crate::background::NICE_IDLE,
+            move || {
+                if let Err(e) = sync_filesystem(&file) {
+                    log::debug!("flushing the fs provider's files ahead of a checkpoint: {e}");
+                }
+            },
+        );
+        if let Err(e) = started {
+            log::debug!("cannot start the fs provider's flush ahead of a checkpoint: {e}");
+        }
+    }
+
+    #[cfg(test)]
+    fn preflushed_epoch(&self) -> u64 {
+        self.preflushed.load(Ordering::Relaxed)
     }
 
     /// This process's turn, waiting for it unless `wait` is false.
@@ -453,6 +486,12 @@ impl Held<'_> {
         // it last saw the end (one page flushed per append, not two).
         if flush {
             file.sync_data()?;
+        }
+        if self.header.end >= PREFLUSH_AT {
+            let epoch = self.header.epoch;
+            if self.journal.preflushed.swap(epoch, Ordering::Relaxed) != epoch {
+                self.journal.preflush();
+            }
         }
         Ok(())
     }
@@ -700,6 +739,32 @@ mod tests {
             vec![put("over", &big)],
             "the journal was checkpointed, then took the record"
         );
+    }
+
+    #[test]
+    fn a_journal_three_quarters_full_is_flushed_ahead_once_per_epoch() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(dir.path()).unwrap();
+        let mut held = journal.lock().unwrap();
+        let big = vec![7u8; INLINE_LIMIT];
+        let mut i = 0;
+        while held.header.end + INLINE_LIMIT as u64 + 100 < PREFLUSH_AT {
+            held.append(&put(&format!("k{i}"), &big), false).unwrap();
+            i += 1;
+        }
+        assert_eq!(journal.preflushed_epoch(), 0, "not yet three quarters");
+        held.append(&put("past", &big), false).unwrap();
+        let first = held.header.epoch;
+        assert_eq!(journal.preflushed_epoch(), first);
+        held.checkpoint().unwrap();
+        assert_ne!(held.header.epoch, first);
+        held.append(&put("small", b"x"), false).unwrap();
+        assert_eq!(journal.preflushed_epoch(), first, "the new epoch is empty");
+        while held.header.end < PREFLUSH_AT {
+            held.append(&put(&format!("k{i}"), &big), false).unwrap();
+            i += 1;
+        }
+        assert_eq!(journal.preflushed_epoch(), held.header.epoch);
     }
 
     #[test]
