@@ -269,17 +269,20 @@ async fn a_node_back_on_another_boot_rebuilds_its_store_from_the_bucket() {
     let (_, metrics) = http_get(&n.health_addr, "/metrics");
     assert!(!metrics.contains("machine_restarted"), "{metrics}");
     assert!(set_aside(dir.path()).is_empty(), "kept on the same boot");
-    // Enough writes for the writer to fold the WAL into the database.
+    // Writes until the writer has folded the WAL into the database, so
+    // the database has pages of its own to lose.
+    let db = dir.path().join("db.sqlite3");
     let writes = AckedWrites::start(&n, 8, "/c/").await;
-    writes.wait_for(3000).await;
+    writes.wait_for(200).await;
+    poll_async("the WAL folded into the database", || async {
+        (std::fs::metadata(&db).map_or(0, |m| m.len()) > 8192).then_some(())
+    })
+    .await;
     n.kill9();
     acked.extend(writes.finish().await);
 
     // What a machine that went down may leave: pages of the database
     // never written (zeros) and the WAL gone.
-    let db = dir.path().join("db.sqlite3");
-    let len = std::fs::metadata(&db).unwrap().len();
-    assert!(len > 8192, "the database has pages to lose: {len} bytes");
     let mut torn = std::fs::read(&db).unwrap();
     torn[4096..].fill(0);
     std::fs::write(&db, torn).unwrap();
