@@ -37,7 +37,7 @@ pub const JOURNAL_LIMIT: u64 = 16 << 20;
 /// Past this, a thread of its own flushes the filesystem ahead of the
 /// checkpoint, outside the lock: the checkpoint's own flush, which every
 /// writer waits for, then finds little left to write (at 16 clients it
-/// took 75-193 ms when it found everything, 25-39 ms after a flush ahead).
+/// took 74-335 ms when it found everything, 24-39 ms after a flush ahead).
 const PREFLUSH_AT: u64 = JOURNAL_LIMIT / 4 * 3;
 /// Larger objects are flushed in their own file instead (see Record::Durable).
 pub const INLINE_LIMIT: usize = 1 << 20;
