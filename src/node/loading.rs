@@ -9,30 +9,9 @@ use crate::log::restore::{self, CaughtUp};
 use crate::log::{LogError, ObjectLog};
 use crate::store::{unsynced, Store, StoreError, Timestamp};
 
-/// Opens the local store. One written without flushes under another
-/// machine boot may have lost pages: it is set aside and rebuilt from the
-/// bucket, which holds every batch so written.
-async fn open_store(data_dir: &Path, metrics: &Metrics) -> Result<Arc<Store>, String> {
-    let boot = crate::failpoint::test_boot_id().or_else(unsynced::current_boot);
-    let cannot = |e: StoreError| {
-        format!(
-            "NETSY_DATA_DIR ({}): cannot open the local store: {e}",
-            data_dir.display()
-        )
-    };
-    match open_on_boot(data_dir, boot.clone()).await? {
-        Ok(store) => Ok(store),
-        Err(e @ StoreError::LeftUnsynced { .. }) => {
-            log::warn!("{e}; rebuilding the local store from the bucket");
-            set_aside(data_dir)?;
-            count_rebuild(metrics, "machine_restarted");
-            open_on_boot(data_dir, boot).await?.map_err(cannot)
-        }
-        Err(e) => Err(cannot(e)),
-    }
-}
-
-async fn open_on_boot(
+/// Opens the local store on this machine boot: Ok(Err) when the store
+/// refuses it (a database another boot left unflushed, among others).
+async fn open_store(
     data_dir: &Path,
     boot: Option<String>,
 ) -> Result<Result<Arc<Store>, StoreError>, String> {
@@ -43,10 +22,11 @@ async fn open_on_boot(
     Ok(opened.map(Arc::new))
 }
 
-fn count_rebuild(metrics: &Metrics, reason: &str) {
-    let reason = labels(&[("reason", reason)]);
-    metrics.local_db_rebuilds.get_or_create(&reason).inc();
-    metrics.loading_restarts.get_or_create(&reason).inc();
+fn cannot_open(data_dir: &Path, e: StoreError) -> String {
+    format!(
+        "NETSY_DATA_DIR ({}): cannot open the local store: {e}",
+        data_dir.display()
+    )
 }
 
 /// Moves a local database that disagrees with object storage, or may have
@@ -80,28 +60,41 @@ fn diverged(e: &LogError) -> bool {
     )
 }
 
-/// Restores from object storage; a local store that diverged from the bucket
-/// is set aside and rebuilt once.
+/// Restores from object storage. A local store that diverged from the
+/// bucket, or that another machine boot wrote without flushes (it may have
+/// lost pages; the bucket holds every batch so written), is set aside and
+/// rebuilt once.
 pub async fn load(
     data_dir: &Path,
     log: &ObjectLog,
     metrics: &Metrics,
 ) -> Result<(Arc<Store>, CaughtUp), String> {
-    let store = open_store(data_dir, metrics).await?;
-    match restore::catch_up(&store, log).await {
-        Ok(report) => return Ok((store, report)),
-        Err(e) if diverged(&e) => {
-            log::warn!(
-                "the local store disagrees with object storage ({e}); rebuilding it from {}",
-                log.store.describe()
-            );
+    let boot = crate::failpoint::test_boot_id().or_else(unsynced::current_boot);
+    let reason = match open_store(data_dir, boot.clone()).await? {
+        Err(e @ StoreError::LeftUnsynced { .. }) => {
+            log::warn!("{e}; rebuilding the local store from the bucket");
+            "machine_restarted"
         }
-        Err(e) => return Err(format!("restoring from {}: {e}", log.store.describe())),
-    }
-    drop(store);
+        Err(e) => return Err(cannot_open(data_dir, e)),
+        Ok(store) => match restore::catch_up(&store, log).await {
+            Ok(report) => return Ok((store, report)),
+            Err(e) if diverged(&e) => {
+                log::warn!(
+                    "the local store disagrees with object storage ({e}); rebuilding it from {}",
+                    log.store.describe()
+                );
+                "integrity_check_failed"
+            }
+            Err(e) => return Err(format!("restoring from {}: {e}", log.store.describe())),
+        },
+    };
     set_aside(data_dir)?;
-    count_rebuild(metrics, "integrity_check_failed");
-    let store = open_store(data_dir, metrics).await?;
+    let reason = labels(&[("reason", reason)]);
+    metrics.local_db_rebuilds.get_or_create(&reason).inc();
+    metrics.loading_restarts.get_or_create(&reason).inc();
+    let store = open_store(data_dir, boot)
+        .await?
+        .map_err(|e| cannot_open(data_dir, e))?;
     let report = restore::catch_up(&store, log).await.map_err(|e| {
         format!(
             "restoring from {} after a rebuild: {e}",
