@@ -265,6 +265,47 @@ mod tests {
         (outcome.succeeded, outcome.revision, kvs)
     }
 
+    /// Whether `part` points into `whole`'s memory.
+    fn inside(part: &[u8], whole: &[u8]) -> bool {
+        let range = whole.as_ptr_range();
+        range.contains(&part.as_ptr())
+    }
+
+    #[test]
+    fn a_put_keeps_nothing_that_points_into_its_request() {
+        let (_dir, store) = store();
+        let mut core = WriteCore::new("n1");
+        let request = Bytes::from(vec![b'v'; 4096]);
+        let (k, v) = (request.slice(0..8), request.slice(8..1032));
+        let out = evaluate(
+            &mut core,
+            &store,
+            vec![Command::Txn(Txn::put(Put {
+                key: k.clone(),
+                value: v.clone(),
+                ..Put::default()
+            }))],
+        );
+        let record = &out.batch.records[0];
+        assert_eq!((&record.key, record.value.as_ref()), (&k, Some(&v)));
+        let event = &out.events[0].kv;
+        let kept = [
+            &record.key[..],
+            record.value.as_deref().unwrap_or_default(),
+            &event.key[..],
+            event.value.as_deref().unwrap_or_default(),
+        ];
+        assert!(
+            kept.iter().all(|b| !inside(b, &request)),
+            "a slice of the request would keep its whole buffer alive"
+        );
+        store.append_committed(out.batch).unwrap();
+        let index = store.index();
+        let entry = index.get(&k, i64::MAX).unwrap();
+        assert!(!inside(entry.key, &request));
+        assert!(!inside(entry.value.unwrap(), &request));
+    }
+
     #[test]
     fn a_failed_compare_in_the_middle_affects_only_its_own_txn() {
         let (_dir, store) = store();

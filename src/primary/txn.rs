@@ -8,6 +8,7 @@
 use bytes::Bytes;
 
 use crate::store::query::{self, RangeQuery, RangeResult};
+use crate::store::record::detached;
 use crate::store::{KeyRange, KvEntry, Record, Rev, StoreError, Timestamp};
 
 use super::error::WriteError;
@@ -346,8 +347,10 @@ fn put(
             .and_then(|e| e.value.clone())
             .unwrap_or_default()
     } else {
-        p.value.clone()
+        detached(&p.value)
     };
+    // Kept by the index and the watch ring: not as a slice of the request.
+    let key = detached(&p.key);
     let lease = if p.ignore_lease {
         prev.as_ref().map_or(0, |e| e.rev.lease)
     } else {
@@ -364,7 +367,7 @@ fn put(
     };
     let record = Record {
         revision,
-        key: p.key.clone(),
+        key: key.clone(),
         created,
         deleted: false,
         create_revision,
@@ -379,9 +382,9 @@ fn put(
         replicated_at: None,
     };
     view.stage(
-        p.key.clone(),
+        key.clone(),
         Some(KvEntry {
-            key: p.key.clone(),
+            key,
             rev: Rev {
                 revision,
                 create_revision,

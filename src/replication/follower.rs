@@ -202,7 +202,7 @@ impl Applier<'_> {
         let mut receipt = None;
         for m in group {
             match m.payload {
-                Some(Payload::Record(r)) => records.push(Record::from_proto(&r)),
+                Some(Payload::Record(r)) => records.push(Record::from_proto(&r).detached()),
                 Some(Payload::Commit(c)) => {
                     receipt = self.records(&mut records)?.or(receipt);
                     self.primary_committed = self.primary_committed.max(c);
