@@ -66,15 +66,29 @@ pub async fn catch_up(store: &Arc<Store>, log: &ObjectLog) -> Result<CaughtUp, L
         }
     }
     let chunks = log.chunks_after(0).await?;
-    let pending: Vec<String> = chunks
+    let beyond = chunks.iter().filter(|(r, _)| *r > base).count();
+    // The chunk that ends at the local latest revision is read too and its
+    // records compared with the local ones: a local store holding other
+    // writes up to a revision where the bucket's chunks also end (one from
+    // another bucket, say) would otherwise take the chunks beyond it.
+    let recheck = (snapshot_file.is_none() && base > 0)
+        .then(|| chunks.iter().find(|(r, _)| *r == base))
+        .flatten()
+        .map(|(_, key)| key.clone());
+    let pending: Vec<String> = recheck
         .iter()
-        .filter(|(r, _)| *r > base)
-        .map(|(_, key)| key.clone())
+        .cloned()
+        .chain(
+            chunks
+                .iter()
+                .filter(|(r, _)| *r > base)
+                .map(|(_, key)| key.clone()),
+        )
         .collect();
     let mut superseded = Vec::new();
     if snapshot_file.is_some() || !pending.is_empty() {
-        if !pending.is_empty() {
-            log::info!("importing {} chunks after revision {base}", pending.len());
+        if beyond > 0 {
+            log::info!("importing {beyond} chunks after revision {base}");
         }
         let snapshot_revision = if snapshot_file.is_some() { base } else { 0 };
         let imported = import(
@@ -88,7 +102,11 @@ pub async fn catch_up(store: &Arc<Store>, log: &ObjectLog) -> Result<CaughtUp, L
         remove_snapshot_file(&snapshot_file);
         superseded = imported?;
     }
-    report.chunks_imported = chunks.iter().filter(|(r, _)| *r > base).count() - superseded.len();
+    report.chunks_imported = beyond
+        - superseded
+            .iter()
+            .filter(|k| Some(*k) != recheck.as_ref())
+            .count();
     report.durable = chunks
         .iter()
         .rfind(|(_, key)| !superseded.contains(key))
@@ -353,6 +371,51 @@ mod tests {
             assert_eq!(report.latest, 8);
             assert_eq!(report.durable, 8, "the skipped chunk's key is not durable");
         }
+    }
+
+    #[tokio::test]
+    async fn a_local_store_that_differs_where_its_chunks_end_alike_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = ObjectLog::new(Arc::new(MemoryStore::new()), "n", dir.path()).unwrap();
+        let ours = [vec![Record::internal("n")], records(2..=5, "n")].concat();
+        for r in &ours {
+            log.write_chunk(std::slice::from_ref(r)).await.unwrap();
+        }
+        let local = |name: &str, records: Vec<Record>| {
+            let store = Arc::new(Store::open(&dir.path().join(name)).unwrap());
+            let batch = Batch {
+                records,
+                ..Batch::default()
+            };
+            store.append_committed(batch).unwrap();
+            store
+        };
+
+        // Our own store, behind: the chunk at its end agrees, two follow.
+        let behind = local("behind", ours[..3].to_vec());
+        let report = catch_up(&behind, &log).await.unwrap();
+        assert_eq!((report.chunks_imported, report.latest), (2, 5));
+        assert_history(&behind, &ours);
+
+        // Another bucket's store with as many revisions: other values at 2
+        // and 3, where this bucket's chunks end too.
+        let mut theirs = ours[..3].to_vec();
+        for r in &mut theirs[1..] {
+            r.value = Some(bytes::Bytes::from_static(b"another bucket's"));
+        }
+        let other = local("other", theirs);
+        let err = catch_up(&other, &log).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                LogError::Import {
+                    error: StoreError::Conflict { revision: 3 },
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(other.latest_revision(), 3, "nothing imported");
     }
 
     #[tokio::test]

@@ -305,3 +305,50 @@ async fn a_node_back_on_another_boot_rebuilds_its_store_from_the_bucket() {
         acked.len()
     );
 }
+
+/// A node started on another bucket's database, one with as many
+/// revisions as its own bucket (the operator pointed the node at a
+/// different bucket, or copied a database over): the chunk where the
+/// local store ends disagrees, so the node sets the store aside and
+/// rebuilds it from its bucket, and serves its bucket's writes only.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_on_another_buckets_database_rebuilds_it_from_its_own_bucket() {
+    let ours = tempfile::tempdir().unwrap();
+    let theirs = tempfile::tempdir().unwrap();
+    let mut written = Vec::new();
+    for (dir, value) in [(&ours, "ours"), (&theirs, "theirs")] {
+        let n = Netsy::start_dev(dir.path());
+        let mut c = n.client().await;
+        let mut acked = Vec::new();
+        for i in 0..20 {
+            let r = c.put(format!("/k/{i}"), value, None).await.unwrap();
+            acked.push((format!("/k/{i}"), r.header().unwrap().revision()));
+        }
+        assert!(n.terminate().success());
+        written.push(acked);
+    }
+    assert_eq!(
+        written[0], written[1],
+        "the same keys at the same revisions"
+    );
+
+    for name in ["db.sqlite3", "db.sqlite3-wal", "db.sqlite3-shm"] {
+        let _ = std::fs::remove_file(ours.path().join(name));
+        if let Ok(bytes) = std::fs::read(theirs.path().join(name)) {
+            std::fs::write(ours.path().join(name), bytes).unwrap();
+        }
+    }
+    let n = Netsy::start_dev(ours.path());
+    assert_metric_line(
+        &n.health_addr,
+        r#"netsy_local_db_rebuilds_total{reason="integrity_check_failed"} 1"#,
+    );
+    let mut c = n.client().await;
+    let all = c
+        .get("/k/", Some(GetOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    let values: Vec<&str> = all.kvs().iter().map(|kv| kv.value_str().unwrap()).collect();
+    assert_eq!(values, ["ours"; 20], "only this bucket's writes");
+    assert_eq!(all.header().unwrap().revision(), 21);
+}
