@@ -396,6 +396,11 @@ mod tests {
         let report = catch_up(&behind, &log).await.unwrap();
         assert_eq!((report.chunks_imported, report.latest), (2, 5));
         assert_history(&behind, &ours);
+        // The internal record alone: no value in the store, an empty one
+        // in its chunk, the same write.
+        let first = local("first", ours[..1].to_vec());
+        let report = catch_up(&first, &log).await.unwrap();
+        assert_eq!((report.chunks_imported, report.latest), (4, 5));
 
         // Another bucket's store with as many revisions: other values at 2
         // and 3, where this bucket's chunks end too.

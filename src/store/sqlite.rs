@@ -197,24 +197,6 @@ pub enum ImportConflict {
     Different(i64),
 }
 
-/// Whether an existing row is the same write as an incoming record. Values
-/// are compared only when neither side was compacted.
-fn same_write(a: &Record, b: &Record) -> bool {
-    let values_comparable = a.compacted_at.is_none() && b.compacted_at.is_none();
-    a.revision == b.revision
-        && a.key == b.key
-        && a.created == b.created
-        && a.deleted == b.deleted
-        && a.create_revision == b.create_revision
-        && a.prev_revision == b.prev_revision
-        && a.version == b.version
-        && a.lease == b.lease
-        && a.dek == b.dek
-        && a.leader_id == b.leader_id
-        && a.created_at == b.created_at
-        && (!values_comparable || a.value == b.value)
-}
-
 /// A transaction that inserts records exactly as given (replicas, restore).
 /// Nothing is visible to other connections until [`ImportTx::commit`];
 /// dropping it uncommitted rolls everything back.
@@ -245,7 +227,7 @@ impl<'c> ImportTx<'c> {
                 let same = existing
                     .query_row([r.revision], row_to_record)
                     .optional()?
-                    .is_some_and(|e| same_write(&e, r));
+                    .is_some_and(|e| e.same_write(r));
                 if !same {
                     return Ok(Err(ImportConflict::Different(r.revision)));
                 }
