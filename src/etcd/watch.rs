@@ -22,7 +22,7 @@ use crate::pb::etcdserverpb::watch_request::RequestUnion;
 use crate::pb::etcdserverpb::{ResponseHeader, WatchCreateRequest, WatchRequest, WatchResponse};
 use crate::store::KeyRange;
 use crate::watch::{
-    events_from_store, BelowFloor, Event, RegisteredWatch, WatchHub, WatchRegistry,
+    events_from_store, BelowFloor, Event, Listener, RegisteredWatch, WatchHub, WatchRegistry,
 };
 
 use super::convert;
@@ -46,8 +46,10 @@ pub async fn serve(api: Arc<EtcdApi>, call: Call) -> Finished {
     } = call;
     let m = api.metrics.clone();
     m.watchers.inc();
+    let listener = api.hub.listen();
     let mut stream = WatchStream {
         api,
+        listener,
         watches: BTreeMap::new(),
         next_id: 0,
         progress_requested: false,
@@ -81,15 +83,23 @@ impl Watching {
 
 struct WatchStream {
     api: Arc<EtcdApi>,
+    /// Woken by the commits this stream's watches must see.
+    listener: Arc<Listener>,
     watches: BTreeMap<i64, Watching>,
     next_id: i64,
     /// A progress request waits until every watch has caught up.
     progress_requested: bool,
 }
 
+impl Drop for WatchStream {
+    fn drop(&mut self) {
+        self.api.hub.unlisten(&self.listener);
+    }
+}
+
 impl WatchStream {
     async fn run(&mut self, inbound: &mut Inbound, out: &mut Outbound) -> Result<(), Status> {
-        let mut committed_rx = self.api.hub.subscribe();
+        let listener = self.listener.clone();
         let mut shutdown = self.api.shutdown.clone();
         let every = self.api.settings.progress_notify_interval;
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
@@ -98,7 +108,7 @@ impl WatchStream {
             if *shutdown.borrow_and_update() {
                 return Err(Status::unavailable("netsy: the server is shutting down"));
             }
-            let committed = *committed_rx.borrow_and_update();
+            let committed = self.api.hub.committed();
             self.sync(committed, out).await?;
             if self.progress_requested {
                 self.progress_requested = false;
@@ -115,11 +125,7 @@ impl WatchStream {
                     // The client closed its side: etcd ends the stream too.
                     None => return Ok(()),
                 },
-                changed = committed_rx.changed() => {
-                    if changed.is_err() {
-                        return Err(Status::unavailable("netsy: server is shutting down"));
-                    }
-                }
+                _ = listener.woken() => {}
                 _ = ticker.tick() => self.notify_progress(committed, out).await?,
                 _ = shutdown.changed() => {}
             }
@@ -131,6 +137,7 @@ impl WatchStream {
             Some(RequestUnion::CreateRequest(create)) => self.create(create, out).await,
             Some(RequestUnion::CancelRequest(cancel)) => {
                 if self.watches.remove(&cancel.watch_id).is_some() {
+                    self.listener.remove(cancel.watch_id);
                     self.api.metrics.watches.dec();
                     let resp = WatchResponse {
                         header: Some(self.api.header(self.api.hub.committed())),
@@ -193,6 +200,7 @@ impl WatchStream {
                 return out.send(&resp).await;
             }
         };
+        self.listener.add(id, range.clone(), registered.next_cell());
         let filters = &create.filters;
         let watch = Watching {
             range,
@@ -230,8 +238,17 @@ impl WatchStream {
         }
     }
 
+    /// Takes up where the hub moved caught-up watches past commits that
+    /// had nothing for them (they were not woken for those).
+    fn adopt_hub_progress(&mut self) {
+        for w in self.watches.values_mut() {
+            w.next_rev = w.next_rev.max(w.registered.next());
+        }
+    }
+
     /// Delivers every event up to `committed` that a watch still owes.
     async fn sync(&mut self, committed: i64, out: &mut Outbound) -> Result<(), Status> {
+        self.adopt_hub_progress();
         self.cancel_compacted(committed, out).await?;
         let Some(from) = self
             .watches
@@ -289,6 +306,7 @@ impl WatchStream {
             .collect();
         for id in behind {
             self.watches.remove(&id);
+            self.listener.remove(id);
             self.api.metrics.watches.dec();
             out.send(&self.compacted(id, compacted, String::new()))
                 .await?;
@@ -321,6 +339,7 @@ impl WatchStream {
     /// Periodic progress: each caught-up watch that asked for it learns the
     /// current revision.
     async fn notify_progress(&mut self, committed: i64, out: &mut Outbound) -> Result<(), Status> {
+        self.adopt_hub_progress();
         let due: Vec<i64> = self
             .watches
             .iter()

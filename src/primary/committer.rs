@@ -354,8 +354,8 @@ fn run(committer: &Mutex<Committer>, mut rx: mpsc::Receiver<Request>) {
 
 impl Committer {
     /// Whether a caller may commit a batch on its own thread now: while
-    /// writes come one at a time (the last batch held one) and few watch
-    /// streams listen. (Callers commit only where [`start`] found no
+    /// writes come one at a time (the last batch held one) and the last
+    /// commit woke few watch streams. (Callers commit only where [`start`] found no
     /// replicas: no quorum route, nothing buffered, no `block_on`.)
     ///
     /// A commit published from a runtime worker queues every watch stream

@@ -1,20 +1,23 @@
 //! Watch hub: the committed revision as a signal, plus a bounded ring of
 //! recent events. Watch streams pull from it at their own pace (falling back
 //! to the store for older history), so a slow consumer never blocks a write
-//! or another watcher, and no event is ever skipped. The hub also keeps the
+//! or another watcher, and no event is ever skipped; a commit wakes only the
+//! streams it concerns (`listener.rs`). The hub also keeps the
 //! node's [`WatchRegistry`]: what its active watches still need, and the
 //! admission floor the compaction protocol raises.
 
+pub mod listener;
 pub mod registry;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicIsize, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use bytes::Bytes;
 
 use crate::store::{KvEntry, Record, Store, StoreError};
 
+pub use listener::Listener;
 pub use registry::{BelowFloor, RegisteredWatch, WatchBelow, WatchRegistry};
 
 /// One committed change: the key as the change left it (a tombstone for a
@@ -166,6 +169,10 @@ pub struct WatchHub {
     encoded_bytes: AtomicIsize,
     committed: tokio::sync::watch::Sender<i64>,
     watches: Arc<WatchRegistry>,
+    /// The watch streams, each woken only by the commits it must see.
+    streams: Mutex<Vec<Arc<Listener>>>,
+    /// How many streams the last commit woke.
+    woken_last: AtomicUsize,
 }
 
 impl WatchHub {
@@ -182,6 +189,8 @@ impl WatchHub {
             }),
             committed: tx,
             watches: Arc::default(),
+            streams: Mutex::default(),
+            woken_last: AtomicUsize::new(0),
         }
     }
 
@@ -198,12 +207,16 @@ impl WatchHub {
     /// Adds committed events (ascending) and announces the new committed
     /// revision.
     pub fn publish(&self, events: Vec<Event>, committed: i64) {
+        let after = *self.committed.borrow();
+        let mut published = Vec::with_capacity(events.len());
         if let Ok(mut ring) = self.ring.write() {
             for mut e in events {
                 ring.bytes += e.size();
                 // In the ring from here: its encodings count.
                 *e.encoded.counted.get_mut() = 0;
-                ring.events.push_back(Arc::new(e));
+                let e = Arc::new(e);
+                published.push(e.clone());
+                ring.events.push_back(e);
             }
             let encoded =
                 |hub: &WatchHub| hub.encoded_bytes.load(Ordering::Acquire).max(0) as usize;
@@ -222,7 +235,35 @@ impl WatchHub {
                 }
             }
         }
+        // Announced before the streams are looked at: a watch added
+        // meanwhile that this misses then reads the new revision itself.
         self.committed.send_replace(committed);
+        let contiguous = listener::contiguous(&published, after, committed);
+        let woken = self
+            .streams()
+            .iter()
+            .filter(|s| s.consider(&published, after, committed, contiguous))
+            .count();
+        self.woken_last.store(woken, Ordering::Relaxed);
+    }
+
+    fn streams(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Listener>>> {
+        match self.streams.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// Registers a watch stream; it is woken by the commits it must see
+    /// until [`WatchHub::unlisten`].
+    pub fn listen(&self) -> Arc<Listener> {
+        let listener = Arc::new(Listener::default());
+        self.streams().push(listener.clone());
+        listener
+    }
+
+    pub fn unlisten(&self, listener: &Arc<Listener>) {
+        self.streams().retain(|s| !Arc::ptr_eq(s, listener));
     }
 
     /// Publishes what the store committed after `after` (imported from
@@ -266,9 +307,10 @@ impl WatchHub {
         bytes
     }
 
-    /// How many listen for committed revisions (watch streams, mostly).
+    /// How many a commit is likely to wake: those waiting for the
+    /// committed revision, and the watch streams the last commit woke.
     pub fn listeners(&self) -> usize {
-        self.committed.receiver_count()
+        self.committed.receiver_count() + self.woken_last.load(Ordering::Relaxed)
     }
 
     /// A receiver that wakes when the committed revision moves.

@@ -72,7 +72,18 @@ pub struct RegisteredWatch {
 impl RegisteredWatch {
     /// The watch has delivered everything before `next`.
     pub fn advance(&self, next: i64) {
-        self.next.fetch_max(next, Ordering::Relaxed);
+        self.next.fetch_max(next, Ordering::AcqRel);
+    }
+
+    /// The next undelivered revision, as the stream or the hub (which moves
+    /// a caught-up watch past a commit with nothing for it) last set it.
+    pub fn next(&self) -> i64 {
+        self.next.load(Ordering::Acquire)
+    }
+
+    /// The cell [`WatchRegistry::min_next`] reads, for the hub's listener.
+    pub fn next_cell(&self) -> Arc<AtomicI64> {
+        self.next.clone()
     }
 }
 

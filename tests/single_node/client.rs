@@ -331,3 +331,67 @@ async fn endpoint_health_the_way_etcdctl_checks_it() {
     assert_eq!(got.kvs()[0].value(), b"x");
     assert_eq!(got.header().unwrap().revision(), 2);
 }
+
+/// A watch whose keys do not change while others do: it is not woken by
+/// those writes, yet it stays current. A compaction up to the latest
+/// revision is not held back by the quiet watch nor cancels it, the next
+/// write to its keys arrives once, and a progress request reports the
+/// latest revision.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_quiet_watch_stays_current_while_other_keys_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = Netsy::start_dev(dir.path());
+    let mut c = n.client().await;
+    let (mut quiet, mut quiet_events) = c
+        .watch("/quiet/", Some(WatchOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    let (_busy, mut busy_events) = c
+        .watch("/busy/", Some(WatchOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    for i in 0..300 {
+        c.put(format!("/busy/{i}"), "x", None).await.unwrap(); // revs 2..=301
+    }
+    let until = tokio::time::Instant::now() + DEADLINE;
+    let mut busy = 0;
+    while busy < 300 {
+        let message = tokio::time::timeout_at(until, busy_events.message()).await;
+        busy += message
+            .expect("the busy watch's events in time")
+            .unwrap()
+            .expect("stream open")
+            .events()
+            .len();
+    }
+
+    c.compact(301, None)
+        .await
+        .expect("a quiet watch holds back no compaction");
+    c.put("/quiet/1", "at last", None).await.unwrap(); // rev 302
+    let resp = tokio::time::timeout(DEADLINE, quiet_events.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(!resp.canceled(), "cancelled: {resp:?}");
+    let got: Vec<(String, i64, String)> = resp
+        .events()
+        .iter()
+        .filter_map(|e| e.kv())
+        .map(|kv| {
+            let key = kv.key_str().unwrap().to_string();
+            (key, kv.mod_revision(), kv.value_str().unwrap().to_string())
+        })
+        .collect();
+    assert_eq!(got, [("/quiet/1".to_string(), 302, "at last".to_string())]);
+
+    quiet.request_progress().await.unwrap();
+    let progress = tokio::time::timeout(DEADLINE, quiet_events.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(progress.events().is_empty(), "{progress:?}");
+    assert_eq!(progress.header().unwrap().revision(), 302);
+}

@@ -57,6 +57,8 @@ load:
   --key-size N (32)  --val-size N (256)  --key-space N (random keys; 0 = sequential)
   --keys N (range: keys under the prefix, 0 = one key; 1000)  --limit N (0)
   --watchers N (watch-latency: 100)
+  --idle-watchers N       N watch streams, on the run's connections, on prefixes it never
+                          writes, open throughout (kube-apiserver keeps one per resource; 0)
 output:
   --json";
 
@@ -113,6 +115,7 @@ fn defaults() -> Options {
             range_keys: 1000,
             limit: 0,
             watchers: 100,
+            idle_watchers: 0,
             prefix: "/bench/".into(),
             check: false,
             tls: None,
@@ -182,6 +185,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
             "--keys" => o.load.range_keys = num(a, val(a)?)? as u64,
             "--limit" => o.load.limit = num(a, val(a)?)? as i64,
             "--watchers" => o.load.watchers = num(a, val(a)?)? as usize,
+            "--idle-watchers" => o.load.idle_watchers = num(a, val(a)?)? as usize,
             "--json" => o.json = true,
             "--smoke" => o.smoke = true,
             "--speedup" => o.speedup = Some(num(a, val(a)?)? as u32),

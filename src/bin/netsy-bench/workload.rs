@@ -77,6 +77,8 @@ pub struct Load {
     pub range_keys: u64,
     pub limit: i64,
     pub watchers: usize,
+    /// Watch streams on prefixes the run never writes, open throughout.
+    pub idle_watchers: usize,
     /// Key prefix of this run (runs must not see each other's keys).
     pub prefix: String,
     /// Keep what the run wrote and read, and check it after the timed
@@ -254,13 +256,22 @@ impl Outcome {
 
 pub async fn run(load: &Load, endpoint: &str, target: &str) -> Result<Report, String> {
     let channels = Arc::new(connect(endpoint, load.conns, load.tls.as_ref()).await?);
-    let out = match load.mode {
+    let idle = idle_watchers(load, &channels).await?;
+    let mut out = match load.mode {
         Mode::Put => put(load, channels).await?,
         Mode::Range => range(load, channels).await?,
         Mode::TxnPut => txn_put(load, channels).await?,
         Mode::WatchLatency => watch_latency(load, channels).await?,
         Mode::K8s => k8s(load, channels).await?,
     };
+    let stray: u64 = idle.iter().map(Watcher::counted).sum();
+    if stray > 0 {
+        out.stats.errors += stray;
+        out.stats
+            .first_error
+            .get_or_insert(format!("{stray} events on prefixes the run never wrote"));
+    }
+    drop(idle);
     let mut report = Report::new(load.mode.name(), target, out.stats, out.elapsed);
     if let Some(t) = out.throughput {
         report.throughput = t;
@@ -269,6 +280,28 @@ pub async fn run(load: &Load, endpoint: &str, target: &str) -> Result<Report, St
         report.check = Some(out.check);
     }
     Ok(report)
+}
+
+/// Opens `load.idle_watchers` watch streams, spread over the channels, each
+/// on a prefix of its own that the run never writes: what a kube-apiserver
+/// holds (one watch per resource) while the writes go on. Every event they
+/// get is counted, and is an error.
+async fn idle_watchers(load: &Load, channels: &[Channel]) -> Result<Vec<Watcher>, String> {
+    let mut open = Vec::with_capacity(load.idle_watchers);
+    for i in 0..load.idle_watchers {
+        let prefix = format!("{}idle/{i}/", load.prefix);
+        let watcher = Watcher::start(
+            &channels[i % channels.len()],
+            &prefix,
+            0,
+            false,
+            false,
+            |_, events| events.len() as u64,
+        )
+        .await?;
+        open.push(watcher);
+    }
+    Ok(open)
 }
 
 /// Per-client logs for the checks (None unless `load.check`): each client
