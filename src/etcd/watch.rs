@@ -126,7 +126,12 @@ impl WatchStream {
                     None => return Ok(()),
                 },
                 _ = listener.woken() => {}
-                _ = ticker.tick() => self.notify_progress(committed, out).await?,
+                // The revision now: a quiet stream is not woken by
+                // commits to other keys, so `committed` may be a tick old.
+                _ = ticker.tick() => {
+                    let now = self.api.hub.committed();
+                    self.notify_progress(now, out).await?
+                }
                 _ = shutdown.changed() => {}
             }
         }

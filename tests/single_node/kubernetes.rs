@@ -329,3 +329,32 @@ fn assert_grpc_error(err: etcd_client::Error, code: &str, message: &str) {
         other => panic!("expected a gRPC status {code} {message:?}, got {other:?}"),
     }
 }
+
+/// The periodic progress notification of a watch whose keys do not change
+/// carries the latest revision, though commits to other keys never woke
+/// its stream (a kube-apiserver's watch cache takes it as "current up to
+/// here").
+#[tokio::test(flavor = "multi_thread")]
+async fn a_quiet_watch_is_told_the_latest_revision_in_its_progress_notification() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = Netsy::start_dev(dir.path());
+    let mut c = n.client().await;
+    let opts = WatchOptions::new()
+        .with_range(PREFIX_END)
+        .with_progress_notify();
+    // (The client takes the watch's created response itself.)
+    let (_watcher, mut stream) = c.watch(PREFIX, Some(opts)).await.unwrap();
+    let mut latest = 0;
+    for i in 0..20 {
+        let put = c.put(format!("/elsewhere/{i}"), "x", None).await.unwrap();
+        latest = put.header().unwrap().revision();
+    }
+    // The first notification comes one interval (5 s) after the watch.
+    let progress = tokio::time::timeout(DEADLINE, stream.message())
+        .await
+        .expect("a progress notification in time")
+        .unwrap()
+        .unwrap();
+    assert!(progress.events().is_empty(), "{progress:?}");
+    assert_eq!(progress.header().unwrap().revision(), latest);
+}
