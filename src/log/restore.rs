@@ -71,19 +71,15 @@ pub async fn catch_up(store: &Arc<Store>, log: &ObjectLog) -> Result<CaughtUp, L
     // records compared with the local ones: a local store holding other
     // writes up to a revision where the bucket's chunks also end (one from
     // another bucket, say) would otherwise take the chunks beyond it.
-    let recheck = (snapshot_file.is_none() && base > 0)
-        .then(|| chunks.iter().find(|(r, _)| *r == base))
-        .flatten()
-        .map(|(_, key)| key.clone());
-    let pending: Vec<String> = recheck
+    let from = if snapshot_file.is_some() {
+        base + 1
+    } else {
+        base.max(1)
+    };
+    let pending: Vec<String> = chunks
         .iter()
-        .cloned()
-        .chain(
-            chunks
-                .iter()
-                .filter(|(r, _)| *r > base)
-                .map(|(_, key)| key.clone()),
-        )
+        .filter(|(r, _)| *r >= from)
+        .map(|(_, key)| key.clone())
         .collect();
     let mut superseded = Vec::new();
     if snapshot_file.is_some() || !pending.is_empty() {
@@ -102,11 +98,11 @@ pub async fn catch_up(store: &Arc<Store>, log: &ObjectLog) -> Result<CaughtUp, L
         remove_snapshot_file(&snapshot_file);
         superseded = imported?;
     }
-    report.chunks_imported = beyond
-        - superseded
-            .iter()
-            .filter(|k| Some(*k) != recheck.as_ref())
-            .count();
+    let superseded_beyond = superseded
+        .iter()
+        .filter(|k| super::keys::revision_of(k).is_some_and(|r| r > base))
+        .count();
+    report.chunks_imported = beyond - superseded_beyond;
     report.durable = chunks
         .iter()
         .rfind(|(_, key)| !superseded.contains(key))
