@@ -9,6 +9,7 @@ pub mod client;
 pub mod codec;
 pub mod connector;
 mod flow;
+mod queued;
 pub mod router;
 pub mod server;
 pub mod status;

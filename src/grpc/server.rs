@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::call::{reject, Inbound, Outbound, RequestContext};
+use super::queued::QueuedStreams;
 use super::router::{Call, Router};
 use super::status::Status;
 use super::timeout;
@@ -217,6 +218,7 @@ impl Server {
             }
         };
         let active = Arc::new(AtomicUsize::new(0));
+        let queued = QueuedStreams::default();
         let (dead_tx, mut dead_rx) = tokio::sync::oneshot::channel::<()>();
         if let Some(ping_pong) = conn.ping_pong() {
             tokio::spawn(keepalive(
@@ -238,8 +240,7 @@ impl Server {
         loop {
             tokio::select! {
                 next = std::future::poll_fn(|cx| {
-                    let served = active.load(Ordering::Acquire);
-                    drain.turn(cx, served, |cx| conn.poll_accept(cx))
+                    drain.turn(cx, queued.count(), |cx| conn.poll_accept(cx))
                 }) => match next {
                     Some(Ok((request, respond))) => {
                         idle_since = None;
@@ -248,8 +249,10 @@ impl Server {
                         let cfg = self.config.clone();
                         let metrics = self.metrics.clone();
                         let peer = peer.clone();
+                        let queued = queued.clone();
                         tokio::spawn(async move {
-                            handle_stream(request, respond, &router, &cfg, peer, metrics.as_deref()).await;
+                            let stream = handle_stream(request, respond, &router, &cfg, peer, metrics.as_deref());
+                            queued.track(stream).await;
                             drop(guard);
                         });
                     }

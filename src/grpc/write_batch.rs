@@ -144,23 +144,25 @@ impl<IO: AsyncWrite + Unpin> Drain<IO> {
         polled
     }
 
-    /// As [`Drain::after`], but while more than one of the connection's
-    /// streams is being served (`streams_served`) each time the task is
-    /// woken it first goes to the back of its worker's queue, so the
-    /// streams woken with it (a commit wakes every watch stream) queue
-    /// their frames before h2 writes. One stream alone needs no wait: it
-    /// woke the task from its own, which then waits in its worker's next
-    /// slot until that stream's task has queued all it had. And going to
-    /// the back of the queue tells an idle worker to look for work (a wake
-    /// of a halted CPU, and a unary call's answer then written from the
-    /// other worker: about 3 context switches per call).
+    /// As [`Drain::after`], but while other streams of the connection have
+    /// been woken and wait to run (`streams_queued`), each time the task is
+    /// woken it first goes to the back of its worker's queue, so those
+    /// streams (a commit wakes every watch stream it concerns) queue their
+    /// frames before h2 writes. Without them it needs no wait: the stream
+    /// that woke it did so from its own task, and the connection's task
+    /// then waits in its worker's next slot until that stream's task has
+    /// queued all it had. And going to the back of the queue tells an idle
+    /// worker to look for work (a wake of a halted CPU, and a unary call's
+    /// answer then written from the other worker: about 3 context switches
+    /// per call), so parked streams, such as a client's quiet watches,
+    /// must not count.
     pub fn turn<T>(
         &self,
         cx: &mut Context<'_>,
-        streams_served: usize,
+        streams_queued: usize,
         poll: impl FnOnce(&mut Context<'_>) -> Poll<T>,
     ) -> Poll<T> {
-        if streams_served > 1 && !self.waited.swap(true, Ordering::Relaxed) {
+        if streams_queued > 0 && !self.waited.swap(true, Ordering::Relaxed) {
             // A task woken while it runs is queued last, not first in line
             // as a task woken by another is.
             cx.waker().wake_by_ref();
@@ -440,12 +442,16 @@ mod tests {
         assert_eq!(polls.get(), 0, "first it wakes itself and waits its turn");
         assert!(drain.turn(&mut cx(), 2, poll).is_pending());
         assert_eq!(polls.get(), 1);
-        assert!(drain.turn(&mut cx(), 2, poll).is_pending());
-        assert_eq!(polls.get(), 1, "and again on the next wake");
-        // With one stream served, or none, it polls at once, every time.
+        assert!(drain.turn(&mut cx(), 1, poll).is_pending());
+        assert_eq!(
+            polls.get(),
+            1,
+            "and again on the next wake, for one stream too"
+        );
         assert!(drain.turn(&mut cx(), 1, poll).is_pending());
         assert_eq!(polls.get(), 2);
-        assert!(drain.turn(&mut cx(), 1, poll).is_pending());
+        // With no stream waiting to run, it polls at once, every time.
+        assert!(drain.turn(&mut cx(), 0, poll).is_pending());
         assert_eq!(polls.get(), 3);
         assert!(drain.turn(&mut cx(), 0, poll).is_pending());
         assert_eq!(polls.get(), 4);
