@@ -6,8 +6,10 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Wake, Waker};
+
+use futures_util::task::AtomicWaker;
 
 /// The count, shared by a connection's streams.
 #[derive(Clone, Default)]
@@ -24,13 +26,13 @@ impl QueuedStreams {
         let mark = Arc::new(Mark {
             state: AtomicU8::new(RUNNING),
             queued: self.0.clone(),
-            task: Mutex::new(None),
+            task: AtomicWaker::new(),
         });
         let waker = Waker::from(mark.clone());
         let _done = Done(mark.clone());
         let mut stream = std::pin::pin!(stream);
         std::future::poll_fn(|cx| {
-            mark.set_task(cx.waker());
+            mark.task.register(cx.waker());
             mark.run();
             stream.as_mut().poll(&mut Context::from_waker(&waker))
         })
@@ -46,18 +48,13 @@ const DONE: u8 = 2;
 struct Mark {
     state: AtomicU8,
     queued: Arc<AtomicUsize>,
-    task: Mutex<Option<Waker>>,
+    /// The task's own waker; a wake takes it, and the next poll puts it
+    /// back (the task is scheduled meanwhile, so a wake in between is not
+    /// lost).
+    task: AtomicWaker,
 }
 
 impl Mark {
-    fn set_task(&self, waker: &Waker) {
-        if let Ok(mut task) = self.task.lock() {
-            if !task.as_ref().is_some_and(|t| t.will_wake(waker)) {
-                *task = Some(waker.clone());
-            }
-        }
-    }
-
     /// The stream's task runs: it no longer waits. A wake while it runs
     /// counts it again, as its task will run again.
     fn run(&self) {
@@ -86,11 +83,7 @@ impl Wake for Mark {
         {
             self.queued.fetch_add(1, Ordering::AcqRel);
         }
-        if let Ok(task) = self.task.lock() {
-            if let Some(task) = task.as_ref() {
-                task.wake_by_ref();
-            }
-        }
+        self.task.wake();
     }
 }
 
@@ -102,9 +95,7 @@ impl Drop for Done {
         if self.0.state.swap(DONE, Ordering::AcqRel) == QUEUED {
             self.0.queued.fetch_sub(1, Ordering::AcqRel);
         }
-        if let Ok(mut task) = self.0.task.lock() {
-            task.take();
-        }
+        self.0.task.take();
     }
 }
 
@@ -112,6 +103,7 @@ impl Drop for Done {
 mod tests {
     use super::*;
     use std::sync::atomic::AtomicBool;
+    use std::sync::Mutex;
     use std::task::Poll;
     use tokio::sync::Notify;
 
