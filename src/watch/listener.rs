@@ -7,13 +7,13 @@
 //! write used to wake them all to find nothing.
 
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
 use crate::store::KeyRange;
 
-use super::Event;
+use super::{locked, Event};
 
 /// One watch as the hub sees it.
 struct Listened {
@@ -31,22 +31,15 @@ pub struct Listener {
 }
 
 impl Listener {
-    fn lock(&self) -> MutexGuard<'_, Vec<Listened>> {
-        match self.watches.lock() {
-            Ok(w) => w,
-            Err(poisoned) => poisoned.into_inner(),
-        }
-    }
-
     /// Follows a watch. Add it before reading the committed revision the
     /// stream catches up to: a commit that does not see it yet was
     /// announced before, so the stream's own catch-up covers it.
     pub fn add(&self, id: i64, range: KeyRange, next: Arc<AtomicI64>) {
-        self.lock().push(Listened { id, range, next });
+        locked(&self.watches).push(Listened { id, range, next });
     }
 
     pub fn remove(&self, id: i64) {
-        self.lock().retain(|w| w.id != id);
+        locked(&self.watches).retain(|w| w.id != id);
     }
 
     /// Waits for a commit this stream must look at (or one that came
@@ -70,7 +63,7 @@ impl Listener {
             return false; // nothing new
         }
         let must_wake = !contiguous || {
-            let watches = self.lock();
+            let watches = locked(&self.watches);
             watches.iter().any(|w| {
                 if events.iter().any(|e| w.range.contains(&e.kv.key)) {
                     return true;

@@ -11,7 +11,7 @@ pub mod registry;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicIsize, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
 
 use bytes::Bytes;
 
@@ -19,6 +19,16 @@ use crate::store::{KvEntry, Record, Store, StoreError};
 
 pub use listener::Listener;
 pub use registry::{BelowFloor, RegisteredWatch, WatchBelow, WatchRegistry};
+
+/// A lock of the watch folder's shared state, taken even after a panic
+/// while it was held: each change made under these locks is a single
+/// insertion, removal or assignment, never left half done.
+fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
 
 /// One committed change: the key as the change left it (a tombstone for a
 /// delete) and, when the key existed before, as it was.
@@ -239,31 +249,23 @@ impl WatchHub {
         // meanwhile that this misses then reads the new revision itself.
         self.committed.send_replace(committed);
         let contiguous = listener::contiguous(&published, after, committed);
-        let woken = self
-            .streams()
+        let woken = locked(&self.streams)
             .iter()
             .filter(|s| s.consider(&published, after, committed, contiguous))
             .count();
         self.woken_last.store(woken, Ordering::Relaxed);
     }
 
-    fn streams(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Listener>>> {
-        match self.streams.lock() {
-            Ok(s) => s,
-            Err(poisoned) => poisoned.into_inner(),
-        }
-    }
-
     /// Registers a watch stream; it is woken by the commits it must see
     /// until [`WatchHub::unlisten`].
     pub fn listen(&self) -> Arc<Listener> {
         let listener = Arc::new(Listener::default());
-        self.streams().push(listener.clone());
+        locked(&self.streams).push(listener.clone());
         listener
     }
 
     pub fn unlisten(&self, listener: &Arc<Listener>) {
-        self.streams().retain(|s| !Arc::ptr_eq(s, listener));
+        locked(&self.streams).retain(|s| !Arc::ptr_eq(s, listener));
     }
 
     /// Publishes what the store committed after `after` (imported from

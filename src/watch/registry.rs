@@ -95,10 +95,7 @@ impl Drop for RegisteredWatch {
 
 impl WatchRegistry {
     fn lock(&self) -> MutexGuard<'_, Watches> {
-        match self.inner.lock() {
-            Ok(w) => w,
-            Err(poisoned) => poisoned.into_inner(),
-        }
+        super::locked(&self.inner)
     }
 
     /// Registers a watch asked to start at `start` (0: from now on) whose
