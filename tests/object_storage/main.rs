@@ -74,11 +74,7 @@ pub async fn history(c: &mut etcd_client::Client) -> Vec<String> {
     let mut out = Vec::new();
     let mut seen = 1;
     while seen < latest {
-        let message = tokio::time::timeout(support::DEADLINE, stream.message())
-            .await
-            .expect("history replay in time")
-            .unwrap()
-            .expect("the watch stream stays open");
+        let message = support::next_watch_response("history replay", &mut stream).await;
         for e in message.events() {
             let kv = e.kv().unwrap();
             seen = kv.mod_revision();

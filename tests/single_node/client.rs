@@ -5,7 +5,7 @@ use etcd_client::{
     Compare, CompareOp, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
 };
 
-use crate::support::{Netsy, DEADLINE};
+use crate::support::{next_watch_response, Netsy, DEADLINE};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn kv_roundtrip_with_prev_kv_and_ranges() {
@@ -195,11 +195,7 @@ async fn bidi_watch_gets_replayed_then_live_events_in_order_and_progress() {
     );
 
     watcher.request_progress().await.unwrap();
-    let progress = tokio::time::timeout(DEADLINE, stream.message())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let progress = next_watch_response("the progress response", &mut stream).await;
     assert_eq!(
         progress.watch_id(),
         -1,
@@ -209,11 +205,7 @@ async fn bidi_watch_gets_replayed_then_live_events_in_order_and_progress() {
     assert_eq!(progress.header().unwrap().revision(), 30);
 
     watcher.cancel().await.unwrap();
-    let cancelled = tokio::time::timeout(DEADLINE, stream.message())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let cancelled = next_watch_response("the cancel response", &mut stream).await;
     assert!(cancelled.canceled());
 }
 
@@ -369,11 +361,7 @@ async fn a_quiet_watch_stays_current_while_other_keys_change() {
         .await
         .expect("a quiet watch holds back no compaction");
     c.put("/quiet/1", "at last", None).await.unwrap(); // rev 302
-    let resp = tokio::time::timeout(DEADLINE, quiet_events.message())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let resp = next_watch_response("the quiet watch's event", &mut quiet_events).await;
     assert!(!resp.canceled(), "cancelled: {resp:?}");
     let got: Vec<(String, i64, String)> = resp
         .events()
@@ -387,11 +375,7 @@ async fn a_quiet_watch_stays_current_while_other_keys_change() {
     assert_eq!(got, [("/quiet/1".to_string(), 302, "at last".to_string())]);
 
     quiet.request_progress().await.unwrap();
-    let progress = tokio::time::timeout(DEADLINE, quiet_events.message())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let progress = next_watch_response("the progress response", &mut quiet_events).await;
     assert!(progress.events().is_empty(), "{progress:?}");
     assert_eq!(progress.header().unwrap().revision(), 302);
 }

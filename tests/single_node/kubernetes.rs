@@ -2,7 +2,7 @@
 
 use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp, TxnOpResponse, WatchOptions};
 
-use crate::support::{Netsy, DEADLINE};
+use crate::support::{next_watch_response, Netsy, DEADLINE};
 
 const PREFIX: &str = "/registry/pods/default/";
 const PREFIX_END: &str = "/registry/pods/default0";
@@ -350,11 +350,7 @@ async fn a_quiet_watch_is_told_the_latest_revision_in_its_progress_notification(
         latest = put.header().unwrap().revision();
     }
     // The first notification comes one interval (5 s) after the watch.
-    let progress = tokio::time::timeout(DEADLINE, stream.message())
-        .await
-        .expect("a progress notification in time")
-        .unwrap()
-        .unwrap();
+    let progress = next_watch_response("a progress notification", &mut stream).await;
     assert!(progress.events().is_empty(), "{progress:?}");
     assert_eq!(progress.header().unwrap().revision(), latest);
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use etcd_client::{EventType, GetOptions, LeaseTimeToLiveOptions, PutOptions, WatchOptions};
 
-use crate::support::{poll_async, Bucket, Netsy, DEADLINE};
+use crate::support::{next_watch_response, poll_async, Bucket, Netsy};
 
 async fn exists(c: &mut etcd_client::Client, key: &str) -> bool {
     c.get(key, None).await.unwrap().count() == 1
@@ -83,11 +83,7 @@ async fn expiry_revoke_and_keep_alive() {
     // Each attached key was deleted by its own write, with prev_kv.
     let mut deletes = Vec::new();
     while deletes.len() < 2 {
-        let resp = tokio::time::timeout(DEADLINE, events.message())
-            .await
-            .expect("delete events in time")
-            .unwrap()
-            .unwrap();
+        let resp = next_watch_response("delete events", &mut events).await;
         for e in resp.events() {
             if e.event_type() == EventType::Delete {
                 let kv = e.kv().unwrap();

@@ -506,6 +506,20 @@ where
     }
 }
 
+/// The watch stream's next response within DEADLINE; fails the test,
+/// naming `what` was awaited, when none comes, the stream fails or ends.
+pub async fn next_watch_response(
+    what: &str,
+    events: &mut etcd_client::WatchStream,
+) -> etcd_client::WatchResponse {
+    match tokio::time::timeout(DEADLINE, events.message()).await {
+        Err(_) => panic!("timed out waiting for {what}"),
+        Ok(Err(e)) => panic!("the watch stream failed while waiting for {what}: {e}"),
+        Ok(Ok(None)) => panic!("the watch stream ended while waiting for {what}"),
+        Ok(Ok(Some(response))) => response,
+    }
+}
+
 /// Writers putting unique keys until their node goes away, recording every
 /// acknowledged write (key, revision): the input of crash-safety checks.
 pub struct AckedWrites {
