@@ -11,6 +11,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use rusqlite::Connection;
@@ -32,14 +33,17 @@ const PAUSE: Duration = Duration::from_millis(50);
 
 /// The writer's side: counts commits and wakes the thread.
 pub struct Checkpointer {
-    wake: mpsc::SyncSender<()>,
+    /// Taken when dropped: the thread then ends.
+    wake: Option<mpsc::SyncSender<()>>,
     work: AtomicU64,
     done: Arc<AtomicU64>,
+    thread: Option<JoinHandle<()>>,
 }
 
 impl Checkpointer {
     /// Starts the thread with its own connection to the database at `path`
-    /// (already in WAL mode). It ends when the Checkpointer is dropped.
+    /// (already in WAL mode). It ends, its connection closed, before the
+    /// Checkpointer's drop returns.
     pub fn start(path: &Path) -> Result<Checkpointer, StoreError> {
         let conn = Connection::open(path)?;
         // Syncs the WAL before copying it and the database after (NORMAL
@@ -49,21 +53,23 @@ impl Checkpointer {
         let (wake, woken) = mpsc::sync_channel::<()>(1);
         let done = Arc::new(AtomicU64::new(0));
         let counted = done.clone();
-        crate::background::spawn("netsy-checkpoint", crate::background::NICE_LOW, move || {
-            while woken.recv().is_ok() {
-                match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-                    Ok(()) => {
-                        counted.fetch_add(1, Ordering::Relaxed);
+        let thread =
+            crate::background::spawn("netsy-checkpoint", crate::background::NICE_LOW, move || {
+                while woken.recv().is_ok() {
+                    match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                        Ok(()) => {
+                            counted.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => log::warn!("checkpointing the local database failed: {e}"),
                     }
-                    Err(e) => log::warn!("checkpointing the local database failed: {e}"),
+                    std::thread::sleep(PAUSE);
                 }
-                std::thread::sleep(PAUSE);
-            }
-        })?;
+            })?;
         Ok(Checkpointer {
-            wake,
+            wake: Some(wake),
             work: AtomicU64::new(0),
             done,
+            thread: Some(thread),
         })
     }
 
@@ -73,12 +79,27 @@ impl Checkpointer {
         let work = COMMIT_WORK + records as u64;
         let before = self.work.fetch_add(work, Ordering::Relaxed);
         if (before + work) / WORK_PER_CHECKPOINT != before / WORK_PER_CHECKPOINT {
-            let _ = self.wake.try_send(());
+            if let Some(wake) = &self.wake {
+                let _ = wake.try_send(());
+            }
         }
     }
 
     /// Checkpoints the thread has finished.
     pub fn done(&self) -> u64 {
         self.done.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Checkpointer {
+    /// Ends the thread and waits for it, so the store's last connection is
+    /// closed when the store is: SQLite removes the WAL and its index by
+    /// name as the last connection closes, and a rebuild puts a new
+    /// database under those names right after setting the old one aside.
+    fn drop(&mut self) {
+        self.wake.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }

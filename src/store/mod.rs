@@ -1203,6 +1203,34 @@ mod tests {
         }
     }
 
+    /// Every connection, the checkpoint thread's too, is closed when a
+    /// store is: the last to close removes the WAL by its name, which a
+    /// rebuild reuses at once for a new database.
+    #[test]
+    fn a_dropped_store_has_closed_the_checkpoint_threads_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_on_boot(dir.path(), None).unwrap();
+        store
+            .append_backed(batch(vec![Record::internal("n"), put(2)]))
+            .unwrap();
+        for r in 3..400 {
+            store.append_backed(batch(vec![put(r)])).unwrap();
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while store.checkpoints.done() == 0 {
+            assert!(std::time::Instant::now() < deadline, "no checkpoint ran");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        // The thread now pauses after its checkpoint, connection open.
+        let wal = dir.path().join("db.sqlite3-wal");
+        assert!(wal.exists());
+        drop(store);
+        assert!(
+            !wal.exists(),
+            "the WAL outlived the store: a connection was still open"
+        );
+    }
+
     #[test]
     fn a_compaction_outside_a_batch_is_recorded_and_trims_history() {
         let dir = tempfile::tempdir().unwrap();
