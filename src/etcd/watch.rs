@@ -20,6 +20,7 @@ use crate::grpc::{codec, Call, Finished, Inbound, Outbound, Status};
 use crate::pb::etcdserverpb::watch_create_request::FilterType;
 use crate::pb::etcdserverpb::watch_request::RequestUnion;
 use crate::pb::etcdserverpb::{ResponseHeader, WatchCreateRequest, WatchRequest, WatchResponse};
+use crate::store::record::detached;
 use crate::store::KeyRange;
 use crate::watch::{
     events_from_store, BelowFloor, Event, Listener, RegisteredWatch, WatchHub, WatchRegistry,
@@ -364,17 +365,19 @@ impl WatchStream {
 }
 
 /// The keys a new watch follows and the first revision it owes, on a node
-/// that has committed `committed`.
+/// that has committed `committed`. The keys are copied: the request's are
+/// slices of the bytes the connection received, which a watch would keep
+/// alive for as long as it lives.
 pub fn watched(create: &WatchCreateRequest, committed: i64) -> (KeyRange, i64) {
     // etcd reads an empty key as "\0", the smallest key.
     let key = if create.key.is_empty() {
         Bytes::from_static(b"\0")
     } else {
-        create.key.clone()
+        detached(&create.key)
     };
     let start = create.start_revision;
     let next_rev = if start > 0 { start } else { committed + 1 };
-    (KeyRange::new(&key, &create.range_end), next_rev)
+    (KeyRange::new(&key, &detached(&create.range_end)), next_rev)
 }
 
 /// How a new watch is answered.
@@ -449,6 +452,28 @@ fn events_frame(header: ResponseHeader, watch_id: i64, events: &[&Bytes]) -> Byt
 mod tests {
     use super::*;
     use crate::store::{KvEntry, Rev};
+
+    #[test]
+    fn a_watch_keeps_copies_of_its_keys_not_the_request() {
+        let received = Bytes::from(vec![b'k'; 4096]);
+        let create = WatchCreateRequest {
+            key: received.slice(0..3),
+            range_end: received.slice(10..14),
+            ..Default::default()
+        };
+        let (range, next) = watched(&create, 5);
+        assert_eq!(next, 6);
+        let KeyRange::Span {
+            start,
+            end: Some(end),
+        } = range
+        else {
+            panic!("a span was asked for: {range:?}");
+        };
+        assert_eq!((&start[..], &end[..]), (&b"kkk"[..], &b"kkkk"[..]));
+        let inside = |b: &Bytes| received.as_ptr_range().contains(&b.as_ptr());
+        assert!(!inside(&start) && !inside(&end), "slices of the request");
+    }
 
     fn entry(key: &'static [u8], revision: i64, value: Option<&'static [u8]>) -> KvEntry {
         KvEntry {

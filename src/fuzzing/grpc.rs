@@ -67,7 +67,7 @@ fn decode(
     while !rest.is_empty() {
         let (chunk, after) = rest.split_at(chunk_len(rest.len()).clamp(1, rest.len()));
         rest = after;
-        decoder.push(chunk);
+        decoder.push(Bytes::copy_from_slice(chunk));
         loop {
             match decoder.next_message() {
                 Ok(Some(m)) => out.messages.push(m),
@@ -132,7 +132,7 @@ fn requests(message: &Bytes) {
             return;
         };
         let mut decoder = FrameDecoder::new(usize::MAX, None);
-        decoder.push(&codec::encode(&request));
+        decoder.push(codec::encode(&request));
         let framed = decoder.next_message();
         let again = framed
             .ok()

@@ -92,7 +92,7 @@ impl Inbound {
                     // decoder only asks for more when it lacks a whole message,
                     // so at most one message plus one chunk is held.
                     let _ = self.body.flow_control().release_capacity(chunk.len());
-                    self.decoder.push(&chunk);
+                    self.decoder.push(chunk);
                 }
                 Some(Err(e)) => {
                     return Err(Status::cancelled(format!("request stream broken: {e}")))

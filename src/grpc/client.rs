@@ -420,7 +420,7 @@ impl CallReceiver {
             match body.data().await {
                 Some(Ok(chunk)) => {
                     let _ = body.flow_control().release_capacity(chunk.len());
-                    self.decoder.push(&chunk);
+                    self.decoder.push(chunk);
                 }
                 Some(Err(e)) => {
                     self.done = true;

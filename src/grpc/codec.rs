@@ -51,9 +51,16 @@ pub fn decode<M: Message + Default>(bytes: Bytes, what: &str) -> Result<M, Statu
 }
 
 /// Incremental decoder of length-prefixed messages from arbitrary chunks.
+/// A message that lies whole in one received chunk is a slice of that
+/// chunk; only one split across chunks is copied, into a buffer of its own.
+/// (A watch stream's client copied every event it received here.)
 #[derive(Debug)]
 pub struct FrameDecoder {
-    buf: BytesMut,
+    /// The unread rest of the last chunk, while no message is split.
+    chunk: Bytes,
+    /// Bytes of a message split across chunks (empty otherwise); they come
+    /// before anything pushed later, and `chunk` is empty while they wait.
+    split: BytesMut,
     max_message_len: usize,
     /// The `grpc-encoding` the peer announced, for the compressed-flag error.
     encoding: Option<String>,
@@ -62,29 +69,68 @@ pub struct FrameDecoder {
 impl FrameDecoder {
     pub fn new(max_message_len: usize, encoding: Option<String>) -> FrameDecoder {
         FrameDecoder {
-            buf: BytesMut::new(),
+            chunk: Bytes::new(),
+            split: BytesMut::new(),
             max_message_len,
             encoding,
         }
     }
 
-    /// Appends received bytes.
-    pub fn push(&mut self, data: &[u8]) {
-        self.buf.extend_from_slice(data);
+    /// Appends a received chunk.
+    pub fn push(&mut self, data: Bytes) {
+        if self.split.is_empty() && self.chunk.is_empty() {
+            self.chunk = data;
+            return;
+        }
+        if !self.chunk.is_empty() {
+            // The rest of the last chunk was too short for its message.
+            self.split.extend_from_slice(&self.chunk);
+            self.chunk = Bytes::new();
+        }
+        self.split.extend_from_slice(&data);
     }
 
     /// True when no partial message is buffered.
     pub fn is_empty(&self) -> bool {
-        self.buf.is_empty()
+        self.chunk.is_empty() && self.split.is_empty()
     }
 
     /// The next complete message, or None if more bytes are needed.
     pub fn next_message(&mut self) -> Result<Option<Bytes>, Status> {
-        if self.buf.len() < PREFIX_LEN {
+        if !self.split.is_empty() {
+            let Some(len) = self.message_len(&self.split)? else {
+                return Ok(None);
+            };
+            if self.split.len() < PREFIX_LEN + len {
+                // Make room once for the whole message instead of growing in steps.
+                self.split.reserve(PREFIX_LEN + len - self.split.len());
+                return Ok(None);
+            }
+            self.split.advance(PREFIX_LEN);
+            return Ok(Some(self.split.split_to(len).freeze()));
+        }
+        let Some(len) = self.message_len(&self.chunk)? else {
+            return Ok(None);
+        };
+        if self.chunk.len() < PREFIX_LEN + len {
+            // The message goes on in later chunks: gather it in `split`.
+            self.split.reserve(PREFIX_LEN + len);
+            self.split.extend_from_slice(&self.chunk);
+            self.chunk = Bytes::new();
             return Ok(None);
         }
-        let flag = self.buf[0];
-        let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
+        let message = self.chunk.slice(PREFIX_LEN..PREFIX_LEN + len);
+        self.chunk.advance(PREFIX_LEN + len);
+        Ok(Some(message))
+    }
+
+    /// The length of the message `buf` starts with, once its prefix is
+    /// there; an error for a flag or length this decoder refuses.
+    fn message_len(&self, buf: &[u8]) -> Result<Option<usize>, Status> {
+        let [flag, a, b, c, d, ..] = *buf else {
+            return Ok(None);
+        };
+        let len = u32::from_be_bytes([a, b, c, d]) as usize;
         match flag {
             0 => {}
             1 => {
@@ -109,13 +155,7 @@ impl FrameDecoder {
                 self.max_message_len
             )));
         }
-        if self.buf.len() < PREFIX_LEN + len {
-            // Make room once for the whole message instead of growing in steps.
-            self.buf.reserve(PREFIX_LEN + len - self.buf.len());
-            return Ok(None);
-        }
-        self.buf.advance(PREFIX_LEN);
-        Ok(Some(self.buf.split_to(len).freeze()))
+        Ok(Some(len))
     }
 }
 
@@ -136,7 +176,7 @@ mod tests {
         let mut dec = FrameDecoder::new(1024, None);
         let mut out = Vec::new();
         for chunk in all.chunks(3) {
-            dec.push(chunk);
+            dec.push(Bytes::copy_from_slice(chunk));
             while let Some(m) = dec.next_message().unwrap() {
                 out.push(m);
             }
@@ -149,9 +189,36 @@ mod tests {
     }
 
     #[test]
+    fn a_message_whole_in_its_chunk_is_a_slice_of_it() {
+        let mut chunk = frame_bytes(b"first").to_vec();
+        chunk.extend_from_slice(&frame_bytes(b"second"));
+        let third = frame_bytes(&[9u8; 40]);
+        // The third message starts here and ends in the next chunk.
+        chunk.extend_from_slice(&third[..20]);
+        let chunk = Bytes::from(chunk);
+        let mut dec = FrameDecoder::new(1024, None);
+        dec.push(chunk.clone());
+        let first = dec.next_message().unwrap().unwrap();
+        assert_eq!(&first[..], b"first");
+        assert_eq!(first.as_ptr(), chunk[PREFIX_LEN..].as_ptr(), "not copied");
+        let next = dec.next_message().unwrap().unwrap();
+        assert_eq!(&next[..], b"second");
+        assert_eq!(next.as_ptr(), chunk[2 * PREFIX_LEN + 5..].as_ptr());
+        assert_eq!(dec.next_message().unwrap(), None);
+        assert!(!dec.is_empty());
+        let mut rest = third[20..].to_vec();
+        rest.extend_from_slice(&frame_bytes(b"after"));
+        dec.push(Bytes::from(rest));
+        assert_eq!(&dec.next_message().unwrap().unwrap()[..], &[9u8; 40][..]);
+        assert_eq!(&dec.next_message().unwrap().unwrap()[..], b"after");
+        assert_eq!(dec.next_message().unwrap(), None);
+        assert!(dec.is_empty());
+    }
+
+    #[test]
     fn oversize_is_refused_from_the_prefix_alone() {
         let mut dec = FrameDecoder::new(10, None);
-        dec.push(&[0, 0, 0, 1, 0]); // 256 bytes announced, none sent
+        dec.push(Bytes::from_static(&[0, 0, 0, 1, 0])); // 256 bytes announced, none sent
         let err = dec.next_message().unwrap_err();
         assert_eq!(err.code, Code::ResourceExhausted);
         assert_eq!(
@@ -163,10 +230,10 @@ mod tests {
     #[test]
     fn compressed_flag_without_encoding_is_internal() {
         let mut dec = FrameDecoder::new(10, None);
-        dec.push(&[1, 0, 0, 0, 1, 9]);
+        dec.push(Bytes::from_static(&[1, 0, 0, 0, 1, 9]));
         assert_eq!(dec.next_message().unwrap_err().code, Code::Internal);
         let mut dec = FrameDecoder::new(10, Some("gzip".into()));
-        dec.push(&[1, 0, 0, 0, 1, 9]);
+        dec.push(Bytes::from_static(&[1, 0, 0, 0, 1, 9]));
         let err = dec.next_message().unwrap_err();
         assert_eq!(err.code, Code::Unimplemented);
         assert!(err.message.contains("gzip"));
