@@ -10,9 +10,11 @@
 //! refused at creation.
 
 use std::collections::BTreeMap;
+use std::pin::pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures_util::StreamExt;
 use prost::encoding::{self, WireType};
 use prost::Message;
 
@@ -101,14 +103,19 @@ impl Drop for WatchStream {
 impl WatchStream {
     async fn run(&mut self, inbound: &mut Inbound, out: &mut Outbound) -> Result<(), Status> {
         let listener = self.listener.clone();
-        let mut shutdown = self.api.shutdown.clone();
         let every = self.api.settings.progress_notify_interval;
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The waits outlive each turn of the loop: a commit wakes every
+        // stream it concerns, and making each wait anew every turn took the
+        // locks of the shared shutdown signal and of the listener each time.
+        let mut shutdown = pin!(shutdown_asked(self.api.shutdown.clone()));
+        let mut woken = pin!(listener.woken());
+        let mut requests = pin!(futures_util::stream::unfold(inbound, |inbound| async {
+            let request = inbound.next::<WatchRequest>().await;
+            Some((request, inbound))
+        }));
         loop {
-            if *shutdown.borrow_and_update() {
-                return Err(Status::unavailable("netsy: the server is shutting down"));
-            }
             let committed = self.api.hub.committed();
             self.sync(committed, out).await?;
             if self.progress_requested {
@@ -121,19 +128,21 @@ impl WatchStream {
                 out.send(&resp).await?;
             }
             tokio::select! {
-                request = inbound.next::<WatchRequest>() => match request? {
+                Some(request) = requests.next() => match request? {
                     Some(r) => self.handle(r, out).await?,
                     // The client closed its side: etcd ends the stream too.
                     None => return Ok(()),
                 },
-                _ = listener.woken() => {}
+                () = woken.as_mut() => woken.set(listener.woken()),
                 // The revision now: a quiet stream is not woken by
                 // commits to other keys, so `committed` may be a tick old.
                 _ = ticker.tick() => {
                     let now = self.api.hub.committed();
                     self.notify_progress(now, out).await?
                 }
-                _ = shutdown.changed() => {}
+                () = shutdown.as_mut() => {
+                    return Err(Status::unavailable("netsy: the server is shutting down"));
+                }
             }
         }
     }
@@ -361,6 +370,18 @@ impl WatchStream {
             out.send(&resp).await?;
         }
         Ok(())
+    }
+}
+
+/// Ends once the server is asked to shut down (never, if nobody can ask).
+async fn shutdown_asked(mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        if *shutdown.borrow_and_update() {
+            return;
+        }
+        if shutdown.changed().await.is_err() {
+            return std::future::pending().await;
+        }
     }
 }
 

@@ -9,7 +9,7 @@
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::Notify;
+use tokio::sync::{futures::Notified, Notify};
 
 use crate::store::KeyRange;
 
@@ -43,9 +43,10 @@ impl Listener {
     }
 
     /// Waits for a commit this stream must look at (or one that came
-    /// since the last wait: a wake is kept until then).
-    pub async fn woken(&self) {
-        self.wake.notified().await
+    /// since the last wait: a wake is kept until then). The stream may keep
+    /// one such wait across its turns and make the next once it ends.
+    pub fn woken(&self) -> Notified<'_> {
+        self.wake.notified()
     }
 
     /// Looks at a commit of `events`, the revisions `after + 1..=committed`

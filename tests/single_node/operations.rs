@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::support::{
-    assert_present, poll, signal, start_moto, AckedWrites, Bucket, Lines, Netsy, DEADLINE,
+    assert_present, next_watch_response, poll, signal, start_moto, AckedWrites, Bucket, Lines,
+    Netsy, DEADLINE,
 };
 
 /// How long one HTTP request to the health listener may take.
@@ -285,6 +286,34 @@ async fn sigterm_during_writes_exits_zero_and_keeps_every_acknowledged_write() {
     let n = Netsy::start_dev(dir.path());
     let mut c = n.client().await;
     assert_present(&mut c, &acked).await;
+}
+
+/// SIGTERM with a watch open: the stream ends with UNAVAILABLE (clients
+/// then go to another member) rather than holding the drain, and the node
+/// exits 0.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_ends_an_open_watch_with_unavailable() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Netsy::start_dev(dir.path());
+    let mut c = node.client().await;
+    let (_watcher, mut events) = c.watch("w", None).await.unwrap();
+    c.put("w", "1", None).await.unwrap();
+    let first = next_watch_response("the put's event", &mut events).await;
+    assert_eq!(first.events().len(), 1);
+    let status = tokio::task::spawn_blocking(move || node.terminate())
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "a graceful stop exits 0");
+    let ended = tokio::time::timeout(DEADLINE, events.message())
+        .await
+        .expect("the watch stream ends");
+    match ended {
+        Err(etcd_client::Error::GRpcStatus(s)) => {
+            assert_eq!(format!("{:?}", s.code()), "Unavailable", "{s:?}");
+            assert_eq!(s.message(), "netsy: the server is shutting down");
+        }
+        other => panic!("the watch stream ended otherwise: {other:?}"),
+    }
 }
 
 /// The same on an S3 bucket (moto), restored by a node with an empty data
