@@ -3,9 +3,13 @@
 //! peer connections and tests; also offers raw calls for bad-input tests.
 //! A call's timeout is a deadline the client enforces itself (the server
 //! is told too); optional keepalive pings close a connection whose peer
-//! stopped answering, so its calls fail instead of hanging.
+//! stopped answering, so its calls fail instead of hanging. A call's
+//! headers and first message leave together, and the connection's frames
+//! are gathered into one write a turn, as the server's are.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,6 +47,9 @@ pub struct Channel {
     /// Set once the connection has ended (closed by either side, broken,
     /// or dropped after an unanswered keepalive ping).
     closed: Arc<AtomicBool>,
+    /// Unary calls under way: while others are, the connection's task lets
+    /// the callers it woke send their next requests before it writes.
+    unary_calls: Arc<AtomicUsize>,
 }
 
 use super::router::with_deadline as until;
@@ -98,20 +105,33 @@ impl Channel {
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let (send, mut conn) = h2::client::Builder::new()
+        // As the server's: h2's frames gathered into one write a turn.
+        let (io, drain) = super::write_batch::batched(io);
+        let handshake = h2::client::Builder::new()
             .initial_window_size(4 * 1024 * 1024)
             .initial_connection_window_size(16 * 1024 * 1024)
             .max_frame_size(1024 * 1024)
-            .handshake::<_, Bytes>(io)
-            .await
-            .map_err(|e| Status::unavailable(format!("h2 handshake with {authority}: {e}")))?;
+            .handshake::<_, Bytes>(io);
+        let mut handshake = std::pin::pin!(handshake);
+        let (send, mut conn) =
+            std::future::poll_fn(|cx| drain.after(cx, |cx| Future::poll(handshake.as_mut(), cx)))
+                .await
+                .map_err(|e| Status::unavailable(format!("h2 handshake with {authority}: {e}")))?;
         let unanswered = match (keepalive, conn.ping_pong()) {
             (Some(k), Some(pings)) => Some(tokio::spawn(ping_until_unanswered(pings, k))),
             _ => None,
         };
         let closed = Arc::new(AtomicBool::new(false));
-        let (done, peer) = (closed.clone(), authority.to_string());
+        let unary_calls = Arc::new(AtomicUsize::new(0));
+        let (done, peer, calls) = (closed.clone(), authority.to_string(), unary_calls.clone());
         tokio::spawn(async move {
+            let mut conn = std::pin::pin!(std::future::poll_fn(move |cx| {
+                // Callers this task woke with their answers queue their
+                // next requests first, to leave in the same write: the
+                // task of a caller that wakes it runs it next otherwise.
+                let others = calls.load(Ordering::Relaxed).saturating_sub(1);
+                drain.turn(cx, others, |cx| Future::poll(Pin::new(&mut conn), cx))
+            }));
             let ended = match unanswered {
                 None => conn.await,
                 Some(mut unanswered) => tokio::select! {
@@ -132,6 +152,7 @@ impl Channel {
             authority: authority.to_string(),
             scheme,
             closed,
+            unary_calls,
         })
     }
 
@@ -142,6 +163,7 @@ impl Channel {
             authority: authority.to_string(),
             scheme: "http",
             closed: Arc::new(AtomicBool::new(false)),
+            unary_calls: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -196,7 +218,11 @@ impl Channel {
             .send_request(req, false)
             .map_err(|e| Status::unavailable(format!("send request: {e}")))?;
         Ok(ClientCall {
-            sender: CallSender { stream, deadline },
+            sender: CallSender {
+                stream,
+                deadline,
+                sent: false,
+            },
             receiver: CallReceiver::new(response, deadline),
         })
     }
@@ -216,6 +242,7 @@ impl Channel {
         request: &Req,
         timeout: Option<Duration>,
     ) -> Result<Resp, Status> {
+        let _counted = UnaryCall::count(&self.unary_calls);
         let mut call = self.start(path, timeout).await?;
         if let Err(send_error) = call.sender.send_last(request).await {
             // The server may have answered (and closed the stream) before
@@ -285,6 +312,22 @@ impl Channel {
     }
 }
 
+/// Counts a unary call as under way until dropped.
+struct UnaryCall<'a>(&'a AtomicUsize);
+
+impl UnaryCall<'_> {
+    fn count(calls: &AtomicUsize) -> UnaryCall<'_> {
+        calls.fetch_add(1, Ordering::Relaxed);
+        UnaryCall(calls)
+    }
+}
+
+impl Drop for UnaryCall<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Everything a server sent back for a raw call.
 #[derive(Debug)]
 pub struct RawResponse {
@@ -315,6 +358,8 @@ pub struct ClientCall {
 pub struct CallSender {
     stream: SendStream<Bytes>,
     deadline: Option<Instant>,
+    /// A message was sent: the stream is open (or opening) on the wire.
+    sent: bool,
 }
 
 impl CallSender {
@@ -331,6 +376,19 @@ impl CallSender {
 
     async fn write<M: Message>(&mut self, message: &M, end: bool) -> Result<(), Status> {
         let frame = codec::encode(message);
+        let first = !std::mem::replace(&mut self.sent, true);
+        if first || end {
+            // Queued whole, without waiting for send capacity: h2 gives a
+            // stream none until its connection task has opened it, so
+            // waiting made a call's headers leave in a write (a segment, a
+            // wake of the server) of their own. h2 still sends the message
+            // within the peer's windows; only one message is held, and the
+            // caller held it already.
+            return self
+                .stream
+                .send_data(frame, end)
+                .map_err(|e| Status::unavailable(format!("send: {e}")));
+        }
         let stream = &mut self.stream;
         until(self.deadline, async move {
             write(stream, frame, end)

@@ -4,7 +4,9 @@
 //! line, so a commit that woke a thousand watch streams made a send (each
 //! through the whole TCP stack) every few frames. Here h2's writes fill a
 //! buffer; the connection's task lets the tasks queued before it run first,
-//! polls h2, and then writes the buffer out.
+//! polls h2, and then writes the buffer out. The server's connections and
+//! the client's both use it (a client's callers queue their next requests
+//! as a server's streams queue their answers).
 
 use std::io;
 use std::pin::Pin;
