@@ -1,7 +1,8 @@
 //! Connection-level behaviour of our gRPC server and client over real
 //! loopback sockets: deadlines on both sides, pings both ways, dead-peer
 //! and idle cleanup, streaming handlers, reconnection, and how a
-//! connection's answers are gathered into writes.
+//! connection's answers (server) and requests (client) are gathered into
+//! writes.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
