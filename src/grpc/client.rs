@@ -24,6 +24,7 @@ use tokio::time::Instant;
 
 use super::codec::{self, FrameDecoder};
 use super::flow::write;
+use super::queued::Counted;
 use super::status::{Code, Status};
 use super::timeout;
 
@@ -49,6 +50,8 @@ pub struct Channel {
     closed: Arc<AtomicBool>,
     /// Unary calls under way: while others are, the connection's task lets
     /// the callers it woke send their next requests before it writes.
+    /// (Not the server's count of woken streams: a unary call is never
+    /// parked for long, and counting it needs no waker of its own.)
     unary_calls: Arc<AtomicUsize>,
 }
 
@@ -242,7 +245,7 @@ impl Channel {
         request: &Req,
         timeout: Option<Duration>,
     ) -> Result<Resp, Status> {
-        let _counted = UnaryCall::count(&self.unary_calls);
+        let _counted = Counted::new(self.unary_calls.clone());
         let mut call = self.start(path, timeout).await?;
         if let Err(send_error) = call.sender.send_last(request).await {
             // The server may have answered (and closed the stream) before
@@ -309,22 +312,6 @@ impl Channel {
             body: Bytes::from(data),
             trailers,
         })
-    }
-}
-
-/// Counts a unary call as under way until dropped.
-struct UnaryCall<'a>(&'a AtomicUsize);
-
-impl UnaryCall<'_> {
-    fn count(calls: &AtomicUsize) -> UnaryCall<'_> {
-        calls.fetch_add(1, Ordering::Relaxed);
-        UnaryCall(calls)
-    }
-}
-
-impl Drop for UnaryCall<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

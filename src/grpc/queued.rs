@@ -2,7 +2,8 @@
 //! run: the streams the connection's task should let queue their frames
 //! before it writes. Open streams are not the measure: a kube-apiserver's
 //! connection carries watch streams that sit parked for minutes beside the
-//! writes it answers.
+//! writes it answers. Also the plain count of things under way that
+//! both sides keep.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
@@ -96,6 +97,23 @@ impl Drop for Done {
             self.0.queued.fetch_sub(1, Ordering::AcqRel);
         }
         self.0.task.take();
+    }
+}
+
+/// Counts one thing in `count` while it lives: a server's open streams
+/// (for its idle timeout), a client's unary calls under way.
+pub struct Counted(Arc<AtomicUsize>);
+
+impl Counted {
+    pub fn new(count: Arc<AtomicUsize>) -> Counted {
+        count.fetch_add(1, Ordering::AcqRel);
+        Counted(count)
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

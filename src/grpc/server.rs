@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::call::{reject, Inbound, Outbound, RequestContext};
-use super::queued::QueuedStreams;
+use super::queued::{Counted, QueuedStreams};
 use super::router::{Call, Router};
 use super::status::Status;
 use super::timeout;
@@ -244,7 +244,7 @@ impl Server {
                 }) => match next {
                     Some(Ok((request, respond))) => {
                         idle_since = None;
-                        let guard = StreamGuard::new(active.clone());
+                        let guard = Counted::new(active.clone());
                         let router = self.router.clone();
                         let cfg = self.config.clone();
                         let metrics = self.metrics.clone();
@@ -285,22 +285,6 @@ impl Server {
                 }
             }
         }
-    }
-}
-
-/// Counts open streams on a connection for the idle timeout.
-struct StreamGuard(Arc<AtomicUsize>);
-
-impl StreamGuard {
-    fn new(counter: Arc<AtomicUsize>) -> StreamGuard {
-        counter.fetch_add(1, Ordering::AcqRel);
-        StreamGuard(counter)
-    }
-}
-
-impl Drop for StreamGuard {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
