@@ -53,7 +53,13 @@ pub struct Channel {
     /// (Not the server's count of woken streams: a unary call is never
     /// parked for long, and counting it needs no waker of its own.)
     unary_calls: Arc<AtomicUsize>,
+    /// The capacity of the connection's write buffer (tests).
+    #[cfg(test)]
+    write_buffer: Option<Arc<dyn Fn() -> usize + Send + Sync>>,
 }
+
+/// How often an idle connection is looked at to give back its write buffer.
+const IDLE_CHECK: Duration = Duration::from_secs(1);
 
 use super::router::with_deadline as until;
 
@@ -126,8 +132,11 @@ impl Channel {
         };
         let closed = Arc::new(AtomicBool::new(false));
         let unary_calls = Arc::new(AtomicUsize::new(0));
+        #[cfg(test)]
+        let write_buffer: Arc<dyn Fn() -> usize + Send + Sync> = Arc::new(drain.capacity_probe());
         let (done, peer, calls) = (closed.clone(), authority.to_string(), unary_calls.clone());
         tokio::spawn(async move {
+            let drain = &drain;
             let mut conn = std::pin::pin!(std::future::poll_fn(move |cx| {
                 // Callers this task woke with their answers queue their
                 // next requests first, to leave in the same write: the
@@ -135,15 +144,25 @@ impl Channel {
                 let others = calls.load(Ordering::Relaxed).saturating_sub(1);
                 drain.turn(cx, others, |cx| Future::poll(Pin::new(&mut conn), cx))
             }));
-            let ended = match unanswered {
-                None => conn.await,
-                Some(mut unanswered) => tokio::select! {
-                    ended = &mut conn => ended,
-                    _ = &mut unanswered => {
+            let mut unanswered = std::pin::pin!(async move {
+                match unanswered {
+                    Some(pinger) => drop(pinger.await),
+                    None => std::future::pending().await,
+                }
+            });
+            // As the server's idle checks: a connection that once sent a
+            // burst does not keep its buffer while it sits idle.
+            let mut idle_check = tokio::time::interval(IDLE_CHECK);
+            idle_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let ended = loop {
+                tokio::select! {
+                    ended = &mut conn => break ended,
+                    () = &mut unanswered => {
                         log::warn!("connection to {peer} closed: keepalive ping not answered");
-                        Ok(())
+                        break Ok(());
                     }
-                },
+                    _ = idle_check.tick() => drain.release_capacity(),
+                }
             };
             done.store(true, Ordering::Release);
             if let Err(e) = ended {
@@ -156,6 +175,8 @@ impl Channel {
             scheme,
             closed,
             unary_calls,
+            #[cfg(test)]
+            write_buffer: Some(write_buffer),
         })
     }
 
@@ -167,6 +188,8 @@ impl Channel {
             scheme: "http",
             closed: Arc::new(AtomicBool::new(false)),
             unary_calls: Arc::new(AtomicUsize::new(0)),
+            #[cfg(test)]
+            write_buffer: None,
         }
     }
 
@@ -174,6 +197,13 @@ impl Channel {
     /// connection is needed.
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
+    }
+
+    /// The capacity of the connection's write buffer now (0 for a channel
+    /// made of parts).
+    #[cfg(test)]
+    pub(crate) fn write_buffer_capacity(&self) -> usize {
+        self.write_buffer.as_ref().map_or(0, |probe| probe())
     }
 
     /// The `host:port` this channel is connected to.

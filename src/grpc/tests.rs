@@ -912,3 +912,41 @@ async fn concurrent_unary_calls_leave_in_a_few_writes() {
         CALLERS * CALLS
     );
 }
+
+/// A client connection that sent a large request gives its write buffer
+/// back once idle, as the server's connections do: a Replica's forwarding
+/// channel or a load generator's connections otherwise each keep the
+/// buffer of their largest burst for as long as they live.
+#[tokio::test]
+async fn an_idle_client_connection_gives_back_its_write_buffer() {
+    let (addr, _stop) = start(ServerConfig::default()).await;
+    let (ch, _) = counted_channel(&addr).await;
+    let request = crate::pb::etcdserverpb::RangeRequest {
+        key: vec![b'k'; 1 << 20].into(),
+        ..Default::default()
+    };
+    within("a large call", async {
+        ch.unary::<_, StatusResponse>("/test.Svc/Echo", &request)
+            .await
+            .unwrap()
+    })
+    .await;
+    let after_burst = ch.write_buffer_capacity();
+    assert!(
+        after_burst > 64 * 1024,
+        "a 1 MiB request left a buffer of {after_burst} bytes"
+    );
+    within("the buffer given back", async {
+        while ch.write_buffer_capacity() > 16 * 1024 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    // And the connection still works.
+    within("a call after", async {
+        ch.unary::<_, StatusResponse>("/test.Svc/Echo", &large_request())
+            .await
+            .unwrap()
+    })
+    .await;
+}

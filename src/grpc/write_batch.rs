@@ -134,6 +134,16 @@ impl<IO: AsyncWrite + Unpin> Drain<IO> {
         }
     }
 
+    /// Reads the buffer's capacity whenever called (tests).
+    #[cfg(test)]
+    pub fn capacity_probe(&self) -> impl Fn() -> usize + Send + Sync + 'static
+    where
+        IO: Send + 'static,
+    {
+        let shared = self.shared.clone();
+        move || lock(&shared).map_or(0, |s| s.out.capacity())
+    }
+
     /// Polls `poll` (which writes through h2), then writes out what it
     /// wrote. A failed write is h2's to see: its next write fails.
     pub fn after<T>(
