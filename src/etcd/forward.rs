@@ -12,7 +12,7 @@ use prost::Message;
 use tokio::sync::oneshot;
 
 use crate::grpc::{Connector, Status};
-use crate::http::metrics::{labels, Metrics};
+use crate::http::metrics::Metrics;
 use crate::pb::etcdserverpb::{RangeRequest, RangeResponse};
 
 /// Where this node's writes go.
@@ -60,14 +60,12 @@ pub async fn forward<Req: Message, Resp: Message + Default>(
     })
     .await;
     let outcome = if result.is_ok() { "success" } else { "error" };
-    metrics
-        .replica_proxy_requests
-        .get_or_create(&labels(&[("kind", kind), ("result", outcome)]))
-        .inc();
-    metrics
-        .replica_proxy_request_duration
-        .get_or_create(&labels(&[("kind", kind)]))
-        .observe(started.elapsed().as_secs_f64());
+    metrics.replica_proxy_handles.observe(
+        &metrics.replica_proxy_requests,
+        &metrics.replica_proxy_request_duration,
+        (kind, outcome),
+        started.elapsed().as_secs_f64(),
+    );
     result
 }
 

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::grpc::{bidi_streaming, unary, Call, Router};
-use crate::http::metrics::{labels, Metrics};
+use crate::http::metrics::Metrics;
 use crate::http::HealthSource;
 use crate::pb::etcdserverpb::ResponseHeader;
 use crate::primary::{Leases, Writer};
@@ -155,18 +155,12 @@ async fn timed<T>(
     let started = std::time::Instant::now();
     let result = work.await;
     let outcome = if result.is_ok() { "success" } else { "error" };
-    let (count, duration) = m.client_request_handles.get((kind, outcome), || {
-        (
-            m.client_requests
-                .get_or_create(&labels(&[("kind", kind), ("result", outcome)]))
-                .clone(),
-            m.client_request_duration
-                .get_or_create(&labels(&[("kind", kind)]))
-                .clone(),
-        )
-    });
-    count.inc();
-    duration.observe(started.elapsed().as_secs_f64());
+    m.client_request_handles.observe(
+        &m.client_requests,
+        &m.client_request_duration,
+        (kind, outcome),
+        started.elapsed().as_secs_f64(),
+    );
     result
 }
 

@@ -78,6 +78,30 @@ impl<V: Clone> RequestHandles<V> {
     }
 }
 
+impl RequestHandles {
+    /// Counts a request of `kind` by its outcome in `counts` (labels kind
+    /// and result) and observes its duration in `durations` (label kind),
+    /// through handles resolved once per pair.
+    pub fn observe(
+        &self,
+        counts: &Count,
+        durations: &Hist,
+        (kind, outcome): (&'static str, &'static str),
+        seconds: f64,
+    ) {
+        let (count, duration) = self.get((kind, outcome), || {
+            (
+                counts
+                    .get_or_create(&labels(&[("kind", kind), ("result", outcome)]))
+                    .clone(),
+                durations.get_or_create(&labels(&[("kind", kind)])).clone(),
+            )
+        });
+        count.inc();
+        duration.observe(seconds);
+    }
+}
+
 type Hist = Family<Vec<(String, String)>, Histogram, fn() -> Histogram>;
 type Count = Family<Vec<(String, String)>, Counter>;
 type Gauges = Family<Vec<(String, String)>, Gauge>;
@@ -154,6 +178,7 @@ pub struct Metrics {
     pub primary_chunk_buffer_flushes: Count,
     pub replica_proxy_requests: Count,
     pub replica_proxy_request_duration: Hist,
+    pub replica_proxy_handles: RequestHandles,
     /// Peer calls linearizable reads on a replica made (not in the
     /// reference): one serves every read waiting when it starts.
     pub replica_read_index_calls: Counter,
@@ -521,6 +546,7 @@ impl Metrics {
             elector_group: Registry::default(),
             elector_active: std::sync::atomic::AtomicBool::new(false),
             client_request_handles: RequestHandles::default(),
+            replica_proxy_handles: RequestHandles::default(),
             object_storage_write_handles: RequestHandles::default(),
             primary_write_handles: RequestHandles::default(),
         };

@@ -161,6 +161,25 @@ fn writes_through_every_node_are_read_and_watched_on_every_node() {
     }
     let rounds = metric(&t, primary, "netsy_primary_replication_rounds_total");
     assert!(rounds >= 10.0, "quorum rounds: {rounds}");
+    // Each replica counted the writes it forwarded, by kind and result.
+    let forwarded = |i: usize, kind: &str| {
+        let series =
+            format!("netsy_replica_proxy_requests_total{{kind=\"{kind}\",result=\"success\"}}");
+        metric(&t, i, &series)
+    };
+    for replica in (0..3).filter(|i| *i != primary) {
+        let puts = forwarded(replica, "put");
+        assert!(puts >= 3.0, "puts forwarded by node {replica}: {puts}");
+    }
+    assert_eq!(
+        forwarded(primary, "put"),
+        0.0,
+        "puts forwarded by the Primary"
+    );
+    assert!(
+        forwarded((primary + 1) % 3, "delete") >= 1.0,
+        "the forwarded delete"
+    );
 
     // Every member holds the same history: HashKV at one revision agrees
     // (and a different revision does not).
