@@ -402,7 +402,7 @@ impl Target {
     /// connection until its command times out and then prints the last
     /// attempt's reason; on loopback the first attempt is refused within
     /// milliseconds, so it gives up after 1 s instead of 3 (two refusals a
-    /// case, 17 cases: most of this test's time). Too short a wait fails
+    /// case, 15 cases: most of this test's time). Too short a wait fails
     /// the test (no reason printed); it cannot pass one.
     fn etcdctl_refused(&self, binary: &str, port: Port, cert: Option<&(PathBuf, PathBuf)>) -> Ran {
         self.etcdctl_within("1s", binary, port, cert, &["get", "a"])
