@@ -933,11 +933,11 @@ async fn an_idle_client_connection_gives_back_its_write_buffer() {
     .await;
     let after_burst = ch.write_buffer_capacity();
     assert!(
-        after_burst > 64 * 1024,
+        after_burst > super::write_batch::WRITE_AT,
         "a 1 MiB request left a buffer of {after_burst} bytes"
     );
     within("the buffer given back", async {
-        while ch.write_buffer_capacity() > 16 * 1024 {
+        while ch.write_buffer_capacity() > super::write_batch::KEPT {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     })

@@ -18,10 +18,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Above this many buffered bytes h2's writes go out at once, and past
 /// twice this they wait for the socket (backpressure, as without a buffer).
-const WRITE_AT: usize = 64 * 1024;
+pub(super) const WRITE_AT: usize = 64 * 1024;
 
 /// What an idle connection's buffer may keep (h2's own write buffer size).
-const KEPT: usize = 16 * 1024;
+pub(super) const KEPT: usize = 16 * 1024;
 
 struct Shared<IO> {
     io: IO,

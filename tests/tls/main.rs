@@ -381,11 +381,6 @@ impl Target {
             .map_err(|_| "timed out".to_string())?
     }
 
-    /// `etcdctl34 get a` against `port` presenting `cert` (or none).
-    fn etcdctl(&self, port: Port, cert: Option<&(PathBuf, PathBuf)>) -> Ran {
-        self.etcdctl_as("etcdctl34", port, cert, &["get", "a"])
-    }
-
     /// `binary` (etcdctl34: 3.4, TLS 1.3; etcdctl: 3.5.1, TLS 1.2 only)
     /// with `args` against `port`, presenting `cert` (or none).
     fn etcdctl_as(
@@ -769,7 +764,7 @@ async fn client_certificates_are_required_and_authorised_per_listener() {
         "etcd-client with a client certificate"
     );
     t.still_serves("nothing").await;
-    let out = t.etcdctl(Port::Client, Some(&t.client));
+    let out = t.etcdctl_as("etcdctl34", Port::Client, Some(&t.client), &["get", "a"]);
     assert!(
         out.status.success() && out.stdout == "a\n1\n",
         "etcdctl get: {out:?}"
